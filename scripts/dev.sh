@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The one entry point for building, running and testing sluice on Debian/Ubuntu.
+#   scripts/dev.sh deps    install the Debian packages that are missing (apt-get, as root)
+#   scripts/dev.sh build   deps, then a release build in build/
+#   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
+#   scripts/dev.sh test    deps, format check, then unit + black-box tests on a normal build and
+#                          on an AddressSanitizer + UndefinedBehaviorSanitizer build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
+          libcmocka-dev python3 python3-pytest python3-aiohttp python3-websockets curl
+          clang-format iproute2 procps)
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+deps() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "== installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+build_dir() { # dir, extra cmake args...
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" -DSLUICE_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j"$JOBS"
+}
+
+format_check() {
+    local bad
+    bad=$(git ls-files '*.c' '*.h' 2>/dev/null | while read -r f; do
+        clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || echo "$f"
+    done)
+    if [ -n "$bad" ]; then
+        echo "== not clang-formatted:"
+        echo "$bad"
+        return 1
+    fi
+    echo "== clang-format: ok"
+}
+
+suite() { # build dir, label
+    local dir=$1 label=$2
+    echo "== [$label] unit tests"
+    (cd "$dir" && ctest --output-on-failure -j"$JOBS")
+    echo "== [$label] black-box tests"
+    SLUICE_BIN="$PWD/$dir/sluice" /usr/bin/python3 -m pytest test/integ -q -p no:cacheprovider \
+        ${PYTEST_ARGS:-}
+}
+
+case "${1:-}" in
+deps) deps ;;
+build)
+    deps
+    build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    ;;
+run)
+    deps
+    build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    shift
+    exec ./build/sluice "$@"
+    ;;
+test)
+    deps
+    format_check
+    build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    suite build normal
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        build_dir build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        suite build-asan asan+ubsan
+    echo "== all tests passed"
+    ;;
+*)
+    sed -n '2,8p' "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,394 @@
+/*
+ * The HTTP API: routes a complete request to publishing, subscribing, or one of the read-only
+ * endpoints (/topics, /metrics, /healthz). Validation of every peer-supplied part (topic names,
+ * event types, ids, query) happens here, before anything is created or allocated for it.
+ * docs/protocol.md is the contract this file implements.
+ */
+#include "budget.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+#include "sse.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_QUERY_TOPICS 1024
+
+/* A decoded query parameter value, bounded by the target limit. */
+typedef struct qval {
+    char *s;
+    size_t len;
+} qval_t;
+
+/* Everything the query string may say; values point into one decoded buffer. */
+typedef struct query {
+    char *buf;
+    qval_t topics[MAX_QUERY_TOPICS];
+    uint32_t ntopics;
+    qval_t since, last_event_id, from, event;
+    int too_many;
+} query_t;
+
+static int parse_query(query_t *q, const char *s, size_t len)
+{
+    memset(q, 0, sizeof(*q));
+    q->buf = sl_malloc(len + 1);
+    size_t used = 0;
+    const char *end = s + len, *k, *v;
+    size_t klen, vlen;
+    while (sl_query_next(&s, end, &k, &klen, &v, &vlen)) {
+        int n = sl_url_decode(q->buf + used, v, vlen);
+        if (n < 0)
+            return -1;
+        qval_t val = {q->buf + used, (size_t)n};
+        q->buf[used + (size_t)n] = '\0';
+        used += (size_t)n + 1;
+        if (klen == 5 && memcmp(k, "topic", 5) == 0) {
+            if (q->ntopics == MAX_QUERY_TOPICS)
+                q->too_many = 1;
+            else
+                q->topics[q->ntopics++] = val;
+        } else if (klen == 5 && memcmp(k, "since", 5) == 0) {
+            q->since = val;
+        } else if (klen == 11 && memcmp(k, "lastEventId", 11) == 0) {
+            q->last_event_id = val;
+        } else if (klen == 4 && memcmp(k, "from", 4) == 0) {
+            q->from = val;
+        } else if (klen == 5 && memcmp(k, "event", 5) == 0) {
+            q->event = val;
+        }
+        /* Other parameters (cache busters and the like) are ignored. */
+    }
+    return 0;
+}
+
+/* ---- read-only endpoints ---------------------------------------------------------------- */
+
+static void get_topics(sl_conn_t *c)
+{
+    sl_hub_t *hub = &c->srv->hub;
+    size_t cap = 64, len = 0;
+    sl_list_t *it;
+    sl_list_each(it, &hub->topics)
+    {
+        cap += sl_container_of(it, sl_topic_t, all_link)->name_len * 6 + 256;
+    }
+    char *buf = sl_malloc(cap);
+    sl_budget_charge(cap);
+    len += (size_t)snprintf(buf, cap, "{\"topics\":[");
+    int first = 1;
+    sl_list_each(it, &hub->topics)
+    {
+        sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
+        char head[SL_ID_MAX], tail[SL_ID_MAX];
+        if (!first)
+            buf[len++] = ',';
+        first = 0;
+        len += (size_t)snprintf(buf + len, cap - len, "{\"name\":");
+        sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+        if (t->count > 0) {
+            sl_id_format(head, t->epoch, t->head_seq);
+            sl_id_format(tail, t->epoch, sl_topic_tail(t));
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
+                                    t->epoch_hex, head, tail);
+        } else {
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
+        }
+        len += (size_t)snprintf(buf + len, cap - len,
+                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu}",
+                                t->count, t->bytes, t->nreaders);
+    }
+    len += (size_t)snprintf(buf + len, cap - len, "]}\n");
+    sl_conn_respond(c, 200, "application/json", NULL, buf, len);
+    sl_budget_release(cap);
+    free(buf);
+}
+
+static void get_metrics(sl_conn_t *c)
+{
+    size_t len;
+    char *body = sl_metrics_render(&c->srv->hub, &len);
+    sl_conn_respond(c, 200, "text/plain; version=0.0.4", NULL, body, len);
+    free(body);
+}
+
+/* ---- publishing ------------------------------------------------------------------------- */
+
+static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_t n)
+{
+    size_t cap = 32 + n * (SL_ID_MAX + 3);
+    char *buf = sl_malloc(cap);
+    sl_budget_charge(cap);
+    size_t len = 0;
+    char id[SL_ID_MAX];
+    if (n == 1) {
+        sl_id_format(id, t->epoch, first);
+        len = (size_t)snprintf(buf, cap, "{\"id\":\"%s\"}\n", id);
+    } else {
+        len = (size_t)snprintf(buf, cap, "{\"ids\":[");
+        for (size_t i = 0; i < n; i++) {
+            sl_id_format(id, t->epoch, first + i);
+            len += (size_t)snprintf(buf + len, cap - len, "%s\"%s\"", i ? "," : "", id);
+        }
+        len += (size_t)snprintf(buf + len, cap - len, "]}\n");
+    }
+    sl_conn_respond(c, 202, "application/json", NULL, buf, len);
+    sl_budget_release(cap);
+    free(buf);
+}
+
+/* Looks up or creates a topic for a request, answering the error itself. */
+static sl_topic_t *topic_for(sl_conn_t *c, const char *name, size_t len, int publishing)
+{
+    int err;
+    sl_topic_t *t = sl_hub_topic(&c->srv->hub, name, len, 1, &err);
+    if (t != NULL)
+        return t;
+    if (err == SL_ELIMIT) {
+        if (publishing)
+            sl_metrics.pub_rejected[SL_REJECT_PUB_MAX_TOPICS]++;
+        SL_WARN("topic refused", "reason=max_topics limit=%" PRIu64, c->srv->cfg->max_topics);
+        sl_conn_error(c, 503, "over_capacity", "max_topics reached");
+    } else {
+        if (publishing)
+            sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
+        sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
+    }
+    return NULL;
+}
+
+static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t nlen,
+                    const query_t *q)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    char event[65];
+    const char *ev = NULL;
+    if (q->event.s != NULL) {
+        if (!sl_event_name_valid(q->event.s, q->event.len)) {
+            sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_EVENT]++;
+            sl_conn_error(c, 400, "bad_event", "event type must be 1..64 of [A-Za-z0-9._:-]");
+            return;
+        }
+        memcpy(event, q->event.s, q->event.len);
+        event[q->event.len] = '\0';
+        ev = event;
+    }
+    const char *body = req->body ? req->body : "";
+    size_t body_len = req->body_len;
+    size_t n = 0;
+    const char **payloads;
+    size_t *lens;
+    if (req->ndjson) {
+        size_t lines = 1;
+        for (size_t i = 0; i < body_len; i++)
+            lines += body[i] == '\n';
+        payloads = sl_malloc(lines * sizeof(*payloads));
+        lens = sl_malloc(lines * sizeof(*lens));
+        size_t start = 0;
+        for (size_t i = 0; i <= body_len; i++) {
+            if (i < body_len && body[i] != '\n')
+                continue;
+            size_t l = i - start;
+            if (l > 0 && body[start + l - 1] == '\r')
+                l--;
+            if (l > 0) {
+                if (l > cfg->max_message_bytes) {
+                    free(payloads);
+                    free(lens);
+                    sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
+                    sl_conn_error(c, 413, "too_large", "a line is over max_message_bytes");
+                    return;
+                }
+                payloads[n] = body + start;
+                lens[n++] = l;
+            }
+            start = i + 1;
+        }
+        if (n == 0) {
+            free(payloads);
+            free(lens);
+            sl_conn_error(c, 400, "bad_request", "empty NDJSON batch");
+            return;
+        }
+    } else {
+        payloads = sl_malloc(sizeof(*payloads));
+        lens = sl_malloc(sizeof(*lens));
+        payloads[0] = body;
+        lens[0] = body_len;
+        n = 1;
+    }
+    sl_topic_t *t = topic_for(c, name, nlen, 1);
+    if (t != NULL) {
+        uint64_t first;
+        if (sl_hub_publish(&c->srv->hub, t, ev, payloads, lens, n, &first) != 0) {
+            SL_WARN("publish refused", "reason=budget topic=%s used=%" PRIu64 " limit=%" PRIu64,
+                    t->name, sl_budget.used, sl_budget.limit);
+            sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
+        } else {
+            respond_ids(c, t, first, n);
+            sl_server_kick(c->srv);
+        }
+    }
+    free(payloads);
+    free(lens);
+}
+
+/* ---- subscribing ------------------------------------------------------------------------ */
+
+static int accepts_sse(const sl_http_req_t *req)
+{
+    size_t len;
+    const char *a = sl_http_header(req, SL_H_ACCEPT, &len);
+    return a != NULL && sl_http_has_token(a, len, "text/event-stream");
+}
+
+static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uint32_t n, int multi,
+                      const query_t *q)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    if (n == 0) {
+        sl_conn_error(c, 400, "bad_query", "at least one topic= is required");
+        return;
+    }
+    if (n > cfg->max_topics_per_connection || q->too_many) {
+        sl_conn_error(c, 400, "too_many_topics", "more topics than max_topics_per_connection");
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (!sl_topic_name_valid(names[i].s, names[i].len, cfg->max_topic_name)) {
+            sl_conn_error(c, 400, "bad_topic", "invalid topic name");
+            return;
+        }
+        for (uint32_t j = 0; j < i; j++) {
+            if (names[j].len == names[i].len && memcmp(names[j].s, names[i].s, names[i].len) == 0) {
+                sl_conn_error(c, 400, "bad_query", "a topic is named twice");
+                return;
+            }
+        }
+    }
+    /* The starting point: since=, then Last-Event-ID, then lastEventId=, then from=. */
+    sl_start_t start = {.kind = SL_START_NEW};
+    size_t hlen;
+    const char *hid = sl_http_header(req, SL_H_LAST_EVENT_ID, &hlen);
+    const char *id = NULL;
+    size_t idlen = 0;
+    if (q->since.s != NULL) {
+        id = q->since.s;
+        idlen = q->since.len;
+    } else if (hid != NULL && hlen > 0) {
+        id = hid;
+        idlen = hlen;
+    } else if (q->last_event_id.s != NULL) {
+        id = q->last_event_id.s;
+        idlen = q->last_event_id.len;
+    }
+    if (id != NULL) {
+        uint64_t epoch, seq;
+        if (sl_id_parse(id, idlen, multi, &epoch, &seq) != 0) {
+            sl_conn_error(c, 400, "bad_id", "malformed message id");
+            return;
+        }
+        start.kind = multi ? SL_START_GSEQ : SL_START_SINCE;
+        start.epoch = epoch;
+        start.seq = seq;
+    } else if (q->from.s != NULL) {
+        if (q->from.len == 6 && memcmp(q->from.s, "oldest", 6) == 0) {
+            start.kind = SL_START_OLDEST;
+        } else if (!(q->from.len == 3 && memcmp(q->from.s, "new", 3) == 0)) {
+            sl_conn_error(c, 400, "bad_query", "from= must be oldest or new");
+            return;
+        }
+    }
+    sl_topic_t **topics = sl_malloc(n * sizeof(*topics));
+    sl_start_t *starts = sl_malloc(n * sizeof(*starts));
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        if ((topics[i] = topic_for(c, names[i].s, names[i].len, 0)) == NULL)
+            break;
+        starts[i] = start;
+    }
+    if (i == n)
+        sl_conn_subscribe_sse(c, topics, starts, n, multi);
+    free(topics);
+    free(starts);
+}
+
+/* ---- routing ---------------------------------------------------------------------------- */
+
+static void not_allowed(sl_conn_t *c, const char *allow)
+{
+    char extra[64];
+    snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    char body[] = "{\"error\":\"method_not_allowed\",\"message\":\"method not allowed\"}\n";
+    sl_conn_respond(c, 405, "application/json", extra, body, sizeof(body) - 1);
+}
+
+void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
+{
+    int method = llhttp_get_method(&req->parser);
+    const char *url = req->url ? req->url : "";
+    size_t url_len = req->url_len;
+    const char *qm = memchr(url, '?', url_len);
+    size_t path_len = qm ? (size_t)(qm - url) : url_len;
+    char *path = sl_malloc(path_len + 1);
+    int plen = sl_url_decode(path, url, path_len);
+    query_t q;
+    int qrc = parse_query(&q, qm ? qm + 1 : url + url_len, qm ? url_len - path_len - 1 : 0);
+    int is_get = method == HTTP_GET;
+    if (plen < 0 || qrc < 0) {
+        sl_conn_error(c, 400, "bad_query", "malformed percent-encoding");
+        goto out;
+    }
+    path[plen] = '\0';
+    if (strcmp(path, "/healthz") == 0) {
+        if (is_get)
+            sl_conn_respond(c, 200, "text/plain", NULL, "ok\n", 3);
+        else
+            not_allowed(c, "GET");
+    } else if (strcmp(path, "/metrics") == 0) {
+        if (is_get)
+            get_metrics(c);
+        else
+            not_allowed(c, "GET");
+    } else if (strcmp(path, "/topics") == 0 || strcmp(path, "/topics/") == 0) {
+        if (is_get)
+            get_topics(c);
+        else
+            not_allowed(c, "GET");
+    } else if (strncmp(path, "/topics/", 8) == 0) {
+        const char *name = path + 8;
+        size_t nlen = (size_t)plen - 8;
+        if (method == HTTP_POST || method == HTTP_PUT) {
+            if (!sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)) {
+                sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_TOPIC]++;
+                sl_conn_error(c, 400, "bad_topic", "invalid topic name");
+            } else {
+                publish(c, req, name, nlen, &q);
+            }
+        } else if (method == HTTP_GET) {
+            if (!accepts_sse(req)) {
+                sl_conn_error(c, 406, "not_acceptable", "subscribe with Accept: text/event-stream");
+            } else {
+                qval_t one = {(char *)name, nlen};
+                subscribe(c, req, &one, 1, 0, &q);
+            }
+        } else {
+            not_allowed(c, "GET, POST");
+        }
+    } else if (strcmp(path, "/sse") == 0) {
+        if (method == HTTP_GET)
+            subscribe(c, req, q.topics, q.ntopics, 1, &q);
+        else
+            not_allowed(c, "GET");
+    } else {
+        sl_conn_error(c, 404, "not_found", "no such endpoint");
+    }
+out:
+    free(q.buf);
+    free(path);
+}

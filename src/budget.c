@@ -1,0 +1,40 @@
+/*
+ * Bookkeeping of the memory budget (see budget.h).
+ */
+#include "budget.h"
+
+#include <assert.h>
+
+sl_budget_t sl_budget = {.limit = 256u << 20};
+
+void sl_budget_set_limit(uint64_t limit)
+{
+    sl_budget.limit = limit;
+}
+
+static void note_peak(void)
+{
+    if (sl_budget.used > sl_budget.peak)
+        sl_budget.peak = sl_budget.used;
+}
+
+int sl_budget_try(size_t n)
+{
+    if (!sl_budget_fits(n))
+        return 0;
+    sl_budget.used += n;
+    note_peak();
+    return 1;
+}
+
+void sl_budget_charge(size_t n)
+{
+    sl_budget.used += n;
+    note_peak();
+}
+
+void sl_budget_release(size_t n)
+{
+    assert(sl_budget.used >= n);
+    sl_budget.used -= n;
+}

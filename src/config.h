@@ -1,0 +1,120 @@
+/*
+ * Configuration: the INI file (parsed with inih), its defaults, and the per-topic settings
+ * resolved from `[topic "glob"]` sections. This module makes no libuv calls; it turns bytes
+ * into a validated sl_config_t or a list of errors, each with file:line.
+ */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum {
+    SL_OVERFLOW_SKIP = 0,   /* gap marker, then continue */
+    SL_OVERFLOW_DISCONNECT, /* final overflow marker, then close */
+} sl_overflow_t;
+
+/* Settings that apply to one topic; resolved once when the topic is created. Durations in
+ * milliseconds, sizes in bytes. A limit of 0 means "no limit" except where noted. */
+typedef struct sl_topic_conf {
+    uint64_t max_messages;      /* ring bound, >= 1; default 1024 */
+    uint64_t max_bytes;         /* ring bound in payload bytes; default 16 MiB */
+    uint64_t max_age_ms;        /* ring bound; 0 = none; default 0 */
+    sl_overflow_t overflow;     /* default skip */
+    uint64_t lag_hard_messages; /* acts at once; 0 = off */
+    uint64_t lag_hard_bytes;    /* acts at once; 0 = off */
+    uint64_t lag_soft_messages; /* acts after lag_soft_ms held; 0 = off */
+    uint64_t lag_soft_bytes;    /* acts after lag_soft_ms held; 0 = off */
+    uint64_t lag_soft_ms;       /* default 10 s */
+    uint64_t lag_max_age_ms;    /* reader's oldest undelivered message older than this; 0 = off */
+    uint64_t heartbeat_ms;      /* SSE heartbeat interval; 0 = off; default 15 s */
+    int heartbeat_event;        /* 1: heartbeat as `event: sluice.heartbeat`, 0: comment */
+} sl_topic_conf_t;
+
+/* One `[topic "glob"]` section: the keys it set (bit per field, SL_TK_*) and their values. */
+typedef struct sl_topic_rule {
+    char *glob;
+    uint32_t set;
+    sl_topic_conf_t conf;
+} sl_topic_rule_t;
+
+enum {
+    SL_TK_MAX_MESSAGES = 1u << 0,
+    SL_TK_MAX_BYTES = 1u << 1,
+    SL_TK_MAX_AGE = 1u << 2,
+    SL_TK_OVERFLOW = 1u << 3,
+    SL_TK_LAG_HARD_MESSAGES = 1u << 4,
+    SL_TK_LAG_HARD_BYTES = 1u << 5,
+    SL_TK_LAG_SOFT_MESSAGES = 1u << 6,
+    SL_TK_LAG_SOFT_BYTES = 1u << 7,
+    SL_TK_LAG_SOFT = 1u << 8,
+    SL_TK_LAG_MAX_AGE = 1u << 9,
+    SL_TK_HEARTBEAT = 1u << 10,
+    SL_TK_HEARTBEAT_EVENT = 1u << 11,
+};
+
+typedef struct sl_config {
+    /* [server] */
+    char *listen_host;          /* default "127.0.0.1" */
+    int listen_port;            /* default 8080 */
+    char *data_dir;             /* default "./sluice-data" */
+    uint64_t memory_limit;      /* default 256 MiB */
+    uint64_t shutdown_drain_ms; /* default 5 s */
+    uint64_t header_timeout_ms; /* request headers must complete within; default 10 s */
+    uint64_t idle_timeout_ms;   /* keep-alive idle (non-subscriber); default 60 s */
+    uint64_t write_stall_ms;    /* pending data, no byte accepted; default 30 s */
+    uint64_t sse_retry_ms;      /* SSE `retry:` hint; default 2000 */
+    uint64_t topic_idle_ttl_ms; /* free empty reader-less topics after; default 60 s */
+    int log_level;              /* SL_LOG_* from log.h; default info */
+    /* [limits] */
+    uint64_t max_connections;           /* default 100000 */
+    uint64_t max_connections_per_ip;    /* default 10000 */
+    uint64_t max_header_bytes;          /* whole header block; default 16 KiB */
+    uint64_t max_url_bytes;             /* request target; default 8 KiB */
+    uint64_t max_message_bytes;         /* one message payload; default 1 MiB */
+    uint64_t max_body_bytes;            /* one request body (NDJSON batch); default 8 MiB */
+    uint64_t max_topics_per_connection; /* default 64 */
+    uint64_t max_topic_name;            /* bytes; default 256 */
+    uint64_t max_topics;                /* registry bound; default 100000 */
+    /* [topic "glob"] sections in file order; later matching sections override earlier ones
+     * for the keys they set. */
+    sl_topic_rule_t *rules;
+    size_t nrules;
+    sl_topic_conf_t topic_defaults;
+} sl_config_t;
+
+/* Fills *cfg with the built-in defaults. The caller owns the result; free with
+ * sl_config_dispose(). */
+void sl_config_init(sl_config_t *cfg);
+
+/* Releases what sl_config_init/sl_config_load allocated inside *cfg (not cfg itself). */
+void sl_config_dispose(sl_config_t *cfg);
+
+/* Parses the INI file at `path` into *cfg (which must have been sl_config_init'ed). Every error
+ * is written to `errs` as "path:line: message\n" and counted. Unknown sections and keys are
+ * errors. Returns the number of errors (0 on success); on any error *cfg is left in a valid
+ * state but must not be used to serve. */
+int sl_config_load(sl_config_t *cfg, const char *path, FILE *errs);
+
+/* The same from an in-memory string (for tests and fuzzing); `name` is used in messages. */
+int sl_config_load_string(sl_config_t *cfg, const char *name, const char *text, FILE *errs);
+
+/* Parses "ADDR:PORT" (IPv4 or [IPv6]) into the listen fields. Returns 0 or -EINVAL. */
+int sl_config_set_listen(sl_config_t *cfg, const char *addr_port);
+
+/* Resolves the settings for topic `name`: the defaults, then every rule whose glob matches,
+ * in order. */
+void sl_config_topic(const sl_config_t *cfg, const char *name, sl_topic_conf_t *out);
+
+/* Size with optional suffix: b, k/kb/kib, m/mb/mib, g/gb/gib (case-insensitive; k = 1024).
+ * Returns 0 or -EINVAL (empty, junk, overflow). */
+int sl_parse_size(const char *s, uint64_t *out);
+
+/* Duration: a number with ms, s, m, h (a bare number is seconds). Returns 0 or -EINVAL. */
+int sl_parse_duration_ms(const char *s, uint64_t *out);
+
+/* Shell-style glob: `*` matches any run of characters (including '/'), `?` one character. */
+int sl_glob_match(const char *glob, const char *s);
+
+#endif

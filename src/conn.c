@@ -1,0 +1,735 @@
+/*
+ * Connections: reading and parsing requests, writing responses, the SSE transport, and the one
+ * close path. A connection's memory is charged to the budget when it is accepted and released
+ * in its close callback. Writes to subscribers hold references to the shared, pre-encoded
+ * message frames, never copies; one write per subscriber is in flight at a time and carries as
+ * many messages as fit in one writev.
+ */
+#include "budget.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+#include "sse.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A subscriber write gathers at most this many buffers and bytes; the rest waits for the next. */
+#define SUB_MAX_IOV 512
+#define SUB_MAX_BYTES (256u << 10)
+/* Pipelined responses beyond this stop reading until they drain below the low mark. */
+#define RESP_QUEUE_HIGH (1u << 20)
+#define RESP_QUEUE_LOW (256u << 10)
+/* How long a closing connection may linger to let the peer read our last bytes. */
+#define LINGER_MS 2000
+#define ALLOC_OVERHEAD 16
+
+/* A plain response write: owned by the write request, freed in its callback. */
+typedef struct resp_write {
+    uv_write_t req;
+    size_t charge;
+    char data[];
+} resp_write_t;
+
+/* A subscriber write: references to the messages it sends plus any control bytes. */
+typedef struct sub_write {
+    uv_write_t req;
+    size_t charge;
+    uint32_t nmsgs, niov;
+    sl_msg_t **msgs;
+    uv_buf_t *iov;
+    char *ctrl;
+    size_t ctrl_len, ctrl_cap;
+} sub_write_t;
+
+static void on_close(uv_handle_t *h);
+static void sse_deliver(sl_sub_t *sub);
+static void start_reading(sl_conn_t *c);
+static const sl_sub_ops_t sse_ops = {.deliver = sse_deliver};
+
+/* ---- close ------------------------------------------------------------------------------ */
+
+void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->reason = (uint8_t)reason;
+    /* Cursors go now, so no flush pass offers this connection anything more. */
+    sl_sub_dispose(&c->srv->hub, &c->sub);
+    if (c->req != NULL) {
+        sl_http_req_dispose(c->req);
+        sl_budget_release(sizeof(*c->req) + ALLOC_OVERHEAD);
+        free(c->req);
+        c->req = NULL;
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void ip_release(sl_server_t *srv, sl_ipent_t *e)
+{
+    if (e == NULL || --e->count > 0)
+        return;
+    uint32_t h = 0;
+    for (int i = 0; i < 16; i++)
+        h = h * 31 + e->addr[i];
+    sl_ipent_t **pp = &srv->ips[h % SL_IP_BUCKETS];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    free(e);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    sl_conn_t *c = (sl_conn_t *)h;
+    sl_server_t *srv = c->srv;
+    sl_metrics.connections--;
+    if (c->sub.ops != NULL)
+        sl_metrics.subscribers_sse--;
+    sl_metrics.closed[c->reason]++;
+    sl_list_remove(&c->link);
+    srv->nconns--;
+    ip_release(srv, c->ip);
+    sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
+    free(c);
+    if (srv->shutting_down && srv->nconns == 0)
+        sl_server_shutdown(srv);
+}
+
+/* ---- lingering close -------------------------------------------------------------------- */
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    sl_conn_t *c = req->data;
+    free(req);
+    sl_budget_release(sizeof(*req) + ALLOC_OVERHEAD);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        sl_conn_close(c, c->reason);
+        return;
+    }
+    /* Our FIN is out. Keep reading (and discarding) until the peer closes, so that unread
+     * input does not turn our close into a reset that destroys the answer. */
+    c->deadline_ms = sl_now_ms() + LINGER_MS;
+    c->deadline_kind = c->reason;
+}
+
+/* Everything is written: send FIN and linger. */
+static void finish(sl_conn_t *c)
+{
+    if (c->closing || c->state == SL_CONN_LINGER)
+        return;
+    if (c->peer_eof) {
+        /* The peer has closed its side already: nothing to linger for. */
+        sl_conn_close(c, c->reason);
+        return;
+    }
+    if (c->state == SL_CONN_SSE)
+        sl_sub_dispose(&c->srv->hub, &c->sub);
+    c->state = SL_CONN_LINGER;
+    if (c->read_paused) {
+        c->read_paused = 0;
+        start_reading(c);
+    }
+    uv_shutdown_t *sr = sl_malloc(sizeof(*sr));
+    sl_budget_charge(sizeof(*sr) + ALLOC_OVERHEAD);
+    sr->data = c;
+    c->deadline_ms = sl_now_ms() + LINGER_MS;
+    c->deadline_kind = c->reason;
+    if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(sr);
+        sl_budget_release(sizeof(*sr) + ALLOC_OVERHEAD);
+        sl_conn_close(c, c->reason);
+    }
+}
+
+/* ---- responses -------------------------------------------------------------------------- */
+
+static void on_resp_write(uv_write_t *req, int status)
+{
+    resp_write_t *w = (resp_write_t *)req;
+    sl_conn_t *c = req->data;
+    sl_budget_release(w->charge);
+    free(w);
+    c->pending_writes--;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        sl_conn_close(c, SL_CLOSE_ERROR);
+        return;
+    }
+    if (c->close_after_write && c->pending_writes == 0) {
+        finish(c);
+        return;
+    }
+    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW) {
+        c->read_paused = 0;
+        start_reading(c);
+    }
+}
+
+static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
+{
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
+    w->req.data = c;
+    c->pending_writes++;
+    c->last_write_ms = sl_now_ms();
+    if (c->tcp.write_queue_size == 0)
+        c->stall_since_ms = c->last_write_ms;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_resp_write);
+    if (rc != 0) {
+        c->pending_writes--;
+        sl_budget_release(w->charge);
+        free(w);
+        sl_conn_close(c, SL_CLOSE_ERROR);
+    }
+}
+
+static resp_write_t *resp_alloc(size_t cap)
+{
+    size_t charge = sizeof(resp_write_t) + cap + ALLOC_OVERHEAD;
+    resp_write_t *w = sl_malloc(sizeof(resp_write_t) + cap);
+    /* A response is owed once the request was taken; it is charged, never refused. */
+    sl_budget_charge(charge);
+    w->charge = charge;
+    return w;
+}
+
+void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const char *extra,
+                     const char *body, size_t body_len)
+{
+    if (c->closing)
+        return;
+    sl_metrics_http(status);
+    size_t extra_len = extra ? strlen(extra) : 0;
+    size_t cap = 256 + extra_len + body_len;
+    resp_write_t *w = resp_alloc(cap);
+    int n =
+        snprintf(w->data, cap,
+                 "HTTP/1.1 %d %s\r\nServer: sluice\r\nContent-Type: %s\r\n"
+                 "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
+                 status, sl_http_reason(status), content_type ? content_type : "text/plain",
+                 body_len, c->close_after_write ? "Connection: close\r\n" : "", extra ? extra : "");
+    memcpy(w->data + n, body, body_len);
+    queue_bytes(c, w, (size_t)n + body_len);
+}
+
+void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg)
+{
+    char body[512];
+    size_t len = 0;
+    memcpy(body, "{\"error\":", 9);
+    len = 9;
+    sl_json_put_string(body, &len, sizeof(body) - 64, code, strlen(code));
+    memcpy(body + len, ",\"message\":", 11);
+    len += 11;
+    if (sl_json_put_string(body, &len, sizeof(body) - 4, msg, strlen(msg)) != 0)
+        sl_json_put_string(body, &len, sizeof(body) - 4, "", 0);
+    body[len++] = '}';
+    body[len++] = '\n';
+    const char *extra = NULL;
+    if (status == 503 || status == 429)
+        extra = "Retry-After: 1\r\n";
+    sl_conn_respond(c, status, "application/json", extra, body, len);
+}
+
+/* ---- SSE transport ---------------------------------------------------------------------- */
+
+static sub_write_t *sub_write_new(uint32_t max_msgs, uint32_t max_iov, size_t ctrl_cap)
+{
+    size_t size =
+        sizeof(sub_write_t) + max_msgs * sizeof(sl_msg_t *) + max_iov * sizeof(uv_buf_t) + ctrl_cap;
+    sub_write_t *w = sl_malloc(size);
+    memset(w, 0, sizeof(*w));
+    w->charge = size + ALLOC_OVERHEAD;
+    sl_budget_charge(w->charge);
+    w->msgs = (sl_msg_t **)(w + 1);
+    w->iov = (uv_buf_t *)(w->msgs + max_msgs);
+    w->ctrl = (char *)(w->iov + max_iov);
+    w->ctrl_cap = ctrl_cap;
+    return w;
+}
+
+static void sub_write_free(sub_write_t *w)
+{
+    for (uint32_t i = 0; i < w->nmsgs; i++)
+        sl_msg_unref(w->msgs[i]);
+    sl_budget_release(w->charge);
+    free(w);
+}
+
+/* Appends control bytes and an iov for them. The ctrl area never moves, so iovs may point in. */
+static void put_ctrl(sub_write_t *w, const char *s, size_t len)
+{
+    assert(w->ctrl_len + len <= w->ctrl_cap);
+    memcpy(w->ctrl + w->ctrl_len, s, len);
+    w->iov[w->niov++] = uv_buf_init(w->ctrl + w->ctrl_len, (unsigned)len);
+    w->ctrl_len += len;
+}
+
+static size_t marker_room(const sl_sub_t *sub)
+{
+    size_t room = 0;
+    for (uint32_t i = 0; i < sub->nreaders; i++)
+        if (sub->readers[i].mark != SL_MARK_NONE)
+            room += 2 * (sub->readers[i].topic->name_len * 6 + 256);
+    return room;
+}
+
+/* Formats the JSON body of a gap, reset or overflow event for reader r into buf. */
+static size_t fmt_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
+                         int reason, uint64_t missed)
+{
+    const sl_topic_t *t = r->topic;
+    char from[SL_ID_MAX], to[SL_ID_MAX];
+    size_t len = 0;
+    if (kind == SL_MARK_GAP && !sub->multi) {
+        len += (size_t)snprintf(buf + len, cap - len, "id: ");
+        len += sl_id_format(buf + len, t->epoch, r->gap_to);
+        buf[len++] = '\n';
+    }
+    const char *ev = kind == SL_MARK_GAP     ? "sluice.gap"
+                     : kind == SL_MARK_RESET ? "sluice.reset"
+                                             : "sluice.overflow";
+    len += (size_t)snprintf(buf + len, cap - len, "event: %s\ndata: {\"topic\":", ev);
+    sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+    if (kind == SL_MARK_GAP) {
+        sl_id_format(to, t->epoch, r->gap_to);
+        if (r->gap_from_known) {
+            sl_id_format(from, t->epoch, r->gap_from);
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"from\":\"%s\",\"to\":\"%s\",\"missed\":%" PRIu64, from, to,
+                                    r->gap_missed);
+        } else {
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"from\":null,\"to\":\"%s\",\"missed\":null", to);
+        }
+        len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\"}\n\n",
+                                sl_lag_reason_name((sl_lag_reason_t)r->mark_reason));
+    } else if (kind == SL_MARK_RESET) {
+        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"epoch\"}\n\n",
+                                t->epoch_hex);
+    } else {
+        len +=
+            (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\",\"missed\":%" PRIu64 "}\n\n",
+                             sl_lag_reason_name((sl_lag_reason_t)reason), missed);
+    }
+    return len;
+}
+
+static void on_sub_write(uv_write_t *req, int status);
+
+static void sub_send(sl_conn_t *c, sub_write_t *w)
+{
+    c->sub.writing = 1;
+    c->pending_writes++;
+    c->last_write_ms = sl_now_ms();
+    if (c->tcp.write_queue_size == 0)
+        c->stall_since_ms = c->last_write_ms;
+    w->req.data = c;
+    sl_metrics.writes++;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->iov, w->niov, on_sub_write);
+    if (rc != 0) {
+        c->sub.writing = 0;
+        c->pending_writes--;
+        sub_write_free(w);
+        sl_conn_close(c, SL_CLOSE_ERROR);
+    }
+}
+
+/* The last frame of a stream (overflow or shutdown), then FIN. */
+static void sse_final(sl_conn_t *c)
+{
+    sl_sub_t *sub = &c->sub;
+    sub_write_t *w;
+    if (sub->overflow) {
+        const sl_reader_t *r = sub->overflow_reader;
+        w = sub_write_new(0, 1, r->topic->name_len * 6 + 512);
+        char *buf = w->ctrl + w->ctrl_cap / 2;
+        size_t n =
+            fmt_marker(buf, w->ctrl_cap / 2, sub, r, 0, sub->overflow_reason, sub->overflow_missed);
+        put_ctrl(w, buf, n);
+        c->reason = SL_CLOSE_OVERFLOW;
+    } else {
+        w = sub_write_new(0, 1, 64);
+        char buf[64];
+        size_t n = sl_sse_retry(buf, c->srv->cfg->sse_retry_ms);
+        n -= 1; /* "retry: N\n" then the comment ends the block */
+        memcpy(buf + n, ": shutdown\n\n", 12);
+        put_ctrl(w, buf, n + 12);
+        c->reason = SL_CLOSE_SHUTDOWN;
+    }
+    c->close_after_write = 1;
+    sub_send(c, w);
+}
+
+/* The next message owed by any reader of a multi-topic sub, in gseq order. */
+static sl_reader_t *next_reader(sl_sub_t *sub)
+{
+    sl_reader_t *best = NULL;
+    uint64_t best_gseq = UINT64_MAX;
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
+        sl_reader_t *r = &sub->readers[i];
+        if (r->next > r->topic->head_seq)
+            continue;
+        sl_msg_t *m = sl_topic_get(r->topic, r->next);
+        if (m != NULL && m->gseq < best_gseq) {
+            best = r;
+            best_gseq = m->gseq;
+        }
+    }
+    return best;
+}
+
+static void sse_deliver(sl_sub_t *sub)
+{
+    sl_conn_t *c = sl_container_of(sub, sl_conn_t, sub);
+    if (c->closing || c->state != SL_CONN_SSE || sub->writing)
+        return;
+    if (sub->overflow) {
+        sse_final(c);
+        return;
+    }
+    /* Re-check every cursor: messages may have been evicted while we were writing. */
+    uint64_t now = sl_now_ms();
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
+        if (sl_hub_check_reader(&c->srv->hub, &sub->readers[i], now)) {
+            sse_final(c);
+            return;
+        }
+    }
+    size_t ctrl = marker_room(sub);
+    sub_write_t *w = sub_write_new(SUB_MAX_IOV, SUB_MAX_IOV, ctrl);
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
+        sl_reader_t *r = &sub->readers[i];
+        char *buf = w->ctrl + w->ctrl_len;
+        size_t room = w->ctrl_cap - w->ctrl_len;
+        if (r->mark & SL_MARK_RESET) {
+            size_t n = fmt_marker(buf, room, sub, r, SL_MARK_RESET, 0, 0);
+            w->iov[w->niov++] = uv_buf_init(buf, (unsigned)n);
+            w->ctrl_len += n;
+            buf += n;
+            room -= n;
+        }
+        if (r->mark & SL_MARK_GAP) {
+            size_t n = fmt_marker(buf, room, sub, r, SL_MARK_GAP, 0, 0);
+            w->iov[w->niov++] = uv_buf_init(buf, (unsigned)n);
+            w->ctrl_len += n;
+        }
+        r->mark = SL_MARK_NONE;
+    }
+    const char *stream_epoch = c->srv->hub.epoch_hex;
+    while (w->niov + 2 <= SUB_MAX_IOV && bytes < SUB_MAX_BYTES) {
+        sl_reader_t *r = sub->multi ? next_reader(sub) : &sub->readers[0];
+        if (r == NULL || r->next > r->topic->head_seq)
+            break;
+        sl_msg_t *m = sl_topic_get(r->topic, r->next);
+        if (sub->multi) {
+            size_t idlen;
+            const char *id = sl_msg_multi_id(m, stream_epoch, &idlen);
+            w->iov[w->niov++] = uv_buf_init((char *)id, (unsigned)idlen);
+            w->iov[w->niov++] =
+                uv_buf_init(m->frame + m->id_line_len, (unsigned)(m->frame_len - m->id_line_len));
+        } else {
+            w->iov[w->niov++] = uv_buf_init(m->frame, (unsigned)m->frame_len);
+        }
+        bytes += m->frame_len;
+        sl_msg_ref(m);
+        w->msgs[w->nmsgs++] = m;
+        r->next++;
+    }
+    if (w->niov == 0) {
+        sub_write_free(w);
+        if (c->draining)
+            sse_final(c);
+        return;
+    }
+    sl_metrics.deliveries += w->nmsgs;
+    sl_metrics.delivered_bytes += bytes;
+    sub_send(c, w);
+}
+
+static void on_sub_write(uv_write_t *req, int status)
+{
+    sub_write_t *w = (sub_write_t *)req;
+    sl_conn_t *c = req->data;
+    sub_write_free(w);
+    c->pending_writes--;
+    c->sub.writing = 0;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        sl_conn_close(c, SL_CLOSE_ERROR);
+        return;
+    }
+    if (c->close_after_write) {
+        finish(c);
+        return;
+    }
+    sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
+    if (c->draining && sl_list_empty(&c->sub.ready_link)) {
+        sse_final(c);
+        return;
+    }
+    sl_server_kick(c->srv);
+}
+
+/* Sends a heartbeat to an idle subscriber. */
+static void sl_conn_heartbeat(sl_conn_t *c, uint64_t now_ms)
+{
+    sub_write_t *w = sub_write_new(0, 1, 96);
+    int event = 0;
+    for (uint32_t i = 0; i < c->sub.nreaders; i++)
+        if (c->sub.readers[i].topic->conf.heartbeat_event)
+            event = 1;
+    char buf[96];
+    size_t n;
+    if (event)
+        n = (size_t)snprintf(buf, sizeof(buf),
+                             "event: sluice.heartbeat\ndata: {\"ts\":%" PRIu64 "}\n\n",
+                             sl_wall_ms());
+    else
+        n = (size_t)snprintf(buf, sizeof(buf), ": hb\n\n");
+    put_ctrl(w, buf, n);
+    (void)now_ms;
+    sl_metrics.heartbeats++;
+    sub_send(c, w);
+}
+
+void sl_conn_drain(sl_conn_t *c)
+{
+    if (c->closing)
+        return;
+    if (c->state == SL_CONN_SSE) {
+        c->draining = 1;
+        if (!c->sub.writing)
+            sse_deliver(&c->sub);
+    } else if (c->state == SL_CONN_HTTP) {
+        if (c->pending_writes > 0)
+            c->close_after_write = 1;
+        else
+            sl_conn_close(c, SL_CLOSE_SHUTDOWN);
+    }
+}
+
+int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
+                          int multi)
+{
+    sl_hub_t *hub = &c->srv->hub;
+    size_t rsize = n * sizeof(sl_reader_t);
+    if (sl_hub_reserve(hub, rsize + ALLOC_OVERHEAD) != 0) {
+        sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
+        sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
+        return SL_EOVERLOAD;
+    }
+    sl_budget_release(rsize + ALLOC_OVERHEAD);
+    static const char head[] = "HTTP/1.1 200 OK\r\nServer: sluice\r\n"
+                               "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                               "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+    resp_write_t *w = resp_alloc(sizeof(head) + 48);
+    memcpy(w->data, head, sizeof(head) - 1);
+    size_t len = sizeof(head) - 1;
+    len += sl_sse_retry(w->data + len, c->srv->cfg->sse_retry_ms);
+    sl_metrics_http(200);
+    queue_bytes(c, w, len);
+    if (c->closing)
+        return 0;
+    /* The request is done with; a subscriber keeps no parser state. */
+    sl_http_req_dispose(c->req);
+    sl_budget_release(sizeof(*c->req) + ALLOC_OVERHEAD);
+    free(c->req);
+    c->req = NULL;
+    c->state = SL_CONN_SSE;
+    c->deadline_ms = 0;
+    sl_sub_t *sub = &c->sub;
+    memset(sub, 0, sizeof(*sub));
+    sub->ops = &sse_ops;
+    sub->multi = (uint8_t)multi;
+    sl_metrics.subscribers_sse++;
+    sl_sub_start(hub, sub, topics, starts, n);
+    sl_server_kick(c->srv);
+    return 0;
+}
+
+/* ---- reading requests ------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    sl_conn_t *c = (sl_conn_t *)h;
+    (void)suggested;
+    /* One buffer for every connection: a read is fully handled before the next one, and
+     * whatever a request needs is copied out of it, bounded by the request limits. */
+    buf->base = c->srv->rbuf;
+    buf->len = c->srv->rbuf_size;
+}
+
+static const char *status_message(int status)
+{
+    switch (status) {
+    case 413:
+        return "request body over the configured limit";
+    case 414:
+        return "request target over the configured limit";
+    case 417:
+        return "only 100-continue is supported";
+    case 431:
+        return "header block over the configured limit";
+    case 503:
+        return "memory budget exhausted";
+    default:
+        return "malformed HTTP request";
+    }
+}
+
+static void set_deadline(sl_conn_t *c, uint64_t now, uint64_t after, sl_close_reason_t kind)
+{
+    c->deadline_ms = now + after;
+    c->deadline_kind = (uint8_t)kind;
+}
+
+static void process(sl_conn_t *c, const char *data, size_t len)
+{
+    sl_server_t *srv = c->srv;
+    const sl_config_t *cfg = srv->cfg;
+    size_t off = 0;
+    while (off < len && !c->closing && c->state == SL_CONN_HTTP && !c->close_after_write) {
+        if (c->req == NULL) {
+            c->req = sl_malloc(sizeof(*c->req));
+            sl_budget_charge(sizeof(*c->req) + ALLOC_OVERHEAD);
+            sl_http_req_init(c->req, &srv->limits);
+        }
+        sl_http_req_t *req = c->req;
+        int was_started = req->started, had_headers = req->headers_done;
+        size_t used = 0;
+        sl_http_result_t res = sl_http_feed(req, data + off, len - off, &used);
+        off += used;
+        uint64_t now = sl_now_ms();
+        if (!was_started && req->started)
+            set_deadline(c, now, cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
+        if (req->headers_done && (!had_headers || c->deadline_kind == SL_CLOSE_IDLE_TIMEOUT))
+            /* The body may take longer, as long as it keeps coming. */
+            set_deadline(c, now, cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+        if (res == SL_HTTP_MORE) {
+            if (req->expect_continue && !c->continue_sent) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                resp_write_t *w = resp_alloc(sizeof(cont));
+                memcpy(w->data, cont, sizeof(cont) - 1);
+                c->continue_sent = 1;
+                sl_metrics_http(100);
+                queue_bytes(c, w, sizeof(cont) - 1);
+            }
+            break;
+        }
+        if (res == SL_HTTP_ERROR) {
+            SL_INFO("bad request", "status=%d error=%s llhttp=\"%s\"", req->status, req->error,
+                    llhttp_get_error_reason(&req->parser) ? llhttp_get_error_reason(&req->parser)
+                                                          : "");
+            c->close_after_write = 1;
+            c->reason = SL_CLOSE_PROTOCOL;
+            sl_conn_error(c, req->status, req->error, status_message(req->status));
+            return;
+        }
+        if (!sl_http_keep_alive(req)) {
+            c->close_after_write = 1;
+            c->reason = SL_CLOSE_PROTOCOL;
+        }
+        c->continue_sent = 0;
+        sl_api_dispatch(c, req);
+        if (c->closing || c->state != SL_CONN_HTTP)
+            return;
+        if (c->close_after_write) {
+            if (c->pending_writes == 0)
+                finish(c);
+            return;
+        }
+        sl_http_req_next(req);
+        set_deadline(c, sl_now_ms(), cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+    }
+    if (!c->closing && c->state == SL_CONN_HTTP && c->tcp.write_queue_size > RESP_QUEUE_HIGH) {
+        /* A pipelining peer that does not read its answers gets no more reads. */
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->read_paused = 1;
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    sl_conn_t *c = (sl_conn_t *)s;
+    if (c->closing || nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF && nread != UV_ECONNRESET)
+            SL_DEBUG("read error", "error=%s", uv_strerror((int)nread));
+        c->peer_eof = 1;
+        if (c->state == SL_CONN_LINGER) {
+            sl_conn_close(c, c->reason);
+        } else if (c->state == SL_CONN_HTTP && nread == UV_EOF && c->pending_writes > 0) {
+            /* A half-close after the request: answer, then close. */
+            c->close_after_write = 1;
+        } else {
+            sl_conn_close(c, nread == UV_EOF || nread == UV_ECONNRESET ? SL_CLOSE_PEER
+                                                                       : SL_CLOSE_ERROR);
+        }
+        return;
+    }
+    if (c->state != SL_CONN_HTTP)
+        return; /* subscribers and lingering connections: input is discarded */
+    process(c, buf->base, (size_t)nread);
+}
+
+static void start_reading(sl_conn_t *c)
+{
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc != 0 && rc != UV_EALREADY)
+        sl_conn_close(c, SL_CLOSE_ERROR);
+}
+
+void sl_conn_start(sl_conn_t *c)
+{
+    c->reason = SL_CLOSE_PEER;
+    set_deadline(c, sl_now_ms(), c->srv->cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
+    start_reading(c);
+}
+
+void sl_conn_reject(sl_conn_t *c, const char *why)
+{
+    c->rejected = 1;
+    c->close_after_write = 1;
+    c->reason = SL_CLOSE_PROTOCOL;
+    set_deadline(c, sl_now_ms(), LINGER_MS, SL_CLOSE_PROTOCOL);
+    sl_conn_error(c, 503, "over_capacity", why);
+    start_reading(c);
+}
+
+void sl_conn_tick(sl_conn_t *c, uint64_t now)
+{
+    if (c->closing)
+        return;
+    if (c->deadline_ms && now >= c->deadline_ms) {
+        if (c->deadline_kind == SL_CLOSE_HEADER_TIMEOUT ||
+            c->deadline_kind == SL_CLOSE_IDLE_TIMEOUT)
+            SL_DEBUG("connection timed out", "reason=%s",
+                     sl_close_reason_name((sl_close_reason_t)c->deadline_kind));
+        sl_conn_close(c, (sl_close_reason_t)c->deadline_kind);
+        return;
+    }
+    size_t wq = c->tcp.write_queue_size;
+    if (wq == 0 || wq != c->stall_wq) {
+        c->stall_wq = wq;
+        c->stall_since_ms = now;
+    } else if (now - c->stall_since_ms >= c->srv->cfg->write_stall_ms) {
+        SL_INFO("write stalled, closing", "pending_bytes=%zu stalled_ms=%" PRIu64, wq,
+                now - c->stall_since_ms);
+        sl_conn_close(c, SL_CLOSE_WRITE_STALL);
+        return;
+    }
+    if (c->state == SL_CONN_SSE && !c->sub.writing && !c->draining && c->sub.heartbeat_ms &&
+        now - c->last_write_ms >= c->sub.heartbeat_ms)
+        sl_conn_heartbeat(c, now);
+}

@@ -1,0 +1,106 @@
+/*
+ * The hub: the registry of topics, publishing, and the delivery machinery shared by every
+ * transport. Publishing only appends to a topic and marks it dirty; one flush pass per loop
+ * iteration (sl_hub_flush) checks the readers of dirty topics against their limits and asks
+ * each subscriber that is owed something and not already writing to deliver, so many messages
+ * go out in one write. A periodic sweep (sl_hub_sweep) applies age limits and frees idle topics.
+ * The hub also decides what to evict when the memory budget is short: the oldest messages
+ * across all topics go first. No libuv calls: the server drives it from its loop.
+ */
+#ifndef SL_HUB_H
+#define SL_HUB_H
+
+#include "config.h"
+#include "topic.h"
+
+struct sl_sub;
+
+/* What a transport provides so the hub can deliver through it. */
+typedef struct sl_sub_ops {
+    /* Write what the sub's readers are owed (markers first, then messages, in order), or the
+     * overflow marker and close if sub->overflow is set. Called only when the sub is not
+     * writing. Must not call back into sl_hub_flush. */
+    void (*deliver)(struct sl_sub *sub);
+} sl_sub_ops_t;
+
+/* A subscriber: the transport-independent delivery state of one connection. Embedded in its
+ * connection, which owns it; the readers array is owned by the sub and freed by
+ * sl_sub_dispose(). */
+typedef struct sl_sub {
+    const sl_sub_ops_t *ops;
+    sl_reader_t *readers;
+    uint32_t nreaders;
+    uint8_t multi;    /* multi-topic stream: ids name their topic, gseq order */
+    uint8_t writing;  /* a write is in flight; the sub is resumed by sl_hub_sub_ready */
+    uint8_t overflow; /* policy disconnect hit: deliver the marker and close */
+    uint8_t overflow_reason;
+    uint64_t overflow_missed;
+    sl_reader_t *overflow_reader;
+    sl_list_t ready_link; /* on the hub's ready list */
+    uint64_t heartbeat_ms;
+} sl_sub_t;
+
+typedef struct sl_hub {
+    const sl_config_t *cfg;
+    sl_topic_t **buckets;
+    size_t nbuckets, ntopics;
+    sl_list_t topics; /* every topic */
+    sl_list_t dirty;  /* topics with messages not yet offered to their readers */
+    sl_list_t ready;  /* subs owed something and not writing */
+    sl_list_t msgs;   /* every ring message, oldest first (budget eviction order) */
+    uint64_t gseq;    /* last server-wide publish counter value */
+    uint64_t epoch;   /* names this process's multi-topic id space */
+    char epoch_hex[17];
+} sl_hub_t;
+
+void sl_hub_init(sl_hub_t *hub, const sl_config_t *cfg);
+/* Frees every topic. All subs must have been disposed. */
+void sl_hub_dispose(sl_hub_t *hub);
+
+/* Looks a topic up by name; with `create`, creates it if missing. Returns NULL with *err set
+ * to SL_ELIMIT (max_topics) or SL_EOVERLOAD (budget) when it cannot be created, or 0 with NULL
+ * when it does not exist and `create` is 0. The name must be valid. */
+sl_topic_t *sl_hub_topic(sl_hub_t *hub, const char *name, size_t len, int create, int *err);
+
+/* Publishes n messages (payloads[i], lens[i]) with optional event type to topic t, all or
+ * nothing: the budget is reserved for all of them first (evicting the oldest messages across
+ * topics if needed). On success *first_seq is the seq of the first; returns 0 or SL_EOVERLOAD. */
+int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
+                   const size_t *lens, size_t n, uint64_t *first_seq);
+
+/* Makes room for n bytes in the budget by evicting the oldest messages across topics, and
+ * charges them. Returns 0 or SL_EOVERLOAD (nothing left to evict). */
+int sl_hub_reserve(sl_hub_t *hub, size_t n);
+
+/* Starts a subscription on `sub` to topics[i] from starts[i]: allocates and charges its readers
+ * (the caller has checked the budget), applies start points and policies, and queues the sub
+ * if it is owed anything. */
+void sl_sub_start(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_start_t *starts,
+                  uint32_t n);
+
+/* Detaches every reader and takes the sub off the ready list; frees the readers array.
+ * Idempotent. */
+void sl_sub_dispose(sl_hub_t *hub, sl_sub_t *sub);
+
+/* Called by a transport when its write completed: re-checks the sub's readers and puts it on
+ * the ready list if it is owed anything. */
+void sl_hub_sub_ready(sl_hub_t *hub, sl_sub_t *sub, uint64_t now_ms);
+
+/* Checks reader r (counting any gap or overflow it decides); returns 1 if the sub must now
+ * deliver an overflow. */
+int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms);
+
+/* 1 if there is work for sl_hub_flush. */
+static inline int sl_hub_pending(const sl_hub_t *hub)
+{
+    return !sl_list_empty(&hub->dirty) || !sl_list_empty(&hub->ready);
+}
+
+/* The flush pass: offers new messages of dirty topics to their readers and lets every ready
+ * sub deliver. */
+void sl_hub_flush(sl_hub_t *hub, uint64_t now_ms);
+
+/* The periodic pass: max_age eviction, soft-lag and lag-age checks, idle topic freeing. */
+void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms);
+
+#endif

@@ -1,0 +1,164 @@
+/*
+ * Prometheus text rendering of sl_metrics, the budget and the process's own resource use.
+ */
+#include "metrics.h"
+
+#include "budget.h"
+#include "hub.h"
+#include "util.h"
+
+#include <dirent.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+sl_metrics_t sl_metrics;
+
+static const int http_codes[SL_HTTP_CODES] = {100, 200, 202, 400, 404, 405, 406, 408,
+                                              413, 414, 417, 429, 431, 500, 503, 0};
+
+void sl_metrics_http(int code)
+{
+    for (int i = 0; i < SL_HTTP_CODES - 1; i++) {
+        if (http_codes[i] == code) {
+            sl_metrics.http_codes[i]++;
+            return;
+        }
+    }
+    sl_metrics.http_codes[SL_HTTP_CODES - 1]++;
+}
+
+const char *sl_close_reason_name(sl_close_reason_t r)
+{
+    static const char *const names[] = {"peer",     "write_stall", "header_timeout", "idle_timeout",
+                                        "overflow", "shutdown",    "error",          "protocol"};
+    return r < SL_CLOSE__COUNT ? names[r] : "unknown";
+}
+
+typedef struct out {
+    char *buf;
+    size_t len, cap;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap *= 2;
+        o->buf = sl_realloc(o->buf, o->cap);
+    }
+}
+
+static void head(out_t *o, const char *name, const char *type, const char *help)
+{
+    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(out_t *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+    head(o, name, type, help);
+    put(o, "%s %" PRIu64 "\n", name, v);
+}
+
+static uint64_t resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, rss = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%lu %lu", &size, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static uint64_t open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    uint64_t n = 0;
+    if (d == NULL)
+        return 0;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n >= 3 ? n - 3 : 0; /* ".", ".." and the directory's own fd */
+}
+
+char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
+{
+    const sl_metrics_t *m = &sl_metrics;
+    out_t o = {.buf = sl_malloc(8192), .len = 0, .cap = 8192};
+    one(&o, "sluice_connections", "gauge", "Open TCP connections.", m->connections);
+    head(&o, "sluice_subscribers", "gauge", "Open subscriber connections by transport.");
+    put(&o, "sluice_subscribers{transport=\"sse\"} %" PRIu64 "\n", m->subscribers_sse);
+    one(&o, "sluice_connections_accepted_total", "counter", "Connections accepted.", m->accepted);
+    head(&o, "sluice_connections_rejected_total", "counter",
+         "Connections answered 503 at accept, by reason.");
+    static const char *const rej[] = {"max_connections", "per_ip", "budget"};
+    for (int i = 0; i < SL_REJECT_CONN__COUNT; i++)
+        put(&o, "sluice_connections_rejected_total{reason=\"%s\"} %" PRIu64 "\n", rej[i],
+            m->conn_rejected[i]);
+    head(&o, "sluice_connections_closed_total", "counter", "Connections closed, by reason.");
+    for (int i = 0; i < SL_CLOSE__COUNT; i++)
+        put(&o, "sluice_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
+            sl_close_reason_name((sl_close_reason_t)i), m->closed[i]);
+    one(&o, "sluice_topics", "gauge", "Topics in the registry.", hub->ntopics);
+    one(&o, "sluice_messages_published_total", "counter", "Messages accepted for publishing.",
+        m->published);
+    one(&o, "sluice_published_bytes_total", "counter", "Payload bytes accepted.",
+        m->published_bytes);
+    head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
+    static const char *const prej[] = {"budget", "too_large", "bad_topic", "max_topics",
+                                       "bad_event"};
+    for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
+        put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
+            m->pub_rejected[i]);
+    one(&o, "sluice_deliveries_total", "counter", "Messages written to subscribers.",
+        m->deliveries);
+    one(&o, "sluice_delivered_bytes_total", "counter", "Frame bytes written to subscribers.",
+        m->delivered_bytes);
+    one(&o, "sluice_subscriber_writes_total", "counter", "Batched writes to subscribers.",
+        m->writes);
+    one(&o, "sluice_heartbeats_total", "counter", "Heartbeats sent.", m->heartbeats);
+    head(&o, "sluice_gaps_total", "counter", "Gap markers decided (policy skip), by reason.");
+    for (int i = 0; i < SL_LAG__COUNT; i++)
+        put(&o, "sluice_gaps_total{reason=\"%s\"} %" PRIu64 "\n",
+            sl_lag_reason_name((sl_lag_reason_t)i), m->gaps[i]);
+    one(&o, "sluice_gap_messages_total", "counter",
+        "Messages readers missed (covered by gap or overflow markers).", m->gap_messages);
+    head(&o, "sluice_overflow_disconnects_total", "counter",
+         "Readers disconnected by policy disconnect, by reason.");
+    for (int i = 0; i < SL_LAG__COUNT; i++)
+        put(&o, "sluice_overflow_disconnects_total{reason=\"%s\"} %" PRIu64 "\n",
+            sl_lag_reason_name((sl_lag_reason_t)i), m->overflow_disconnects[i]);
+    head(&o, "sluice_evictions_total", "counter", "Messages dropped from rings, by reason.");
+    for (int i = 0; i < SL_EVICT__COUNT; i++)
+        put(&o, "sluice_evictions_total{reason=\"%s\"} %" PRIu64 "\n",
+            sl_evict_reason_name((sl_evict_reason_t)i), m->evictions[i]);
+    one(&o, "sluice_memory_accounted_bytes", "gauge", "Bytes charged to the memory budget.",
+        sl_budget.used);
+    one(&o, "sluice_memory_peak_bytes", "gauge", "Highest accounted bytes seen.", sl_budget.peak);
+    one(&o, "sluice_memory_limit_bytes", "gauge", "The memory budget (memory_limit).",
+        sl_budget.limit);
+    head(&o, "sluice_http_responses_total", "counter", "HTTP responses, by status code.");
+    for (int i = 0; i < SL_HTTP_CODES - 1; i++)
+        put(&o, "sluice_http_responses_total{code=\"%d\"} %" PRIu64 "\n", http_codes[i],
+            m->http_codes[i]);
+    put(&o, "sluice_http_responses_total{code=\"other\"} %" PRIu64 "\n",
+        m->http_codes[SL_HTTP_CODES - 1]);
+    one(&o, "process_resident_memory_bytes", "gauge", "Resident set size.", resident_bytes());
+    one(&o, "process_open_fds", "gauge", "Open file descriptors.", open_fds());
+    *len = o.len;
+    return o.buf;
+}

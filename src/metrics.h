@@ -1,0 +1,78 @@
+/*
+ * Counters and gauges, and their Prometheus text rendering. Every module bumps the fields of
+ * the one global `sl_metrics`; rendering reads them together with the hub's topic table and
+ * the budget. Gauges of connections change only where a connection is created and in its close
+ * callback (see conn.c). Loop thread only.
+ */
+#ifndef SL_METRICS_H
+#define SL_METRICS_H
+
+#include "topic.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    SL_CLOSE_PEER = 0,    /* the peer closed or reset */
+    SL_CLOSE_WRITE_STALL, /* pending data, no byte accepted for write_stall_timeout */
+    SL_CLOSE_HEADER_TIMEOUT,
+    SL_CLOSE_IDLE_TIMEOUT,
+    SL_CLOSE_OVERFLOW, /* overflow policy disconnect */
+    SL_CLOSE_SHUTDOWN,
+    SL_CLOSE_ERROR,    /* a socket error */
+    SL_CLOSE_PROTOCOL, /* bad request, or `Connection: close` / an answered limit */
+    SL_CLOSE__COUNT,
+} sl_close_reason_t;
+const char *sl_close_reason_name(sl_close_reason_t r);
+
+typedef enum {
+    SL_REJECT_CONN_MAX = 0,
+    SL_REJECT_CONN_PER_IP,
+    SL_REJECT_CONN_BUDGET,
+    SL_REJECT_CONN__COUNT,
+} sl_conn_reject_t;
+
+typedef enum {
+    SL_REJECT_PUB_BUDGET = 0,
+    SL_REJECT_PUB_TOO_LARGE,
+    SL_REJECT_PUB_BAD_TOPIC,
+    SL_REJECT_PUB_MAX_TOPICS,
+    SL_REJECT_PUB_BAD_EVENT,
+    SL_REJECT_PUB__COUNT,
+} sl_pub_reject_t;
+
+#define SL_HTTP_CODES 16
+
+typedef struct sl_metrics {
+    uint64_t connections;     /* gauge */
+    uint64_t subscribers_sse; /* gauge */
+    uint64_t accepted;
+    uint64_t conn_rejected[SL_REJECT_CONN__COUNT];
+    uint64_t closed[SL_CLOSE__COUNT];
+    uint64_t published;
+    uint64_t published_bytes;
+    uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
+    uint64_t deliveries;
+    uint64_t delivered_bytes;
+    uint64_t writes; /* write syscalls batches issued to subscribers */
+    uint64_t gaps[SL_LAG__COUNT];
+    uint64_t gap_messages;
+    uint64_t overflow_disconnects[SL_LAG__COUNT];
+    uint64_t evictions[SL_EVICT__COUNT];
+    uint64_t topics_created;
+    uint64_t topics_freed;
+    uint64_t http_codes[SL_HTTP_CODES]; /* indexed by sl_metrics_code_index() */
+    uint64_t heartbeats;
+} sl_metrics_t;
+
+extern sl_metrics_t sl_metrics;
+
+/* Counts one HTTP response with this status code. */
+void sl_metrics_http(int code);
+
+struct sl_hub;
+/* Renders every series in Prometheus text format into a malloc'ed buffer; the caller frees it.
+ * Returns the buffer and sets *len. */
+char *sl_metrics_render(const struct sl_hub *hub, size_t *len);
+
+#endif

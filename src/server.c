@@ -1,0 +1,290 @@
+/*
+ * The server: listening, accepting under the connection limits and the budget, the flush pass
+ * hook, the periodic sweep, signals and graceful shutdown. Shutdown ends with every handle
+ * closed so that the caller's uv_loop_close() succeeds.
+ */
+#include "server.h"
+
+#include "budget.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SWEEP_MS 250
+#define ALLOC_OVERHEAD 16
+
+static void on_flush(uv_check_t *h)
+{
+    sl_server_t *srv = h->data;
+    if (sl_hub_pending(&srv->hub))
+        sl_hub_flush(&srv->hub, sl_now_ms());
+    if (!sl_hub_pending(&srv->hub))
+        uv_idle_stop(&srv->flush_idle);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    (void)h; /* Its only purpose is to make the loop poll without blocking. */
+}
+
+void sl_server_kick(sl_server_t *srv)
+{
+    if (!uv_is_active((uv_handle_t *)&srv->flush_idle) &&
+        !uv_is_closing((uv_handle_t *)&srv->flush_idle))
+        uv_idle_start(&srv->flush_idle, on_idle);
+}
+
+static uint64_t sweep_count;
+
+static void on_sweep(uv_timer_t *h)
+{
+    sl_server_t *srv = h->data;
+    uint64_t now = sl_now_ms();
+    sl_list_t *it, *tmp;
+    sl_list_each_safe(it, tmp, &srv->conns)
+    {
+        sl_conn_t *c = sl_container_of(it, sl_conn_t, link);
+        sl_conn_tick(c, now);
+    }
+    /* Topic maintenance needs no finer grain than a second. */
+    if (++sweep_count % 4 == 0)
+        sl_hub_sweep(&srv->hub, now);
+    if (sl_hub_pending(&srv->hub))
+        sl_server_kick(srv);
+}
+
+static sl_ipent_t *ip_acquire(sl_server_t *srv, const struct sockaddr_storage *ss)
+{
+    uint8_t addr[16] = {0};
+    if (ss->ss_family == AF_INET)
+        memcpy(addr + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    else if (ss->ss_family == AF_INET6)
+        memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    uint32_t h = 0;
+    for (int i = 0; i < 16; i++)
+        h = h * 31 + addr[i];
+    sl_ipent_t **head = &srv->ips[h % SL_IP_BUCKETS];
+    for (sl_ipent_t *e = *head; e != NULL; e = e->next) {
+        if (memcmp(e->addr, addr, 16) == 0) {
+            e->count++;
+            return e;
+        }
+    }
+    sl_ipent_t *e = sl_calloc(1, sizeof(*e));
+    memcpy(e->addr, addr, 16);
+    e->count = 1;
+    e->next = *head;
+    *head = e;
+    return e;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    sl_server_t *srv = server->data;
+    if (status < 0) {
+        SL_WARN("accept failed", "error=%s", uv_strerror(status));
+        return;
+    }
+    sl_conn_t *c = sl_calloc(1, sizeof(*c));
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp);
+    sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
+    sl_list_init(&c->link);
+    sl_list_init(&c->sub.ready_link);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        /* Never counted: freed through the same close callback path. */
+        sl_list_insert_tail(&srv->conns, &c->link);
+        srv->nconns++;
+        sl_metrics.connections++;
+        sl_conn_close(c, SL_CLOSE_ERROR);
+        return;
+    }
+    sl_list_insert_tail(&srv->conns, &c->link);
+    srv->nconns++;
+    sl_metrics.connections++;
+    sl_metrics.accepted++;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    memset(&ss, 0, sizeof(ss));
+    uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen);
+    c->ip = ip_acquire(srv, &ss);
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_keepalive(&c->tcp, 1, 60);
+    const sl_config_t *cfg = srv->cfg;
+    if (srv->shutting_down) {
+        sl_conn_close(c, SL_CLOSE_SHUTDOWN);
+    } else if (srv->nconns > cfg->max_connections) {
+        sl_metrics.conn_rejected[SL_REJECT_CONN_MAX]++;
+        SL_WARN("connection refused", "reason=max_connections limit=%" PRIu64,
+                cfg->max_connections);
+        sl_conn_reject(c, "too many connections");
+    } else if (c->ip->count > cfg->max_connections_per_ip) {
+        sl_metrics.conn_rejected[SL_REJECT_CONN_PER_IP]++;
+        SL_WARN("connection refused", "reason=per_ip limit=%" PRIu64, cfg->max_connections_per_ip);
+        sl_conn_reject(c, "too many connections from this address");
+    } else if (sl_hub_reserve(&srv->hub, 4096) != 0) {
+        /* Room for the connection's request state and first answer must exist. */
+        sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
+        SL_WARN("connection refused", "reason=budget used=%" PRIu64 " limit=%" PRIu64,
+                sl_budget.used, sl_budget.limit);
+        sl_conn_reject(c, "memory budget exhausted");
+    } else {
+        sl_budget_release(4096);
+        sl_conn_start(c);
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    sl_server_t *srv = h->data;
+    if (signum == SIGPIPE)
+        return;
+    if (srv->shutting_down) {
+        SL_INFO("second signal, closing now", "signal=%d", signum);
+        sl_list_t *it, *tmp;
+        sl_list_each_safe(it, tmp, &srv->conns)
+        {
+            sl_conn_close(sl_container_of(it, sl_conn_t, link), SL_CLOSE_SHUTDOWN);
+        }
+        return;
+    }
+    SL_INFO("shutting down", "signal=%d connections=%zu", signum, srv->nconns);
+    sl_server_shutdown(srv);
+}
+
+static void on_drain_deadline(uv_timer_t *h)
+{
+    sl_server_t *srv = h->data;
+    SL_INFO("drain deadline reached, closing the rest", "connections=%zu", srv->nconns);
+    sl_list_t *it, *tmp;
+    sl_list_each_safe(it, tmp, &srv->conns)
+    {
+        sl_conn_close(sl_container_of(it, sl_conn_t, link), SL_CLOSE_SHUTDOWN);
+    }
+}
+
+int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->loop = loop;
+    srv->cfg = cfg;
+    sl_list_init(&srv->conns);
+    sl_hub_init(&srv->hub, cfg);
+    srv->limits.max_url = cfg->max_url_bytes;
+    srv->limits.max_header_bytes = cfg->max_header_bytes;
+    srv->limits.max_message = cfg->max_message_bytes;
+    srv->limits.max_body = cfg->max_body_bytes;
+    srv->rbuf_size = 64 * 1024;
+    srv->rbuf = sl_malloc(srv->rbuf_size);
+    sl_budget_set_limit(cfg->memory_limit);
+
+    struct sockaddr_storage addr;
+    int rc;
+    if (strchr(cfg->listen_host, ':') != NULL)
+        rc = uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&addr);
+    else
+        rc = uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&addr);
+    if (rc != 0) {
+        SL_ERROR("bad listen address", "addr=%s error=%s", cfg->listen_host, uv_strerror(rc));
+        return rc;
+    }
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    uv_check_init(loop, &srv->flush_check);
+    srv->flush_check.data = srv;
+    uv_idle_init(loop, &srv->flush_idle);
+    srv->flush_idle.data = srv;
+    uv_timer_init(loop, &srv->sweep_timer);
+    srv->sweep_timer.data = srv;
+    uv_timer_init(loop, &srv->drain_timer);
+    srv->drain_timer.data = srv;
+    uv_signal_init(loop, &srv->sigterm);
+    srv->sigterm.data = srv;
+    uv_signal_init(loop, &srv->sigint);
+    srv->sigint.data = srv;
+    uv_signal_init(loop, &srv->sigpipe);
+    srv->sigpipe.data = srv;
+    srv->listening = 1;
+
+    rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
+    if (rc != 0) {
+        SL_ERROR("cannot listen", "addr=%s port=%d error=%s", cfg->listen_host, cfg->listen_port,
+                 uv_strerror(rc));
+        srv->shutting_down = 1;
+        sl_server_shutdown(srv);
+        return rc;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
+    srv->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    uv_check_start(&srv->flush_check, on_flush);
+    uv_timer_start(&srv->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sigpipe, on_signal, SIGPIPE);
+    if (strchr(cfg->listen_host, ':') != NULL)
+        SL_INFO("listening", "addr=[%s]:%d memory_limit=%" PRIu64, cfg->listen_host, srv->port,
+                cfg->memory_limit);
+    else
+        SL_INFO("listening", "addr=%s:%d memory_limit=%" PRIu64, cfg->listen_host, srv->port,
+                cfg->memory_limit);
+    return 0;
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+void sl_server_shutdown(sl_server_t *srv)
+{
+    if (!srv->shutting_down) {
+        srv->shutting_down = 1;
+        close_handle((uv_handle_t *)&srv->listener);
+        srv->listening = 0;
+        sl_list_t *it, *tmp;
+        sl_list_each_safe(it, tmp, &srv->conns)
+        {
+            sl_conn_drain(sl_container_of(it, sl_conn_t, link));
+        }
+        if (srv->nconns > 0) {
+            uv_timer_start(&srv->drain_timer, on_drain_deadline, srv->cfg->shutdown_drain_ms, 0);
+            sl_server_kick(srv);
+            return;
+        }
+    }
+    if (srv->nconns > 0)
+        return;
+    /* Every connection is gone: close our own handles so the loop ends. */
+    close_handle((uv_handle_t *)&srv->listener);
+    close_handle((uv_handle_t *)&srv->flush_check);
+    close_handle((uv_handle_t *)&srv->flush_idle);
+    close_handle((uv_handle_t *)&srv->sweep_timer);
+    close_handle((uv_handle_t *)&srv->drain_timer);
+    close_handle((uv_handle_t *)&srv->sigterm);
+    close_handle((uv_handle_t *)&srv->sigint);
+    close_handle((uv_handle_t *)&srv->sigpipe);
+}
+
+void sl_server_dispose(sl_server_t *srv)
+{
+    sl_hub_dispose(&srv->hub);
+    for (size_t i = 0; i < SL_IP_BUCKETS; i++) {
+        sl_ipent_t *e = srv->ips[i], *next;
+        for (; e != NULL; e = next) {
+            next = e->next;
+            free(e);
+        }
+        srv->ips[i] = NULL;
+    }
+    free(srv->rbuf);
+    srv->rbuf = NULL;
+}

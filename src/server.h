@@ -1,0 +1,130 @@
+/*
+ * The server and its connections: the libuv side of sluice. The server owns the loop handles
+ * (listener, flush check, sweep timer, signals), every connection, and the hub. A connection
+ * has exactly one exit, sl_conn_close(), and its memory is freed only in the libuv close
+ * callback; gauges move only when a connection is created and in that callback, so they
+ * always equal what the kernel sees.
+ *
+ * Connection states:
+ *
+ *     accept ──► HTTP ──(GET SSE)──► SSE ──┐
+ *                 │  ▲ keep-alive           │ overflow / shutdown: final frame
+ *                 ▼  │                      ▼
+ *           respond, close-after-write ──► LINGER (FIN sent, discard input) ──► close
+ *
+ * Any state can go straight to close (peer gone, socket error, timeout, drain deadline).
+ */
+#ifndef SL_SERVER_H
+#define SL_SERVER_H
+
+#include "config.h"
+#include "http.h"
+#include "hub.h"
+#include "metrics.h"
+
+#include <uv.h>
+
+typedef struct sl_ipent {
+    struct sl_ipent *next;
+    uint32_t count;
+    uint8_t addr[16];
+} sl_ipent_t;
+
+#define SL_IP_BUCKETS 1024
+
+typedef struct sl_server {
+    uv_loop_t *loop;
+    const sl_config_t *cfg;
+    sl_hub_t hub;
+    sl_http_limits_t limits;
+    uv_tcp_t listener;
+    uv_check_t flush_check; /* the flush pass, once per loop iteration */
+    uv_idle_t flush_idle;   /* keeps the loop from blocking while subs are ready */
+    uv_timer_t sweep_timer; /* deadlines, heartbeats, write stalls, hub sweep */
+    uv_timer_t drain_timer; /* shutdown deadline */
+    uv_signal_t sigterm, sigint;
+    uv_signal_t sigpipe; /* ignored: a dead peer must never kill the process */
+    sl_list_t conns;
+    size_t nconns;
+    sl_ipent_t *ips[SL_IP_BUCKETS];
+    int listening;
+    int shutting_down;
+    int port;   /* the bound port (useful with port 0) */
+    char *rbuf; /* the shared read buffer: reads are handled before the next */
+    size_t rbuf_size;
+} sl_server_t;
+
+enum { SL_CONN_HTTP = 0, SL_CONN_SSE, SL_CONN_LINGER };
+
+/* One client connection. Owned by the server; freed only in its close callback. */
+typedef struct sl_conn {
+    uv_tcp_t tcp;
+    sl_server_t *srv;
+    sl_list_t link; /* server->conns */
+    sl_ipent_t *ip;
+    uint8_t state;
+    uint8_t closing;           /* sl_conn_close was called */
+    uint8_t close_after_write; /* answer, then FIN and linger */
+    uint8_t draining;          /* shutdown: send what is owed, then the final frame */
+    uint8_t read_paused;       /* pipelined responses piled up; resumed when drained */
+    uint8_t continue_sent;
+    uint8_t reason;   /* sl_close_reason_t, once closing */
+    uint8_t rejected; /* answered 503 at accept */
+    uint8_t peer_eof; /* the peer closed its side */
+    uint32_t pending_writes;
+    uint64_t deadline_ms;    /* request header / idle / linger deadline; 0 = none */
+    uint8_t deadline_kind;   /* sl_close_reason_t to use when it passes */
+    uint64_t stall_since_ms; /* when the write queue last made progress */
+    size_t stall_wq;         /* write queue size seen then */
+    uint64_t last_write_ms;  /* last time anything was queued (heartbeats) */
+    sl_http_req_t *req;      /* HTTP state only */
+    sl_sub_t sub;            /* SSE state only */
+} sl_conn_t;
+
+/* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.
+ * Returns 0 or a negative libuv error (logged). */
+int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg);
+
+/* Begins a graceful shutdown (as SIGTERM does): stop accepting, drain subscribers within the
+ * deadline, then close everything; the loop then runs out of handles. */
+void sl_server_shutdown(sl_server_t *srv);
+
+/* Frees what the server still holds after the loop has ended. */
+void sl_server_dispose(sl_server_t *srv);
+
+/* Makes sure the flush pass runs this iteration without blocking for I/O first. */
+void sl_server_kick(sl_server_t *srv);
+
+/* The one way out of a connection. Idempotent. */
+void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason);
+
+/* Queues a full HTTP response. `extra` is a block of "Name: value\r\n" lines or NULL. With
+ * c->close_after_write set the connection is shut down once the response is written. */
+void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const char *extra,
+                     const char *body, size_t body_len);
+
+/* Answers with the JSON error body {"error":code,"message":msg}. */
+void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg);
+
+/* Turns an HTTP connection into an SSE subscriber on `topics` (n of them) from `starts`:
+ * writes the response head, then hands delivery to the hub. `multi` selects multi-topic ids.
+ * Takes ownership of nothing; copies what it needs. Returns 0 or SL_EOVERLOAD (answered). */
+int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
+                          int multi);
+
+/* Starts reading a freshly accepted connection (conn.c). */
+void sl_conn_start(sl_conn_t *c);
+
+/* Answers a connection over a limit with 503 and closes it after the answer. */
+void sl_conn_reject(sl_conn_t *c, const char *why);
+
+/* Per-connection deadlines, write-stall detection and heartbeats; called by the sweep. */
+void sl_conn_tick(sl_conn_t *c, uint64_t now_ms);
+
+/* Shutdown of one connection: subscribers get what they are owed, then the final frame. */
+void sl_conn_drain(sl_conn_t *c);
+
+/* Routes one complete request (api.c). */
+void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * SSE encoding. The data of one message is encoded once at publish time (see sl_msg_new) and
+ * shared by every reader; this file holds the byte-level rules.
+ */
+#include "sse.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char data_prefix[] = "data: ";
+#define DATA_PREFIX_LEN (sizeof(data_prefix) - 1)
+
+int sl_sse_needs_split(const char *payload, size_t len)
+{
+    return memchr(payload, '\n', len) != NULL || memchr(payload, '\r', len) != NULL;
+}
+
+/* Calls `line(start, n, arg)` for each line of the payload, split at CR, LF or CRLF. A payload
+ * always has at least one (possibly empty) line. */
+#define EACH_LINE(payload, len, BODY)                                                              \
+    do {                                                                                           \
+        size_t s_ = 0;                                                                             \
+        for (size_t i_ = 0;; i_++) {                                                               \
+            if (i_ == (len) || (payload)[i_] == '\n' || (payload)[i_] == '\r') {                   \
+                const char *ls = (payload) + s_;                                                   \
+                size_t ln = i_ - s_;                                                               \
+                BODY;                                                                              \
+                if (i_ == (len))                                                                   \
+                    break;                                                                         \
+                if ((payload)[i_] == '\r' && i_ + 1 < (len) && (payload)[i_ + 1] == '\n')          \
+                    i_++;                                                                          \
+                s_ = i_ + 1;                                                                       \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+size_t sl_sse_data_len(const char *payload, size_t len)
+{
+    size_t total = 0;
+    EACH_LINE(payload, len, {
+        (void)ls;
+        total += DATA_PREFIX_LEN + ln + 1;
+    });
+    return total;
+}
+
+char *sl_sse_put_data(char *dst, const char *payload, size_t len)
+{
+    EACH_LINE(payload, len, {
+        memcpy(dst, data_prefix, DATA_PREFIX_LEN);
+        dst += DATA_PREFIX_LEN;
+        memcpy(dst, ls, ln);
+        dst += ln;
+        *dst++ = '\n';
+    });
+    return dst;
+}
+
+int sl_json_put_string(char *buf, size_t *len, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t l = *len;
+    if (l + 2 > cap)
+        return -1;
+    buf[l++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (l + 7 > cap)
+            return -1;
+        if (c == '"' || c == '\\') {
+            buf[l++] = '\\';
+            buf[l++] = (char)c;
+        } else if (c < 0x20) {
+            memcpy(buf + l, "\\u00", 4);
+            buf[l + 4] = hex[c >> 4];
+            buf[l + 5] = hex[c & 15];
+            l += 6;
+        } else {
+            buf[l++] = (char)c;
+        }
+    }
+    if (l + 1 > cap)
+        return -1;
+    buf[l++] = '"';
+    *len = l;
+    return 0;
+}
+
+size_t sl_sse_retry(char *buf, uint64_t retry_ms)
+{
+    return (size_t)sprintf(buf, "retry: %llu\n\n", (unsigned long long)retry_ms);
+}

@@ -1,0 +1,463 @@
+/*
+ * The topic log: message construction (the SSE frame is encoded here, once), the ring with its
+ * bounds, reader cursors with their start points, and the overflow policies. See topic.h for
+ * the invariants. The hub owns topics and calls in here; nothing here does I/O.
+ */
+#include "topic.h"
+
+#include "budget.h"
+#include "sse.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What one malloc costs beyond its size, roughly; counted so the budget tracks RSS. */
+#define ALLOC_OVERHEAD 16
+
+const char *sl_lag_reason_name(sl_lag_reason_t r)
+{
+    static const char *const names[] = {"evicted", "lag_hard", "lag_soft", "lag_age"};
+    return r < SL_LAG__COUNT ? names[r] : "unknown";
+}
+
+const char *sl_evict_reason_name(sl_evict_reason_t r)
+{
+    static const char *const names[] = {"max_messages", "max_bytes", "max_age", "budget"};
+    return r < SL_EVICT__COUNT ? names[r] : "unknown";
+}
+
+/* ---- ids and names ---------------------------------------------------------------------- */
+
+size_t sl_id_format(char *buf, uint64_t epoch, uint64_t seq)
+{
+    return (size_t)snprintf(buf, SL_ID_MAX, "%016" PRIx64 "-%" PRIu64, epoch, seq);
+}
+
+static int parse_u64_dec(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 20)
+        return SL_EBADID;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return SL_EBADID;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return SL_EBADID;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int sl_id_parse(const char *s, size_t len, int allow_suffix, uint64_t *epoch, uint64_t *seq)
+{
+    uint64_t e = 0;
+    if (len < 18 || s[16] != '-')
+        return SL_EBADID;
+    for (int i = 0; i < 16; i++) {
+        char c = s[i];
+        int d;
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else
+            return SL_EBADID;
+        e = (e << 4) | (uint64_t)d;
+    }
+    const char *num = s + 17;
+    size_t nlen = len - 17;
+    if (allow_suffix) {
+        const char *colon = memchr(num, ':', nlen);
+        if (colon != NULL) {
+            size_t tlen = nlen - (size_t)(colon - num) - 1;
+            if (!sl_topic_name_valid(colon + 1, tlen, 1024))
+                return SL_EBADID;
+            nlen = (size_t)(colon - num);
+        }
+    }
+    if (parse_u64_dec(num, nlen, seq) != 0)
+        return SL_EBADID;
+    *epoch = e;
+    return 0;
+}
+
+int sl_topic_name_valid(const char *s, size_t len, size_t max)
+{
+    if (len == 0 || len > max || s[0] == '/' || s[len - 1] == '/')
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '~' || c == '-' || c == '/';
+        if (!ok || (c == '/' && s[i + 1] == '/'))
+            return 0;
+    }
+    return 1;
+}
+
+int sl_event_name_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > 64)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == ':' || c == '-';
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- messages --------------------------------------------------------------------------- */
+
+/* The largest "id: <16 hex>-<20 digits>\n". */
+#define ID_LINE_MAX (4 + 16 + 1 + 20 + 1)
+
+static size_t msg_sizes(const char *event, const char *payload, size_t payload_len,
+                        size_t *frame_len, int *split)
+{
+    size_t ev = event ? strlen(event) : 0;
+    *split = sl_sse_needs_split(payload, payload_len);
+    *frame_len = ID_LINE_MAX + (ev ? 7 + ev + 1 : 0) + sl_sse_data_len(payload, payload_len) + 1;
+    return sizeof(sl_msg_t) + *frame_len + (*split ? payload_len : 0) + (ev ? ev + 1 : 0);
+}
+
+size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len)
+{
+    size_t frame_len;
+    int split;
+    (void)name_len;
+    return msg_sizes(event, payload, payload_len, &frame_len, &split) + ALLOC_OVERHEAD;
+}
+
+sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
+                     size_t payload_len)
+{
+    size_t frame_max;
+    int split;
+    size_t size = msg_sizes(event, payload, payload_len, &frame_max, &split);
+    sl_msg_t *m = sl_malloc(size);
+    memset(m, 0, sizeof(*m));
+    m->refs = 1;
+    m->seq = seq;
+    m->charge = size + ALLOC_OVERHEAD;
+    sl_list_init(&m->all);
+    m->frame = (char *)(m + 1);
+
+    char *p = m->frame;
+    p += sprintf(p, "id: %016" PRIx64 "-%" PRIu64 "\n", t->epoch, seq);
+    m->id_line_len = (size_t)(p - m->frame);
+    char *after = m->frame + frame_max;
+    if (event != NULL) {
+        size_t ev = strlen(event);
+        memcpy(p, "event: ", 7);
+        memcpy(p + 7, event, ev);
+        p[7 + ev] = '\n';
+        p += 7 + ev + 1;
+    }
+    char *data = p;
+    p = sl_sse_put_data(p, payload, payload_len);
+    *p++ = '\n';
+    m->frame_len = (size_t)(p - m->frame);
+    if (split) {
+        memcpy(after, payload, payload_len);
+        m->payload = after;
+        after += payload_len;
+    } else {
+        m->payload = data + 6; /* "data: " */
+    }
+    m->payload_len = payload_len;
+    if (event != NULL) {
+        size_t ev = strlen(event);
+        memcpy(after, event, ev + 1);
+        m->event = after;
+        m->event_len = (uint16_t)ev;
+    }
+    return m;
+}
+
+void sl_msg_unref(sl_msg_t *m)
+{
+    assert(m->refs > 0);
+    if (--m->refs > 0)
+        return;
+    assert(!sl_list_linked(&m->all));
+    if (m->multi_id != NULL) {
+        sl_budget_release(m->multi_id_len + ALLOC_OVERHEAD);
+        free(m->multi_id);
+    }
+    sl_budget_release(m->charge);
+    free(m);
+}
+
+const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *len)
+{
+    if (m->multi_id == NULL) {
+        assert(m->topic != NULL);
+        size_t cap = 4 + 16 + 1 + 20 + 1 + m->topic->name_len + 2;
+        m->multi_id = sl_malloc(cap);
+        int n = snprintf(m->multi_id, cap, "id: %s-%" PRIu64 ":%s\n", stream_epoch_hex, m->gseq,
+                         m->topic->name);
+        m->multi_id_len = (uint16_t)n;
+        sl_budget_charge(m->multi_id_len + ALLOC_OVERHEAD);
+    }
+    *len = m->multi_id_len;
+    return m->multi_id;
+}
+
+/* ---- the ring --------------------------------------------------------------------------- */
+
+static size_t ring_bytes(size_t cap)
+{
+    return cap * sizeof(sl_msg_t *) + ALLOC_OVERHEAD;
+}
+
+sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_t *conf,
+                         uint64_t created_gseq)
+{
+    sl_topic_t *t = sl_calloc(1, sizeof(*t));
+    t->name = sl_strndup(name, name_len);
+    t->name_len = name_len;
+    do {
+        t->epoch = sl_random64();
+    } while (t->epoch == 0);
+    snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, t->epoch);
+    t->conf = *conf;
+    t->created_gseq = created_gseq;
+    sl_list_init(&t->readers);
+    sl_list_init(&t->all_link);
+    sl_list_init(&t->dirty_link);
+    sl_budget_charge(sizeof(*t) + name_len + 1 + 2 * ALLOC_OVERHEAD);
+    return t;
+}
+
+void sl_topic_free(sl_topic_t *t)
+{
+    assert(t->nreaders == 0);
+    sl_msg_t *m;
+    while ((m = sl_topic_pop_tail(t)) != NULL) {
+        sl_list_remove(&m->all);
+        sl_msg_unref(m);
+    }
+    if (t->ring != NULL)
+        sl_budget_release(ring_bytes(t->cap));
+    free(t->ring);
+    sl_budget_release(sizeof(*t) + t->name_len + 1 + 2 * ALLOC_OVERHEAD);
+    free(t->name);
+    free(t);
+}
+
+sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq)
+{
+    uint64_t tail = sl_topic_tail(t);
+    if (t->count == 0 || seq < tail || seq > t->head_seq)
+        return NULL;
+    return t->ring[(t->first + (size_t)(seq - tail)) & (t->cap - 1)];
+}
+
+static void ring_grow(sl_topic_t *t)
+{
+    size_t ncap = t->cap ? t->cap * 2 : 16;
+    sl_msg_t **nr = sl_malloc(ncap * sizeof(*nr));
+    for (size_t i = 0; i < t->count; i++)
+        nr[i] = t->ring[(t->first + i) & (t->cap - 1)];
+    if (t->ring != NULL)
+        sl_budget_release(ring_bytes(t->cap));
+    free(t->ring);
+    sl_budget_charge(ring_bytes(ncap));
+    t->ring = nr;
+    t->cap = ncap;
+    t->first = 0;
+}
+
+sl_msg_t *sl_topic_pop_tail(sl_topic_t *t)
+{
+    if (t->count == 0)
+        return NULL;
+    sl_msg_t *m = t->ring[t->first];
+    t->ring[t->first] = NULL;
+    t->first = (t->first + 1) & (t->cap - 1);
+    t->count--;
+    t->bytes -= m->payload_len;
+    t->last_evicted_gseq = m->gseq;
+    m->topic = NULL;
+    return m;
+}
+
+void sl_topic_append(sl_topic_t *t, sl_msg_t *m, sl_evict_cb on_evict, void *arg)
+{
+    assert(m->seq == t->head_seq + 1);
+    if (t->count == t->cap)
+        ring_grow(t);
+    t->ring[(t->first + t->count) & (t->cap - 1)] = m;
+    t->count++;
+    t->head_seq = m->seq;
+    t->bytes += m->payload_len;
+    t->cum_bytes += m->payload_len;
+    m->cum_bytes = t->cum_bytes;
+    m->topic = t;
+    while (t->count > t->conf.max_messages)
+        on_evict(t, sl_topic_pop_tail(t), SL_EVICT_MAX_MESSAGES, arg);
+    /* The newest message is always kept, so one message over max_bytes is still delivered. */
+    while (t->count > 1 && t->bytes > t->conf.max_bytes)
+        on_evict(t, sl_topic_pop_tail(t), SL_EVICT_MAX_BYTES, arg);
+}
+
+/* ---- readers ---------------------------------------------------------------------------- */
+
+static void queue_gap(sl_reader_t *r, uint64_t from, int from_known, uint64_t to, uint64_t missed,
+                      sl_lag_reason_t why)
+{
+    if (r->mark & SL_MARK_GAP) {
+        /* Widen the pending gap; it keeps its first reason. */
+        r->gap_to = to;
+        r->gap_missed += missed;
+        return;
+    }
+    r->mark |= SL_MARK_GAP;
+    r->mark_reason = (uint8_t)why;
+    r->gap_from = from;
+    r->gap_from_known = (uint8_t)from_known;
+    r->gap_to = to;
+    r->gap_missed = missed;
+}
+
+/* Index (seq) of the first retained message with gseq > g, or head+1. Ring gseqs increase. */
+static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
+{
+    uint64_t lo = sl_topic_tail(t), hi = t->head_seq + 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (sl_topic_get(t, mid)->gseq > g)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl_start_t *start,
+                     uint64_t stream_epoch)
+{
+    int gap = 0;
+    r->topic = t;
+    r->sub = sub;
+    r->mark = SL_MARK_NONE;
+    r->soft_since_ms = 0;
+    sl_list_insert_tail(&t->readers, &r->link);
+    t->nreaders++;
+    t->idle_since_ms = 0;
+    uint64_t tail = sl_topic_tail(t);
+    switch (start->kind) {
+    case SL_START_NEW:
+        r->next = t->head_seq + 1;
+        break;
+    case SL_START_OLDEST:
+        r->next = tail;
+        break;
+    case SL_START_SINCE:
+        if (start->epoch != t->epoch) {
+            r->mark |= SL_MARK_RESET;
+            r->next = tail;
+        } else if (start->seq >= t->head_seq) {
+            r->next = t->head_seq + 1;
+        } else {
+            r->next = start->seq + 1; /* may be below tail: the check applies the policy */
+        }
+        break;
+    case SL_START_GSEQ:
+        if (start->epoch != stream_epoch) {
+            r->mark |= SL_MARK_RESET;
+            r->next = tail;
+            break;
+        }
+        r->next = first_after_gseq(t, start->seq);
+        if (t->last_evicted_gseq > start->seq && tail > 1) {
+            /* Something after the resume point was evicted. Every message of this log came
+             * after created_gseq, so if the client's point precedes the log, all of 1..tail-1
+             * are missed; otherwise where its gap starts is no longer known. */
+            int known = start->seq <= t->created_gseq;
+            queue_gap(r, known ? 1 : 0, known, tail - 1, known ? tail - 1 : 0, SL_LAG_EVICTED);
+            gap = 1;
+        }
+        break;
+    }
+    return gap;
+}
+
+void sl_reader_detach(sl_reader_t *r)
+{
+    if (r->topic == NULL)
+        return;
+    sl_list_remove(&r->link);
+    r->topic->nreaders--;
+    r->topic = NULL;
+}
+
+sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, sl_lag_reason_t *reason,
+                           uint64_t *missed)
+{
+    sl_topic_t *t = r->topic;
+    const sl_topic_conf_t *c = &t->conf;
+    uint64_t tail = sl_topic_tail(t), head = t->head_seq;
+    *missed = 0;
+    if (r->next < tail) {
+        *reason = SL_LAG_EVICTED;
+        *missed = tail - r->next;
+        if (c->overflow == SL_OVERFLOW_DISCONNECT)
+            return SL_CHECK_OVERFLOW;
+        queue_gap(r, r->next, 1, tail - 1, *missed, SL_LAG_EVICTED);
+        r->next = tail;
+        r->soft_since_ms = 0;
+        return SL_CHECK_OK;
+    }
+    if (r->next > head) {
+        r->soft_since_ms = 0;
+        return SL_CHECK_OK;
+    }
+    const sl_msg_t *m = sl_topic_get(t, r->next);
+    uint64_t lag_msgs = head - r->next + 1;
+    uint64_t lag_bytes = t->cum_bytes - m->cum_bytes + m->payload_len;
+    int act = 0;
+    if ((c->lag_hard_messages && lag_msgs > c->lag_hard_messages) ||
+        (c->lag_hard_bytes && lag_bytes > c->lag_hard_bytes)) {
+        act = 1;
+        *reason = SL_LAG_HARD;
+    } else if (c->lag_max_age_ms && now_ms > m->ts_ms && now_ms - m->ts_ms > c->lag_max_age_ms) {
+        act = 1;
+        *reason = SL_LAG_AGE;
+    } else if ((c->lag_soft_messages && lag_msgs > c->lag_soft_messages) ||
+               (c->lag_soft_bytes && lag_bytes > c->lag_soft_bytes)) {
+        if (r->soft_since_ms == 0) {
+            r->soft_since_ms = now_ms ? now_ms : 1;
+        } else if (now_ms - r->soft_since_ms >= c->lag_soft_ms) {
+            act = 1;
+            *reason = SL_LAG_SOFT;
+        }
+    } else {
+        r->soft_since_ms = 0;
+    }
+    if (!act)
+        return SL_CHECK_OK;
+    r->soft_since_ms = 0;
+    if (c->overflow == SL_OVERFLOW_DISCONNECT) {
+        *missed = lag_msgs;
+        return SL_CHECK_OVERFLOW;
+    }
+    if (head > r->next) {
+        /* Skip to the newest message: everything before it is reported as a gap. */
+        *missed = head - r->next;
+        queue_gap(r, r->next, 1, head - 1, *missed, *reason);
+        r->next = head;
+    }
+    return SL_CHECK_OK;
+}

@@ -1,0 +1,220 @@
+/*
+ * Topics: the in-memory log of one topic (a ring of refcounted, immutable, pre-encoded messages)
+ * and its readers, which are cursors into that ring. There are no per-reader queues: a message
+ * is stored once however many readers lag behind it. This module decides what a reader is owed
+ * (messages, gap and reset markers, overflow) but performs no I/O and makes no libuv calls; the
+ * hub drives it and the transports turn its decisions into bytes.
+ *
+ * Invariants:
+ *   - ring[first .. first+count) holds seqs tail..head, contiguous and increasing, where
+ *     head = head_seq and tail = head_seq - count + 1 (tail = head_seq + 1 when empty);
+ *   - every message in a ring is also on the hub's publish-order list (msg->all) and holds one
+ *     reference for the ring; each in-flight write holds one more;
+ *   - a reader's `next` is the seq it needs next: tail <= next <= head + 1 once checked by
+ *     sl_reader_check(); before that it may be below tail (it fell behind eviction).
+ */
+#ifndef SL_TOPIC_H
+#define SL_TOPIC_H
+
+#include "config.h"
+#include "util.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sl_topic;
+struct sl_sub;
+
+/* An immutable published message. Owned by its references: the ring's and each in-flight
+ * write's; freed by the last sl_msg_unref(). Its budget charge is released when freed. */
+typedef struct sl_msg {
+    uint32_t refs;
+    uint16_t event_len;
+    uint16_t multi_id_len;
+    uint64_t seq;
+    uint64_t gseq;          /* server-wide publish counter, for multi-topic ordering */
+    uint64_t ts_ms;         /* monotonic publish time */
+    uint64_t cum_bytes;     /* topic's payload bytes published up to and including this one */
+    struct sl_topic *topic; /* valid only while the message is in its topic's ring */
+    sl_list_t all;          /* hub publish-order list, while in a ring */
+    size_t charge;          /* bytes charged to the memory budget */
+    const char *payload;    /* may point inside `frame` */
+    size_t payload_len;
+    const char *event; /* NUL-terminated, or NULL */
+    char *frame;       /* the SSE event: "id: ...\n" then the rest */
+    size_t frame_len;
+    size_t id_line_len; /* length of the leading "id: ...\n" line */
+    char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
+} sl_msg_t;
+
+/* Why a reader missed messages (gap and overflow reasons; also metrics labels). */
+typedef enum {
+    SL_LAG_EVICTED = 0,
+    SL_LAG_HARD,
+    SL_LAG_SOFT,
+    SL_LAG_AGE,
+    SL_LAG__COUNT,
+} sl_lag_reason_t;
+const char *sl_lag_reason_name(sl_lag_reason_t r);
+
+/* Why the ring dropped a message (metrics labels). */
+typedef enum {
+    SL_EVICT_MAX_MESSAGES = 0,
+    SL_EVICT_MAX_BYTES,
+    SL_EVICT_MAX_AGE,
+    SL_EVICT_BUDGET,
+    SL_EVICT__COUNT,
+} sl_evict_reason_t;
+const char *sl_evict_reason_name(sl_evict_reason_t r);
+
+/* Control markers owed to a reader before its next message (bit flags). A reset is written
+ * before a gap. Gaps coalesce: a second gap before the first was written widens the first. */
+enum {
+    SL_MARK_NONE = 0,
+    SL_MARK_GAP = 1,
+    SL_MARK_RESET = 2,
+};
+
+/* A cursor of one subscriber into one topic. Owned by its sl_sub (array member); attached to
+ * the topic with sl_reader_attach() and detached with sl_reader_detach(). */
+typedef struct sl_reader {
+    struct sl_topic *topic;
+    struct sl_sub *sub;
+    sl_list_t link;         /* in topic->readers */
+    uint64_t next;          /* next seq owed */
+    uint64_t soft_since_ms; /* when the soft lag limit was first exceeded; 0 if not */
+    uint8_t mark;           /* SL_MARK_* bits */
+    uint8_t mark_reason;    /* sl_lag_reason_t for gaps */
+    uint8_t gap_from_known;
+    uint64_t gap_from, gap_to, gap_missed;
+} sl_reader_t;
+
+/* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
+ * at shutdown. */
+typedef struct sl_topic {
+    char *name;
+    size_t name_len;
+    uint64_t epoch;
+    char epoch_hex[17];
+    uint64_t head_seq;  /* last seq assigned; 0 before the first message */
+    uint64_t cum_bytes; /* payload bytes ever appended to this log */
+    sl_msg_t **ring;
+    size_t cap, first, count;
+    uint64_t bytes;             /* payload bytes retained in the ring */
+    uint64_t created_gseq;      /* the hub's gseq when this log was created */
+    uint64_t last_evicted_gseq; /* gseq of the newest message evicted so far; 0 if none */
+    sl_topic_conf_t conf;
+    sl_list_t readers;
+    size_t nreaders;
+    sl_list_t all_link;     /* hub's list of topics */
+    sl_list_t dirty_link;   /* hub's dirty list, when it has undelivered messages */
+    struct sl_topic *hnext; /* hub hash chain */
+    uint64_t idle_since_ms; /* when it last became empty with no readers; 0 if in use */
+} sl_topic_t;
+
+/* Creates an empty topic log with a fresh random epoch. `name` is copied. */
+sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_t *conf,
+                         uint64_t created_gseq);
+
+/* Frees the topic, dropping the ring's references. It must have no readers. The caller must
+ * already have unlinked it from every hub list; ring messages are unlinked from msg->all here. */
+void sl_topic_free(sl_topic_t *t);
+
+static inline uint64_t sl_topic_tail(const sl_topic_t *t)
+{
+    return t->head_seq - t->count + 1;
+}
+
+/* The retained message with sequence `seq`, or NULL if it is outside tail..head. */
+sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq);
+
+/* Builds a message for topic `t` (not yet appended): encodes its SSE frame once. The payload
+ * and event are copied. `charge` is set; the caller must have reserved it in the budget.
+ * Returns the message with one reference (the caller's, which sl_topic_append takes over). */
+sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
+                     size_t payload_len);
+
+/* The number of bytes sl_msg_new will charge for this message. */
+size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);
+
+static inline void sl_msg_ref(sl_msg_t *m)
+{
+    m->refs++;
+}
+void sl_msg_unref(sl_msg_t *m);
+
+/* The lazily built multi-topic id line of `m` ("id: <stream_epoch>-<gseq>:<topic>\n"). The
+ * message must still be in its ring the first time (it needs the topic name); later calls
+ * return the cached line. Its bytes are charged to the budget. */
+const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
+
+/* Appends `m` (taking over the caller's reference) as seq head+1. The caller links m->all.
+ * Then evicts from the tail to honour max_messages and max_bytes; evicted messages are passed
+ * to `on_evict` (which must unlink m->all and drop the ring's reference). */
+typedef void (*sl_evict_cb)(sl_topic_t *t, sl_msg_t *m, sl_evict_reason_t why, void *arg);
+void sl_topic_append(sl_topic_t *t, sl_msg_t *m, sl_evict_cb on_evict, void *arg);
+
+/* Removes the oldest message from the ring and returns it (the ring's reference passes to the
+ * caller), or NULL when empty. Updates last_evicted_gseq and bytes. */
+sl_msg_t *sl_topic_pop_tail(sl_topic_t *t);
+
+/* Where a new reader starts. */
+typedef enum {
+    SL_START_NEW = 0, /* only messages published from now on */
+    SL_START_OLDEST,  /* everything retained */
+    SL_START_SINCE,   /* after (epoch, seq) */
+    SL_START_GSEQ,    /* after server-wide counter value (multi-topic resume) */
+} sl_start_kind_t;
+
+typedef struct sl_start {
+    sl_start_kind_t kind;
+    uint64_t epoch; /* SINCE: topic epoch; GSEQ: stream epoch */
+    uint64_t seq;   /* SINCE: seq; GSEQ: gseq */
+} sl_start_t;
+
+/* Attaches reader `r` (owned by `sub`) to topic `t` and sets its cursor from `start`, queueing a
+ * reset marker (other epoch). A resume point past retention leaves the cursor below the tail,
+ * for sl_reader_check() to apply the topic's policy; a multi-topic resume point whose first
+ * missed message is no longer known queues a gap itself and returns 1 (0 otherwise).
+ * `stream_epoch` is the server's epoch, compared for SL_START_GSEQ. */
+int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl_start_t *start,
+                     uint64_t stream_epoch);
+
+/* Detaches `r` from its topic; harmless if already detached. */
+void sl_reader_detach(sl_reader_t *r);
+
+/* What a reader check found that the caller must act on. */
+typedef enum {
+    SL_CHECK_OK = 0,   /* nothing, or a gap marker was queued (policy skip) */
+    SL_CHECK_OVERFLOW, /* policy disconnect: the reader must get an overflow marker and close */
+} sl_check_t;
+
+/* Applies eviction and lag limits to reader `r` at time `now_ms`. Under `skip` it moves the
+ * cursor and queues (or widens) a gap marker; under `disconnect` it returns SL_CHECK_OVERFLOW
+ * and sets *reason and *missed. A reader below the tail is always acted on (reason evicted).
+ * Counts nothing itself: `*reason` and `*missed` are set whenever a gap or an overflow was
+ * decided (*missed = 0 when nothing was decided), and the caller counts them. */
+sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, sl_lag_reason_t *reason,
+                           uint64_t *missed);
+
+/* True when `r` is owed something: a marker or a retained message. */
+static inline int sl_reader_ready(const sl_reader_t *r)
+{
+    return r->mark != SL_MARK_NONE || r->next <= r->topic->head_seq;
+}
+
+/* Message ids. */
+#define SL_ID_MAX 48
+/* Formats "<16 hex>-<seq>" into buf (>= SL_ID_MAX bytes); returns the length. */
+size_t sl_id_format(char *buf, uint64_t epoch, uint64_t seq);
+/* Parses "<16 hex>-<seq>" (seq >= 0, decimal, no sign, no leading junk). For a multi-topic id
+ * "<16 hex>-<gseq>:<topic>" the topic suffix is accepted and ignored when `allow_suffix`.
+ * Returns 0 or SL_EBADID. */
+int sl_id_parse(const char *s, size_t len, int allow_suffix, uint64_t *epoch, uint64_t *seq);
+
+/* Validates a topic name: 1..max bytes of [A-Za-z0-9._~/-], no empty '/'-segment. */
+int sl_topic_name_valid(const char *s, size_t len, size_t max);
+/* Validates an event type: 1..64 bytes of [A-Za-z0-9._:-]. */
+int sl_event_name_valid(const char *s, size_t len);
+
+#endif
