@@ -231,6 +231,8 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
             sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
         } else {
             respond_ids(c, t, first, n);
+            if (sl_hub_flush_due(&c->srv->hub))
+                sl_hub_flush(&c->srv->hub, sl_now_ms());
             sl_server_kick(c->srv);
         }
     }

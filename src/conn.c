@@ -246,7 +246,8 @@ static sub_write_t *sub_write_new(uint32_t max_msgs, uint32_t max_iov, size_t ct
         sizeof(sub_write_t) + max_msgs * sizeof(sl_msg_t *) + max_iov * sizeof(uv_buf_t) + ctrl_cap;
     sub_write_t *w = sl_malloc(size);
     memset(w, 0, sizeof(*w));
-    w->charge = size + ALLOC_OVERHEAD;
+    /* libuv keeps its own copy of an iov array longer than 4 while the write is queued. */
+    w->charge = size + ALLOC_OVERHEAD + (max_iov > 4 ? max_iov * sizeof(uv_buf_t) : 0);
     sl_budget_charge(w->charge);
     w->msgs = (sl_msg_t **)(w + 1);
     w->iov = (uv_buf_t *)(w->msgs + max_msgs);
@@ -403,8 +404,23 @@ static void sse_deliver(sl_sub_t *sub)
             return;
         }
     }
-    size_t ctrl = marker_room(sub);
-    sub_write_t *w = sub_write_new(SUB_MAX_IOV, SUB_MAX_IOV, ctrl);
+    /* Size the write for what is owed now, not for the largest batch. */
+    uint64_t owed = 0;
+    uint32_t marks = 0;
+    for (uint32_t i = 0; i < sub->nreaders && owed < SUB_MAX_IOV; i++) {
+        const sl_reader_t *r = &sub->readers[i];
+        owed += r->next <= r->topic->head_seq ? r->topic->head_seq - r->next + 1 : 0;
+        marks += r->mark != SL_MARK_NONE ? 2 : 0;
+    }
+    uint32_t per_msg = sub->multi ? 2 : 1;
+    uint32_t max_msgs = (uint32_t)(owed < SUB_MAX_IOV / per_msg ? owed : SUB_MAX_IOV / per_msg);
+    uint32_t max_iov = max_msgs * per_msg + marks;
+    if (max_iov == 0) {
+        if (c->draining)
+            sse_final(c);
+        return;
+    }
+    sub_write_t *w = sub_write_new(max_msgs, max_iov, marker_room(sub));
     size_t bytes = 0;
     for (uint32_t i = 0; i < sub->nreaders; i++) {
         sl_reader_t *r = &sub->readers[i];
@@ -425,7 +441,7 @@ static void sse_deliver(sl_sub_t *sub)
         r->mark = SL_MARK_NONE;
     }
     const char *stream_epoch = c->srv->hub.epoch_hex;
-    while (w->niov + 2 <= SUB_MAX_IOV && bytes < SUB_MAX_BYTES) {
+    while (w->nmsgs < max_msgs && bytes < SUB_MAX_BYTES) {
         sl_reader_t *r = sub->multi ? next_reader(sub) : &sub->readers[0];
         if (r == NULL || r->next > r->topic->head_seq)
             break;
@@ -511,6 +527,12 @@ void sl_conn_drain(sl_conn_t *c)
         if (!c->sub.writing)
             sse_deliver(&c->sub);
     } else if (c->state == SL_CONN_HTTP) {
+        /* A request under way is completed and answered (with Connection: close); an idle
+         * keep-alive connection goes now. */
+        c->draining = 1;
+        c->reason = SL_CLOSE_SHUTDOWN;
+        if (c->req != NULL && c->req->started)
+            return;
         if (c->pending_writes > 0)
             c->close_after_write = 1;
         else
@@ -547,6 +569,9 @@ int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *s
     c->req = NULL;
     c->state = SL_CONN_SSE;
     c->deadline_ms = 0;
+    /* A stream ends by closing whatever the request said about keep-alive. */
+    c->close_after_write = 0;
+    c->reason = SL_CLOSE_PEER;
     sl_sub_t *sub = &c->sub;
     memset(sub, 0, sizeof(*sub));
     sub->ops = &sse_ops;
@@ -635,7 +660,9 @@ static void process(sl_conn_t *c, const char *data, size_t len)
             sl_conn_error(c, req->status, req->error, status_message(req->status));
             return;
         }
-        if (!sl_http_keep_alive(req)) {
+        if (c->draining) {
+            c->close_after_write = 1;
+        } else if (!sl_http_keep_alive(req)) {
             c->close_after_write = 1;
             c->reason = SL_CLOSE_PROTOCOL;
         }

@@ -175,6 +175,7 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
         sl_metrics.published++;
         sl_metrics.published_bytes += lens[i];
     }
+    hub->unflushed += n;
     t->idle_since_ms = 0;
     if (t->nreaders > 0)
         mark_dirty(hub, t);
@@ -195,6 +196,7 @@ int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms)
     sl_sub_t *sub = r->sub;
     if (sub->overflow)
         return 1;
+    int had_gap = (r->mark & SL_MARK_GAP) != 0;
     sl_check_t res = sl_reader_check(r, now_ms, &why, &missed);
     if (res == SL_CHECK_OVERFLOW) {
         sub->overflow = 1;
@@ -208,7 +210,9 @@ int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms)
         return 1;
     }
     if (missed > 0) {
-        sl_metrics.gaps[why]++;
+        /* A gap that widens a marker not yet written is one gap, with more messages. */
+        if (!had_gap)
+            sl_metrics.gaps[why]++;
         sl_metrics.gap_messages += missed;
     }
     return 0;
@@ -267,6 +271,7 @@ void sl_hub_sub_ready(sl_hub_t *hub, sl_sub_t *sub, uint64_t now_ms)
 
 void sl_hub_flush(sl_hub_t *hub, uint64_t now_ms)
 {
+    hub->unflushed = 0;
     while (!sl_list_empty(&hub->dirty)) {
         sl_topic_t *t = sl_container_of(hub->dirty.next, sl_topic_t, dirty_link);
         sl_list_remove(&t->dirty_link);

@@ -44,12 +44,13 @@ typedef struct sl_hub {
     const sl_config_t *cfg;
     sl_topic_t **buckets;
     size_t nbuckets, ntopics;
-    sl_list_t topics; /* every topic */
-    sl_list_t dirty;  /* topics with messages not yet offered to their readers */
-    sl_list_t ready;  /* subs owed something and not writing */
-    sl_list_t msgs;   /* every ring message, oldest first (budget eviction order) */
-    uint64_t gseq;    /* last server-wide publish counter value */
-    uint64_t epoch;   /* names this process's multi-topic id space */
+    sl_list_t topics;   /* every topic */
+    sl_list_t dirty;    /* topics with messages not yet offered to their readers */
+    sl_list_t ready;    /* subs owed something and not writing */
+    sl_list_t msgs;     /* every ring message, oldest first (budget eviction order) */
+    uint64_t gseq;      /* last server-wide publish counter value */
+    uint64_t unflushed; /* messages published since the last flush pass */
+    uint64_t epoch;     /* names this process's multi-topic id space */
     char epoch_hex[17];
 } sl_hub_t;
 
@@ -89,6 +90,17 @@ void sl_hub_sub_ready(sl_hub_t *hub, sl_sub_t *sub, uint64_t now_ms);
 /* Checks reader r (counting any gap or overflow it decides); returns 1 if the sub must now
  * deliver an overflow. */
 int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms);
+
+/* A burst of publishes within one loop iteration (a pipelining publisher's reads are many per
+ * iteration) gets a flush pass every this many messages, so that readers are offered messages
+ * before the ring has to evict them. */
+#define SL_HUB_FLUSH_EVERY 64
+
+/* 1 if enough was published since the last flush pass that one should run now. */
+static inline int sl_hub_flush_due(const sl_hub_t *hub)
+{
+    return hub->unflushed >= SL_HUB_FLUSH_EVERY;
+}
 
 /* 1 if there is work for sl_hub_flush. */
 static inline int sl_hub_pending(const sl_hub_t *hub)

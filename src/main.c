@@ -10,6 +10,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+
+/* A push server holds one descriptor per subscriber: take every descriptor we are allowed. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            SL_WARN("cannot raise the descriptor limit", NULL);
+    }
+}
 
 static void usage(FILE *f)
 {
@@ -72,6 +84,7 @@ int main(int argc, char **argv)
         return errors ? 1 : 0;
     }
     sl_log_level = cfg.log_level;
+    raise_fd_limit();
 
     uv_loop_t loop;
     uv_loop_init(&loop);

@@ -1,0 +1,546 @@
+/*
+ * Configuration: defaults, the INI file (inih), sizes, durations, listen addresses and topic
+ * globs. Every error is reported with file:line and counted; parsing goes on after an error so
+ * that one run of --check-config lists them all. No libuv calls.
+ */
+#include "config.h"
+
+#include "log.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void sl_config_init(sl_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen_host = sl_strdup("127.0.0.1");
+    cfg->listen_port = 8080;
+    cfg->data_dir = sl_strdup("./sluice-data");
+    cfg->memory_limit = 256ull << 20;
+    cfg->shutdown_drain_ms = 5000;
+    cfg->header_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 60000;
+    cfg->write_stall_ms = 30000;
+    cfg->sse_retry_ms = 2000;
+    cfg->topic_idle_ttl_ms = 60000;
+    cfg->log_level = SL_LOG_INFO;
+    cfg->max_connections = 100000;
+    cfg->max_connections_per_ip = 10000;
+    cfg->max_header_bytes = 16 << 10;
+    cfg->max_url_bytes = 8 << 10;
+    cfg->max_message_bytes = 1 << 20;
+    cfg->max_body_bytes = 8 << 20;
+    cfg->max_topics_per_connection = 64;
+    cfg->max_topic_name = 256;
+    cfg->max_topics = 100000;
+    sl_topic_conf_t *t = &cfg->topic_defaults;
+    t->max_messages = 1024;
+    t->max_bytes = 16 << 20;
+    t->overflow = SL_OVERFLOW_SKIP;
+    t->lag_soft_ms = 10000;
+    t->heartbeat_ms = 15000;
+}
+
+void sl_config_dispose(sl_config_t *cfg)
+{
+    free(cfg->listen_host);
+    free(cfg->data_dir);
+    for (size_t i = 0; i < cfg->nrules; i++)
+        free(cfg->rules[i].glob);
+    free(cfg->rules);
+    cfg->listen_host = cfg->data_dir = NULL;
+    cfg->rules = NULL;
+    cfg->nrules = 0;
+}
+
+/* ---- value parsers ---------------------------------------------------------------------- */
+
+/* Leading decimal digits of s into *v; returns the number of digits, or -1 on overflow. */
+static int parse_digits(const char *s, uint64_t *v)
+{
+    int n = 0;
+    *v = 0;
+    for (; s[n] >= '0' && s[n] <= '9'; n++) {
+        uint64_t d = (uint64_t)(s[n] - '0');
+        if (*v > (UINT64_MAX - d) / 10)
+            return -1;
+        *v = *v * 10 + d;
+    }
+    return n;
+}
+
+int sl_parse_size(const char *s, uint64_t *out)
+{
+    static const struct {
+        const char *suffix;
+        unsigned shift;
+    } units[] = {{"", 0},    {"b", 0},    {"k", 10}, {"kb", 10}, {"kib", 10}, {"m", 20},
+                 {"mb", 20}, {"mib", 20}, {"g", 30}, {"gb", 30}, {"gib", 30}};
+    uint64_t v;
+    int n = parse_digits(s, &v);
+    if (n <= 0)
+        return -EINVAL;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcasecmp(s + n, units[i].suffix) == 0) {
+            if (units[i].shift && v > (UINT64_MAX >> units[i].shift))
+                return -EINVAL;
+            *out = v << units[i].shift;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int sl_parse_duration_ms(const char *s, uint64_t *out)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t ms;
+    } units[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    uint64_t v;
+    int n = parse_digits(s, &v);
+    if (n <= 0)
+        return -EINVAL;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(s + n, units[i].suffix) == 0) {
+            if (v > UINT64_MAX / units[i].ms)
+                return -EINVAL;
+            *out = v * units[i].ms;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_count(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    int n = parse_digits(s, &v);
+    if (n <= 0 || s[n] != '\0')
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int sl_config_set_listen(sl_config_t *cfg, const char *addr_port)
+{
+    const char *colon = strrchr(addr_port, ':');
+    char host[64];
+    size_t hlen;
+    if (colon == NULL || colon == addr_port)
+        return -EINVAL;
+    const char *h = addr_port;
+    hlen = (size_t)(colon - addr_port);
+    int v6 = 0;
+    if (h[0] == '[') {
+        if (hlen < 3 || h[hlen - 1] != ']')
+            return -EINVAL;
+        h++;
+        hlen -= 2;
+        v6 = 1;
+    }
+    if (hlen >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    unsigned char buf[16];
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, host, buf) != 1)
+        return -EINVAL;
+    uint64_t port;
+    if (parse_count(colon + 1, &port) != 0 || port > 65535)
+        return -EINVAL;
+    free(cfg->listen_host);
+    cfg->listen_host = sl_strdup(host);
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+int sl_glob_match(const char *glob, const char *s)
+{
+    /* Iterative matching with one backtrack point: linear in practice, never exponential. */
+    const char *star = NULL, *retry = NULL;
+    while (*s != '\0') {
+        if (*glob == '*') {
+            star = glob++;
+            retry = s;
+        } else if (*glob == '?' || *glob == *s) {
+            glob++;
+            s++;
+        } else if (star != NULL) {
+            glob = star + 1;
+            s = ++retry;
+        } else {
+            return 0;
+        }
+    }
+    while (*glob == '*')
+        glob++;
+    return *glob == '\0';
+}
+
+void sl_config_topic(const sl_config_t *cfg, const char *name, sl_topic_conf_t *out)
+{
+    *out = cfg->topic_defaults;
+    for (size_t i = 0; i < cfg->nrules; i++) {
+        const sl_topic_rule_t *r = &cfg->rules[i];
+        if (!sl_glob_match(r->glob, name))
+            continue;
+        const sl_topic_conf_t *c = &r->conf;
+#define TAKE(bit, field)                                                                           \
+    if (r->set & (bit))                                                                            \
+    out->field = c->field
+        TAKE(SL_TK_MAX_MESSAGES, max_messages);
+        TAKE(SL_TK_MAX_BYTES, max_bytes);
+        TAKE(SL_TK_MAX_AGE, max_age_ms);
+        TAKE(SL_TK_OVERFLOW, overflow);
+        TAKE(SL_TK_LAG_HARD_MESSAGES, lag_hard_messages);
+        TAKE(SL_TK_LAG_HARD_BYTES, lag_hard_bytes);
+        TAKE(SL_TK_LAG_SOFT_MESSAGES, lag_soft_messages);
+        TAKE(SL_TK_LAG_SOFT_BYTES, lag_soft_bytes);
+        TAKE(SL_TK_LAG_SOFT, lag_soft_ms);
+        TAKE(SL_TK_LAG_MAX_AGE, lag_max_age_ms);
+        TAKE(SL_TK_HEARTBEAT, heartbeat_ms);
+        TAKE(SL_TK_HEARTBEAT_EVENT, heartbeat_event);
+#undef TAKE
+    }
+}
+
+/* ---- the INI file ----------------------------------------------------------------------- */
+
+typedef struct parse_ctx {
+    sl_config_t *cfg;
+    const char *name;
+    FILE *errs;
+    int errors;
+    int line;
+    /* The reader's input: a FILE or a string. */
+    FILE *f;
+    const char *text;
+    /* Line of the keys checked after the whole file. */
+    int message_line, body_line;
+    /* The last [topic "…"] section header seen, and its rule index (-1 if malformed). */
+    char *section;
+    long rule;
+} parse_ctx_t;
+
+static void error_at(parse_ctx_t *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void error_at(parse_ctx_t *p, int line, const char *fmt, ...)
+{
+    p->errors++;
+    if (p->errs == NULL)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(p->errs, "%s:%d: ", p->name, line);
+    vfprintf(p->errs, fmt, ap);
+    fputc('\n', p->errs);
+    va_end(ap);
+}
+
+static sl_topic_rule_t *rule_for(parse_ctx_t *p, const char *section);
+
+/* Validates a section header as it is read, so that a section with no keys (which inih never
+ * reports) is checked too. Keys of an unknown section are then ignored silently. */
+static void check_section(parse_ctx_t *p, const char *line)
+{
+    while (*line == ' ' || *line == '\t')
+        line++;
+    if (*line != '[')
+        return;
+    const char *end = strchr(line, ']');
+    if (end == NULL)
+        return; /* inih reports the syntax error */
+    char name[256];
+    size_t len = (size_t)(end - line - 1);
+    if (len >= sizeof(name))
+        len = sizeof(name) - 1;
+    memcpy(name, line + 1, len);
+    name[len] = '\0';
+    if (strcmp(name, "server") == 0 || strcmp(name, "limits") == 0)
+        return;
+    if (strncmp(name, "topic", 5) == 0 && (name[5] == ' ' || name[5] == '\t' || name[5] == '"')) {
+        rule_for(p, name);
+        return;
+    }
+    free(p->section);
+    p->section = sl_strdup(name);
+    p->rule = -1;
+    error_at(p, p->line, "unknown section [%s]", name);
+}
+
+/* inih reads lines through this, so the count of lines read is the current line number. */
+static char *read_line(char *buf, int size, void *stream)
+{
+    parse_ctx_t *p = stream;
+    char *r;
+    if (p->f != NULL) {
+        r = fgets(buf, size, p->f);
+    } else {
+        if (*p->text == '\0')
+            return NULL;
+        const char *nl = strchr(p->text, '\n');
+        size_t len = nl ? (size_t)(nl - p->text) + 1 : strlen(p->text);
+        if (len > (size_t)size - 1)
+            len = (size_t)size - 1;
+        memcpy(buf, p->text, len);
+        buf[len] = '\0';
+        p->text += len;
+        r = buf;
+    }
+    if (r != NULL && (strchr(r, '\n') != NULL || (p->f != NULL && feof(p->f)) ||
+                      (p->f == NULL && *p->text == '\0'))) {
+        p->line++;
+        check_section(p, r);
+    }
+    return r;
+}
+
+/* Returns the rule for a `topic "glob"` section name, creating it on first sight. */
+static sl_topic_rule_t *rule_for(parse_ctx_t *p, const char *section)
+{
+    if (p->section != NULL && strcmp(p->section, section) == 0)
+        return p->rule >= 0 ? &p->cfg->rules[p->rule] : NULL;
+    free(p->section);
+    p->section = sl_strdup(section);
+    p->rule = -1;
+    size_t len = strlen(section);
+    const char *q = section + 5;
+    while (*q == ' ' || *q == '\t')
+        q++;
+    size_t glen = len - (size_t)(q - section);
+    if (glen < 3 || q[0] != '"' || q[glen - 1] != '"' || memchr(q + 1, '"', glen - 2) != NULL) {
+        error_at(p, p->line, "malformed section [%s]: want [topic \"glob\"]", section);
+        return NULL;
+    }
+    sl_config_t *cfg = p->cfg;
+    cfg->rules = sl_realloc(cfg->rules, (cfg->nrules + 1) * sizeof(*cfg->rules));
+    sl_topic_rule_t *r = &cfg->rules[cfg->nrules];
+    memset(r, 0, sizeof(*r));
+    r->glob = sl_strndup(q + 1, glen - 2);
+    p->rule = (long)cfg->nrules++;
+    return r;
+}
+
+static int topic_key(parse_ctx_t *p, sl_topic_rule_t *r, const char *key, const char *val)
+{
+    sl_topic_conf_t *c = &r->conf;
+    int rc = 0;
+    uint32_t bit = 0;
+    if (strcmp(key, "max_messages") == 0) {
+        bit = SL_TK_MAX_MESSAGES;
+        rc = parse_count(val, &c->max_messages);
+        if (rc == 0 && c->max_messages < 1) {
+            error_at(p, p->line, "max_messages must be at least 1");
+            return 0;
+        }
+    } else if (strcmp(key, "max_bytes") == 0) {
+        bit = SL_TK_MAX_BYTES;
+        rc = sl_parse_size(val, &c->max_bytes);
+        if (rc == 0 && c->max_bytes < 1) {
+            error_at(p, p->line, "max_bytes must be at least 1");
+            return 0;
+        }
+    } else if (strcmp(key, "max_age") == 0) {
+        bit = SL_TK_MAX_AGE;
+        rc = sl_parse_duration_ms(val, &c->max_age_ms);
+    } else if (strcmp(key, "overflow") == 0) {
+        bit = SL_TK_OVERFLOW;
+        if (strcmp(val, "skip") == 0)
+            c->overflow = SL_OVERFLOW_SKIP;
+        else if (strcmp(val, "disconnect") == 0)
+            c->overflow = SL_OVERFLOW_DISCONNECT;
+        else
+            rc = -EINVAL;
+    } else if (strcmp(key, "lag_hard_messages") == 0) {
+        bit = SL_TK_LAG_HARD_MESSAGES;
+        rc = parse_count(val, &c->lag_hard_messages);
+    } else if (strcmp(key, "lag_hard_bytes") == 0) {
+        bit = SL_TK_LAG_HARD_BYTES;
+        rc = sl_parse_size(val, &c->lag_hard_bytes);
+    } else if (strcmp(key, "lag_soft_messages") == 0) {
+        bit = SL_TK_LAG_SOFT_MESSAGES;
+        rc = parse_count(val, &c->lag_soft_messages);
+    } else if (strcmp(key, "lag_soft_bytes") == 0) {
+        bit = SL_TK_LAG_SOFT_BYTES;
+        rc = sl_parse_size(val, &c->lag_soft_bytes);
+    } else if (strcmp(key, "lag_soft") == 0) {
+        bit = SL_TK_LAG_SOFT;
+        rc = sl_parse_duration_ms(val, &c->lag_soft_ms);
+    } else if (strcmp(key, "lag_max_age") == 0) {
+        bit = SL_TK_LAG_MAX_AGE;
+        rc = sl_parse_duration_ms(val, &c->lag_max_age_ms);
+    } else if (strcmp(key, "heartbeat") == 0) {
+        bit = SL_TK_HEARTBEAT;
+        rc = sl_parse_duration_ms(val, &c->heartbeat_ms);
+    } else if (strcmp(key, "heartbeat_event") == 0) {
+        bit = SL_TK_HEARTBEAT_EVENT;
+        rc = parse_bool(val, &c->heartbeat_event);
+    } else {
+        error_at(p, p->line, "unknown key '%s' in [topic \"%s\"]", key, r->glob);
+        return 0;
+    }
+    if (rc != 0)
+        error_at(p, p->line, "invalid value '%s' for %s", val, key);
+    else
+        r->set |= bit;
+    return 0;
+}
+
+typedef enum { K_SIZE, K_DURATION, K_COUNT } kind_t;
+
+typedef struct key_def {
+    const char *name;
+    kind_t kind;
+    size_t offset;
+    uint64_t min, max;
+} key_def_t;
+
+#define CFG_OFF(f) offsetof(sl_config_t, f)
+static const key_def_t server_keys[] = {
+    {"memory_limit", K_SIZE, CFG_OFF(memory_limit), 1u << 20, UINT64_MAX},
+    {"shutdown_drain", K_DURATION, CFG_OFF(shutdown_drain_ms), 0, UINT64_MAX},
+    {"header_timeout", K_DURATION, CFG_OFF(header_timeout_ms), 1, UINT64_MAX},
+    {"idle_timeout", K_DURATION, CFG_OFF(idle_timeout_ms), 1, UINT64_MAX},
+    {"write_stall_timeout", K_DURATION, CFG_OFF(write_stall_ms), 1, UINT64_MAX},
+    {"sse_retry", K_DURATION, CFG_OFF(sse_retry_ms), 0, UINT64_MAX},
+    {"topic_idle_ttl", K_DURATION, CFG_OFF(topic_idle_ttl_ms), 0, UINT64_MAX},
+};
+static const key_def_t limit_keys[] = {
+    {"max_connections", K_COUNT, CFG_OFF(max_connections), 1, UINT64_MAX},
+    {"max_connections_per_ip", K_COUNT, CFG_OFF(max_connections_per_ip), 1, UINT64_MAX},
+    {"max_header_bytes", K_SIZE, CFG_OFF(max_header_bytes), 1024, 65535},
+    {"max_url_bytes", K_SIZE, CFG_OFF(max_url_bytes), 256, 1u << 20},
+    {"max_message_bytes", K_SIZE, CFG_OFF(max_message_bytes), 1, 1ull << 31},
+    {"max_body_bytes", K_SIZE, CFG_OFF(max_body_bytes), 1, 1ull << 31},
+    {"max_topics_per_connection", K_COUNT, CFG_OFF(max_topics_per_connection), 1, 1024},
+    {"max_topic_name", K_COUNT, CFG_OFF(max_topic_name), 1, 1024},
+    {"max_topics", K_COUNT, CFG_OFF(max_topics), 1, UINT64_MAX},
+};
+
+/* Sets a numeric key from the table; returns 1 if the key was found there. */
+static int table_key(parse_ctx_t *p, const key_def_t *defs, size_t n, const char *key,
+                     const char *val)
+{
+    for (size_t i = 0; i < n; i++) {
+        const key_def_t *d = &defs[i];
+        if (strcmp(key, d->name) != 0)
+            continue;
+        uint64_t v;
+        int rc = d->kind == K_SIZE       ? sl_parse_size(val, &v)
+                 : d->kind == K_DURATION ? sl_parse_duration_ms(val, &v)
+                                         : parse_count(val, &v);
+        if (rc != 0)
+            error_at(p, p->line, "invalid value '%s' for %s", val, key);
+        else if (v < d->min || v > d->max)
+            error_at(p, p->line, "%s = %s is out of range", key, val);
+        else
+            *(uint64_t *)((char *)p->cfg + d->offset) = v;
+        if (strcmp(key, "max_message_bytes") == 0)
+            p->message_line = p->line;
+        if (strcmp(key, "max_body_bytes") == 0)
+            p->body_line = p->line;
+        return 1;
+    }
+    return 0;
+}
+
+static int on_entry(void *user, const char *section, const char *key, const char *val)
+{
+    parse_ctx_t *p = user;
+    sl_config_t *cfg = p->cfg;
+    if (key == NULL) /* a section header alone (inih calls this only when configured to) */
+        return 1;
+    if (strcmp(section, "server") == 0) {
+        if (table_key(p, server_keys, sizeof(server_keys) / sizeof(server_keys[0]), key, val))
+            return 1;
+        if (strcmp(key, "listen") == 0) {
+            if (sl_config_set_listen(cfg, val) != 0)
+                error_at(p, p->line, "invalid listen address '%s' (want ADDR:PORT)", val);
+        } else if (strcmp(key, "data_dir") == 0) {
+            if (*val == '\0') {
+                error_at(p, p->line, "data_dir must not be empty");
+            } else {
+                free(cfg->data_dir);
+                cfg->data_dir = sl_strdup(val);
+            }
+        } else if (strcmp(key, "log_level") == 0) {
+            int lvl = sl_log_parse_level(val);
+            if (lvl < 0)
+                error_at(p, p->line, "invalid log_level '%s' (debug, info, warn, error)", val);
+            else
+                cfg->log_level = lvl;
+        } else {
+            error_at(p, p->line, "unknown key '%s' in [server]", key);
+        }
+    } else if (strcmp(section, "limits") == 0) {
+        if (!table_key(p, limit_keys, sizeof(limit_keys) / sizeof(limit_keys[0]), key, val))
+            error_at(p, p->line, "unknown key '%s' in [limits]", key);
+    } else if (strncmp(section, "topic", 5) == 0 &&
+               (section[5] == ' ' || section[5] == '\t' || section[5] == '"')) {
+        sl_topic_rule_t *r = rule_for(p, section);
+        if (r != NULL)
+            topic_key(p, r, key, val);
+    } else if (section[0] == '\0') {
+        error_at(p, p->line, "key '%s' outside of any section", key);
+    }
+    /* Keys of an unknown section: its header was reported by check_section(). */
+    return 1;
+}
+
+static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, FILE *errs)
+{
+    parse_ctx_t p = {.cfg = cfg, .name = name, .errs = errs, .f = f, .text = text, .rule = -1};
+    int rc = ini_parse_stream(read_line, &p, on_entry, &p);
+    if (rc > 0)
+        error_at(&p, rc, "syntax error");
+    if (cfg->max_message_bytes > cfg->max_body_bytes)
+        error_at(&p, p.message_line > p.body_line ? p.message_line : p.body_line,
+                 "max_message_bytes (%llu) is larger than max_body_bytes (%llu)",
+                 (unsigned long long)cfg->max_message_bytes,
+                 (unsigned long long)cfg->max_body_bytes);
+    free(p.section);
+    return p.errors;
+}
+
+int sl_config_load(sl_config_t *cfg, const char *path, FILE *errs)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (errs != NULL)
+            fprintf(errs, "%s:0: cannot open: %s\n", path, strerror(errno));
+        return 1;
+    }
+    int n = load(cfg, path, f, NULL, errs);
+    fclose(f);
+    return n;
+}
+
+int sl_config_load_string(sl_config_t *cfg, const char *name, const char *text, FILE *errs)
+{
+    return load(cfg, name, NULL, text, errs);
+}
