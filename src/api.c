@@ -365,7 +365,7 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
     } else if (strncmp(path, "/topics/", 8) == 0) {
         const char *name = path + 8;
         size_t nlen = (size_t)plen - 8;
-        if (method == HTTP_POST || method == HTTP_PUT) {
+        if (method == HTTP_POST) {
             if (!sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)) {
                 sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_TOPIC]++;
                 sl_conn_error(c, 400, "bad_topic", "invalid topic name");

@@ -655,6 +655,11 @@ static void process(sl_conn_t *c, const char *data, size_t len)
             SL_INFO("bad request", "status=%d error=%s llhttp=\"%s\"", req->status, req->error,
                     llhttp_get_error_reason(&req->parser) ? llhttp_get_error_reason(&req->parser)
                                                           : "");
+            /* Bodies are publishes: refusing one is a refused publish. */
+            if (req->status == 413)
+                sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
+            else if (req->status == 503)
+                sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
             c->close_after_write = 1;
             c->reason = SL_CLOSE_PROTOCOL;
             sl_conn_error(c, req->status, req->error, status_message(req->status));
