@@ -324,17 +324,64 @@ static size_t fmt_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_re
 }
 
 static void on_sub_write(uv_write_t *req, int status);
+static void sse_final(sl_conn_t *c);
 
+/* What follows a completed subscriber write: the final FIN, or the next batch. */
+static void sub_write_done(sl_conn_t *c)
+{
+    c->sub.writing = 0;
+    if (c->close_after_write) {
+        finish(c);
+        return;
+    }
+    sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
+    if (c->draining && sl_list_empty(&c->sub.ready_link)) {
+        sse_final(c);
+        return;
+    }
+    sl_server_kick(c->srv);
+}
+
+/* Sends w. A reader that keeps up has room in its socket, so the write is tried at once and
+ * w is freed right away; only what the socket did not take is queued (w and its message
+ * references then live until on_sub_write). */
 static void sub_send(sl_conn_t *c, sub_write_t *w)
 {
+    uv_stream_t *stream = (uv_stream_t *)&c->tcp;
     c->sub.writing = 1;
-    c->pending_writes++;
     c->last_write_ms = sl_now_ms();
+    sl_metrics.writes++;
+    size_t total = 0;
+    for (uint32_t i = 0; i < w->niov; i++)
+        total += w->iov[i].len;
+    int n = uv_try_write(stream, w->iov, w->niov);
+    if (n == UV_EAGAIN)
+        n = 0;
+    if (n < 0) {
+        c->sub.writing = 0;
+        sub_write_free(w);
+        sl_conn_close(c, n == UV_EPIPE || n == UV_ECONNRESET ? SL_CLOSE_PEER : SL_CLOSE_ERROR);
+        return;
+    }
+    if ((size_t)n == total) {
+        sub_write_free(w);
+        sub_write_done(c);
+        return;
+    }
+    /* Queue the rest. */
+    uint32_t first = 0;
+    size_t done = (size_t)n;
+    while (done >= w->iov[first].len) {
+        done -= w->iov[first].len;
+        first++;
+    }
+    w->iov[first].base += done;
+    w->iov[first].len -= done;
     if (c->tcp.write_queue_size == 0)
         c->stall_since_ms = c->last_write_ms;
+    c->pending_writes++;
     w->req.data = c;
-    sl_metrics.writes++;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->iov, w->niov, on_sub_write);
+    int rc = uv_write(&w->req, stream, w->iov + first, w->niov - first, on_sub_write);
     if (rc != 0) {
         c->sub.writing = 0;
         c->pending_writes--;
@@ -477,23 +524,16 @@ static void on_sub_write(uv_write_t *req, int status)
     sl_conn_t *c = req->data;
     sub_write_free(w);
     c->pending_writes--;
-    c->sub.writing = 0;
-    if (c->closing)
+    if (c->closing) {
+        c->sub.writing = 0;
         return;
+    }
     if (status < 0) {
+        c->sub.writing = 0;
         sl_conn_close(c, SL_CLOSE_ERROR);
         return;
     }
-    if (c->close_after_write) {
-        finish(c);
-        return;
-    }
-    sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
-    if (c->draining && sl_list_empty(&c->sub.ready_link)) {
-        sse_final(c);
-        return;
-    }
-    sl_server_kick(c->srv);
+    sub_write_done(c);
 }
 
 /* Sends a heartbeat to an idle subscriber. */
