@@ -30,6 +30,7 @@ void sl_config_init(sl_config_t *cfg)
     cfg->write_stall_ms = 30000;
     cfg->sse_retry_ms = 2000;
     cfg->topic_idle_ttl_ms = 60000;
+    cfg->send_buffer = 128 << 10;
     cfg->log_level = SL_LOG_INFO;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
@@ -429,6 +430,7 @@ static const key_def_t server_keys[] = {
     {"write_stall_timeout", K_DURATION, CFG_OFF(write_stall_ms), 1, UINT64_MAX},
     {"sse_retry", K_DURATION, CFG_OFF(sse_retry_ms), 0, UINT64_MAX},
     {"topic_idle_ttl", K_DURATION, CFG_OFF(topic_idle_ttl_ms), 0, UINT64_MAX},
+    {"send_buffer", K_SIZE, CFG_OFF(send_buffer), 0, 1u << 30},
 };
 static const key_def_t limit_keys[] = {
     {"max_connections", K_COUNT, CFG_OFF(max_connections), 1, UINT64_MAX},

@@ -66,7 +66,9 @@ typedef struct sl_config {
     uint64_t write_stall_ms;    /* pending data, no byte accepted; default 30 s */
     uint64_t sse_retry_ms;      /* SSE `retry:` hint; default 2000 */
     uint64_t topic_idle_ttl_ms; /* free empty reader-less topics after; default 60 s */
-    int log_level;              /* SL_LOG_* from log.h; default info */
+    uint64_t
+        send_buffer; /* SO_SNDBUF of subscriber sockets; 0 = kernel autotuning; default 128 KiB */
+    int log_level;   /* SL_LOG_* from log.h; default info */
     /* [limits] */
     uint64_t max_connections;           /* default 100000 */
     uint64_t max_connections_per_ip;    /* default 10000 */

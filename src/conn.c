@@ -46,7 +46,7 @@ typedef struct sub_write {
 } sub_write_t;
 
 static void on_close(uv_handle_t *h);
-static void sse_deliver(sl_sub_t *sub);
+static size_t sse_deliver(sl_sub_t *sub);
 static void start_reading(sl_conn_t *c);
 static const sl_sub_ops_t sse_ops = {.deliver = sse_deliver};
 
@@ -434,21 +434,21 @@ static sl_reader_t *next_reader(sl_sub_t *sub)
     return best;
 }
 
-static void sse_deliver(sl_sub_t *sub)
+static size_t sse_deliver(sl_sub_t *sub)
 {
     sl_conn_t *c = sl_container_of(sub, sl_conn_t, sub);
     if (c->closing || c->state != SL_CONN_SSE || sub->writing)
-        return;
+        return 0;
     if (sub->overflow) {
         sse_final(c);
-        return;
+        return 0;
     }
     /* Re-check every cursor: messages may have been evicted while we were writing. */
     uint64_t now = sl_now_ms();
     for (uint32_t i = 0; i < sub->nreaders; i++) {
         if (sl_hub_check_reader(&c->srv->hub, &sub->readers[i], now)) {
             sse_final(c);
-            return;
+            return 0;
         }
     }
     /* Size the write for what is owed now, not for the largest batch. */
@@ -465,7 +465,7 @@ static void sse_deliver(sl_sub_t *sub)
     if (max_iov == 0) {
         if (c->draining)
             sse_final(c);
-        return;
+        return 0;
     }
     sub_write_t *w = sub_write_new(max_msgs, max_iov, marker_room(sub));
     size_t bytes = 0;
@@ -511,11 +511,12 @@ static void sse_deliver(sl_sub_t *sub)
         sub_write_free(w);
         if (c->draining)
             sse_final(c);
-        return;
+        return 0;
     }
     sl_metrics.deliveries += w->nmsgs;
     sl_metrics.delivered_bytes += bytes;
     sub_send(c, w);
+    return bytes;
 }
 
 static void on_sub_write(uv_write_t *req, int status)
@@ -565,7 +566,7 @@ void sl_conn_drain(sl_conn_t *c)
     if (c->state == SL_CONN_SSE) {
         c->draining = 1;
         if (!c->sub.writing)
-            sse_deliver(&c->sub);
+            (void)sse_deliver(&c->sub);
     } else if (c->state == SL_CONN_HTTP) {
         /* A request under way is completed and answered (with Connection: close); an idle
          * keep-alive connection goes now. */
@@ -612,6 +613,13 @@ int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *s
     /* A stream ends by closing whatever the request said about keep-alive. */
     c->close_after_write = 0;
     c->reason = SL_CLOSE_PEER;
+    /* Bound what the kernel buffers for this reader: left to autotuning, a stalled reader's
+     * socket takes megabytes before it reports itself full, and that memory and copying are
+     * outside the budget. */
+    if (c->srv->cfg->send_buffer > 0) {
+        int sndbuf = (int)c->srv->cfg->send_buffer;
+        uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
+    }
     sl_sub_t *sub = &c->sub;
     memset(sub, 0, sizeof(*sub));
     sub->ops = &sse_ops;

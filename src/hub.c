@@ -286,11 +286,31 @@ void sl_hub_flush(sl_hub_t *hub, uint64_t now_ms)
                 make_ready(hub, sub);
         }
     }
-    while (!sl_list_empty(&hub->ready)) {
-        sl_sub_t *sub = sl_container_of(hub->ready.next, sl_sub_t, ready_link);
+    /* Serve the subs ready now; those made ready by this pass go to hub->ready for the next. */
+    sl_list_t pass;
+    sl_list_init(&pass);
+    if (!sl_list_empty(&hub->ready)) {
+        pass.next = hub->ready.next;
+        pass.prev = hub->ready.prev;
+        pass.next->prev = &pass;
+        pass.prev->next = &pass;
+        sl_list_init(&hub->ready);
+    }
+    size_t bytes = 0;
+    while (!sl_list_empty(&pass) && bytes < SL_HUB_PASS_BYTES) {
+        sl_sub_t *sub = sl_container_of(pass.next, sl_sub_t, ready_link);
         sl_list_remove(&sub->ready_link);
         if (!sub->writing)
-            sub->ops->deliver(sub);
+            bytes += sub->ops->deliver(sub);
+    }
+    /* Over budget: the rest goes first next time. */
+    while (!sl_list_empty(&pass)) {
+        sl_list_t *n = pass.prev;
+        sl_list_remove(n);
+        n->next = hub->ready.next;
+        n->prev = &hub->ready;
+        hub->ready.next->prev = n;
+        hub->ready.next = n;
     }
 }
 

@@ -19,8 +19,8 @@ struct sl_sub;
 typedef struct sl_sub_ops {
     /* Write what the sub's readers are owed (markers first, then messages, in order), or the
      * overflow marker and close if sub->overflow is set. Called only when the sub is not
-     * writing. Must not call back into sl_hub_flush. */
-    void (*deliver)(struct sl_sub *sub);
+     * writing. Must not call back into sl_hub_flush. Returns the bytes it wrote or queued. */
+    size_t (*deliver)(struct sl_sub *sub);
 } sl_sub_ops_t;
 
 /* A subscriber: the transport-independent delivery state of one connection. Embedded in its
@@ -108,8 +108,14 @@ static inline int sl_hub_pending(const sl_hub_t *hub)
     return !sl_list_empty(&hub->dirty) || !sl_list_empty(&hub->ready);
 }
 
-/* The flush pass: offers new messages of dirty topics to their readers and lets every ready
- * sub deliver. */
+/* One flush pass writes at most this much; the rest waits for the next loop iteration, so
+ * that reading publishers and timers are never starved by a pass (a stalled reader's kernel
+ * send buffer can take megabytes before it reports itself full). */
+#define SL_HUB_PASS_BYTES (64u << 20)
+
+/* The flush pass: offers new messages of dirty topics to their readers and lets the subs that
+ * are ready deliver, once each, in the order they became ready, up to SL_HUB_PASS_BYTES. A sub
+ * that becomes ready again during the pass waits for the next one. */
 void sl_hub_flush(sl_hub_t *hub, uint64_t now_ms);
 
 /* The periodic pass: max_age eviction, soft-lag and lag-age checks, idle topic freeing. */
