@@ -197,7 +197,7 @@ int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms)
     if (sub->overflow)
         return 1;
     int had_gap = (r->mark & SL_MARK_GAP) != 0;
-    sl_check_t res = sl_reader_check(r, now_ms, &why, &missed);
+    sl_check_t res = sl_reader_check(r, now_ms, sub->writing, &why, &missed);
     if (res == SL_CHECK_OVERFLOW) {
         sub->overflow = 1;
         sub->overflow_reason = (uint8_t)why;

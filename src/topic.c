@@ -403,7 +403,7 @@ void sl_reader_detach(sl_reader_t *r)
     r->topic = NULL;
 }
 
-sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, sl_lag_reason_t *reason,
+sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_reason_t *reason,
                            uint64_t *missed)
 {
     sl_topic_t *t = r->topic;
@@ -420,7 +420,7 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, sl_lag_reason_t *rea
         r->soft_since_ms = 0;
         return SL_CHECK_OK;
     }
-    if (r->next > head) {
+    if (r->next > head || !behind) {
         r->soft_since_ms = 0;
         return SL_CHECK_OK;
     }

@@ -192,9 +192,13 @@ typedef enum {
 /* Applies eviction and lag limits to reader `r` at time `now_ms`. Under `skip` it moves the
  * cursor and queues (or widens) a gap marker; under `disconnect` it returns SL_CHECK_OVERFLOW
  * and sets *reason and *missed. A reader below the tail is always acted on (reason evicted).
+ * Lag limits judge only a reader that is `behind`: one whose previous write has not been taken
+ * by its socket yet. A reader with nothing in flight is about to be offered everything owed, so
+ * messages published since its last write are not held against it (as Redis judges a client
+ * by its pending output, not by what it has yet to be sent).
  * Counts nothing itself: `*reason` and `*missed` are set whenever a gap or an overflow was
  * decided (*missed = 0 when nothing was decided), and the caller counts them. */
-sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, sl_lag_reason_t *reason,
+sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_reason_t *reason,
                            uint64_t *missed);
 
 /* True when `r` is owed something: a marker or a retained message. */

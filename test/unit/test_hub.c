@@ -1,0 +1,249 @@
+/*
+ * Unit tests of the hub and the budget: all-or-nothing publishing, eviction across topics in
+ * publish order when the budget is short, the topic limit, the sweep (idle topics, max_age), and
+ * the flush pass's contract with transports (deliver only to subs owed something and idle).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "budget.h"
+#include "hub.h"
+#include "metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static sl_config_t cfg;
+static sl_hub_t hub;
+static uint64_t base;
+
+static int setup(void **state)
+{
+    (void)state;
+    sl_config_init(&cfg);
+    sl_budget_set_limit(1u << 30);
+    base = sl_budget.used;
+    sl_hub_init(&hub, &cfg);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    sl_hub_dispose(&hub);
+    sl_config_dispose(&cfg);
+    assert_int_equal(sl_budget.used, base);
+    return 0;
+}
+
+static sl_topic_t *topic(const char *name)
+{
+    int err;
+    sl_topic_t *t = sl_hub_topic(&hub, name, strlen(name), 1, &err);
+    assert_non_null(t);
+    assert_int_equal(err, 0);
+    return t;
+}
+
+static int publish(sl_topic_t *t, const char *payload)
+{
+    size_t len = strlen(payload);
+    uint64_t first;
+    return sl_hub_publish(&hub, t, NULL, &payload, &len, 1, &first);
+}
+
+static void test_budget_books(void **state)
+{
+    (void)state;
+    sl_budget_set_limit(base + 100);
+    assert_true(sl_budget_fits(100));
+    assert_false(sl_budget_fits(101));
+    assert_true(sl_budget_try(60));
+    assert_false(sl_budget_try(41));
+    sl_budget_charge(50); /* unconditional: may exceed */
+    assert_int_equal(sl_budget.used, base + 110);
+    assert_true(sl_budget.peak >= base + 110);
+    sl_budget_release(110);
+    assert_int_equal(sl_budget.used, base);
+    sl_budget_set_limit(1u << 30);
+}
+
+static void test_lookup_and_topic_limit(void **state)
+{
+    (void)state;
+    cfg.max_topics = 2;
+    sl_topic_t *a = topic("a");
+    assert_ptr_equal(topic("a"), a);
+    int err;
+    assert_null(sl_hub_topic(&hub, "nope", 4, 0, &err));
+    assert_int_equal(err, 0);
+    topic("b");
+    assert_null(sl_hub_topic(&hub, "c", 1, 1, &err));
+    assert_int_equal(err, SL_ELIMIT);
+    assert_int_equal(hub.ntopics, 2);
+    /* Many topics through rehashing. */
+    cfg.max_topics = 1000;
+    char name[16];
+    for (int i = 0; i < 500; i++) {
+        snprintf(name, sizeof(name), "t%d", i);
+        topic(name);
+    }
+    for (int i = 0; i < 500; i++) {
+        snprintf(name, sizeof(name), "t%d", i);
+        assert_non_null(sl_hub_topic(&hub, name, strlen(name), 0, &err));
+    }
+    assert_int_equal(hub.ntopics, 502);
+}
+
+static void test_budget_eviction_across_topics(void **state)
+{
+    (void)state;
+    sl_topic_t *a = topic("a"), *b = topic("b");
+    char payload[1000];
+    memset(payload, 'p', sizeof(payload) - 1);
+    payload[sizeof(payload) - 1] = '\0';
+    assert_int_equal(publish(a, payload), 0); /* a:1 is the oldest message */
+    assert_int_equal(publish(b, payload), 0);
+    assert_int_equal(publish(a, payload), 0);
+    uint64_t before = sl_metrics.evictions[SL_EVICT_BUDGET];
+    /* Room for half a message: each publish must evict exactly the oldest one. */
+    size_t charge = sl_msg_charge(1, NULL, payload, strlen(payload));
+    sl_budget_set_limit(sl_budget.used + charge / 2);
+    assert_int_equal(publish(b, payload), 0);
+    assert_int_equal(publish(b, payload), 0);
+    assert_int_equal(sl_metrics.evictions[SL_EVICT_BUDGET] - before, 2);
+    /* The two oldest went: a:1 then b:1. */
+    assert_int_equal(sl_topic_tail(a), 2);
+    assert_int_equal(sl_topic_tail(b), 2);
+    assert_int_equal(b->head_seq, 3);
+
+    /* A batch that cannot fit even after evicting everything is refused whole. */
+    const char *p[8];
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) {
+        p[i] = payload;
+        lens[i] = 999;
+    }
+    uint64_t first, rej = sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET];
+    /* 8 messages need more than the 4 retained ones free plus the 100 bytes of room. */
+    sl_budget_set_limit(sl_budget.used + 100);
+    assert_int_equal(sl_hub_publish(&hub, a, NULL, p, lens, 8, &first), SL_EOVERLOAD);
+    assert_int_equal(sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET] - rej, 1);
+    assert_int_equal(a->head_seq, 2);         /* nothing of the batch was appended */
+    assert_int_equal(a->count + b->count, 0); /* everything evictable was evicted trying */
+    sl_budget_set_limit(1u << 30);
+    assert_int_equal(sl_hub_publish(&hub, a, "ev", p, lens, 3, &first), 0);
+    assert_int_equal(first, 3);
+    assert_int_equal(a->head_seq, 5);
+    assert_string_equal(sl_topic_get(a, 4)->event, "ev");
+}
+
+static void test_sweep(void **state)
+{
+    (void)state;
+    cfg.topic_idle_ttl_ms = 1000;
+    sl_topic_t *idle = topic("idle");
+    (void)idle;
+    sl_topic_t *kept = topic("kept");
+    publish(kept, "m");
+    sl_hub_sweep(&hub, 10000); /* starts the idle clock */
+    assert_int_equal(hub.ntopics, 2);
+    sl_hub_sweep(&hub, 10999);
+    assert_int_equal(hub.ntopics, 2);
+    sl_hub_sweep(&hub, 11000);
+    assert_int_equal(hub.ntopics, 1);
+    int err;
+    assert_null(sl_hub_topic(&hub, "idle", 4, 0, &err));
+    assert_non_null(sl_hub_topic(&hub, "kept", 4, 0, &err));
+
+    /* max_age evicts in the sweep; the emptied topic is then freed after its TTL. */
+    kept->conf.max_age_ms = 500;
+    uint64_t ts = sl_topic_get(kept, 1)->ts_ms;
+    sl_hub_sweep(&hub, ts + 499);
+    assert_int_equal(kept->count, 1);
+    sl_hub_sweep(&hub, ts + 500);
+    assert_int_equal(kept->count, 0);
+    assert_int_equal(hub.ntopics, 1);
+    sl_hub_sweep(&hub, ts + 501);
+    sl_hub_sweep(&hub, ts + 1501);
+    assert_int_equal(hub.ntopics, 0);
+}
+
+/* A fake transport: records deliveries and takes everything owed. */
+static int delivered;
+static size_t fake_deliver(sl_sub_t *sub)
+{
+    delivered++;
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
+        sub->readers[i].next = sub->readers[i].topic->head_seq + 1;
+        sub->readers[i].mark = SL_MARK_NONE;
+    }
+    return 1;
+}
+static const sl_sub_ops_t fake_ops = {.deliver = fake_deliver};
+
+static void test_flush_contract(void **state)
+{
+    (void)state;
+    sl_topic_t *a = topic("a"), *b = topic("b");
+    sl_sub_t s1, s2;
+    memset(&s1, 0, sizeof(s1));
+    memset(&s2, 0, sizeof(s2));
+    s1.ops = s2.ops = &fake_ops;
+    sl_topic_t *ts[2] = {a, b};
+    sl_start_t st[2] = {{.kind = SL_START_NEW}, {.kind = SL_START_NEW}};
+    sl_sub_start(&hub, &s1, ts, st, 2);
+    sl_sub_start(&hub, &s2, ts + 1, st, 1);
+    delivered = 0;
+    sl_hub_flush(&hub, 0);
+    assert_int_equal(delivered, 0); /* nothing owed yet */
+
+    publish(a, "x");
+    assert_true(sl_hub_pending(&hub));
+    sl_hub_flush(&hub, 0);
+    assert_int_equal(delivered, 1); /* only s1 reads a */
+    assert_false(sl_hub_pending(&hub));
+
+    publish(b, "y");
+    s2.writing = 1; /* a write in flight: not offered */
+    sl_hub_flush(&hub, 0);
+    assert_int_equal(delivered, 2);
+    s2.writing = 0;
+    sl_hub_sub_ready(&hub, &s2, 0); /* its write completed */
+    sl_hub_flush(&hub, 0);
+    assert_int_equal(delivered, 3);
+
+    /* Disconnect policy: a reader past a hard limit makes its sub owe an overflow. */
+    b->conf.overflow = SL_OVERFLOW_DISCONNECT;
+    b->conf.lag_hard_messages = 2;
+    uint64_t ovf = sl_metrics.overflow_disconnects[SL_LAG_HARD];
+    s2.writing = 1;
+    for (int i = 0; i < 3; i++)
+        publish(b, "z");
+    sl_hub_flush(&hub, 0);
+    assert_true(s2.overflow);
+    assert_int_equal(s2.overflow_reason, SL_LAG_HARD);
+    assert_int_equal(s2.overflow_missed, 3);
+    assert_int_equal(sl_metrics.overflow_disconnects[SL_LAG_HARD] - ovf, 1);
+    s2.writing = 0;
+
+    sl_sub_dispose(&hub, &s1);
+    sl_sub_dispose(&hub, &s2);
+    sl_sub_dispose(&hub, &s2); /* idempotent */
+    assert_int_equal(a->nreaders + b->nreaders, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_budget_books, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_and_topic_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_eviction_across_topics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_contract, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
