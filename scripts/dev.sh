@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
-          libcmocka-dev python3 python3-pytest python3-aiohttp python3-websockets curl
-          clang-format iproute2 procps)
+          libcmocka-dev libwslay-dev python3 python3-pytest python3-aiohttp python3-websockets curl
+          clang-format iproute2 procps chromium)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 deps() {
@@ -19,13 +19,26 @@ deps() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
             missing+=("$p")
     done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    echo "== installing: ${missing[*]}"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== installing: ${missing[*]}"
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    # npm dependencies of the headless-browser test (test/browser: playwright-core, no browser
+    # download; it drives the Debian chromium above)
+    if [ ! -d test/browser/node_modules ]; then
+        if ! command -v npm >/dev/null 2>&1; then
+            echo "== installing: npm"
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                --no-install-recommends npm >/dev/null
+        fi
+        echo "== npm ci in test/browser"
+        (cd test/browser && npm ci --no-audit --no-fund)
+    fi
 }
 
 build_dir() { # dir, extra cmake args...

@@ -9,6 +9,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "sse.h"
+#include "ws.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@ typedef struct query {
     char *buf;
     qval_t topics[MAX_QUERY_TOPICS];
     uint32_t ntopics;
-    qval_t since, last_event_id, from, event;
+    qval_t since, last_event_id, from, event, mode, format, ack;
     int too_many;
 } query_t;
 
@@ -59,6 +60,12 @@ static int parse_query(query_t *q, const char *s, size_t len)
             q->from = val;
         } else if (klen == 5 && memcmp(k, "event", 5) == 0) {
             q->event = val;
+        } else if (klen == 4 && memcmp(k, "mode", 4) == 0) {
+            q->mode = val;
+        } else if (klen == 6 && memcmp(k, "format", 6) == 0) {
+            q->format = val;
+        } else if (klen == 3 && memcmp(k, "ack", 3) == 0) {
+            q->ack = val;
         }
         /* Other parameters (cache busters and the like) are ignored. */
     }
@@ -115,6 +122,12 @@ static void get_metrics(sl_conn_t *c)
     char *body = sl_metrics_render(&c->srv->hub, &len);
     sl_conn_respond(c, 200, "text/plain; version=0.0.4", NULL, body, len);
     free(body);
+}
+
+int sl_api_reserved(const char *payload, size_t len)
+{
+    static const char prefix[] = "{\"sluice\":";
+    return len >= sizeof(prefix) - 1 && memcmp(payload, prefix, sizeof(prefix) - 1) == 0;
 }
 
 /* ---- publishing ------------------------------------------------------------------------- */
@@ -222,6 +235,16 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
         lens[0] = body_len;
         n = 1;
     }
+    for (size_t i = 0; i < n; i++) {
+        if (sl_api_reserved(payloads[i], lens[i])) {
+            free(payloads);
+            free(lens);
+            sl_metrics.pub_rejected[SL_REJECT_PUB_RESERVED]++;
+            sl_conn_error(c, 400, "reserved_payload",
+                          "payloads may not begin with {\"sluice\": (control messages)");
+            return;
+        }
+    }
     sl_topic_t *t = topic_for(c, name, nlen, 1);
     if (t != NULL) {
         uint64_t first;
@@ -249,32 +272,39 @@ static int accepts_sse(const sl_http_req_t *req)
     return a != NULL && sl_http_has_token(a, len, "text/event-stream");
 }
 
-static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uint32_t n, int multi,
-                      const query_t *q)
+/* Validates the topic names of a subscription; answers the error itself. */
+static int check_names(sl_conn_t *c, const qval_t *names, uint32_t n, const query_t *q)
 {
     const sl_config_t *cfg = c->srv->cfg;
     if (n == 0) {
         sl_conn_error(c, 400, "bad_query", "at least one topic= is required");
-        return;
+        return -1;
     }
     if (n > cfg->max_topics_per_connection || q->too_many) {
         sl_conn_error(c, 400, "too_many_topics", "more topics than max_topics_per_connection");
-        return;
+        return -1;
     }
     for (uint32_t i = 0; i < n; i++) {
         if (!sl_topic_name_valid(names[i].s, names[i].len, cfg->max_topic_name)) {
             sl_conn_error(c, 400, "bad_topic", "invalid topic name");
-            return;
+            return -1;
         }
         for (uint32_t j = 0; j < i; j++) {
             if (names[j].len == names[i].len && memcmp(names[j].s, names[i].s, names[i].len) == 0) {
                 sl_conn_error(c, 400, "bad_query", "a topic is named twice");
-                return;
+                return -1;
             }
         }
     }
-    /* The starting point: since=, then Last-Event-ID, then lastEventId=, then from=. */
-    sl_start_t start = {.kind = SL_START_NEW};
+    return 0;
+}
+
+/* The starting point: since=, then Last-Event-ID, then lastEventId=, then from=. Answers the
+ * error itself. */
+static int parse_start(sl_conn_t *c, sl_http_req_t *req, const query_t *q, int multi,
+                       sl_start_t *start)
+{
+    start->kind = SL_START_NEW;
     size_t hlen;
     const char *hid = sl_http_header(req, SL_H_LAST_EVENT_ID, &hlen);
     const char *id = NULL;
@@ -293,29 +323,148 @@ static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
         uint64_t epoch, seq;
         if (sl_id_parse(id, idlen, multi, &epoch, &seq) != 0) {
             sl_conn_error(c, 400, "bad_id", "malformed message id");
-            return;
+            return -1;
         }
-        start.kind = multi ? SL_START_GSEQ : SL_START_SINCE;
-        start.epoch = epoch;
-        start.seq = seq;
+        start->kind = multi ? SL_START_GSEQ : SL_START_SINCE;
+        start->epoch = epoch;
+        start->seq = seq;
     } else if (q->from.s != NULL) {
         if (q->from.len == 6 && memcmp(q->from.s, "oldest", 6) == 0) {
-            start.kind = SL_START_OLDEST;
+            start->kind = SL_START_OLDEST;
         } else if (!(q->from.len == 3 && memcmp(q->from.s, "new", 3) == 0)) {
             sl_conn_error(c, 400, "bad_query", "from= must be oldest or new");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Looks up (creating) every topic of a subscription; NULL when one could not be (answered). */
+static sl_topic_t **lookup_topics(sl_conn_t *c, const qval_t *names, uint32_t n)
+{
+    sl_topic_t **topics = sl_malloc(n * sizeof(*topics));
+    for (uint32_t i = 0; i < n; i++) {
+        if ((topics[i] = topic_for(c, names[i].s, names[i].len, 0)) == NULL) {
+            free(topics);
+            return NULL;
+        }
+    }
+    return topics;
+}
+
+static sl_start_t *same_starts(const sl_start_t *start, uint32_t n)
+{
+    sl_start_t *starts = sl_malloc((n ? n : 1) * sizeof(*starts));
+    for (uint32_t i = 0; i < n; i++)
+        starts[i] = *start;
+    return starts;
+}
+
+static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uint32_t n, int multi,
+                      const query_t *q)
+{
+    sl_start_t start;
+    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+        return;
+    sl_topic_t **topics = lookup_topics(c, names, n);
+    if (topics == NULL)
+        return;
+    sl_start_t *starts = same_starts(&start, n);
+    sl_conn_subscribe_sse(c, topics, starts, n, multi);
+    free(topics);
+    free(starts);
+}
+
+/* ---- WebSocket -------------------------------------------------------------------------- */
+
+static int wants_websocket(const sl_http_req_t *req)
+{
+    size_t len;
+    const char *u = sl_http_header(req, SL_H_UPGRADE, &len);
+    return u != NULL && sl_http_has_token(u, len, "websocket");
+}
+
+static int qval_is(const qval_t *v, const char *s)
+{
+    return v->len == strlen(s) && memcmp(v->s, s, v->len) == 0;
+}
+
+/* The opening handshake (RFC 6455 4.2), then the connection's options from the query. */
+static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uint32_t n, int multi,
+                      const query_t *q)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    size_t len;
+    const char *v;
+    char accept[29];
+    if (llhttp_get_http_major(&req->parser) != 1 || llhttp_get_http_minor(&req->parser) < 1) {
+        sl_conn_error(c, 400, "bad_handshake", "WebSocket needs HTTP/1.1");
+        return;
+    }
+    if (!wants_websocket(req) || (v = sl_http_header(req, SL_H_CONNECTION, &len)) == NULL ||
+        !sl_http_has_token(v, len, "upgrade")) {
+        sl_conn_error(c, 400, "bad_handshake", "want Upgrade: websocket and Connection: Upgrade");
+        return;
+    }
+    v = sl_http_header(req, SL_H_SEC_WS_VERSION, &len);
+    if (v == NULL || len != 2 || memcmp(v, "13", 2) != 0) {
+        SL_INFO("websocket refused", "reason=version");
+        sl_conn_respond_error(c, 426, "upgrade_required", "only Sec-WebSocket-Version 13",
+                              "Sec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    v = sl_http_header(req, SL_H_SEC_WS_KEY, &len);
+    if (v == NULL || sl_ws_accept_key(v, len, accept) != 0) {
+        sl_conn_error(c, 400, "bad_handshake", "missing or invalid Sec-WebSocket-Key");
+        return;
+    }
+    v = sl_http_header(req, SL_H_ORIGIN, &len);
+    if (v != NULL && !sl_config_origin_allowed(cfg, v, len)) {
+        SL_INFO("websocket refused", "reason=origin origin=\"%.*s\"", (int)(len > 200 ? 200 : len),
+                v);
+        sl_conn_error(c, 403, "forbidden_origin", "Origin not in the allow-list");
+        return;
+    }
+    sl_ws_opts_t opts = {.mode = SL_WS_SUB, .json = (uint8_t)multi, .ack = 0};
+    if (q->mode.s != NULL) {
+        if (qval_is(&q->mode, "sub"))
+            opts.mode = SL_WS_SUB;
+        else if (qval_is(&q->mode, "pub"))
+            opts.mode = SL_WS_PUB;
+        else if (qval_is(&q->mode, "pubsub"))
+            opts.mode = SL_WS_SUB | SL_WS_PUB;
+        else {
+            sl_conn_error(c, 400, "bad_query", "mode= must be sub, pub or pubsub");
             return;
         }
     }
-    sl_topic_t **topics = sl_malloc(n * sizeof(*topics));
-    sl_start_t *starts = sl_malloc(n * sizeof(*starts));
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        if ((topics[i] = topic_for(c, names[i].s, names[i].len, 0)) == NULL)
-            break;
-        starts[i] = start;
+    if (q->format.s != NULL) {
+        if (qval_is(&q->format, "json"))
+            opts.json = 1;
+        else if (qval_is(&q->format, "raw"))
+            opts.json = 0;
+        else {
+            sl_conn_error(c, 400, "bad_query", "format= must be raw or json");
+            return;
+        }
     }
-    if (i == n)
-        sl_conn_subscribe_sse(c, topics, starts, n, multi);
+    if (q->ack.s != NULL) {
+        if (qval_is(&q->ack, "1") || qval_is(&q->ack, "true"))
+            opts.ack = 1;
+        else if (!qval_is(&q->ack, "0") && !qval_is(&q->ack, "false")) {
+            sl_conn_error(c, 400, "bad_query", "ack= must be 1 or 0");
+            return;
+        }
+    }
+    sl_start_t start;
+    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+        return;
+    uint32_t nsub = (opts.mode & SL_WS_SUB) ? n : 0;
+    sl_topic_t **topics = NULL;
+    if (nsub > 0 && (topics = lookup_topics(c, names, nsub)) == NULL)
+        return;
+    sl_start_t *starts = same_starts(&start, nsub);
+    sl_conn_upgrade_ws(c, accept, topics, starts, nsub, multi, &opts, names[0].s, names[0].len);
     free(topics);
     free(starts);
 }
@@ -347,7 +496,14 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
         goto out;
     }
     path[plen] = '\0';
-    if (strcmp(path, "/healthz") == 0) {
+    if (method == HTTP_OPTIONS) {
+        /* A CORS preflight; the allowed origin is added by the response itself. */
+        sl_conn_respond(c, 204, NULL,
+                        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                        "Access-Control-Allow-Headers: Content-Type, Last-Event-ID\r\n"
+                        "Access-Control-Max-Age: 600\r\n",
+                        "", 0);
+    } else if (strcmp(path, "/healthz") == 0) {
         if (is_get)
             sl_conn_respond(c, 200, "text/plain", NULL, "ok\n", 3);
         else
@@ -372,6 +528,9 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
             } else {
                 publish(c, req, name, nlen, &q);
             }
+        } else if (method == HTTP_GET && wants_websocket(req)) {
+            qval_t one = {(char *)name, nlen};
+            websocket(c, req, &one, 1, 0, &q);
         } else if (method == HTTP_GET) {
             if (!accepts_sse(req)) {
                 sl_conn_error(c, 406, "not_acceptable", "subscribe with Accept: text/event-stream");
@@ -382,6 +541,14 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
         } else {
             not_allowed(c, "GET, POST");
         }
+    } else if (strcmp(path, "/ws") == 0) {
+        if (method != HTTP_GET)
+            not_allowed(c, "GET");
+        else if (!wants_websocket(req))
+            sl_conn_respond_error(c, 426, "upgrade_required", "GET /ws needs a WebSocket upgrade",
+                                  "Upgrade: websocket\r\nConnection: Upgrade\r\n");
+        else
+            websocket(c, req, q.topics, q.ntopics, 1, &q);
     } else if (strcmp(path, "/sse") == 0) {
         if (method == HTTP_GET)
             subscribe(c, req, q.topics, q.ntopics, 1, &q);

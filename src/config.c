@@ -32,6 +32,9 @@ void sl_config_init(sl_config_t *cfg)
     cfg->topic_idle_ttl_ms = 60000;
     cfg->send_buffer = 128 << 10;
     cfg->log_level = SL_LOG_INFO;
+    cfg->ws_ping_interval_ms = 30000;
+    cfg->ws_pong_timeout_ms = 20000;
+    cfg->ws_close_timeout_ms = 5000;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
     cfg->max_header_bytes = 16 << 10;
@@ -53,6 +56,8 @@ void sl_config_dispose(sl_config_t *cfg)
 {
     free(cfg->listen_host);
     free(cfg->data_dir);
+    free(cfg->origins);
+    cfg->origins = NULL;
     for (size_t i = 0; i < cfg->nrules; i++)
         free(cfg->rules[i].glob);
     free(cfg->rules);
@@ -431,6 +436,9 @@ static const key_def_t server_keys[] = {
     {"sse_retry", K_DURATION, CFG_OFF(sse_retry_ms), 0, UINT64_MAX},
     {"topic_idle_ttl", K_DURATION, CFG_OFF(topic_idle_ttl_ms), 0, UINT64_MAX},
     {"send_buffer", K_SIZE, CFG_OFF(send_buffer), 0, 1u << 30},
+    {"ws_ping_interval", K_DURATION, CFG_OFF(ws_ping_interval_ms), 0, UINT64_MAX},
+    {"ws_pong_timeout", K_DURATION, CFG_OFF(ws_pong_timeout_ms), 1, UINT64_MAX},
+    {"ws_close_timeout", K_DURATION, CFG_OFF(ws_close_timeout_ms), 1, UINT64_MAX},
 };
 static const key_def_t limit_keys[] = {
     {"max_connections", K_COUNT, CFG_OFF(max_connections), 1, UINT64_MAX},
@@ -471,6 +479,58 @@ static int table_key(parse_ctx_t *p, const key_def_t *defs, size_t n, const char
     return 0;
 }
 
+/* `origins = https://a.example, http://b.example:8080`: each entry scheme://host[:port], kept
+ * as one comma-separated string without blanks. An empty value means any origin. */
+static void set_origins(parse_ctx_t *p, const char *val)
+{
+    size_t n = strlen(val);
+    char *out = sl_malloc(n + 1), *o = out;
+    const char *s = val, *end = val + n;
+    while (s < end) {
+        while (s < end && (*s == ' ' || *s == '\t' || *s == ','))
+            s++;
+        const char *e = s;
+        while (e < end && *e != ',' && *e != ' ' && *e != '\t')
+            e++;
+        if (e == s)
+            break;
+        const char *sep = memchr(s, ':', (size_t)(e - s));
+        if (sep == NULL || e - sep < 4 || sep[1] != '/' || sep[2] != '/') {
+            error_at(p, p->line, "invalid origin '%.*s' (want scheme://host[:port])", (int)(e - s),
+                     s);
+            free(out);
+            return;
+        }
+        if (o != out)
+            *o++ = ',';
+        memcpy(o, s, (size_t)(e - s));
+        o += e - s;
+        s = e;
+    }
+    *o = '\0';
+    free(p->cfg->origins);
+    p->cfg->origins = NULL;
+    if (o != out)
+        p->cfg->origins = out;
+    else
+        free(out);
+}
+
+int sl_config_origin_allowed(const sl_config_t *cfg, const char *origin, size_t len)
+{
+    if (cfg->origins == NULL)
+        return 1;
+    const char *s = cfg->origins;
+    while (*s) {
+        const char *e = strchr(s, ',');
+        size_t l = e ? (size_t)(e - s) : strlen(s);
+        if (l == len && strncasecmp(s, origin, len) == 0)
+            return 1;
+        s += l + (e != NULL);
+    }
+    return 0;
+}
+
 static int on_entry(void *user, const char *section, const char *key, const char *val)
 {
     parse_ctx_t *p = user;
@@ -490,6 +550,8 @@ static int on_entry(void *user, const char *section, const char *key, const char
                 free(cfg->data_dir);
                 cfg->data_dir = sl_strdup(val);
             }
+        } else if (strcmp(key, "origins") == 0) {
+            set_origins(p, val);
         } else if (strcmp(key, "log_level") == 0) {
             int lvl = sl_log_parse_level(val);
             if (lvl < 0)

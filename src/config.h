@@ -69,6 +69,10 @@ typedef struct sl_config {
     uint64_t
         send_buffer; /* SO_SNDBUF of subscriber sockets; 0 = kernel autotuning; default 128 KiB */
     int log_level;   /* SL_LOG_* from log.h; default info */
+    char *origins;   /* allowed browser origins, comma-separated, no blanks; NULL = any */
+    uint64_t ws_ping_interval_ms; /* WebSocket ping interval; 0 = off; default 30 s */
+    uint64_t ws_pong_timeout_ms;  /* no pong this long after a ping: close; default 20 s */
+    uint64_t ws_close_timeout_ms; /* wait for the peer's close frame; default 5 s */
     /* [limits] */
     uint64_t max_connections;           /* default 100000 */
     uint64_t max_connections_per_ip;    /* default 10000 */
@@ -115,6 +119,10 @@ int sl_parse_size(const char *s, uint64_t *out);
 
 /* Duration: a number with ms, s, m, h (a bare number is seconds). Returns 0 or -EINVAL. */
 int sl_parse_duration_ms(const char *s, uint64_t *out);
+
+/* 1 if a request with this Origin header value may be served: any origin when `origins` is
+ * not configured, else an exact (case-insensitive) match with one of the list. */
+int sl_config_origin_allowed(const sl_config_t *cfg, const char *origin, size_t len);
 
 /* Shell-style glob: `*` matches any run of characters (including '/'), `?` one character. */
 int sl_glob_match(const char *glob, const char *s);

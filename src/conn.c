@@ -10,6 +10,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "sse.h"
+#include "ws.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -46,9 +47,7 @@ typedef struct sub_write {
 } sub_write_t;
 
 static void on_close(uv_handle_t *h);
-static size_t sse_deliver(sl_sub_t *sub);
 static void start_reading(sl_conn_t *c);
-static const sl_sub_ops_t sse_ops = {.deliver = sse_deliver};
 
 /* ---- close ------------------------------------------------------------------------------ */
 
@@ -88,8 +87,15 @@ static void on_close(uv_handle_t *h)
     sl_conn_t *c = (sl_conn_t *)h;
     sl_server_t *srv = c->srv;
     sl_metrics.connections--;
-    if (c->sub.ops != NULL)
-        sl_metrics.subscribers_sse--;
+    if (c->is_sub) {
+        if (c->is_ws)
+            sl_metrics.subscribers_ws--;
+        else
+            sl_metrics.subscribers_sse--;
+    }
+    if (c->is_ws)
+        sl_metrics.ws_connections--;
+    sl_ws_free(c);
     sl_metrics.closed[c->reason]++;
     sl_list_remove(&c->link);
     srv->nconns--;
@@ -98,6 +104,12 @@ static void on_close(uv_handle_t *h)
     free(c);
     if (srv->shutting_down && srv->nconns == 0)
         sl_server_shutdown(srv);
+}
+
+/* How long a closing connection waits for its peer: for a WebSocket, the close reply. */
+static uint64_t linger_ms(const sl_conn_t *c)
+{
+    return c->is_ws ? c->srv->cfg->ws_close_timeout_ms : LINGER_MS;
 }
 
 /* ---- lingering close -------------------------------------------------------------------- */
@@ -115,7 +127,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     }
     /* Our FIN is out. Keep reading (and discarding) until the peer closes, so that unread
      * input does not turn our close into a reset that destroys the answer. */
-    c->deadline_ms = sl_now_ms() + LINGER_MS;
+    c->deadline_ms = sl_now_ms() + linger_ms(c);
     c->deadline_kind = c->reason;
 }
 
@@ -129,7 +141,7 @@ static void finish(sl_conn_t *c)
         sl_conn_close(c, c->reason);
         return;
     }
-    if (c->state == SL_CONN_SSE)
+    if (c->state == SL_CONN_SSE || c->state == SL_CONN_WS)
         sl_sub_dispose(&c->srv->hub, &c->sub);
     c->state = SL_CONN_LINGER;
     if (c->read_paused) {
@@ -139,7 +151,7 @@ static void finish(sl_conn_t *c)
     uv_shutdown_t *sr = sl_malloc(sizeof(*sr));
     sl_budget_charge(sizeof(*sr) + ALLOC_OVERHEAD);
     sr->data = c;
-    c->deadline_ms = sl_now_ms() + LINGER_MS;
+    c->deadline_ms = sl_now_ms() + linger_ms(c);
     c->deadline_kind = c->reason;
     if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         free(sr);
@@ -200,6 +212,22 @@ static resp_write_t *resp_alloc(size_t cap)
     return w;
 }
 
+/* The CORS header lines for the current request's Origin (docs/protocol.md): `*` when no
+ * allow-list is configured, the origin itself when it is listed, nothing otherwise. */
+static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
+{
+    if (c->srv->cfg->origins == NULL)
+        return (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
+    size_t len = 0;
+    const char *origin = c->req ? sl_http_header(c->req, SL_H_ORIGIN, &len) : NULL;
+    if (origin == NULL || len > cap - 64 || !sl_config_origin_allowed(c->srv->cfg, origin, len))
+        return 0;
+    return (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n",
+                            (int)len, origin);
+}
+
+#define CORS_MAX 320
+
 void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const char *extra,
                      const char *body, size_t body_len)
 {
@@ -207,19 +235,27 @@ void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const c
         return;
     sl_metrics_http(status);
     size_t extra_len = extra ? strlen(extra) : 0;
-    size_t cap = 256 + extra_len + body_len;
+    char cors[CORS_MAX];
+    cors_header(c, cors, sizeof(cors));
+    size_t cap = 256 + CORS_MAX + extra_len + body_len;
     resp_write_t *w = resp_alloc(cap);
-    int n =
-        snprintf(w->data, cap,
-                 "HTTP/1.1 %d %s\r\nServer: sluice\r\nContent-Type: %s\r\n"
-                 "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
-                 status, sl_http_reason(status), content_type ? content_type : "text/plain",
-                 body_len, c->close_after_write ? "Connection: close\r\n" : "", extra ? extra : "");
+    int n;
+    if (status == 204)
+        n = snprintf(w->data, cap, "HTTP/1.1 204 No Content\r\nServer: sluice\r\n%s%s%s\r\n",
+                     c->close_after_write ? "Connection: close\r\n" : "", cors, extra ? extra : "");
+    else
+        n = snprintf(w->data, cap,
+                     "HTTP/1.1 %d %s\r\nServer: sluice\r\nContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s%s\r\n",
+                     status, sl_http_reason(status), content_type ? content_type : "text/plain",
+                     body_len, c->close_after_write ? "Connection: close\r\n" : "", cors,
+                     extra ? extra : "");
     memcpy(w->data + n, body, body_len);
     queue_bytes(c, w, (size_t)n + body_len);
 }
 
-void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg)
+void sl_conn_respond_error(sl_conn_t *c, int status, const char *code, const char *msg,
+                           const char *extra)
 {
     char body[512];
     size_t len = 0;
@@ -232,13 +268,17 @@ void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg)
         sl_json_put_string(body, &len, sizeof(body) - 4, "", 0);
     body[len++] = '}';
     body[len++] = '\n';
-    const char *extra = NULL;
-    if (status == 503 || status == 429)
+    if (extra == NULL && (status == 503 || status == 429))
         extra = "Retry-After: 1\r\n";
     sl_conn_respond(c, status, "application/json", extra, body, len);
 }
 
-/* ---- SSE transport ---------------------------------------------------------------------- */
+void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg)
+{
+    sl_conn_respond_error(c, status, code, msg, NULL);
+}
+
+/* ---- subscriber writes (every transport) ------------------------------------------------ */
 
 static sub_write_t *sub_write_new(uint32_t max_msgs, uint32_t max_iov, size_t ctrl_cap)
 {
@@ -273,31 +313,41 @@ static void put_ctrl(sub_write_t *w, const char *s, size_t len)
     w->ctrl_len += len;
 }
 
+/* Reserves len bytes of the ctrl area for the caller to fill, with an iov for them. */
+static char *take_ctrl(sub_write_t *w, size_t len)
+{
+    assert(w->ctrl_len + len <= w->ctrl_cap);
+    char *p = w->ctrl + w->ctrl_len;
+    w->iov[w->niov++] = uv_buf_init(p, (unsigned)len);
+    w->ctrl_len += len;
+    return p;
+}
+
+#define MARK_OVERFLOW 4
+#define MARKER_MAX(name_len) ((name_len)*6 + 256)
+
 static size_t marker_room(const sl_sub_t *sub)
 {
     size_t room = 0;
     for (uint32_t i = 0; i < sub->nreaders; i++)
         if (sub->readers[i].mark != SL_MARK_NONE)
-            room += 2 * (sub->readers[i].topic->name_len * 6 + 256);
+            room += 2 * MARKER_MAX(sub->readers[i].topic->name_len);
     return room;
 }
 
-/* Formats the JSON body of a gap, reset or overflow event for reader r into buf. */
-static size_t fmt_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
-                         int reason, uint64_t missed)
+static const char *marker_name(int kind)
+{
+    return kind == SL_MARK_GAP ? "gap" : kind == SL_MARK_RESET ? "reset" : "overflow";
+}
+
+/* The members of the JSON body of a gap, reset or overflow marker for reader r, after the
+ * opening brace: "topic":…,…} (the closing brace included). Same for every transport. */
+static size_t marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kind, int reason,
+                            uint64_t missed)
 {
     const sl_topic_t *t = r->topic;
     char from[SL_ID_MAX], to[SL_ID_MAX];
-    size_t len = 0;
-    if (kind == SL_MARK_GAP && !sub->multi) {
-        len += (size_t)snprintf(buf + len, cap - len, "id: ");
-        len += sl_id_format(buf + len, t->epoch, r->gap_to);
-        buf[len++] = '\n';
-    }
-    const char *ev = kind == SL_MARK_GAP     ? "sluice.gap"
-                     : kind == SL_MARK_RESET ? "sluice.reset"
-                                             : "sluice.overflow";
-    len += (size_t)snprintf(buf + len, cap - len, "event: %s\ndata: {\"topic\":", ev);
+    size_t len = (size_t)snprintf(buf, cap, "\"topic\":");
     sl_json_put_string(buf, &len, cap, t->name, t->name_len);
     if (kind == SL_MARK_GAP) {
         sl_id_format(to, t->epoch, r->gap_to);
@@ -310,21 +360,203 @@ static size_t fmt_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_re
             len += (size_t)snprintf(buf + len, cap - len,
                                     ",\"from\":null,\"to\":\"%s\",\"missed\":null", to);
         }
-        len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\"}\n\n",
+        len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\"}",
                                 sl_lag_reason_name((sl_lag_reason_t)r->mark_reason));
     } else if (kind == SL_MARK_RESET) {
-        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"epoch\"}\n\n",
+        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"epoch\"}",
                                 t->epoch_hex);
     } else {
-        len +=
-            (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\",\"missed\":%" PRIu64 "}\n\n",
-                             sl_lag_reason_name((sl_lag_reason_t)reason), missed);
+        len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\",\"missed\":%" PRIu64 "}",
+                                sl_lag_reason_name((sl_lag_reason_t)reason), missed);
     }
     return len;
 }
 
+/* ---- transports ------------------------------------------------------------------------- */
+
+/* What differs between SSE and WebSocket: how a message, a marker, a heartbeat and the last
+ * frame look on the wire. Everything else (cursors, batching, budget, backpressure, closing) is
+ * the one delivery path below. */
+typedef struct transport {
+    uint32_t iov_per_msg;
+    /* Appends message m's iovs (shared, pre-encoded bytes) to w; returns their byte count. */
+    size_t (*put_msg)(sl_conn_t *c, sub_write_t *w, sl_msg_t *m);
+    /* Formats a gap/reset/overflow marker for reader r into buf; returns its length. */
+    size_t (*marker)(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
+                     int reason, uint64_t missed);
+    /* Formats the last frame of a connection that is not overflowing (shutdown; for WebSocket
+     * also a close handshake or a protocol error) into buf (>= 160 bytes); returns its length. */
+    size_t (*closing)(sl_conn_t *c, char *buf);
+    /* Formats a heartbeat into buf (>= 96 bytes); returns its length, 0 for none. */
+    size_t (*heartbeat)(sl_conn_t *c, char *buf);
+} transport_t;
+
+static size_t sse_put_msg(sl_conn_t *c, sub_write_t *w, sl_msg_t *m)
+{
+    if (c->sub.multi) {
+        size_t idlen;
+        const char *id = sl_msg_multi_id(m, c->srv->hub.epoch_hex, &idlen);
+        w->iov[w->niov++] = uv_buf_init((char *)id, (unsigned)idlen);
+        w->iov[w->niov++] =
+            uv_buf_init(m->frame + m->id_line_len, (unsigned)(m->frame_len - m->id_line_len));
+        return idlen + m->frame_len - m->id_line_len;
+    }
+    w->iov[w->niov++] = uv_buf_init(m->frame, (unsigned)m->frame_len);
+    return m->frame_len;
+}
+
+static size_t sse_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
+                         int reason, uint64_t missed)
+{
+    size_t len = 0;
+    if (kind == SL_MARK_GAP && !sub->multi) {
+        len += (size_t)snprintf(buf + len, cap - len, "id: ");
+        len += sl_id_format(buf + len, r->topic->epoch, r->gap_to);
+        buf[len++] = '\n';
+    }
+    len += (size_t)snprintf(buf + len, cap - len, "event: sluice.%s\ndata: {", marker_name(kind));
+    len += marker_fields(buf + len, cap - len, r, kind, reason, missed);
+    memcpy(buf + len, "\n\n", 2);
+    return len + 2;
+}
+
+static size_t sse_closing(sl_conn_t *c, char *buf)
+{
+    size_t n = sl_sse_retry(buf, c->srv->cfg->sse_retry_ms);
+    n -= 1; /* "retry: N\n" then the comment ends the block */
+    memcpy(buf + n, ": shutdown\n\n", 12);
+    c->reason = SL_CLOSE_SHUTDOWN;
+    return n + 12;
+}
+
+static int wants_heartbeat_event(const sl_conn_t *c)
+{
+    for (uint32_t i = 0; i < c->sub.nreaders; i++)
+        if (c->sub.readers[i].topic->conf.heartbeat_event)
+            return 1;
+    return 0;
+}
+
+static size_t sse_heartbeat(sl_conn_t *c, char *buf)
+{
+    if (wants_heartbeat_event(c))
+        return (size_t)snprintf(buf, 96, "event: sluice.heartbeat\ndata: {\"ts\":%" PRIu64 "}\n\n",
+                                sl_wall_ms());
+    return (size_t)snprintf(buf, 96, ": hb\n\n");
+}
+
+static const transport_t sse_transport = {
+    .iov_per_msg = 2,
+    .put_msg = sse_put_msg,
+    .marker = sse_marker,
+    .closing = sse_closing,
+    .heartbeat = sse_heartbeat,
+};
+
+static size_t ws_put_msg(sl_conn_t *c, sub_write_t *w, sl_msg_t *m)
+{
+    size_t len;
+    if (c->ws->json) {
+        const char *f = sl_msg_ws_json(m, c->srv->hub.epoch_hex, &len);
+        w->iov[w->niov++] = uv_buf_init((char *)f, (unsigned)len);
+        return len;
+    }
+    const uint8_t *h = sl_msg_ws_header(m, &len);
+    w->iov[w->niov++] = uv_buf_init((char *)h, (unsigned)len);
+    w->iov[w->niov++] = uv_buf_init((char *)m->payload, (unsigned)m->payload_len);
+    return len + m->payload_len;
+}
+
+/* A text frame whose body was formatted at buf + SL_WS_HDR_MAX: moves it behind its header at
+ * buf. Returns the frame's length. */
+static size_t ws_text_frame(char *buf, size_t body_len)
+{
+    uint8_t hdr[SL_WS_HDR_MAX];
+    size_t h = sl_ws_frame_header(hdr, SL_WS_TEXT, body_len);
+    memmove(buf + h, buf + SL_WS_HDR_MAX, body_len);
+    memcpy(buf, hdr, h);
+    return h + body_len;
+}
+
+static size_t ws_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
+                        int reason, uint64_t missed)
+{
+    (void)sub;
+    char *body = buf + SL_WS_HDR_MAX;
+    size_t room = cap - SL_WS_HDR_MAX;
+    size_t len = (size_t)snprintf(body, room, "{\"sluice\":\"%s\",", marker_name(kind));
+    len += marker_fields(body + len, room - len, r, kind, reason, missed);
+    return ws_text_frame(buf, len);
+}
+
+static size_t ws_close_frame(char *buf, unsigned code, const char *msg, size_t msg_len)
+{
+    buf[0] = (char)(0x80 | SL_WS_CLOSE);
+    buf[1] = (char)(2 + msg_len);
+    buf[2] = (char)(code >> 8);
+    buf[3] = (char)code;
+    memcpy(buf + 4, msg, msg_len);
+    return 4 + msg_len;
+}
+
+static size_t ws_closing(sl_conn_t *c, char *buf)
+{
+    sl_ws_t *ws = c->ws;
+    if (!ws->close_pending) {
+        ws->close_pending = 1;
+        ws->close_code = SL_WS_CLOSE_GOING_AWAY;
+        ws->close_reason = SL_CLOSE_SHUTDOWN;
+        ws->close_msg_len = (uint8_t)snprintf(ws->close_msg, sizeof(ws->close_msg), "shutdown");
+    }
+    c->reason = ws->close_reason;
+    return ws_close_frame(buf, ws->close_code, ws->close_msg, ws->close_msg_len);
+}
+
+static size_t ws_heartbeat(sl_conn_t *c, char *buf)
+{
+    /* Pings keep WebSocket connections alive; a visible heartbeat only when asked for. */
+    if (!wants_heartbeat_event(c))
+        return 0;
+    size_t len = (size_t)snprintf(buf + SL_WS_HDR_MAX, 96 - SL_WS_HDR_MAX,
+                                  "{\"sluice\":\"heartbeat\",\"ts\":%" PRIu64 "}", sl_wall_ms());
+    return ws_text_frame(buf, len);
+}
+
+static const transport_t ws_transport = {
+    .iov_per_msg = 2,
+    .put_msg = ws_put_msg,
+    .marker = ws_marker,
+    .closing = ws_closing,
+    .heartbeat = ws_heartbeat,
+};
+
+static const transport_t *transport_of(const sl_conn_t *c)
+{
+    return c->is_ws ? &ws_transport : &sse_transport;
+}
+
+/* ---- the delivery path ------------------------------------------------------------------ */
+
 static void on_sub_write(uv_write_t *req, int status);
-static void sse_final(sl_conn_t *c);
+static void send_final(sl_conn_t *c);
+static size_t deliver(sl_sub_t *sub);
+
+static const sl_sub_ops_t sub_ops = {.deliver = deliver};
+
+static size_t prefix_len(const sl_conn_t *c)
+{
+    return c->ws != NULL ? sl_ws_prefix_len(c) : 0;
+}
+
+static void put_prefix(sl_conn_t *c, sub_write_t *w, size_t len)
+{
+    if (len == 0)
+        return;
+    char *p = take_ctrl(w, len);
+    size_t n = sl_ws_take_prefix(c, p);
+    assert(n == len);
+    (void)n;
+}
 
 /* What follows a completed subscriber write: the final FIN, or the next batch. */
 static void sub_write_done(sl_conn_t *c)
@@ -334,9 +566,16 @@ static void sub_write_done(sl_conn_t *c)
         finish(c);
         return;
     }
+    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW)
+        sl_conn_resume_reading(c);
     sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
+    if (prefix_len(c) > 0 || (c->ws != NULL && c->ws->close_pending)) {
+        /* Control frames and answers go out before anything else is queued. */
+        (void)deliver(&c->sub);
+        return;
+    }
     if (c->draining && sl_list_empty(&c->sub.ready_link)) {
-        sse_final(c);
+        send_final(c);
         return;
     }
     sl_server_kick(c->srv);
@@ -390,33 +629,41 @@ static void sub_send(sl_conn_t *c, sub_write_t *w)
     }
 }
 
-/* The last frame of a stream (overflow or shutdown), then FIN. */
-static void sse_final(sl_conn_t *c)
+/* The last write of a stream (overflow marker, shutdown, WebSocket close), then FIN. */
+static void send_final(sl_conn_t *c)
 {
+    const transport_t *tp = transport_of(c);
     sl_sub_t *sub = &c->sub;
+    size_t pre = prefix_len(c);
     sub_write_t *w;
     if (sub->overflow) {
         const sl_reader_t *r = sub->overflow_reader;
-        w = sub_write_new(0, 1, r->topic->name_len * 6 + 512);
-        char *buf = w->ctrl + w->ctrl_cap / 2;
-        size_t n =
-            fmt_marker(buf, w->ctrl_cap / 2, sub, r, 0, sub->overflow_reason, sub->overflow_missed);
+        size_t room = MARKER_MAX(r->topic->name_len);
+        w = sub_write_new(0, 3, pre + room + 160);
+        put_prefix(c, w, pre);
+        char *buf = w->ctrl + w->ctrl_cap - room - 160;
+        size_t n = tp->marker(buf, room, sub, r, MARK_OVERFLOW, sub->overflow_reason,
+                              sub->overflow_missed);
         put_ctrl(w, buf, n);
+        if (c->ws != NULL) {
+            char reason[64];
+            int rl = snprintf(reason, sizeof(reason), "overflow: %s",
+                              sl_lag_reason_name((sl_lag_reason_t)sub->overflow_reason));
+            n = ws_close_frame(buf, SL_WS_CLOSE_OVERFLOW, reason, (size_t)rl);
+            put_ctrl(w, buf, n);
+            c->ws->close_pending = 1;
+        }
         c->reason = SL_CLOSE_OVERFLOW;
     } else {
-        w = sub_write_new(0, 1, 64);
-        char buf[64];
-        size_t n = sl_sse_retry(buf, c->srv->cfg->sse_retry_ms);
-        n -= 1; /* "retry: N\n" then the comment ends the block */
-        memcpy(buf + n, ": shutdown\n\n", 12);
-        put_ctrl(w, buf, n + 12);
-        c->reason = SL_CLOSE_SHUTDOWN;
+        w = sub_write_new(0, 2, pre + 160);
+        put_prefix(c, w, pre);
+        char buf[160];
+        put_ctrl(w, buf, tp->closing(c, buf));
     }
     c->close_after_write = 1;
     sub_send(c, w);
 }
 
-/* The next message owed by any reader of a multi-topic sub, in gseq order. */
 static sl_reader_t *next_reader(sl_sub_t *sub)
 {
     sl_reader_t *best = NULL;
@@ -434,23 +681,27 @@ static sl_reader_t *next_reader(sl_sub_t *sub)
     return best;
 }
 
-static size_t sse_deliver(sl_sub_t *sub)
+/* The one delivery path: control frames and answers first (WebSocket), then markers, then as
+ * many owed messages as fit in one write, in order (gseq order on multi-topic streams). */
+static size_t deliver(sl_sub_t *sub)
 {
     sl_conn_t *c = sl_container_of(sub, sl_conn_t, sub);
-    if (c->closing || c->state != SL_CONN_SSE || sub->writing)
+    if (c->closing || (c->state != SL_CONN_SSE && c->state != SL_CONN_WS) || sub->writing ||
+        c->close_after_write)
         return 0;
-    if (sub->overflow) {
-        sse_final(c);
+    if (sub->overflow || (c->ws != NULL && c->ws->close_pending)) {
+        send_final(c);
         return 0;
     }
     /* Re-check every cursor: messages may have been evicted while we were writing. */
     uint64_t now = sl_now_ms();
     for (uint32_t i = 0; i < sub->nreaders; i++) {
         if (sl_hub_check_reader(&c->srv->hub, &sub->readers[i], now)) {
-            sse_final(c);
+            send_final(c);
             return 0;
         }
     }
+    const transport_t *tp = transport_of(c);
     /* Size the write for what is owed now, not for the largest batch. */
     uint64_t owed = 0;
     uint32_t marks = 0;
@@ -459,50 +710,36 @@ static size_t sse_deliver(sl_sub_t *sub)
         owed += r->next <= r->topic->head_seq ? r->topic->head_seq - r->next + 1 : 0;
         marks += r->mark != SL_MARK_NONE ? 2 : 0;
     }
-    uint32_t per_msg = sub->multi ? 2 : 1;
+    uint32_t per_msg = tp->iov_per_msg;
     uint32_t max_msgs = (uint32_t)(owed < SUB_MAX_IOV / per_msg ? owed : SUB_MAX_IOV / per_msg);
-    uint32_t max_iov = max_msgs * per_msg + marks;
+    size_t pre = prefix_len(c);
+    uint32_t max_iov = max_msgs * per_msg + marks + (pre > 0);
     if (max_iov == 0) {
         if (c->draining)
-            sse_final(c);
+            send_final(c);
         return 0;
     }
-    sub_write_t *w = sub_write_new(max_msgs, max_iov, marker_room(sub));
-    size_t bytes = 0;
+    sub_write_t *w = sub_write_new(max_msgs, max_iov, pre + marker_room(sub));
+    put_prefix(c, w, pre);
     for (uint32_t i = 0; i < sub->nreaders; i++) {
         sl_reader_t *r = &sub->readers[i];
-        char *buf = w->ctrl + w->ctrl_len;
-        size_t room = w->ctrl_cap - w->ctrl_len;
-        if (r->mark & SL_MARK_RESET) {
-            size_t n = fmt_marker(buf, room, sub, r, SL_MARK_RESET, 0, 0);
-            w->iov[w->niov++] = uv_buf_init(buf, (unsigned)n);
-            w->ctrl_len += n;
-            buf += n;
-            room -= n;
-        }
-        if (r->mark & SL_MARK_GAP) {
-            size_t n = fmt_marker(buf, room, sub, r, SL_MARK_GAP, 0, 0);
+        for (int kind = SL_MARK_RESET; kind >= SL_MARK_GAP; kind--) {
+            if (!(r->mark & kind))
+                continue;
+            char *buf = w->ctrl + w->ctrl_len;
+            size_t n = tp->marker(buf, w->ctrl_cap - w->ctrl_len, sub, r, kind, 0, 0);
             w->iov[w->niov++] = uv_buf_init(buf, (unsigned)n);
             w->ctrl_len += n;
         }
         r->mark = SL_MARK_NONE;
     }
-    const char *stream_epoch = c->srv->hub.epoch_hex;
+    size_t bytes = 0;
     while (w->nmsgs < max_msgs && bytes < SUB_MAX_BYTES) {
         sl_reader_t *r = sub->multi ? next_reader(sub) : &sub->readers[0];
         if (r == NULL || r->next > r->topic->head_seq)
             break;
         sl_msg_t *m = sl_topic_get(r->topic, r->next);
-        if (sub->multi) {
-            size_t idlen;
-            const char *id = sl_msg_multi_id(m, stream_epoch, &idlen);
-            w->iov[w->niov++] = uv_buf_init((char *)id, (unsigned)idlen);
-            w->iov[w->niov++] =
-                uv_buf_init(m->frame + m->id_line_len, (unsigned)(m->frame_len - m->id_line_len));
-        } else {
-            w->iov[w->niov++] = uv_buf_init(m->frame, (unsigned)m->frame_len);
-        }
-        bytes += m->frame_len;
+        bytes += tp->put_msg(c, w, m);
         sl_msg_ref(m);
         w->msgs[w->nmsgs++] = m;
         r->next++;
@@ -510,13 +747,19 @@ static size_t sse_deliver(sl_sub_t *sub)
     if (w->niov == 0) {
         sub_write_free(w);
         if (c->draining)
-            sse_final(c);
+            send_final(c);
         return 0;
     }
     sl_metrics.deliveries += w->nmsgs;
     sl_metrics.delivered_bytes += bytes;
     sub_send(c, w);
     return bytes;
+}
+
+void sl_conn_pump(sl_conn_t *c)
+{
+    if (!c->closing && !c->sub.writing)
+        (void)deliver(&c->sub);
 }
 
 static void on_sub_write(uv_write_t *req, int status)
@@ -538,23 +781,15 @@ static void on_sub_write(uv_write_t *req, int status)
 }
 
 /* Sends a heartbeat to an idle subscriber. */
-static void sl_conn_heartbeat(sl_conn_t *c, uint64_t now_ms)
+static void heartbeat(sl_conn_t *c)
 {
-    sub_write_t *w = sub_write_new(0, 1, 96);
-    int event = 0;
-    for (uint32_t i = 0; i < c->sub.nreaders; i++)
-        if (c->sub.readers[i].topic->conf.heartbeat_event)
-            event = 1;
     char buf[96];
-    size_t n;
-    if (event)
-        n = (size_t)snprintf(buf, sizeof(buf),
-                             "event: sluice.heartbeat\ndata: {\"ts\":%" PRIu64 "}\n\n",
-                             sl_wall_ms());
-    else
-        n = (size_t)snprintf(buf, sizeof(buf), ": hb\n\n");
+    size_t n = transport_of(c)->heartbeat(c, buf);
+    c->last_write_ms = sl_now_ms();
+    if (n == 0)
+        return;
+    sub_write_t *w = sub_write_new(0, 1, n);
     put_ctrl(w, buf, n);
-    (void)now_ms;
     sl_metrics.heartbeats++;
     sub_send(c, w);
 }
@@ -563,10 +798,10 @@ void sl_conn_drain(sl_conn_t *c)
 {
     if (c->closing)
         return;
-    if (c->state == SL_CONN_SSE) {
+    if (c->state == SL_CONN_SSE || c->state == SL_CONN_WS) {
         c->draining = 1;
         if (!c->sub.writing)
-            (void)sse_deliver(&c->sub);
+            (void)deliver(&c->sub);
     } else if (c->state == SL_CONN_HTTP) {
         /* A request under way is completed and answered (with Connection: close); an idle
          * keep-alive connection goes now. */
@@ -581,38 +816,19 @@ void sl_conn_drain(sl_conn_t *c)
     }
 }
 
-int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
-                          int multi)
+/* The request is done with: a subscriber or WebSocket keeps no parser state. */
+static void drop_request(sl_conn_t *c)
 {
-    sl_hub_t *hub = &c->srv->hub;
-    size_t rsize = n * sizeof(sl_reader_t);
-    if (sl_hub_reserve(hub, rsize + ALLOC_OVERHEAD) != 0) {
-        sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
-        sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
-        return SL_EOVERLOAD;
-    }
-    sl_budget_release(rsize + ALLOC_OVERHEAD);
-    static const char head[] = "HTTP/1.1 200 OK\r\nServer: sluice\r\n"
-                               "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                               "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
-    resp_write_t *w = resp_alloc(sizeof(head) + 48);
-    memcpy(w->data, head, sizeof(head) - 1);
-    size_t len = sizeof(head) - 1;
-    len += sl_sse_retry(w->data + len, c->srv->cfg->sse_retry_ms);
-    sl_metrics_http(200);
-    queue_bytes(c, w, len);
-    if (c->closing)
-        return 0;
-    /* The request is done with; a subscriber keeps no parser state. */
     sl_http_req_dispose(c->req);
     sl_budget_release(sizeof(*c->req) + ALLOC_OVERHEAD);
     free(c->req);
     c->req = NULL;
-    c->state = SL_CONN_SSE;
-    c->deadline_ms = 0;
-    /* A stream ends by closing whatever the request said about keep-alive. */
-    c->close_after_write = 0;
-    c->reason = SL_CLOSE_PEER;
+}
+
+/* Common to every subscription: from here on the hub delivers to this connection. */
+static void start_sub(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
+                      int multi)
+{
     /* Bound what the kernel buffers for this reader: left to autotuning, a stalled reader's
      * socket takes megabytes before it reports itself full, and that memory and copying are
      * outside the budget. */
@@ -622,11 +838,105 @@ int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *s
     }
     sl_sub_t *sub = &c->sub;
     memset(sub, 0, sizeof(*sub));
-    sub->ops = &sse_ops;
+    sub->ops = &sub_ops;
     sub->multi = (uint8_t)multi;
-    sl_metrics.subscribers_sse++;
-    sl_sub_start(hub, sub, topics, starts, n);
+    sl_list_init(&sub->ready_link);
+    if (n > 0) {
+        c->is_sub = 1;
+        if (c->is_ws)
+            sl_metrics.subscribers_ws++;
+        else
+            sl_metrics.subscribers_sse++;
+        sl_sub_start(&c->srv->hub, sub, topics, starts, n);
+    }
     sl_server_kick(c->srv);
+}
+
+/* Checks that the readers' array fits in the budget (answering 503 if not). */
+static int reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
+{
+    size_t rsize = n * sizeof(sl_reader_t) + extra;
+    if (sl_hub_reserve(&c->srv->hub, rsize + ALLOC_OVERHEAD) != 0) {
+        sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
+        sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
+        return SL_EOVERLOAD;
+    }
+    sl_budget_release(rsize + ALLOC_OVERHEAD);
+    return 0;
+}
+
+int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
+                          int multi)
+{
+    if (reserve_readers(c, n, 0) != 0)
+        return SL_EOVERLOAD;
+    static const char head[] = "HTTP/1.1 200 OK\r\nServer: sluice\r\n"
+                               "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                               "X-Accel-Buffering: no\r\nConnection: close\r\n";
+    char cors[CORS_MAX];
+    size_t cors_len = cors_header(c, cors, sizeof(cors));
+    resp_write_t *w = resp_alloc(sizeof(head) + cors_len + 52);
+    memcpy(w->data, head, sizeof(head) - 1);
+    size_t len = sizeof(head) - 1;
+    memcpy(w->data + len, cors, cors_len);
+    len += cors_len;
+    memcpy(w->data + len, "\r\n", 2);
+    len += 2;
+    len += sl_sse_retry(w->data + len, c->srv->cfg->sse_retry_ms);
+    sl_metrics_http(200);
+    queue_bytes(c, w, len);
+    if (c->closing)
+        return 0;
+    drop_request(c);
+    c->state = SL_CONN_SSE;
+    c->deadline_ms = 0;
+    /* A stream ends by closing whatever the request said about keep-alive. */
+    c->close_after_write = 0;
+    c->reason = SL_CLOSE_PEER;
+    start_sub(c, topics, starts, n, multi);
+    return 0;
+}
+
+int sl_conn_upgrade_ws(sl_conn_t *c, const char *accept, sl_topic_t **topics,
+                       const sl_start_t *starts, uint32_t n, int multi, const sl_ws_opts_t *opts,
+                       const char *pub_topic, size_t pub_topic_len)
+{
+    if (reserve_readers(c, n, sizeof(sl_ws_t) + pub_topic_len + 1) != 0)
+        return SL_EOVERLOAD;
+    static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nServer: sluice\r\n"
+                               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                               "Sec-WebSocket-Accept: ";
+    resp_write_t *w = resp_alloc(sizeof(head) + 32);
+    memcpy(w->data, head, sizeof(head) - 1);
+    size_t len = sizeof(head) - 1;
+    memcpy(w->data + len, accept, 28);
+    len += 28;
+    memcpy(w->data + len, "\r\n\r\n", 4);
+    len += 4;
+    sl_metrics_http(101);
+    queue_bytes(c, w, len);
+    if (c->closing)
+        return 0;
+    drop_request(c);
+    sl_ws_t *ws = sl_calloc(1, sizeof(*ws));
+    sl_budget_charge(sizeof(*ws) + ALLOC_OVERHEAD);
+    ws->mode = opts->mode;
+    ws->json = opts->json;
+    ws->ack = opts->ack;
+    ws->last_ping_ms = sl_now_ms();
+    if (pub_topic_len > 0) {
+        ws->topic = sl_strndup(pub_topic, pub_topic_len);
+        ws->topic_len = pub_topic_len;
+        sl_budget_charge(pub_topic_len + 1 + ALLOC_OVERHEAD);
+    }
+    c->ws = ws;
+    c->is_ws = 1;
+    sl_metrics.ws_connections++;
+    c->state = SL_CONN_WS;
+    c->deadline_ms = 0;
+    c->close_after_write = 0;
+    c->reason = SL_CLOSE_PEER;
+    start_sub(c, topics, starts, (opts->mode & SL_WS_SUB) ? n : 0, multi);
     return 0;
 }
 
@@ -721,6 +1031,11 @@ static void process(sl_conn_t *c, const char *data, size_t len)
         }
         c->continue_sent = 0;
         sl_api_dispatch(c, req);
+        if (c->state == SL_CONN_WS && !c->closing && off < len) {
+            /* Frames sent right behind the handshake. */
+            sl_ws_input(c, data + off, len - off);
+            return;
+        }
         if (c->closing || c->state != SL_CONN_HTTP)
             return;
         if (c->close_after_write) {
@@ -758,8 +1073,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
+    if (c->state == SL_CONN_WS) {
+        sl_ws_input(c, buf->base, (size_t)nread);
+        return;
+    }
     if (c->state != SL_CONN_HTTP)
-        return; /* subscribers and lingering connections: input is discarded */
+        return; /* SSE subscribers and lingering connections: input is discarded */
     process(c, buf->base, (size_t)nread);
 }
 
@@ -768,6 +1087,14 @@ static void start_reading(sl_conn_t *c)
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc != 0 && rc != UV_EALREADY)
         sl_conn_close(c, SL_CLOSE_ERROR);
+}
+
+void sl_conn_resume_reading(sl_conn_t *c)
+{
+    if (c->closing || !c->read_paused)
+        return;
+    c->read_paused = 0;
+    start_reading(c);
 }
 
 void sl_conn_start(sl_conn_t *c)
@@ -809,7 +1136,12 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         sl_conn_close(c, SL_CLOSE_WRITE_STALL);
         return;
     }
-    if (c->state == SL_CONN_SSE && !c->sub.writing && !c->draining && c->sub.heartbeat_ms &&
-        now - c->last_write_ms >= c->sub.heartbeat_ms)
-        sl_conn_heartbeat(c, now);
+    if (c->state == SL_CONN_WS) {
+        sl_ws_tick(c, now);
+        if (c->closing)
+            return;
+    }
+    if ((c->state == SL_CONN_SSE || c->state == SL_CONN_WS) && c->is_sub && !c->sub.writing &&
+        !c->draining && c->sub.heartbeat_ms && now - c->last_write_ms >= c->sub.heartbeat_ms)
+        heartbeat(c);
 }

@@ -13,8 +13,8 @@
 #include <strings.h>
 
 static const char *const known_headers[SL_H__COUNT] = {
-    "accept", "content-type", "last-event-id",     "expect",
-    "origin", "upgrade",      "sec-websocket-key", "sec-websocket-version",
+    "accept",  "content-type",      "last-event-id",         "expect",     "origin",
+    "upgrade", "sec-websocket-key", "sec-websocket-version", "connection",
 };
 
 static sl_http_req_t *req_of(llhttp_t *p)
@@ -352,10 +352,16 @@ const char *sl_http_reason(int status)
         return "Continue";
     case 200:
         return "OK";
+    case 101:
+        return "Switching Protocols";
     case 202:
         return "Accepted";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -370,6 +376,8 @@ const char *sl_http_reason(int status)
         return "URI Too Long";
     case 417:
         return "Expectation Failed";
+    case 426:
+        return "Upgrade Required";
     case 429:
         return "Too Many Requests";
     case 431:

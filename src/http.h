@@ -29,6 +29,7 @@ enum {
     SL_H_UPGRADE,
     SL_H_SEC_WS_KEY,
     SL_H_SEC_WS_VERSION,
+    SL_H_CONNECTION,
     SL_H__COUNT,
     SL_H_OTHER = 255,
 };

@@ -17,8 +17,8 @@
 
 sl_metrics_t sl_metrics;
 
-static const int http_codes[SL_HTTP_CODES] = {100, 200, 202, 400, 404, 405, 406, 408,
-                                              413, 414, 417, 429, 431, 500, 503, 0};
+static const int http_codes[SL_HTTP_CODES] = {100, 101, 200, 202, 204, 400, 403, 404, 405, 406,
+                                              408, 413, 414, 417, 426, 429, 431, 500, 503, 0};
 
 void sl_metrics_http(int code)
 {
@@ -33,8 +33,9 @@ void sl_metrics_http(int code)
 
 const char *sl_close_reason_name(sl_close_reason_t r)
 {
-    static const char *const names[] = {"peer",     "write_stall", "header_timeout", "idle_timeout",
-                                        "overflow", "shutdown",    "error",          "protocol"};
+    static const char *const names[] = {
+        "peer",     "write_stall", "header_timeout", "idle_timeout", "overflow",
+        "shutdown", "error",       "protocol",       "ping_timeout", "ws_close"};
     return r < SL_CLOSE__COUNT ? names[r] : "unknown";
 }
 
@@ -102,6 +103,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_connections", "gauge", "Open TCP connections.", m->connections);
     head(&o, "sluice_subscribers", "gauge", "Open subscriber connections by transport.");
     put(&o, "sluice_subscribers{transport=\"sse\"} %" PRIu64 "\n", m->subscribers_sse);
+    put(&o, "sluice_subscribers{transport=\"ws\"} %" PRIu64 "\n", m->subscribers_ws);
+    one(&o, "sluice_ws_connections", "gauge", "Open WebSocket connections (any mode).",
+        m->ws_connections);
+    one(&o, "sluice_ws_messages_received_total", "counter",
+        "Data messages received over WebSocket.", m->ws_messages_in);
+    one(&o, "sluice_ws_pings_total", "counter", "WebSocket pings sent.", m->ws_pings);
     one(&o, "sluice_connections_accepted_total", "counter", "Connections accepted.", m->accepted);
     head(&o, "sluice_connections_rejected_total", "counter",
          "Connections answered 503 at accept, by reason.");
@@ -119,8 +126,9 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_published_bytes_total", "counter", "Payload bytes accepted.",
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
-    static const char *const prej[] = {"budget", "too_large", "bad_topic", "max_topics",
-                                       "bad_event"};
+    static const char *const prej[] = {"budget",       "too_large",    "bad_topic",
+                                       "max_topics",   "bad_event",    "reserved_payload",
+                                       "bad_envelope", "not_publisher"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);

@@ -19,8 +19,10 @@ typedef enum {
     SL_CLOSE_IDLE_TIMEOUT,
     SL_CLOSE_OVERFLOW, /* overflow policy disconnect */
     SL_CLOSE_SHUTDOWN,
-    SL_CLOSE_ERROR,    /* a socket error */
-    SL_CLOSE_PROTOCOL, /* bad request, or `Connection: close` / an answered limit */
+    SL_CLOSE_ERROR,        /* a socket error */
+    SL_CLOSE_PROTOCOL,     /* bad request, or `Connection: close` / an answered limit */
+    SL_CLOSE_PING_TIMEOUT, /* WebSocket: no pong within ws_pong_timeout */
+    SL_CLOSE_WS_CLOSE,     /* WebSocket: a close handshake ended the connection */
     SL_CLOSE__COUNT,
 } sl_close_reason_t;
 const char *sl_close_reason_name(sl_close_reason_t r);
@@ -38,14 +40,21 @@ typedef enum {
     SL_REJECT_PUB_BAD_TOPIC,
     SL_REJECT_PUB_MAX_TOPICS,
     SL_REJECT_PUB_BAD_EVENT,
+    SL_REJECT_PUB_RESERVED,      /* payload begins with the control-message prefix */
+    SL_REJECT_PUB_BAD_ENVELOPE,  /* WebSocket json envelope malformed */
+    SL_REJECT_PUB_NOT_PUBLISHER, /* data message on a subscribe-only WebSocket */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 
-#define SL_HTTP_CODES 16
+#define SL_HTTP_CODES 20
 
 typedef struct sl_metrics {
     uint64_t connections;     /* gauge */
     uint64_t subscribers_sse; /* gauge */
+    uint64_t subscribers_ws;  /* gauge */
+    uint64_t ws_connections;  /* gauge: every upgraded connection, publishers included */
+    uint64_t ws_messages_in;  /* data messages received over WebSocket */
+    uint64_t ws_pings;        /* pings sent */
     uint64_t accepted;
     uint64_t conn_rejected[SL_REJECT_CONN__COUNT];
     uint64_t closed[SL_CLOSE__COUNT];

@@ -8,6 +8,7 @@
  * Connection states:
  *
  *     accept ──► HTTP ──(GET SSE)──► SSE ──┐
+ *                 │  ▲ └──(101 upgrade)──► WS ──┤ (close frame sent or echoed)
  *                 │  ▲ keep-alive           │ overflow / shutdown: final frame
  *                 ▼  │                      ▼
  *           respond, close-after-write ──► LINGER (FIN sent, discard input) ──► close
@@ -54,7 +55,38 @@ typedef struct sl_server {
     size_t rbuf_size;
 } sl_server_t;
 
-enum { SL_CONN_HTTP = 0, SL_CONN_SSE, SL_CONN_LINGER };
+enum { SL_CONN_HTTP = 0, SL_CONN_SSE, SL_CONN_WS, SL_CONN_LINGER };
+
+/* WebSocket connection modes (bits). */
+enum { SL_WS_SUB = 1, SL_WS_PUB = 2 };
+
+struct sl_ws_parser;
+
+/* The WebSocket state of an upgraded connection. Owned by its connection and freed in its close
+ * path (sl_ws_free). Control frames (pong, ping, close) and publish answers wait here until the
+ * connection's single write in flight completes; the next write carries them first, ahead of
+ * any message, so they are never queued behind data. */
+typedef struct sl_ws {
+    struct sl_ws_parser *parser; /* only while a frame or message is partly received */
+    char *out;                   /* pending ack/error text frames */
+    size_t out_len, out_cap;
+    char *topic; /* the first topic's name: raw publishes go there */
+    size_t topic_len;
+    uint64_t ping_sent_ms; /* an unanswered ping was sent then; 0 if none */
+    uint64_t last_ping_ms;
+    uint8_t mode; /* SL_WS_SUB | SL_WS_PUB */
+    uint8_t json; /* format=json */
+    uint8_t ack;  /* ack=1 */
+    uint8_t ping_due;
+    uint8_t pong_pending;
+    uint8_t pong_len;
+    uint8_t close_pending; /* a close frame is owed: the final write */
+    uint8_t close_reason;  /* sl_close_reason_t for the metrics */
+    uint16_t close_code;
+    uint8_t close_msg_len;
+    char close_msg[123];
+    uint8_t pong[125];
+} sl_ws_t;
 
 /* One client connection. Owned by the server; freed only in its close callback. */
 typedef struct sl_conn {
@@ -71,6 +103,8 @@ typedef struct sl_conn {
     uint8_t reason;   /* sl_close_reason_t, once closing */
     uint8_t rejected; /* answered 503 at accept */
     uint8_t peer_eof; /* the peer closed its side */
+    uint8_t is_sub;   /* counted in a subscribers gauge (by is_ws for the transport) */
+    uint8_t is_ws;
     uint32_t pending_writes;
     uint64_t deadline_ms;    /* request header / idle / linger deadline; 0 = none */
     uint8_t deadline_kind;   /* sl_close_reason_t to use when it passes */
@@ -78,7 +112,8 @@ typedef struct sl_conn {
     size_t stall_wq;         /* write queue size seen then */
     uint64_t last_write_ms;  /* last time anything was queued (heartbeats) */
     sl_http_req_t *req;      /* HTTP state only */
-    sl_sub_t sub;            /* SSE state only */
+    sl_sub_t sub;            /* subscribers (SSE, WebSocket) only */
+    sl_ws_t *ws;             /* WebSocket only */
 } sl_conn_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.
@@ -103,14 +138,61 @@ void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason);
 void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const char *extra,
                      const char *body, size_t body_len);
 
-/* Answers with the JSON error body {"error":code,"message":msg}. */
+/* Answers with the JSON error body {"error":code,"message":msg} (503 and 429 get
+ * Retry-After). */
 void sl_conn_error(sl_conn_t *c, int status, const char *code, const char *msg);
+
+/* The same with extra header lines ("Name: value\r\n"…). */
+void sl_conn_respond_error(sl_conn_t *c, int status, const char *code, const char *msg,
+                           const char *extra);
+
+/* 1 if a payload begins with the bytes reserved for control messages, {"sluice": (api.c). */
+int sl_api_reserved(const char *payload, size_t len);
 
 /* Turns an HTTP connection into an SSE subscriber on `topics` (n of them) from `starts`:
  * writes the response head, then hands delivery to the hub. `multi` selects multi-topic ids.
  * Takes ownership of nothing; copies what it needs. Returns 0 or SL_EOVERLOAD (answered). */
 int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
                           int multi);
+
+/* Options of a WebSocket connection, from its query string. */
+typedef struct sl_ws_opts {
+    uint8_t mode, json, ack;
+} sl_ws_opts_t;
+
+/* Answers the handshake with 101 (`accept` is the Sec-WebSocket-Accept value) and turns the
+ * connection into a WebSocket on `topics` (n of them, may be 0 for a pure publisher) from
+ * `starts`. `pub_topic` names the topic raw publishes go to (copied). Returns 0 or
+ * SL_EOVERLOAD (answered 503). */
+int sl_conn_upgrade_ws(sl_conn_t *c, const char *accept, sl_topic_t **topics,
+                       const sl_start_t *starts, uint32_t n, int multi, const sl_ws_opts_t *opts,
+                       const char *pub_topic, size_t pub_topic_len);
+
+/* Writes what a subscriber or WebSocket connection is owed now, unless a write is in flight
+ * (then it goes out when that completes). */
+void sl_conn_pump(sl_conn_t *c);
+
+/* Resumes reading a connection paused for backpressure, if it was. */
+void sl_conn_resume_reading(sl_conn_t *c);
+
+/* WebSocket input: parses frames from the bytes of one read, answers control frames,
+ * publishes messages and enforces the protocol (ws_conn.c). */
+void sl_ws_input(sl_conn_t *c, const char *data, size_t len);
+
+/* WebSocket deadlines: pings and the pong timeout (ws_conn.c). */
+void sl_ws_tick(sl_conn_t *c, uint64_t now_ms);
+
+/* Queues a close frame with `code` and `msg` (the final write of the connection) and stops
+ * reading messages; `reason` is what the metrics will say. Idempotent: the first close wins. */
+void sl_ws_fail(sl_conn_t *c, unsigned code, const char *msg, sl_close_reason_t reason);
+
+/* Bytes of control frames and answers waiting to be written, and copies them (clearing them)
+ * to dst. Called by the connection's writer (ws_conn.c). */
+size_t sl_ws_prefix_len(const sl_conn_t *c);
+size_t sl_ws_take_prefix(sl_conn_t *c, char *dst);
+
+/* Frees the WebSocket state. */
+void sl_ws_free(sl_conn_t *c);
 
 /* Starts reading a freshly accepted connection (conn.c). */
 void sl_conn_start(sl_conn_t *c);

@@ -7,6 +7,7 @@
 
 #include "budget.h"
 #include "sse.h"
+#include "ws.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -195,6 +196,10 @@ void sl_msg_unref(sl_msg_t *m)
         sl_budget_release(m->multi_id_len + ALLOC_OVERHEAD);
         free(m->multi_id);
     }
+    if (m->ws_json != NULL) {
+        sl_budget_release(m->ws_json_cap + ALLOC_OVERHEAD);
+        free(m->ws_json);
+    }
     sl_budget_release(m->charge);
     free(m);
 }
@@ -212,6 +217,77 @@ const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *l
     }
     *len = m->multi_id_len;
     return m->multi_id;
+}
+
+const uint8_t *sl_msg_ws_header(sl_msg_t *m, size_t *len)
+{
+    if (m->ws_hdr_len == 0) {
+        int op = sl_utf8_valid(m->payload, m->payload_len) ? SL_WS_TEXT : SL_WS_BINARY;
+        m->ws_hdr_len = (uint8_t)sl_ws_frame_header(m->ws_hdr, op, m->payload_len);
+    }
+    *len = m->ws_hdr_len;
+    return m->ws_hdr;
+}
+
+/* Bytes of s[0..n) as the inside of a JSON string (sl_json_put_string's escaping). */
+static size_t json_inner_len(const char *s, size_t n)
+{
+    size_t l = n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            l += 1;
+        else if (c < 0x20)
+            l += 5;
+    }
+    return l;
+}
+
+const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *len)
+{
+    if (m->ws_json == NULL) {
+        assert(m->topic != NULL);
+        const sl_topic_t *t = m->topic;
+        size_t hdr_len;
+        int b64 = !sl_utf8_valid(m->payload, m->payload_len);
+        (void)sl_msg_ws_header(m, &hdr_len);
+        size_t data = b64 ? 4 * ((m->payload_len + 2) / 3) + 2
+                          : json_inner_len(m->payload, m->payload_len) + 2;
+        size_t cap = SL_WS_HDR_MAX + 160 + 2 * t->name_len + (m->event ? m->event_len + 2 : 4) +
+                     data + (b64 ? 24 : 0);
+        char *body = sl_malloc(cap);
+        char *p = body + SL_WS_HDR_MAX;
+        size_t room = cap - SL_WS_HDR_MAX, l = 0;
+        l += (size_t)snprintf(p, room,
+                              "{\"id\":\"%s-%" PRIu64 "\",\"sid\":\"%s-%" PRIu64
+                              ":%s\",\"topic\":\"%s\",\"event\":",
+                              t->epoch_hex, m->seq, stream_epoch_hex, m->gseq, t->name, t->name);
+        if (m->event != NULL)
+            sl_json_put_string(p, &l, room, m->event, m->event_len);
+        else
+            l += (size_t)snprintf(p + l, room - l, "null");
+        memcpy(p + l, ",\"data\":", 8);
+        l += 8;
+        if (b64) {
+            p[l++] = '"';
+            l += sl_base64_encode(p + l, m->payload, m->payload_len);
+            l += (size_t)snprintf(p + l, room - l, "\",\"encoding\":\"base64\"}");
+        } else {
+            sl_json_put_string(p, &l, room, m->payload, m->payload_len);
+            p[l++] = '}';
+        }
+        uint8_t hdr[SL_WS_HDR_MAX];
+        size_t h = sl_ws_frame_header(hdr, SL_WS_TEXT, l);
+        memcpy(p - h, hdr, h);
+        /* The frame starts h bytes before the envelope; move it to the front. */
+        memmove(body, p - h, h + l);
+        m->ws_json = body;
+        m->ws_json_len = h + l;
+        sl_budget_charge(cap + ALLOC_OVERHEAD);
+        m->ws_json_cap = cap;
+    }
+    *len = m->ws_json_len;
+    return m->ws_json;
 }
 
 /* ---- the ring --------------------------------------------------------------------------- */

@@ -45,6 +45,13 @@ typedef struct sl_msg {
     size_t frame_len;
     size_t id_line_len; /* length of the leading "id: ...\n" line */
     char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
+    /* WebSocket encodings, built on first use by a WebSocket reader and shared from then on:
+     * the header of the raw frame (text if the payload is UTF-8, else binary), and the whole
+     * format=json frame (header and envelope). */
+    uint8_t ws_hdr_len; /* 0 until built */
+    uint8_t ws_hdr[10];
+    char *ws_json;
+    size_t ws_json_len, ws_json_cap;
 } sl_msg_t;
 
 /* Why a reader missed messages (gap and overflow reasons; also metrics labels). */
@@ -147,6 +154,14 @@ void sl_msg_unref(sl_msg_t *m);
  * message must still be in its ring the first time (it needs the topic name); later calls
  * return the cached line. Its bytes are charged to the budget. */
 const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
+
+/* The header of m's raw WebSocket frame (the payload follows it unchanged); *len is set. */
+const uint8_t *sl_msg_ws_header(sl_msg_t *m, size_t *len);
+
+/* m's format=json WebSocket frame: header and envelope
+ * {"id","sid","topic","event","data"[,"encoding":"base64"]}. Like sl_msg_multi_id, the message
+ * must be in its ring the first time; the frame is charged to the budget and cached. */
+const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
 
 /* Appends `m` (taking over the caller's reference) as seq head+1. The caller links m->all.
  * Then evicts from the tail to honour max_messages and max_bytes; evicted messages are passed
