@@ -9,6 +9,6 @@ for f in fuzz/fuzz_*.c; do
     name=$(basename "$f" .c)
     clang -g -O1 -fsanitize=fuzzer,address,undefined -DSLUICE_VERSION='"fuzz"' \
         -Isrc -I/usr/share/include/llhttp "$f" $SRC /usr/share/llhttp/{llhttp,api,http}.c \
-        $(pkg-config --cflags --libs libuv inih) -lcrypto -o "build-fuzz/$name"
+        $(pkg-config --cflags --libs libuv inih) -lwslay -lcrypto -o "build-fuzz/$name"
     echo "built build-fuzz/$name"
 done

@@ -313,6 +313,13 @@ static void put_ctrl(sub_write_t *w, const char *s, size_t len)
     w->ctrl_len += len;
 }
 
+/* The free part of the ctrl area, to format into before take_ctrl() claims what was used. */
+static char *ctrl_free(const sub_write_t *w, size_t *room)
+{
+    *room = w->ctrl_cap - w->ctrl_len;
+    return w->ctrl + w->ctrl_len;
+}
+
 /* Reserves len bytes of the ctrl area for the caller to fill, with an iov for them. */
 static char *take_ctrl(sub_write_t *w, size_t len)
 {
@@ -566,14 +573,15 @@ static void sub_write_done(sl_conn_t *c)
         finish(c);
         return;
     }
-    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW)
-        sl_conn_resume_reading(c);
     sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
     if (prefix_len(c) > 0 || (c->ws != NULL && c->ws->close_pending)) {
-        /* Control frames and answers go out before anything else is queued. */
+        /* Control frames and answers go out before anything else is queued; reading resumes
+         * once they are written. */
         (void)deliver(&c->sub);
         return;
     }
+    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW)
+        sl_conn_resume_reading(c);
     if (c->draining && sl_list_empty(&c->sub.ready_link)) {
         send_final(c);
         return;
@@ -638,19 +646,18 @@ static void send_final(sl_conn_t *c)
     sub_write_t *w;
     if (sub->overflow) {
         const sl_reader_t *r = sub->overflow_reader;
-        size_t room = MARKER_MAX(r->topic->name_len);
-        w = sub_write_new(0, 3, pre + room + 160);
+        size_t room;
+        w = sub_write_new(0, 3, pre + MARKER_MAX(r->topic->name_len) + 160);
         put_prefix(c, w, pre);
-        char *buf = w->ctrl + w->ctrl_cap - room - 160;
-        size_t n = tp->marker(buf, room, sub, r, MARK_OVERFLOW, sub->overflow_reason,
-                              sub->overflow_missed);
-        put_ctrl(w, buf, n);
+        char *buf = ctrl_free(w, &room);
+        take_ctrl(w, tp->marker(buf, room, sub, r, MARK_OVERFLOW, sub->overflow_reason,
+                                sub->overflow_missed));
         if (c->ws != NULL) {
             char reason[64];
             int rl = snprintf(reason, sizeof(reason), "overflow: %s",
                               sl_lag_reason_name((sl_lag_reason_t)sub->overflow_reason));
-            n = ws_close_frame(buf, SL_WS_CLOSE_OVERFLOW, reason, (size_t)rl);
-            put_ctrl(w, buf, n);
+            buf = ctrl_free(w, &room);
+            take_ctrl(w, ws_close_frame(buf, SL_WS_CLOSE_OVERFLOW, reason, (size_t)rl));
             c->ws->close_pending = 1;
         }
         c->reason = SL_CLOSE_OVERFLOW;
@@ -726,10 +733,9 @@ static size_t deliver(sl_sub_t *sub)
         for (int kind = SL_MARK_RESET; kind >= SL_MARK_GAP; kind--) {
             if (!(r->mark & kind))
                 continue;
-            char *buf = w->ctrl + w->ctrl_len;
-            size_t n = tp->marker(buf, w->ctrl_cap - w->ctrl_len, sub, r, kind, 0, 0);
-            w->iov[w->niov++] = uv_buf_init(buf, (unsigned)n);
-            w->ctrl_len += n;
+            size_t room;
+            char *buf = ctrl_free(w, &room);
+            take_ctrl(w, tp->marker(buf, room, sub, r, kind, 0, 0));
         }
         r->mark = SL_MARK_NONE;
     }
