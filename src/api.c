@@ -384,6 +384,16 @@ static int wants_websocket(const sl_http_req_t *req)
     return u != NULL && sl_http_has_token(u, len, "websocket");
 }
 
+/* A request that tries to open a WebSocket, well-formed or not: it asks for an upgrade or
+ * carries a WebSocket handshake header. Such a request gets a handshake error, not an SSE one. */
+static int tries_websocket(const sl_http_req_t *req)
+{
+    size_t len;
+    return sl_http_header(req, SL_H_UPGRADE, &len) != NULL ||
+           sl_http_header(req, SL_H_SEC_WS_KEY, &len) != NULL ||
+           sl_http_header(req, SL_H_SEC_WS_VERSION, &len) != NULL;
+}
+
 static int qval_is(const qval_t *v, const char *s)
 {
     return v->len == strlen(s) && memcmp(v->s, s, v->len) == 0;
@@ -528,7 +538,7 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
             } else {
                 publish(c, req, name, nlen, &q);
             }
-        } else if (method == HTTP_GET && wants_websocket(req)) {
+        } else if (method == HTTP_GET && tries_websocket(req)) {
             qval_t one = {(char *)name, nlen};
             websocket(c, req, &one, 1, 0, &q);
         } else if (method == HTTP_GET) {
@@ -544,7 +554,7 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
     } else if (strcmp(path, "/ws") == 0) {
         if (method != HTTP_GET)
             not_allowed(c, "GET");
-        else if (!wants_websocket(req))
+        else if (!tries_websocket(req))
             sl_conn_respond_error(c, 426, "upgrade_required", "GET /ws needs a WebSocket upgrade",
                                   "Upgrade: websocket\r\nConnection: Upgrade\r\n");
         else

@@ -216,6 +216,7 @@ static resp_write_t *resp_alloc(size_t cap)
  * allow-list is configured, the origin itself when it is listed, nothing otherwise. */
 static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
 {
+    buf[0] = '\0';
     if (c->srv->cfg->origins == NULL)
         return (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
     size_t len = 0;
