@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one entry point for building, running and testing sluice on Debian/Ubuntu.
-#   scripts/dev.sh deps    install the Debian packages that are missing (apt-get, as root)
+#   scripts/dev.sh deps    install what building and running need and is missing (apt-get, as root)
+#   scripts/dev.sh test-deps  deps, and what the tests need (test packages, npm modules)
 #   scripts/dev.sh build   deps, then a release build in build/
 #   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
 #   scripts/dev.sh test    deps, format check, then unit + black-box tests on a normal build and
@@ -8,14 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What building and running need; the tests need TEST_PACKAGES as well.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
-          libcmocka-dev libwslay-dev python3 python3-pytest python3-aiohttp python3-websockets curl
-          clang-format iproute2 procps chromium)
+          libwslay-dev libcmocka-dev)
+TEST_PACKAGES=(python3 python3-pytest python3-aiohttp python3-websockets curl clang-format
+               iproute2 procps chromium)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
-deps() {
+apt_install() { # packages...
     local missing=()
-    for p in "${PACKAGES[@]}"; do
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
             missing+=("$p")
     done
@@ -27,6 +30,16 @@ deps() {
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
+}
+
+deps() {
+    apt_install "${PACKAGES[@]}"
+}
+
+test_deps() {
+    apt_install "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     # npm dependencies of the headless-browser test (test/browser: playwright-core, no browser
     # download; it drives the Debian chromium above)
     if [ ! -d test/browser/node_modules ]; then
@@ -72,6 +85,7 @@ suite() { # build dir, label
 
 case "${1:-}" in
 deps) deps ;;
+test-deps) test_deps ;;
 build)
     deps
     build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -83,7 +97,7 @@ run)
     exec ./build/sluice "$@"
     ;;
 test)
-    deps
+    test_deps
     format_check
     build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
     suite build normal
@@ -94,7 +108,7 @@ test)
     echo "== all tests passed"
     ;;
 *)
-    sed -n '2,8p' "$0"
+    sed -n '2,9p' "$0"
     exit 2
     ;;
 esac
