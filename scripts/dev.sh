@@ -108,7 +108,7 @@ test)
     echo "== all tests passed"
     ;;
 *)
-    sed -n '2,9p' "$0"
+    sed -n '2,8p' "$0"
     exit 2
     ;;
 esac
