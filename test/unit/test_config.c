@@ -287,12 +287,70 @@ static void test_errors(void **state)
     sl_config_dispose(&c);
 }
 
+/* WebSocket keys and the origin allow-list. */
+static void test_websocket_and_origins(void **state)
+{
+    (void)state;
+    sl_config_t c;
+    sl_config_init(&c);
+    assert_null(c.origins);
+    assert_int_equal(c.ws_ping_interval_ms, 30000);
+    assert_int_equal(c.ws_pong_timeout_ms, 20000);
+    assert_int_equal(c.ws_close_timeout_ms, 5000);
+    /* No list: any origin. */
+    assert_true(sl_config_origin_allowed(&c, "https://any.example", 19));
+    assert_int_equal(sl_config_load_string(&c, "ws.ini",
+                                           "[server]\n"
+                                           "origins = https://a.example ,http://b.example:8080,\n"
+                                           "ws_ping_interval = 0\n"
+                                           "ws_pong_timeout = 1500ms\n"
+                                           "ws_close_timeout = 2s\n",
+                                           NULL),
+                     0);
+    assert_string_equal(c.origins, "https://a.example,http://b.example:8080");
+    assert_int_equal(c.ws_ping_interval_ms, 0);
+    assert_int_equal(c.ws_pong_timeout_ms, 1500);
+    assert_int_equal(c.ws_close_timeout_ms, 2000);
+    const char *ok[] = {"https://a.example", "HTTPS://A.EXAMPLE", "http://b.example:8080"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        assert_true(sl_config_origin_allowed(&c, ok[i], strlen(ok[i])));
+    const char *no[] = {"https://a.example.evil",
+                        "https://a.exampl",
+                        "http://b.example",
+                        "",
+                        "null",
+                        "https://a.example,http://b.example:8080"};
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        assert_false(sl_config_origin_allowed(&c, no[i], strlen(no[i])));
+    /* An empty value goes back to any origin. */
+    assert_int_equal(sl_config_load_string(&c, "ws.ini", "[server]\norigins =\n", NULL), 0);
+    assert_null(c.origins);
+    sl_config_dispose(&c);
+
+    char out[2048];
+    int n = load_errors("[server]\n"
+                        "origins = a.example\n"             /* 2: no scheme */
+                        "origins = https://ok.example x:\n" /* 3: the second is bad */
+                        "ws_pong_timeout = 0\n"             /* 4: out of range */
+                        "ws_ping_interval = often\n",       /* 5 */
+                        out, sizeof(out));
+    assert_int_equal(n, 4);
+    const char *want[] = {"t.ini:2:", "t.ini:3:", "t.ini:4:", "t.ini:5:"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(out, want[i]) == NULL)
+            fail_msg("no error at %s in:\n%s", want[i], out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sizes),     cmocka_unit_test(test_durations),
-        cmocka_unit_test(test_globs),     cmocka_unit_test(test_listen),
-        cmocka_unit_test(test_full_file), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_globs),
+        cmocka_unit_test(test_listen),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_websocket_and_origins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
