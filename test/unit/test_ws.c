@@ -150,7 +150,8 @@ static void test_utf8(void **state)
         "\xe2\x82",     /* truncated */
         "\xf0\x9f\x98", /* truncated */
         "a\xc3(b",      /* bad continuation */
-        "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80" "edited",
+        "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
+        "edited",
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         check_utf8((const uint8_t *)cases[i], strlen(cases[i]));
