@@ -6,6 +6,10 @@
 #                           stalled 50 fast + 200 stalled at 2,000 msg/s x 1 KiB for 120 s)
 #   bench/run.sh --quick    smaller and shorter, for a smoke run
 #
+# idle and fanout run twice: with SSE subscribers and with WebSocket subscribers (sluice:
+# /topics/{name} with Upgrade, format=raw; nchan: its websocket subscriber on /ws/{name}).
+# Publishing is HTTP POST in both.
+#
 # Both servers get one core's worth of work: sluice is single-threaded, nginx runs one worker.
 # The load tool runs on the same 2-core machine and competes for CPU; compare ratios, not
 # absolute figures.
@@ -99,29 +103,45 @@ report "# machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinf
 report "# sluice $(git rev-parse --short HEAD), nginx $(nginx -v 2>&1 | sed 's/.*\///'), nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan)"
 
 # ---- idle ------------------------------------------------------------------------------
-start_sluice 256MiB
-S=$("$LOAD" idle --port "$SPORT" -n "$IDLE_N" --sub-path /topics/idle --server-pid "$SLUICE_PID")
-stop_sluice
-start_nchan
-N=$("$LOAD" idle --port "$NPORT" -n "$IDLE_N" --sub-path /sub/idle --server-pid "$NGINX_PIDS")
-stop_nchan
-report "idle sluice: $S"
-report "idle nchan:  $N"
-report "idle RSS per connection: sluice $(kv "$S" rss_per_conn) B, nchan $(kv "$N" rss_per_conn) B, ratio nchan/sluice $(ratio "$(kv "$N" rss_per_conn)" "$(kv "$S" rss_per_conn)")"
-
-# ---- fanout ----------------------------------------------------------------------------
-for RATE in 100 1000; do
+idle() { # transport (sse|ws), sluice path, nchan path, load tool options...
+    local t=$1 spath=$2 npath=$3 S N
+    shift 3
     start_sluice 256MiB
-    S=$("$LOAD" fanout --port "$SPORT" -n "$FAN_N" -r "$RATE" -d "$FAN_D" \
-        --sub-path /topics/fan --pub-path /topics/fan --server-pid "$SLUICE_PID")
+    S=$("$LOAD" idle --port "$SPORT" -n "$IDLE_N" --sub-path "$spath" --server-pid "$SLUICE_PID" "$@") ||
+        report "# WARNING: idle $t sluice: not every subscriber was accepted"
     stop_sluice
     start_nchan
-    N=$("$LOAD" fanout --port "$NPORT" -n "$FAN_N" -r "$RATE" -d "$FAN_D" \
-        --sub-path /sub/fan --pub-path /pub/fan --server-pid "$NGINX_PIDS")
+    N=$("$LOAD" idle --port "$NPORT" -n "$IDLE_N" --sub-path "$npath" --server-pid "$NGINX_PIDS" "$@") ||
+        report "# WARNING: idle $t nchan: not every subscriber was accepted"
     stop_nchan
-    report "fanout $FAN_N x $RATE sluice: $S"
-    report "fanout $FAN_N x $RATE nchan:  $N"
-    report "fanout $FAN_N x $RATE deliveries per server CPU-second: sluice $(kv "$S" deliveries_per_cpu_s), nchan $(kv "$N" deliveries_per_cpu_s), ratio $(ratio "$(kv "$S" deliveries_per_cpu_s)" "$(kv "$N" deliveries_per_cpu_s)"); p99 ms sluice $(kv "$S" p99_ms), nchan $(kv "$N" p99_ms)"
+    report "idle $t sluice: $S"
+    report "idle $t nchan:  $N"
+    report "idle $t RSS per connection: sluice $(kv "$S" rss_per_conn) B, nchan $(kv "$N" rss_per_conn) B, ratio nchan/sluice $(ratio "$(kv "$N" rss_per_conn)" "$(kv "$S" rss_per_conn)")"
+}
+idle sse /topics/idle /sub/idle
+idle ws /topics/idle /ws/idle --ws
+
+# ---- fanout ----------------------------------------------------------------------------
+fanout() { # transport (sse|ws), rate, sluice path, nchan subscriber path, load tool options...
+    local t=$1 rate=$2 spath=$3 npath=$4 S N
+    shift 4
+    start_sluice 256MiB
+    S=$("$LOAD" fanout --port "$SPORT" -n "$FAN_N" -r "$rate" -d "$FAN_D" \
+        --sub-path "$spath" --pub-path /topics/fan --server-pid "$SLUICE_PID" "$@")
+    stop_sluice
+    start_nchan
+    N=$("$LOAD" fanout --port "$NPORT" -n "$FAN_N" -r "$rate" -d "$FAN_D" \
+        --sub-path "$npath" --pub-path /pub/fan --server-pid "$NGINX_PIDS" "$@")
+    stop_nchan
+    [ "$(kv "$S" subscribed)" = "$FAN_N" ] || report "# WARNING: fanout $t sluice: only $(kv "$S" subscribed) of $FAN_N subscribed"
+    [ "$(kv "$N" subscribed)" = "$FAN_N" ] || report "# WARNING: fanout $t nchan: only $(kv "$N" subscribed) of $FAN_N subscribed"
+    report "fanout $t $FAN_N x $rate sluice: $S"
+    report "fanout $t $FAN_N x $rate nchan:  $N"
+    report "fanout $t $FAN_N x $rate deliveries per server CPU-second: sluice $(kv "$S" deliveries_per_cpu_s), nchan $(kv "$N" deliveries_per_cpu_s), ratio $(ratio "$(kv "$S" deliveries_per_cpu_s)" "$(kv "$N" deliveries_per_cpu_s)"); p50/p99 ms sluice $(kv "$S" p50_ms)/$(kv "$S" p99_ms), nchan $(kv "$N" p50_ms)/$(kv "$N" p99_ms)"
+}
+for RATE in 100 1000; do
+    fanout sse "$RATE" /topics/fan /sub/fan
+    fanout ws "$RATE" /topics/fan /ws/fan --ws
 done
 
 # ---- stalled ---------------------------------------------------------------------------

@@ -2,11 +2,16 @@
  * sluice-load: the load tool behind bench/run.sh. One thread, epoll, raw sockets, so that it
  * drives sluice and nginx+nchan identically. Scenarios:
  *
- *   idle     N idle SSE subscribers: server RSS per connection
+ *   idle     N idle subscribers: server RSS per connection
  *   fanout   S subscribers on one topic, a publisher at R msg/s: deliveries/s, deliveries per
  *            server CPU-second, publish-to-receive latency, loss
  *   stalled  F fast + T stalled subscribers (tiny SO_RCVBUF, never read) at R msg/s: server RSS
  *            over time (CSV), its slope, fast readers' loss and latency
+ *
+ * Subscribers use SSE, or with --ws (idle and fanout) WebSocket: a handshake on the subscribe
+ * path, then unmasked server frames, one message each (a text or binary frame with the raw
+ * payload, as sluice's format=raw and nchan's websocket subscriber send them); pings are
+ * answered with masked pongs. Publishing is always HTTP POST.
  *
  * Payloads carry "<seq> <send time ns>" so every subscriber measures latency and detects loss.
  * Each run ends with one line of key=value pairs for scripts.
@@ -38,6 +43,7 @@ static const char *opt_pids = "";
 static const char *opt_csv = NULL;
 static long opt_n = 1000, opt_fast = 50, opt_stalled = 200, opt_size = 100;
 static double opt_rate = 100, opt_duration = 10, opt_sample_ms = 2000, opt_settle = 2;
+static int opt_ws; /* subscribers use WebSocket instead of SSE */
 
 /* ---- clocks and server probes ----------------------------------------------------------- */
 
@@ -161,6 +167,8 @@ enum { C_SUB, C_STALLED, C_PUB };
 typedef struct client {
     int fd, kind;
     int got_head, status, closed;
+    int subscribed; /* SSE: 200; WebSocket: 101 with the right Sec-WebSocket-Accept */
+    int ws_in_msg;  /* WebSocket: inside a fragmented data message */
     uint64_t events, gaps, gap_missed, lost, last_seq;
     char *buf; /* unparsed bytes */
     size_t len, cap;
@@ -173,6 +181,11 @@ static int ep;
 static client_t *clients;
 static long nclients;
 static uint64_t total_events, total_lost, total_gaps, total_closed, pub_ok, pub_err;
+static uint64_t ws_pings, ws_closes, ws_errors;
+
+/* RFC 6455's example key and its accept value: any fixed valid key will do. */
+#define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
+#define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 static int connect_to(int rcvbuf)
 {
@@ -203,9 +216,11 @@ static client_t *add_client(int kind, int rcvbuf)
     c->data_seq = -1;
     if (kind != C_PUB) {
         char req[512];
-        int n = snprintf(req, sizeof(req),
-                         "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n",
-                         opt_sub, opt_host);
+        const char *hdrs = opt_ws ? "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                    "Sec-WebSocket-Key: " WS_KEY "\r\nSec-WebSocket-Version: 13\r\n"
+                                  : "Accept: text/event-stream\r\n";
+        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", opt_sub,
+                         opt_host, hdrs);
         if (write(c->fd, req, (size_t)n) != n) {
             perror("write");
             exit(1);
@@ -218,6 +233,17 @@ static client_t *add_client(int kind, int rcvbuf)
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     nclients++;
     return c;
+}
+
+/* Stops watching c; by_server: the server ended it (counted as closed_by_server). */
+static void close_client(client_t *c, int by_server)
+{
+    if (!c->closed) {
+        c->closed = 1;
+        if (by_server)
+            total_closed++;
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    }
 }
 
 static void end_event(client_t *c)
@@ -242,6 +268,20 @@ static void end_event(client_t *c)
     c->data_seq = -1;
 }
 
+/* Takes "<seq> <send time ns>" from the start of a payload. */
+static void event_data(client_t *c, const char *d, size_t n)
+{
+    char tmp[48];
+    size_t k = n < sizeof(tmp) - 1 ? n : sizeof(tmp) - 1;
+    memcpy(tmp, d, k);
+    tmp[k] = '\0';
+    unsigned long long seq, ts;
+    if (sscanf(tmp, "%llu %llu", &seq, &ts) == 2) {
+        c->data_seq = (long)seq;
+        c->data_ts = ts;
+    }
+}
+
 static void sse_line(client_t *c, const char *l, size_t n)
 {
     if (n == 0) {
@@ -250,19 +290,110 @@ static void sse_line(client_t *c, const char *l, size_t n)
         c->in_gap = 1;
         c->gap_missed = 1;
     } else if (n > 6 && memcmp(l, "data: ", 6) == 0 && !c->in_gap) {
-        char tmp[48];
-        size_t k = n - 6 < sizeof(tmp) - 1 ? n - 6 : sizeof(tmp) - 1;
-        memcpy(tmp, l + 6, k);
-        tmp[k] = '\0';
-        unsigned long long seq, ts;
-        if (sscanf(tmp, "%llu %llu", &seq, &ts) == 2) {
-            c->data_seq = (long)seq;
-            c->data_ts = ts;
-        }
+        event_data(c, l + 6, n - 6);
     }
 }
 
-/* Consumes complete lines of c->buf; the response head first. */
+/* Sends one masked frame of at most 125 bytes (control frames only). */
+static void ws_send(client_t *c, int opcode, const char *p, size_t n)
+{
+    unsigned char f[2 + 4 + 125];
+    uint32_t key = (uint32_t)rand();
+    if (n > 125)
+        n = 125;
+    f[0] = (unsigned char)(0x80 | opcode);
+    f[1] = (unsigned char)(0x80 | n);
+    memcpy(f + 2, &key, 4);
+    for (size_t i = 0; i < n; i++)
+        f[6 + i] = (unsigned char)p[i] ^ f[2 + i % 4];
+    /* A subscriber sends nothing else, so its send buffer has room. */
+    if (write(c->fd, f, 6 + n) != (ssize_t)(6 + n))
+        ws_errors++;
+}
+
+static void ws_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
+{
+    switch (opcode) {
+    case 0x1: /* text */
+    case 0x2: /* binary */
+        if (c->ws_in_msg) {
+            ws_errors++; /* a new message inside a fragmented one */
+            c->data_seq = -1;
+        }
+        /* sluice's control messages begin with {"sluice":"; only a gap is counted. */
+        if (n >= 11 && memcmp(p, "{\"sluice\":\"", 11) == 0) {
+            if (n >= 15 && memcmp(p + 11, "gap\"", 4) == 0) {
+                c->in_gap = 1;
+                c->gap_missed = 1;
+            }
+        } else {
+            event_data(c, p, n);
+        }
+        c->ws_in_msg = !fin;
+        if (fin)
+            end_event(c);
+        break;
+    case 0x0: /* continuation: the sequence number was in the first fragment */
+        if (!c->ws_in_msg) {
+            ws_errors++;
+        } else if (fin) {
+            c->ws_in_msg = 0;
+            end_event(c);
+        }
+        break;
+    case 0x8: /* close: echo the code; the server then closes the connection */
+        ws_closes++;
+        ws_send(c, 0x8, p, n >= 2 ? 2 : 0);
+        break;
+    case 0x9: /* ping */
+        ws_pings++;
+        ws_send(c, 0xA, p, n);
+        break;
+    case 0xA: /* unsolicited pong */
+        break;
+    default:
+        ws_errors++;
+    }
+}
+
+/* Consumes complete frames of c->buf from off; returns where the unconsumed bytes begin. */
+static size_t ws_parse(client_t *c, size_t off)
+{
+    while (c->len - off >= 2) {
+        const unsigned char *h = (const unsigned char *)c->buf + off;
+        size_t avail = c->len - off, hl = 2;
+        uint64_t plen = h[1] & 0x7f;
+        if (plen == 126) {
+            if (avail < 4)
+                break;
+            plen = (uint64_t)h[2] << 8 | h[3];
+            hl = 4;
+        } else if (plen == 127) {
+            if (avail < 10)
+                break;
+            plen = 0;
+            for (int i = 2; i < 10; i++)
+                plen = plen << 8 | h[i];
+            hl = 10;
+        }
+        /* Server frames are unmasked, with no extension bits (none is negotiated). */
+        if ((h[1] & 0x80) || (h[0] & 0x70) || plen > (1u << 24)) {
+            ws_errors++;
+            close_client(c, 0);
+            shutdown(c->fd, SHUT_RDWR);
+            return c->len;
+        }
+        if (avail - hl < plen)
+            break;
+        ws_frame(c, h[0] & 0x80, h[0] & 0x0f, c->buf + off + hl, (size_t)plen);
+        off += hl + (size_t)plen;
+        if (c->closed)
+            return c->len;
+    }
+    return off;
+}
+
+/* Consumes complete lines (SSE) or frames (WebSocket) of c->buf; the response head first. */
 static void parse(client_t *c)
 {
     size_t off = 0;
@@ -273,6 +404,23 @@ static void parse(client_t *c)
         c->got_head = 1;
         c->status = atoi(c->buf + 9);
         off = (size_t)(end - c->buf) + 4;
+        if (!opt_ws)
+            c->subscribed = c->status == 200;
+        else
+            c->subscribed = c->status == 101 && memmem(c->buf, off, WS_ACCEPT, 28) != NULL;
+        if (opt_ws && !c->subscribed) {
+            /* Whatever follows is not a WebSocket stream. */
+            close_client(c, 0);
+            shutdown(c->fd, SHUT_RDWR);
+            c->len = 0;
+            return;
+        }
+    }
+    if (opt_ws) {
+        off = ws_parse(c, off);
+        memmove(c->buf, c->buf + off, c->len - off);
+        c->len -= off;
+        return;
     }
     for (;;) {
         char *nl = memchr(c->buf + off, '\n', c->len - off);
@@ -291,14 +439,10 @@ static void parse(client_t *c)
 static void on_readable(client_t *c)
 {
     char tmp[65536];
-    for (;;) {
+    while (!c->closed) {
         ssize_t n = read(c->fd, tmp, sizeof(tmp));
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            if (!c->closed) {
-                c->closed = 1;
-                total_closed++;
-                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-            }
+            close_client(c, 1);
             return;
         }
         if (n < 0)
@@ -327,11 +471,7 @@ static void on_readable(client_t *c)
 
 static void on_stalled_event(client_t *c)
 {
-    if (!c->closed) {
-        c->closed = 1;
-        total_closed++;
-        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-    }
+    close_client(c, 1);
 }
 
 static void poll_once(int timeout_ms)
@@ -443,11 +583,23 @@ static void drain(double seconds)
 
 /* ---- scenarios -------------------------------------------------------------------------- */
 
+/* The transport, and for WebSocket what happened at that level, as key=value pairs. */
+static const char *transport_kv(void)
+{
+    static char kv[160];
+    if (!opt_ws)
+        return "transport=sse";
+    snprintf(kv, sizeof(kv), "transport=ws ws_pings=%llu ws_closes=%llu ws_errors=%llu",
+             (unsigned long long)ws_pings, (unsigned long long)ws_closes,
+             (unsigned long long)ws_errors);
+    return kv;
+}
+
 static long count_ok_subscribers(int kind)
 {
     long ok = 0;
     for (long i = 0; i < nclients; i++)
-        if (clients[i].kind == kind && clients[i].got_head && clients[i].status == 200)
+        if (clients[i].kind == kind && clients[i].subscribed)
             ok++;
     return ok;
 }
@@ -463,9 +615,9 @@ static int scenario_idle(void)
     drain(opt_settle);
     long ok = count_ok_subscribers(C_SUB);
     double after = server_rss();
-    printf("scenario=idle connections=%ld ok=%ld rss_before=%.0f rss_after=%.0f "
+    printf("scenario=idle %s connections=%ld ok=%ld rss_before=%.0f rss_after=%.0f "
            "rss_per_conn=%.0f closed_by_server=%llu\n",
-           opt_n, ok, before, after, ok ? (after - before) / (double)ok : 0,
+           transport_kv(), opt_n, ok, before, after, ok ? (after - before) / (double)ok : 0,
            (unsigned long long)total_closed);
     return ok == opt_n ? 0 : 1;
 }
@@ -478,19 +630,21 @@ static int scenario_fanout(void)
             poll_once(0);
     }
     drain(1.0);
+    long subscribed = count_ok_subscribers(C_SUB);
     client_t *pub = add_client(C_PUB, 0);
     double cpu0 = server_cpu(), t0 = now_s(), rss_max, slope;
     run_publishing(pub, NULL, &rss_max, &slope);
     drain(1.0);
     double secs = now_s() - t0, cpu = server_cpu() - cpu0;
     uint64_t expected = pub_ok * (uint64_t)opt_n; /* what the server accepted */
-    printf("scenario=fanout subscribers=%ld rate=%.0f size=%ld published=%llu pub_ok=%llu "
+    printf("scenario=fanout %s subscribers=%ld subscribed=%ld rate=%.0f size=%ld published=%llu "
+           "pub_ok=%llu "
            "pub_err=%llu pub_blocked=%llu expected=%llu delivered=%llu lost=%llu gaps=%llu "
            "deliveries_per_s=%.0f "
            "server_cpu_s=%.2f deliveries_per_cpu_s=%.0f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f "
            "rss_max=%.0f closed_by_server=%llu\n",
-           opt_n, opt_rate, opt_size, (unsigned long long)pub_seq, (unsigned long long)pub_ok,
-           (unsigned long long)pub_err, (unsigned long long)pub_blocked,
+           transport_kv(), opt_n, subscribed, opt_rate, opt_size, (unsigned long long)pub_seq,
+           (unsigned long long)pub_ok, (unsigned long long)pub_err, (unsigned long long)pub_blocked,
            (unsigned long long)expected, (unsigned long long)total_events,
            (unsigned long long)total_lost, (unsigned long long)total_gaps,
            (double)total_events / secs, cpu, cpu > 0 ? (double)total_events / cpu : 0,
@@ -550,11 +704,13 @@ static int scenario_stalled(void)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: sluice-load idle|fanout|stalled [options]\n"
-                    "  --port N --host ADDR --sub-path P --pub-path P --server-pid PID[,PID...]\n"
-                    "  -n N (idle, fanout subscribers)  -f FAST -t STALLED (stalled)\n"
-                    "  -r RATE msg/s  -d SECONDS  --size BYTES  --settle SECONDS\n"
-                    "  --sample-ms MS  --csv FILE (stalled)\n");
+    fprintf(stderr,
+            "usage: sluice-load idle|fanout|stalled [options]\n"
+            "  --port N --host ADDR --sub-path P --pub-path P --server-pid PID[,PID...]\n"
+            "  --ws | --transport sse|ws (idle, fanout: WebSocket subscribers on --sub-path)\n"
+            "  -n N (idle, fanout subscribers)  -f FAST -t STALLED (stalled)\n"
+            "  -r RATE msg/s  -d SECONDS  --size BYTES  --settle SECONDS\n"
+            "  --sample-ms MS  --csv FILE (stalled)\n");
 }
 
 int main(int argc, char **argv)
@@ -567,6 +723,10 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--ws") == 0) {
+            opt_ws = 1;
+            continue;
+        }
         if (v == NULL) {
             usage();
             return 2;
@@ -599,6 +759,8 @@ int main(int argc, char **argv)
             opt_sample_ms = atof(v);
         else if (strcmp(a, "--csv") == 0)
             opt_csv = v;
+        else if (strcmp(a, "--transport") == 0 && (strcmp(v, "sse") == 0 || strcmp(v, "ws") == 0))
+            opt_ws = strcmp(v, "ws") == 0;
         else {
             usage();
             return 2;
@@ -609,7 +771,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "--size must be 48..8192 and -r positive\n");
         return 2;
     }
+    if (opt_ws && strcmp(scenario, "stalled") == 0) {
+        fprintf(stderr, "--ws: idle and fanout only\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
+    srand((unsigned)now_ns());
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
