@@ -237,6 +237,27 @@ void sl_ll_cursor_use(sl_cursor_t *c, int delta)
     c->idle_since_ms = c->nconn == 0 ? sl_now_ms() : 0;
 }
 
+static void on_unlinked(uv_fs_t *req)
+{
+    if (req->result < 0 && req->result != UV_ENOENT)
+        SL_WARN("segment delete failed", "path=%s error=%s", req->path,
+                uv_strerror((int)req->result));
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+/* Deletes a file on the thread pool (synchronously when there is no loop: tests, shutdown). */
+static void unlink_later(const char *path)
+{
+    if (ll_loop == NULL) {
+        unlink(path);
+        return;
+    }
+    uv_fs_t *req = sl_malloc(sizeof(*req));
+    if (uv_fs_unlink(ll_loop, req, path, on_unlinked) != 0)
+        free(req);
+}
+
 /* Deletes segments nobody needs: all of them below every cursor's checkpoint (when there are
  * cursors), and the oldest ones while a quota is exceeded and no cursor needs them. The
  * segment being written is never deleted. */
@@ -254,8 +275,7 @@ static void trim(sl_lossless_t *ll)
             break;
         char path[PATH_CAP];
         sl_spill_seg_path(path, sizeof(path), ll->dir, s->base);
-        if (unlink(path) != 0 && errno != ENOENT)
-            SL_WARN("segment delete failed", "path=%s error=%s", path, strerror(errno));
+        unlink_later(path);
         SL_DEBUG("segment deleted", "topic=%s base=%" PRIu64 " last=%" PRIu64, ll->topic->name,
                  s->base, s->last);
         ll->disk_bytes -= s->len;

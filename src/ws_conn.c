@@ -310,14 +310,10 @@ static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const 
 /* {"sluice":"ack","id":"…"} from a durable reader moves its cursor. */
 static void client_ack(sl_conn_t *c, const char *data, size_t len)
 {
-    sl_reader_t *r = c->sub.nreaders == 1 ? &c->sub.readers[0] : NULL;
+    sl_reader_t *r = &c->sub.readers[0];
     uint64_t epoch, seq;
     const char *code = "bad_id";
     int status = 400;
-    if (r == NULL || r->cursor == NULL) {
-        send_error(c, "not_durable", "acks need a connection opened with durable=NAME");
-        return;
-    }
     if (sl_api_body_id(data, len, &epoch, &seq) == 0)
         status = sl_api_ack(r->topic, r->cursor, epoch, seq, &code);
     if (status != 0)
@@ -330,8 +326,9 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
     sl_server_t *srv = c->srv;
     const sl_config_t *cfg = srv->cfg;
     static const char ack_prefix[] = "{\"sluice\":\"ack\"";
-    if (text && len >= sizeof(ack_prefix) - 1 &&
-        memcmp(data, ack_prefix, sizeof(ack_prefix) - 1) == 0) {
+    if (text && c->sub.nreaders == 1 && c->sub.readers[0].cursor != NULL &&
+        len >= sizeof(ack_prefix) - 1 && memcmp(data, ack_prefix, sizeof(ack_prefix) - 1) == 0) {
+        /* On a durable connection this is an acknowledgement; elsewhere a refused publish. */
         client_ack(c, data, len);
         return;
     }
