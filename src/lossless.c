@@ -898,20 +898,20 @@ int sl_ll_fetch(sl_reader_t *r)
     size_t i = 0;
     while (i < ll->nsegs && ll->segs[i].last < r->next)
         i++;
-    if (i == ll->nsegs)
-        return 0;
-    sl_seg_t *s = &ll->segs[i];
-    if (s->base > r->next) {
-        /* A hole before this segment. */
+    /* Not in the log: a hole before the next segment, or (which should not happen) nothing
+     * up to the ring. Either way the reader is told and moves on. */
+    uint64_t resume = i < ll->nsegs ? ll->segs[i].base : tail;
+    if (resume > r->next) {
         r->mark |= SL_MARK_GAP;
         r->gap_from = r->next;
         r->gap_from_known = 1;
-        r->gap_to = s->base - 1;
-        r->gap_missed = s->base - r->next;
+        r->gap_to = resume - 1;
+        r->gap_missed = resume - r->next;
         r->mark_reason = SL_LAG_EVICTED;
-        r->next = s->base;
+        r->next = resume;
         return 0;
     }
+    sl_seg_t *s = &ll->segs[i];
     read_job_t *j = sl_calloc(1, sizeof(*j));
     j->req.data = j;
     j->reader = r;
@@ -984,6 +984,7 @@ void sl_ll_free(sl_topic_t *t)
         if (ll->fd < 0)
             ll->fd = open_segment(ll->dir, s->base);
         if (ll->fd >= 0) {
+            j.req.data = &j;
             j.ll = ll;
             j.msgs = ll->pending;
             j.n = ll->npending;
