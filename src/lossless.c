@@ -7,6 +7,7 @@
 #include "budget.h"
 #include "hub.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -870,6 +871,26 @@ static uint64_t batch_hole_end(const sl_reader_t *r)
     return 0;
 }
 
+/* A range missing from the log (cut at recovery): a gap marker, counted, and on past it. */
+static void mark_hole(sl_reader_t *r, uint64_t resume)
+{
+    uint64_t missed = resume - r->next;
+    if (r->mark & SL_MARK_GAP) {
+        r->gap_to = resume - 1;
+        r->gap_missed += missed;
+    } else {
+        r->mark |= SL_MARK_GAP;
+        r->gap_from = r->next;
+        r->gap_from_known = 1;
+        r->gap_to = resume - 1;
+        r->gap_missed = missed;
+        r->mark_reason = SL_LAG_EVICTED;
+        sl_metrics.gaps[SL_LAG_EVICTED]++;
+    }
+    sl_metrics.gap_messages += missed;
+    r->next = resume;
+}
+
 int sl_ll_fetch(sl_reader_t *r)
 {
     sl_topic_t *t = r->topic;
@@ -879,14 +900,7 @@ int sl_ll_fetch(sl_reader_t *r)
         return 0;
     uint64_t hole = batch_hole_end(r);
     if (hole) {
-        /* Report the missing range as a gap and continue after it. */
-        r->mark |= SL_MARK_GAP;
-        r->gap_from = r->next;
-        r->gap_from_known = 1;
-        r->gap_to = hole - 1;
-        r->gap_missed = hole - r->next;
-        r->mark_reason = SL_LAG_EVICTED;
-        r->next = hole;
+        mark_hole(r, hole);
         return 0;
     }
     if (r->next > ll->written_seq) {
@@ -902,13 +916,7 @@ int sl_ll_fetch(sl_reader_t *r)
      * up to the ring. Either way the reader is told and moves on. */
     uint64_t resume = i < ll->nsegs ? ll->segs[i].base : tail;
     if (resume > r->next) {
-        r->mark |= SL_MARK_GAP;
-        r->gap_from = r->next;
-        r->gap_from_known = 1;
-        r->gap_to = resume - 1;
-        r->gap_missed = resume - r->next;
-        r->mark_reason = SL_LAG_EVICTED;
-        r->next = resume;
+        mark_hole(r, resume);
         return 0;
     }
     sl_seg_t *s = &ll->segs[i];
