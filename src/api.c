@@ -101,9 +101,11 @@ static void get_topics(sl_conn_t *c)
         first = 0;
         len += (size_t)snprintf(buf + len, cap - len, "{\"name\":");
         sl_json_put_string(buf, &len, cap, t->name, t->name_len);
-        if (t->count > 0) {
+        /* A lossless topic retains what its log holds as well as its ring. */
+        uint64_t oldest = t->ll != NULL ? sl_ll_floor(t) : sl_topic_tail(t);
+        if (t->head_seq >= oldest && t->head_seq > 0) {
             sl_id_format(head, t->epoch, t->head_seq);
-            sl_id_format(tail, t->epoch, sl_topic_tail(t));
+            sl_id_format(tail, t->epoch, oldest);
             len += (size_t)snprintf(buf + len, cap - len,
                                     ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
                                     t->epoch_hex, head, tail);
@@ -112,8 +114,14 @@ static void get_topics(sl_conn_t *c)
                                     ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
         }
         len += (size_t)snprintf(buf + len, cap - len,
-                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu}",
-                                t->count, t->bytes, t->nreaders);
+                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu", t->count,
+                                t->bytes, t->nreaders);
+        if (t->ll != NULL)
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"lossless\":true,\"log_bytes\":%" PRIu64
+                                    ",\"durable_cursors\":%zu",
+                                    t->ll->disk_bytes, t->ll->ncursors);
+        buf[len++] = '}';
     }
     len += (size_t)snprintf(buf + len, cap - len, "]}\n");
     sl_conn_respond(c, 200, "application/json", NULL, buf, len);
@@ -292,9 +300,9 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
             SL_WARN("publish refused", "reason=budget topic=%s used=%" PRIu64 " limit=%" PRIu64,
                     t->name, sl_budget.used, sl_budget.limit);
             sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
-        } else if (t->ll != NULL && t->conf.fsync == SL_FSYNC_ALWAYS &&
-                   sl_ll_durable(t) < first + n - 1) {
-            /* Acknowledged once on disk. */
+        } else if (t->ll != NULL && sl_ll_durable(t) < first + n - 1) {
+            /* Acknowledged once written (and with fsync=always, fsync'ed): a crash of the
+             * process then loses nothing that was acknowledged. */
             c->park_first = first;
             c->park_n = (uint32_t)n;
             sl_conn_park(c, t, SL_WAIT_DURABLE, first + n - 1, 0);
@@ -442,7 +450,7 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
             ck = start->seq < t->head_seq ? start->seq : t->head_seq;
         cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
         cu->checkpoint = ck;
-        sl_ll_ack(t, cu, ck); /* saves the new cursor */
+        sl_ll_cursor_created(t);
     }
     start->kind = SL_START_SINCE;
     start->epoch = t->epoch;

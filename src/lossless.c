@@ -34,6 +34,7 @@ static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
 static const sl_config_t *ll_cfg;
 static void (*ll_on_ready)(sl_reader_t *r);
 static int recovering; /* topics created now get the log found on disk */
+static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
 
 static void ll_update(sl_lossless_t *ll);
 static void start_write(sl_lossless_t *ll);
@@ -123,6 +124,7 @@ static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
     ll->fd = -1;
     sl_list_init(&ll->cursors);
     sl_list_init(&ll->waiters);
+    sl_list_insert_tail(&all_logs, &ll->link);
     sl_budget_charge(sizeof(*ll) + ALLOC_OVERHEAD);
     t->ll = ll;
     return ll;
@@ -300,6 +302,12 @@ int sl_ll_ack(sl_topic_t *t, sl_cursor_t *c, uint64_t seq)
     save_cursors(t->ll);
     ll_update(t->ll);
     return 0;
+}
+
+void sl_ll_cursor_created(sl_topic_t *t)
+{
+    save_cursors(t->ll);
+    ll_update(t->ll);
 }
 
 void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c)
@@ -486,10 +494,30 @@ static int compute_full(const sl_lossless_t *ll)
     return ll->nsegs <= 1 || (any && ll->segs[0].last > ck);
 }
 
+/* The server-wide quota is shared: room freed by one log may let others go on. */
+static void update_others(const sl_lossless_t *ll)
+{
+    sl_list_t *it;
+    sl_list_each(it, &all_logs)
+    {
+        sl_lossless_t *o = sl_container_of(it, sl_lossless_t, link);
+        if (o == ll || !o->full)
+            continue;
+        o->full = compute_full(o);
+        if (!o->full) {
+            SL_INFO("lossless topic has room again", "topic=%s", o->topic->name);
+            wake(o, sl_now_ms());
+        }
+    }
+}
+
 /* Every change that can free room ends here. */
 static void ll_update(sl_lossless_t *ll)
 {
+    uint64_t total = ll_total_disk;
     trim(ll);
+    if (ll_total_disk < total && ll_cfg && ll_cfg->disk_quota)
+        update_others(ll);
     int was = ll->full;
     ll->full = compute_full(ll);
     if (ll->full && !was)
@@ -523,7 +551,7 @@ typedef struct write_job {
     /* inputs, copied from the log */
     const char *dir;
     int fd;
-    uint64_t seg_base, seg_len, seg_last_idx, seg_bytes;
+    uint64_t seg_base, seg_last, seg_len, seg_last_idx, seg_bytes;
     int fsync_mode;
     uint64_t fsync_interval, last_fsync_ms, mono_to_wall;
     int unsynced;
@@ -557,6 +585,7 @@ static void write_work(uv_work_t *req)
     write_job_t *j = req->data;
     seg_update_t *u = job_seg(j, j->seg_base);
     u->len = j->seg_len;
+    u->last = j->seg_last;
     size_t cap = WRITE_BATCH_BYTES + (64u << 10), used = 0;
     uint8_t *buf = malloc(cap);
     uint64_t off = j->seg_len, buf_off = off;
@@ -724,6 +753,7 @@ static void start_write(sl_lossless_t *ll)
     }
     j->fd = ll->fd;
     j->seg_base = s->base;
+    j->seg_last = s->last;
     j->seg_len = s->len;
     j->seg_last_idx = s->index.n ? s->index.v[s->index.n - 1].off : 0;
     j->seg_bytes = conf->segment_bytes;
@@ -999,6 +1029,7 @@ void sl_ll_free(sl_topic_t *t)
             j.dir = ll->dir;
             j.fd = ll->fd;
             j.seg_base = s->base;
+            j.seg_last = s->last;
             j.seg_len = s->len;
             j.seg_last_idx = s->index.n ? s->index.v[s->index.n - 1].off : 0;
             j.seg_bytes = t->conf.segment_bytes;
@@ -1038,6 +1069,7 @@ void sl_ll_free(sl_topic_t *t)
     }
     free(ll->segs);
     free(ll->dir);
+    sl_list_remove(&ll->link);
     sl_budget_release(sizeof(*ll) + ALLOC_OVERHEAD);
     free(ll);
     t->ll = NULL;

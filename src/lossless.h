@@ -65,6 +65,7 @@ struct write_job;
 
 /* A lossless topic's log. Owned by its topic (t->ll), freed by sl_ll_free(). */
 typedef struct sl_lossless {
+    sl_list_t link; /* every log, for the server-wide quota */
     sl_topic_t *topic;
     char *dir;
     sl_seg_t *segs; /* oldest first; the last one is written to */
@@ -128,6 +129,8 @@ sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int creat
 /* Moves the checkpoint forward to seq (never back); 0, or SL_EBADID if seq > head. */
 int sl_ll_ack(sl_topic_t *t, sl_cursor_t *c, uint64_t seq);
 void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c);
+/* Saves the cursors after one was created with its checkpoint set. */
+void sl_ll_cursor_created(sl_topic_t *t);
 void sl_ll_cursor_use(sl_cursor_t *c, int delta);
 /* {"cursors":[…]} into a malloc'ed buffer. */
 char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len);

@@ -297,8 +297,8 @@ static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const 
         return;
     }
     if (ws->ack) {
-        if (t->ll != NULL && t->conf.fsync == SL_FSYNC_ALWAYS && sl_ll_durable(t) < seq)
-            sl_conn_park(c, t, SL_WAIT_DURABLE, seq, 0); /* acknowledged once on disk */
+        if (t->ll != NULL && sl_ll_durable(t) < seq)
+            sl_conn_park(c, t, SL_WAIT_DURABLE, seq, 0); /* acknowledged once written */
         else
             queue_ack(c, t, seq);
     }
