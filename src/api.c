@@ -4,6 +4,7 @@
  * event types, ids, query) happens here, before anything is created or allocated for it.
  * docs/protocol.md is the contract this file implements.
  */
+#define _GNU_SOURCE
 #include "budget.h"
 #include "log.h"
 #include "metrics.h"
@@ -29,7 +30,7 @@ typedef struct query {
     char *buf;
     qval_t topics[MAX_QUERY_TOPICS];
     uint32_t ntopics;
-    qval_t since, last_event_id, from, event, mode, format, ack;
+    qval_t since, last_event_id, from, event, mode, format, ack, durable, wait;
     int too_many;
 } query_t;
 
@@ -66,6 +67,10 @@ static int parse_query(query_t *q, const char *s, size_t len)
             q->format = val;
         } else if (klen == 3 && memcmp(k, "ack", 3) == 0) {
             q->ack = val;
+        } else if (klen == 7 && memcmp(k, "durable", 7) == 0) {
+            q->durable = val;
+        } else if (klen == 4 && memcmp(k, "wait", 4) == 0) {
+            q->wait = val;
         }
         /* Other parameters (cache busters and the like) are ignored. */
     }
@@ -96,9 +101,11 @@ static void get_topics(sl_conn_t *c)
         first = 0;
         len += (size_t)snprintf(buf + len, cap - len, "{\"name\":");
         sl_json_put_string(buf, &len, cap, t->name, t->name_len);
-        if (t->count > 0) {
+        /* A lossless topic retains what its log holds as well as its ring. */
+        uint64_t oldest = t->ll != NULL ? sl_ll_floor(t) : sl_topic_tail(t);
+        if (t->head_seq >= oldest && t->head_seq > 0) {
             sl_id_format(head, t->epoch, t->head_seq);
-            sl_id_format(tail, t->epoch, sl_topic_tail(t));
+            sl_id_format(tail, t->epoch, oldest);
             len += (size_t)snprintf(buf + len, cap - len,
                                     ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
                                     t->epoch_hex, head, tail);
@@ -107,8 +114,14 @@ static void get_topics(sl_conn_t *c)
                                     ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
         }
         len += (size_t)snprintf(buf + len, cap - len,
-                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu}",
-                                t->count, t->bytes, t->nreaders);
+                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu", t->count,
+                                t->bytes, t->nreaders);
+        if (t->ll != NULL)
+            len += (size_t)snprintf(buf + len, cap - len,
+                                    ",\"lossless\":true,\"log_bytes\":%" PRIu64
+                                    ",\"durable_cursors\":%zu",
+                                    t->ll->disk_bytes, t->ll->ncursors);
+        buf[len++] = '}';
     }
     len += (size_t)snprintf(buf + len, cap - len, "]}\n");
     sl_conn_respond(c, 200, "application/json", NULL, buf, len);
@@ -153,6 +166,18 @@ static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_
     sl_conn_respond(c, 202, "application/json", NULL, buf, len);
     sl_budget_release(cap);
     free(buf);
+}
+
+void sl_api_resume(sl_conn_t *c, int kind, int timed_out)
+{
+    if (kind == SL_WAIT_DURABLE) {
+        respond_ids(c, c->wait.topic, c->park_first, c->park_n);
+    } else if (timed_out) {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_TOPIC_FULL]++;
+        sl_conn_error(c, 429, "topic_full", "lossless topic still full after the wait");
+    } else {
+        sl_api_dispatch(c, c->req);
+    }
 }
 
 /* Looks up or creates a topic for a request, answering the error itself. */
@@ -245,13 +270,45 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
             return;
         }
     }
+    uint64_t wait_ms = 0;
+    if (q->wait.s != NULL) {
+        if (sl_parse_duration_ms(q->wait.s, &wait_ms) != 0) {
+            free(payloads);
+            free(lens);
+            sl_conn_error(c, 400, "bad_query", "wait= must be a duration");
+            return;
+        }
+        if (wait_ms > cfg->max_publish_wait_ms)
+            wait_ms = cfg->max_publish_wait_ms;
+    }
     sl_topic_t *t = topic_for(c, name, nlen, 1);
     if (t != NULL) {
         uint64_t first;
-        if (sl_hub_publish(&c->srv->hub, t, ev, payloads, lens, n, &first) != 0) {
+        int rc = sl_hub_publish(&c->srv->hub, t, ev, payloads, lens, n, &first);
+        if (rc == SL_EFULL) {
+            if (wait_ms > 0) {
+                /* Wait for room, once, up to the deadline of the first attempt. */
+                if (c->park_deadline_ms == 0)
+                    c->park_deadline_ms = sl_now_ms() + wait_ms;
+                sl_conn_park(c, t, SL_WAIT_ROOM, 0, c->park_deadline_ms);
+            } else {
+                sl_metrics.pub_rejected[SL_REJECT_PUB_TOPIC_FULL]++;
+                sl_conn_error(c, 429, "topic_full",
+                              "lossless topic full: its readers have not caught up");
+            }
+        } else if (rc != 0) {
             SL_WARN("publish refused", "reason=budget topic=%s used=%" PRIu64 " limit=%" PRIu64,
                     t->name, sl_budget.used, sl_budget.limit);
             sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
+        } else if (t->ll != NULL && sl_ll_durable(t) < first + n - 1) {
+            /* Acknowledged once written (and with fsync=always, fsync'ed): a crash of the
+             * process then loses nothing that was acknowledged. */
+            c->park_first = first;
+            c->park_n = (uint32_t)n;
+            sl_conn_park(c, t, SL_WAIT_DURABLE, first + n - 1, 0);
+            if (sl_hub_flush_due(&c->srv->hub))
+                sl_hub_flush(&c->srv->hub, sl_now_ms());
+            sl_server_kick(c->srv);
         } else {
             respond_ids(c, t, first, n);
             if (sl_hub_flush_due(&c->srv->hub))
@@ -305,6 +362,7 @@ static int parse_start(sl_conn_t *c, sl_http_req_t *req, const query_t *q, int m
                        sl_start_t *start)
 {
     start->kind = SL_START_NEW;
+    start->disk = (uint8_t)!multi;
     size_t hlen;
     const char *hid = sl_http_header(req, SL_H_LAST_EVENT_ID, &hlen);
     const char *id = NULL;
@@ -360,6 +418,56 @@ static sl_start_t *same_starts(const sl_start_t *start, uint32_t n)
     return starts;
 }
 
+/* ?durable=NAME: validates it for this subscription, finds or creates the cursor and turns
+ * the start point into the cursor's. *cur is NULL without durable=. Returns 0, or -1 when
+ * answered with an error. */
+static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int multi,
+                         sl_start_t *start, sl_cursor_t **cur)
+{
+    *cur = NULL;
+    if (q->durable.s == NULL)
+        return 0;
+    if (multi) {
+        sl_conn_error(c, 400, "bad_query", "durable= needs a single-topic subscription");
+        return -1;
+    }
+    if (t->ll == NULL) {
+        sl_conn_error(c, 400, "not_lossless", "durable readers need a lossless topic");
+        return -1;
+    }
+    if (!sl_ll_cursor_name_valid(q->durable.s, q->durable.len)) {
+        sl_conn_error(c, 400, "bad_query", "durable= must be 1..64 of [A-Za-z0-9._-]");
+        return -1;
+    }
+    sl_cursor_t *cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 0);
+    if (cu == NULL) {
+        /* A new cursor starts where the request says: its checkpoint is just before. */
+        uint64_t ck = t->head_seq;
+        if (start->kind == SL_START_OLDEST ||
+            (start->kind == SL_START_SINCE && start->epoch != t->epoch))
+            ck = sl_ll_floor(t) - 1;
+        else if (start->kind == SL_START_SINCE)
+            ck = start->seq < t->head_seq ? start->seq : t->head_seq;
+        cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
+        cu->checkpoint = ck;
+        sl_ll_cursor_created(t);
+    }
+    start->kind = SL_START_SINCE;
+    start->epoch = t->epoch;
+    start->seq = cu->checkpoint;
+    *cur = cu;
+    return 0;
+}
+
+/* Hands the durable cursor to the subscription's reader once it exists. */
+static void use_cursor(sl_conn_t *c, sl_cursor_t *cu)
+{
+    if (cu == NULL || c->closing || c->sub.nreaders == 0)
+        return;
+    c->sub.readers[0].cursor = cu;
+    sl_ll_cursor_use(cu, 1);
+}
+
 static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uint32_t n, int multi,
                       const query_t *q)
 {
@@ -369,10 +477,14 @@ static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
     sl_topic_t **topics = lookup_topics(c, names, n);
     if (topics == NULL)
         return;
-    sl_start_t *starts = same_starts(&start, n);
-    sl_conn_subscribe_sse(c, topics, starts, n, multi);
+    sl_cursor_t *cu;
+    if (durable_start(c, q, topics[0], multi, &start, &cu) == 0) {
+        sl_start_t *starts = same_starts(&start, n);
+        if (sl_conn_subscribe_sse(c, topics, starts, n, multi) == 0)
+            use_cursor(c, cu);
+        free(starts);
+    }
     free(topics);
-    free(starts);
 }
 
 /* ---- WebSocket -------------------------------------------------------------------------- */
@@ -473,10 +585,130 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
     sl_topic_t **topics = NULL;
     if (nsub > 0 && (topics = lookup_topics(c, names, nsub)) == NULL)
         return;
+    sl_cursor_t *cu = NULL;
+    if (nsub > 0 && durable_start(c, q, topics[0], multi, &start, &cu) != 0) {
+        free(topics);
+        return;
+    }
     sl_start_t *starts = same_starts(&start, nsub);
-    sl_conn_upgrade_ws(c, accept, topics, starts, nsub, multi, &opts, names[0].s, names[0].len);
+    if (sl_conn_upgrade_ws(c, accept, topics, starts, nsub, multi, &opts, names[0].s,
+                           names[0].len) == 0)
+        use_cursor(c, cu);
     free(topics);
     free(starts);
+}
+
+static void not_allowed(sl_conn_t *c, const char *allow);
+
+/* ---- durable cursors ------------------------------------------------------------------- */
+
+/* Parses an acknowledged id from a body: the id itself, or {"id":"…"}. */
+int sl_api_body_id(const char *b, size_t n, uint64_t *epoch, uint64_t *seq)
+{
+    while (n > 0 && (b[n - 1] == '\n' || b[n - 1] == '\r' || b[n - 1] == ' '))
+        n--;
+    while (n > 0 && *b == ' ')
+        b++, n--;
+    const char *key = n > 0 && b[0] == '{' ? memmem(b, n, "\"id\"", 4) : NULL;
+    if (key != NULL) {
+        const char *q1 = memchr(key + 4, '"', n - (size_t)(key + 4 - b));
+        if (q1 == NULL)
+            return -1;
+        const char *q2 = memchr(q1 + 1, '"', n - (size_t)(q1 + 1 - b));
+        if (q2 == NULL)
+            return -1;
+        b = q1 + 1;
+        n = (size_t)(q2 - b);
+    }
+    return sl_id_parse(b, n, 0, epoch, seq);
+}
+
+/* Acknowledges `seq` of epoch `epoch` on cursor cu; answers errors over HTTP. */
+int sl_api_ack(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err)
+{
+    if (epoch != t->epoch) {
+        *err = "epoch_mismatch";
+        return 409;
+    }
+    if (sl_ll_ack(t, cu, seq) != 0) {
+        *err = "bad_id";
+        return 400;
+    }
+    return 0;
+}
+
+static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *name, size_t nlen,
+                    const char *cname, size_t clen)
+{
+    int err;
+    sl_topic_t *t = sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)
+                        ? sl_hub_topic(&c->srv->hub, name, nlen, 0, &err)
+                        : NULL;
+    if (t == NULL) {
+        sl_conn_error(c, 404, "not_found", "no such topic");
+        return;
+    }
+    if (t->ll == NULL) {
+        sl_conn_error(c, 400, "not_lossless", "durable cursors exist on lossless topics only");
+        return;
+    }
+    if (cname == NULL) {
+        if (method != HTTP_GET) {
+            not_allowed(c, "GET");
+            return;
+        }
+        size_t len;
+        char *body = sl_ll_cursors_json(t, &len);
+        sl_conn_respond(c, 200, "application/json", NULL, body, len);
+        free(body);
+        return;
+    }
+    if (method != HTTP_POST && method != HTTP_DELETE) {
+        not_allowed(c, "POST, DELETE");
+        return;
+    }
+    sl_cursor_t *cu = sl_ll_cursor_name_valid(cname, clen) ? sl_ll_cursor(t, cname, clen, 0) : NULL;
+    if (cu == NULL) {
+        sl_conn_error(c, 404, "not_found", "no such cursor");
+        return;
+    }
+    if (method == HTTP_DELETE) {
+        SL_INFO("durable cursor deleted", "topic=%s cursor=%s", t->name, cu->name);
+        sl_ll_cursor_delete(t, cu);
+        sl_conn_respond(c, 204, NULL, NULL, "", 0);
+        return;
+    }
+    uint64_t epoch, seq;
+    if (sl_api_body_id(req->body ? req->body : "", req->body_len, &epoch, &seq) != 0) {
+        sl_conn_error(c, 400, "bad_id", "want the acknowledged id as the body");
+        return;
+    }
+    const char *code;
+    int status = sl_api_ack(t, cu, epoch, seq, &code);
+    if (status != 0)
+        sl_conn_error(c, status, code,
+                      status == 409 ? "id of another epoch" : "id beyond the topic's head");
+    else
+        sl_conn_respond(c, 204, NULL, NULL, "", 0);
+}
+
+/* If path names the cursor API ({topic}/cursors or {topic}/cursors/{NAME}), sets the pieces
+ * and returns 1. */
+static int cursor_path(const char *p, size_t n, size_t *tlen, const char **cname, size_t *clen)
+{
+    for (size_t i = 0; i + 8 <= n; i++) {
+        if (memcmp(p + i, "/cursors", 8) != 0 || (i + 8 < n && p[i + 8] != '/'))
+            continue;
+        *tlen = i;
+        *cname = NULL;
+        *clen = 0;
+        if (i + 8 < n) {
+            *cname = p + i + 9;
+            *clen = n - i - 9;
+        }
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- routing ---------------------------------------------------------------------------- */
@@ -530,8 +762,11 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
             not_allowed(c, "GET");
     } else if (strncmp(path, "/topics/", 8) == 0) {
         const char *name = path + 8;
-        size_t nlen = (size_t)plen - 8;
-        if (method == HTTP_POST) {
+        size_t nlen = (size_t)plen - 8, tlen, clen;
+        const char *cname;
+        if (cursor_path(name, nlen, &tlen, &cname, &clen)) {
+            cursors(c, req, method, name, tlen, cname, clen);
+        } else if (method == HTTP_POST) {
             if (!sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)) {
                 sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_TOPIC]++;
                 sl_conn_error(c, 400, "bad_topic", "invalid topic name");

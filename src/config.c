@@ -35,6 +35,8 @@ void sl_config_init(sl_config_t *cfg)
     cfg->ws_ping_interval_ms = 30000;
     cfg->ws_pong_timeout_ms = 20000;
     cfg->ws_close_timeout_ms = 5000;
+    cfg->disk_quota = 8ull << 30;
+    cfg->max_publish_wait_ms = 30000;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
     cfg->max_header_bytes = 16 << 10;
@@ -50,6 +52,10 @@ void sl_config_init(sl_config_t *cfg)
     t->overflow = SL_OVERFLOW_SKIP;
     t->lag_soft_ms = 10000;
     t->heartbeat_ms = 15000;
+    t->fsync = SL_FSYNC_INTERVAL;
+    t->fsync_interval_ms = 100;
+    t->segment_bytes = 16 << 20;
+    t->disk_quota = 1ull << 30;
 }
 
 void sl_config_dispose(sl_config_t *cfg)
@@ -231,6 +237,12 @@ void sl_config_topic(const sl_config_t *cfg, const char *name, sl_topic_conf_t *
         TAKE(SL_TK_LAG_MAX_AGE, lag_max_age_ms);
         TAKE(SL_TK_HEARTBEAT, heartbeat_ms);
         TAKE(SL_TK_HEARTBEAT_EVENT, heartbeat_event);
+        TAKE(SL_TK_DURABILITY, lossless);
+        TAKE(SL_TK_FSYNC, fsync);
+        TAKE(SL_TK_FSYNC_INTERVAL, fsync_interval_ms);
+        TAKE(SL_TK_SEGMENT_BYTES, segment_bytes);
+        TAKE(SL_TK_DISK_QUOTA, disk_quota);
+        TAKE(SL_TK_CURSOR_TTL, cursor_ttl_ms);
 #undef TAKE
     }
 }
@@ -406,6 +418,40 @@ static int topic_key(parse_ctx_t *p, sl_topic_rule_t *r, const char *key, const 
     } else if (strcmp(key, "heartbeat_event") == 0) {
         bit = SL_TK_HEARTBEAT_EVENT;
         rc = parse_bool(val, &c->heartbeat_event);
+    } else if (strcmp(key, "durability") == 0) {
+        bit = SL_TK_DURABILITY;
+        if (strcmp(val, "lossy") == 0)
+            c->lossless = 0;
+        else if (strcmp(val, "lossless") == 0)
+            c->lossless = 1;
+        else
+            rc = -EINVAL;
+    } else if (strcmp(key, "fsync") == 0) {
+        bit = SL_TK_FSYNC;
+        if (strcmp(val, "always") == 0)
+            c->fsync = SL_FSYNC_ALWAYS;
+        else if (strcmp(val, "interval") == 0)
+            c->fsync = SL_FSYNC_INTERVAL;
+        else if (strcmp(val, "never") == 0)
+            c->fsync = SL_FSYNC_NEVER;
+        else
+            rc = -EINVAL;
+    } else if (strcmp(key, "fsync_interval") == 0) {
+        bit = SL_TK_FSYNC_INTERVAL;
+        rc = sl_parse_duration_ms(val, &c->fsync_interval_ms);
+    } else if (strcmp(key, "segment_bytes") == 0) {
+        bit = SL_TK_SEGMENT_BYTES;
+        rc = sl_parse_size(val, &c->segment_bytes);
+        if (rc == 0 && (c->segment_bytes < 4096 || c->segment_bytes > (1ull << 32))) {
+            error_at(p, p->line, "segment_bytes must be between 4KiB and 4GiB");
+            return 0;
+        }
+    } else if (strcmp(key, "disk_quota") == 0) {
+        bit = SL_TK_DISK_QUOTA;
+        rc = sl_parse_size(val, &c->disk_quota);
+    } else if (strcmp(key, "cursor_ttl") == 0) {
+        bit = SL_TK_CURSOR_TTL;
+        rc = sl_parse_duration_ms(val, &c->cursor_ttl_ms);
     } else {
         error_at(p, p->line, "unknown key '%s' in [topic \"%s\"]", key, r->glob);
         return 0;
@@ -439,6 +485,8 @@ static const key_def_t server_keys[] = {
     {"ws_ping_interval", K_DURATION, CFG_OFF(ws_ping_interval_ms), 0, UINT64_MAX},
     {"ws_pong_timeout", K_DURATION, CFG_OFF(ws_pong_timeout_ms), 1, UINT64_MAX},
     {"ws_close_timeout", K_DURATION, CFG_OFF(ws_close_timeout_ms), 1, UINT64_MAX},
+    {"disk_quota", K_SIZE, CFG_OFF(disk_quota), 0, UINT64_MAX},
+    {"max_publish_wait", K_DURATION, CFG_OFF(max_publish_wait_ms), 0, UINT64_MAX},
 };
 static const key_def_t limit_keys[] = {
     {"max_connections", K_COUNT, CFG_OFF(max_connections), 1, UINT64_MAX},

@@ -11,6 +11,12 @@
 #include <stdio.h>
 
 typedef enum {
+    SL_FSYNC_INTERVAL = 0, /* fsync every fsync_interval; acknowledge at once */
+    SL_FSYNC_ALWAYS,       /* acknowledge only what is fsync'ed */
+    SL_FSYNC_NEVER,        /* leave it to the kernel */
+} sl_fsync_t;
+
+typedef enum {
     SL_OVERFLOW_SKIP = 0,   /* gap marker, then continue */
     SL_OVERFLOW_DISCONNECT, /* final overflow marker, then close */
 } sl_overflow_t;
@@ -30,6 +36,12 @@ typedef struct sl_topic_conf {
     uint64_t lag_max_age_ms;    /* reader's oldest undelivered message older than this; 0 = off */
     uint64_t heartbeat_ms;      /* SSE heartbeat interval; 0 = off; default 15 s */
     int heartbeat_event;        /* 1: heartbeat as `event: sluice.heartbeat`, 0: comment */
+    int lossless;               /* durability = lossless: every message goes to the disk log */
+    sl_fsync_t fsync;           /* default interval */
+    uint64_t fsync_interval_ms; /* default 100 ms */
+    uint64_t segment_bytes;     /* log segments rotate at this size; default 16 MiB */
+    uint64_t disk_quota;        /* this topic's log; 0 = only the server's; default 1 GiB */
+    uint64_t cursor_ttl_ms;     /* an unused durable cursor expires after; 0 = never */
 } sl_topic_conf_t;
 
 /* One `[topic "glob"]` section: the keys it set (bit per field, SL_TK_*) and their values. */
@@ -52,6 +64,12 @@ enum {
     SL_TK_LAG_MAX_AGE = 1u << 9,
     SL_TK_HEARTBEAT = 1u << 10,
     SL_TK_HEARTBEAT_EVENT = 1u << 11,
+    SL_TK_DURABILITY = 1u << 12,
+    SL_TK_FSYNC = 1u << 13,
+    SL_TK_FSYNC_INTERVAL = 1u << 14,
+    SL_TK_SEGMENT_BYTES = 1u << 15,
+    SL_TK_DISK_QUOTA = 1u << 16,
+    SL_TK_CURSOR_TTL = 1u << 17,
 };
 
 typedef struct sl_config {
@@ -73,6 +91,8 @@ typedef struct sl_config {
     uint64_t ws_ping_interval_ms; /* WebSocket ping interval; 0 = off; default 30 s */
     uint64_t ws_pong_timeout_ms;  /* no pong this long after a ping: close; default 20 s */
     uint64_t ws_close_timeout_ms; /* wait for the peer's close frame; default 5 s */
+    uint64_t disk_quota;          /* every lossless topic's log together; default 8 GiB */
+    uint64_t max_publish_wait_ms; /* the longest ?wait= on a full lossless topic; default 30 s */
     /* [limits] */
     uint64_t max_connections;           /* default 100000 */
     uint64_t max_connections_per_ip;    /* default 10000 */

@@ -57,6 +57,7 @@ void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason)
         return;
     c->closing = 1;
     c->reason = (uint8_t)reason;
+    sl_ll_unwait(&c->wait);
     /* Cursors go now, so no flush pass offers this connection anything more. */
     sl_sub_dispose(&c->srv->hub, &c->sub);
     if (c->req != NULL) {
@@ -96,6 +97,10 @@ static void on_close(uv_handle_t *h)
     if (c->is_ws)
         sl_metrics.ws_connections--;
     sl_ws_free(c);
+    if (c->stash != NULL) {
+        sl_budget_release(c->stash_len + ALLOC_OVERHEAD);
+        free(c->stash);
+    }
     sl_metrics.closed[c->reason]++;
     sl_list_remove(&c->link);
     srv->nconns--;
@@ -746,6 +751,15 @@ static size_t deliver(sl_sub_t *sub)
         if (r == NULL || r->next > r->topic->head_seq)
             break;
         sl_msg_t *m = sl_topic_get(r->topic, r->next);
+        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
+            /* Behind the ring of a lossless topic: read back from its log (or report a hole
+             * in it, which the next write carries). */
+            if (!sl_ll_fetch(r) && r->mark != SL_MARK_NONE)
+                sl_hub_sub_ready(&c->srv->hub, sub, now);
+            break;
+        }
+        if (m == NULL)
+            break;
         bytes += tp->put_msg(c, w, m);
         sl_msg_ref(m);
         w->msgs[w->nmsgs++] = m;
@@ -761,6 +775,21 @@ static size_t deliver(sl_sub_t *sub)
     sl_metrics.delivered_bytes += bytes;
     sub_send(c, w);
     return bytes;
+}
+
+/* A disk read for reader r completed (lossless.c). */
+static void on_disk_ready(sl_reader_t *r)
+{
+    sl_conn_t *c = sl_container_of(r->sub, sl_conn_t, sub);
+    if (c->closing)
+        return;
+    sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
+    sl_server_kick(c->srv);
+}
+
+void sl_conn_init_disk(void)
+{
+    sl_ll_set_ready_cb(on_disk_ready);
 }
 
 void sl_conn_pump(sl_conn_t *c)
@@ -983,6 +1012,73 @@ static void set_deadline(sl_conn_t *c, uint64_t now, uint64_t after, sl_close_re
     c->deadline_kind = (uint8_t)kind;
 }
 
+void sl_conn_stash(sl_conn_t *c, const char *data, size_t len)
+{
+    if (len == 0)
+        return;
+    c->stash = sl_realloc(c->stash, c->stash_len + len);
+    memcpy(c->stash + c->stash_len, data, len);
+    sl_budget_charge(len + (c->stash_len ? 0 : ALLOC_OVERHEAD));
+    c->stash_len += len;
+}
+
+/* Takes the stashed input (the caller frees it and releases its charge). */
+static char *take_stash(sl_conn_t *c, size_t *len)
+{
+    char *s = c->stash;
+    *len = c->stash_len;
+    c->stash = NULL;
+    c->stash_len = 0;
+    return s;
+}
+
+static void process(sl_conn_t *c, const char *data, size_t len);
+
+static void on_wake(sl_waiter_t *w, int timed_out)
+{
+    sl_conn_t *c = sl_container_of(w, sl_conn_t, wait);
+    int kind = w->kind ? w->kind : c->parked;
+    c->parked = 0;
+    if (c->closing)
+        return;
+    if (c->state == SL_CONN_WS) {
+        sl_ws_resume(c, kind, timed_out);
+    } else {
+        sl_api_resume(c, kind, timed_out);
+        if (c->parked || c->closing || c->state != SL_CONN_HTTP)
+            return;
+        c->park_deadline_ms = 0;
+        if (c->close_after_write) {
+            if (c->pending_writes == 0)
+                finish(c);
+            return;
+        }
+        sl_http_req_next(c->req);
+        set_deadline(c, sl_now_ms(), c->srv->cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+        size_t n;
+        char *st = take_stash(c, &n);
+        if (st != NULL) {
+            process(c, st, n);
+            sl_budget_release(n + ALLOC_OVERHEAD);
+            free(st);
+        }
+    }
+    if (!c->parked && !c->closing)
+        sl_conn_resume_reading(c);
+}
+
+void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms)
+{
+    c->parked = (uint8_t)kind;
+    c->wait.wake = on_wake;
+    sl_ll_wait(&c->wait, t, kind, seq, deadline_ms);
+    c->deadline_ms = 0; /* the waiter has its own deadline */
+    if (!c->read_paused) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->read_paused = 1;
+    }
+}
+
 static void process(sl_conn_t *c, const char *data, size_t len)
 {
     sl_server_t *srv = c->srv;
@@ -1038,6 +1134,10 @@ static void process(sl_conn_t *c, const char *data, size_t len)
         }
         c->continue_sent = 0;
         sl_api_dispatch(c, req);
+        if (c->parked) {
+            sl_conn_stash(c, data + off, len - off);
+            return;
+        }
         if (c->state == SL_CONN_WS && !c->closing && off < len) {
             /* Frames sent right behind the handshake. */
             sl_ws_input(c, data + off, len - off);

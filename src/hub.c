@@ -7,6 +7,7 @@
 
 #include "budget.h"
 #include "log.h"
+#include "lossless.h"
 #include "metrics.h"
 
 #include <assert.h>
@@ -59,6 +60,8 @@ void sl_hub_dispose(sl_hub_t *hub)
     {
         sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
         unlink_topic(hub, t);
+        if (t->ll != NULL)
+            sl_ll_free(t);
         sl_topic_free(t);
         sl_metrics.topics_freed++;
     }
@@ -117,6 +120,8 @@ sl_topic_t *sl_hub_topic(sl_hub_t *hub, const char *name, size_t len, int create
     sl_list_insert_tail(&hub->topics, &t->all_link);
     hub->ntopics++;
     sl_metrics.topics_created++;
+    if (conf.lossless)
+        (void)sl_ll_create(t); /* logged; a log that cannot be made refuses publishes */
     SL_DEBUG("topic created", "topic=%s epoch=%s", t->name, t->epoch_hex);
     return t;
 }
@@ -154,6 +159,8 @@ static void mark_dirty(sl_hub_t *hub, sl_topic_t *t)
 int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
                    const size_t *lens, size_t n, uint64_t *first_seq)
 {
+    if (t->ll != NULL && sl_ll_full(t))
+        return SL_EFULL;
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += sl_msg_charge(t->name_len, event, payloads[i], lens[i]);
@@ -171,6 +178,8 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
         m->gseq = ++hub->gseq;
         m->ts_ms = now;
         sl_list_insert_tail(&hub->msgs, &m->all);
+        if (t->ll != NULL)
+            sl_ll_append(t, m);
         sl_topic_append(t, m, evict_one, hub);
         sl_metrics.published++;
         sl_metrics.published_bytes += lens[i];
@@ -246,8 +255,14 @@ void sl_sub_dispose(sl_hub_t *hub, sl_sub_t *sub)
     (void)hub;
     if (sub->readers == NULL)
         return;
-    for (uint32_t i = 0; i < sub->nreaders; i++)
-        sl_reader_detach(&sub->readers[i]);
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
+        sl_reader_t *r = &sub->readers[i];
+        if (r->disk_ok)
+            sl_ll_reader_gone(r);
+        if (r->cursor != NULL)
+            sl_ll_cursor_use(r->cursor, -1);
+        sl_reader_detach(r);
+    }
     sl_list_remove(&sub->ready_link);
     sl_budget_release(sub->nreaders * sizeof(sl_reader_t) + 16);
     free(sub->readers);
@@ -341,7 +356,7 @@ void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms)
                     make_ready(hub, r->sub);
             }
         }
-        if (t->nreaders == 0 && t->count == 0) {
+        if (t->nreaders == 0 && t->count == 0 && t->ll == NULL) {
             if (t->idle_since_ms == 0) {
                 t->idle_since_ms = now_ms ? now_ms : 1;
             } else if (now_ms - t->idle_since_ms >= hub->cfg->topic_idle_ttl_ms) {

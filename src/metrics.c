@@ -5,6 +5,7 @@
 
 #include "budget.h"
 #include "hub.h"
+#include "lossless.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -126,12 +127,31 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_published_bytes_total", "counter", "Payload bytes accepted.",
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
-    static const char *const prej[] = {"budget",       "too_large",    "bad_topic",
-                                       "max_topics",   "bad_event",    "reserved_payload",
-                                       "bad_envelope", "not_publisher"};
+    static const char *const prej[] = {"budget",       "too_large",     "bad_topic",
+                                       "max_topics",   "bad_event",     "reserved_payload",
+                                       "bad_envelope", "not_publisher", "topic_full"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
+    const sl_ll_stats_t *ls = &sl_ll_stats;
+    one(&o, "sluice_spill_bytes", "gauge", "Bytes of lossless topics' logs on disk.",
+        ls->disk_bytes);
+    one(&o, "sluice_spill_segments", "gauge", "Segment files of lossless topics.", ls->segments);
+    one(&o, "sluice_spill_written_bytes_total", "counter", "Bytes appended to logs.",
+        ls->written_bytes);
+    one(&o, "sluice_spill_read_bytes_total", "counter", "Bytes read back from logs for readers.",
+        ls->read_bytes);
+    one(&o, "sluice_fsyncs_total", "counter", "fsyncs of log segments.", ls->fsyncs);
+    one(&o, "sluice_durable_cursors", "gauge", "Durable cursors.", ls->cursors);
+    one(&o, "sluice_cursors_expired_total", "counter", "Durable cursors expired by cursor_ttl.",
+        ls->cursors_expired);
+    one(&o, "sluice_spill_corrupt_total", "counter",
+        "Corrupt records or files found in logs (recovery and reads).", ls->corrupt);
+    one(&o, "sluice_spill_truncated_bytes_total", "counter",
+        "Bytes cut from logs at recovery (torn or corrupt tails).", ls->truncated_bytes);
+    one(&o, "sluice_spill_write_errors_total", "counter", "Failed log writes.", ls->write_errors);
+    one(&o, "sluice_publishers_waiting", "gauge",
+        "Publishers held back by full lossless topics or waiting for fsync.", ls->waiting);
     one(&o, "sluice_deliveries_total", "counter", "Messages written to subscribers.",
         m->deliveries);
     one(&o, "sluice_delivered_bytes_total", "counter", "Frame bytes written to subscribers.",

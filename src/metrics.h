@@ -43,6 +43,7 @@ typedef enum {
     SL_REJECT_PUB_RESERVED,      /* payload begins with the control-message prefix */
     SL_REJECT_PUB_BAD_ENVELOPE,  /* WebSocket json envelope malformed */
     SL_REJECT_PUB_NOT_PUBLISHER, /* data message on a subscribe-only WebSocket */
+    SL_REJECT_PUB_TOPIC_FULL,    /* a lossless topic pushed back (429) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "http.h"
 #include "hub.h"
+#include "lossless.h"
 #include "metrics.h"
 
 #include <uv.h>
@@ -86,6 +87,13 @@ typedef struct sl_ws {
     uint8_t close_msg_len;
     char close_msg[123];
     uint8_t pong[125];
+    /* A publish held while its lossless topic is full (or, with fsync=always and acks, until
+     * it is on disk): the message and where it goes. */
+    char *held;
+    size_t held_len, held_topic_len;
+    char held_topic[257];
+    char held_event[65];
+    uint8_t held_text, held_has_event;
 } sl_ws_t;
 
 /* One client connection. Owned by the server; freed only in its close callback. */
@@ -114,6 +122,15 @@ typedef struct sl_conn {
     sl_http_req_t *req;      /* HTTP state only */
     sl_sub_t sub;            /* subscribers (SSE, WebSocket) only */
     sl_ws_t *ws;             /* WebSocket only */
+    /* A publish waiting on a lossless topic (for room, or to be on disk): reading stops and
+     * the input that followed it waits in `stash` until the waiter is woken. */
+    sl_waiter_t wait;
+    uint8_t parked;
+    char *stash;
+    size_t stash_len;
+    uint64_t park_deadline_ms; /* ?wait= of the request, kept across retries */
+    uint64_t park_first;       /* waiting to be durable: the ids to answer with */
+    uint32_t park_n;
 } sl_conn_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.
@@ -193,6 +210,30 @@ size_t sl_ws_take_prefix(sl_conn_t *c, char *dst);
 
 /* Frees the WebSocket state. */
 void sl_ws_free(sl_conn_t *c);
+
+/* Resumes a WebSocket publisher parked on a lossless topic (ws_conn.c). */
+void sl_ws_resume(sl_conn_t *c, int kind, int timed_out);
+
+/* Connects lossless topics' disk reads to the delivery path (conn.c); once at start. */
+void sl_conn_init_disk(void);
+
+/* Parks the connection's current publish on topic t's log (see sl_conn_t.wait); the waiter's
+ * callback resumes it. Reading stops until then. */
+void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms);
+
+/* Keeps bytes that arrived behind a parked publish; they are processed when it resumes. */
+void sl_conn_stash(sl_conn_t *c, const char *data, size_t len);
+
+/* Resumes a parked HTTP publish (api.c): retries it, answers 429 when its wait timed out, or
+ * answers 202 once its messages are durable. */
+void sl_api_resume(sl_conn_t *c, int kind, int timed_out);
+
+/* Parses an acknowledged id: the id itself, or {"id":"…"} (api.c). Returns 0 or SL_EBADID. */
+int sl_api_body_id(const char *b, size_t n, uint64_t *epoch, uint64_t *seq);
+
+/* Acknowledges seq (of epoch) on a durable cursor: 0, or the HTTP status of the refusal with
+ * *err its code (api.c). */
+int sl_api_ack(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err);
 
 /* Starts reading a freshly accepted connection (conn.c). */
 void sl_conn_start(sl_conn_t *c);

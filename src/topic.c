@@ -101,6 +101,12 @@ int sl_topic_name_valid(const char *s, size_t len, size_t max)
         if (!ok || (c == '/' && s[i + 1] == '/'))
             return 0;
     }
+    /* "cursors" is reserved as a segment: /topics/{name}/cursors is the cursor API. */
+    for (size_t i = 0; i + 7 <= len; i++) {
+        if ((i == 0 || s[i - 1] == '/') && memcmp(s + i, "cursors", 7) == 0 &&
+            (i + 7 == len || s[i + 7] == '/'))
+            return 0;
+    }
     return 1;
 }
 
@@ -306,6 +312,7 @@ sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_
     do {
         t->epoch = sl_random64();
     } while (t->epoch == 0);
+    t->disk_floor = UINT64_MAX;
     snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, t->epoch);
     t->conf = *conf;
     t->created_gseq = created_gseq;
@@ -429,10 +436,11 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     r->sub = sub;
     r->mark = SL_MARK_NONE;
     r->soft_since_ms = 0;
+    r->disk_ok = (uint8_t)(start->disk && t->ll != NULL);
     sl_list_insert_tail(&t->readers, &r->link);
     t->nreaders++;
     t->idle_since_ms = 0;
-    uint64_t tail = sl_topic_tail(t);
+    uint64_t tail = sl_reader_floor(r);
     switch (start->kind) {
     case SL_START_NEW:
         r->next = t->head_seq + 1;
@@ -484,7 +492,7 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
 {
     sl_topic_t *t = r->topic;
     const sl_topic_conf_t *c = &t->conf;
-    uint64_t tail = sl_topic_tail(t), head = t->head_seq;
+    uint64_t tail = sl_reader_floor(r), head = t->head_seq;
     *missed = 0;
     if (r->next < tail) {
         *reason = SL_LAG_EVICTED;
@@ -501,6 +509,8 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
         return SL_CHECK_OK;
     }
     const sl_msg_t *m = sl_topic_get(t, r->next);
+    if (m == NULL)
+        return SL_CHECK_OK; /* reading back from the log: its lag is not held against it */
     uint64_t lag_msgs = head - r->next + 1;
     uint64_t lag_bytes = t->cum_bytes - m->cum_bytes + m->payload_len;
     int act = 0;

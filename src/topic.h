@@ -24,6 +24,9 @@
 
 struct sl_topic;
 struct sl_sub;
+struct sl_lossless;
+struct sl_disk_batch;
+struct sl_cursor;
 
 /* An immutable published message. Owned by its references: the ring's and each in-flight
  * write's; freed by the last sl_msg_unref(). Its budget charge is released when freed. */
@@ -93,7 +96,12 @@ typedef struct sl_reader {
     uint8_t mark;           /* SL_MARK_* bits */
     uint8_t mark_reason;    /* sl_lag_reason_t for gaps */
     uint8_t gap_from_known;
+    uint8_t disk_ok;   /* may read what the ring no longer holds from the topic's log */
+    uint8_t disk_wait; /* a disk read (or the write it needs) is under way */
     uint64_t gap_from, gap_to, gap_missed;
+    struct sl_disk_batch *disk; /* messages read back from the log, not yet delivered */
+    void *disk_job;             /* the read in flight */
+    struct sl_cursor *cursor;   /* the durable cursor this reader moves, if any */
 } sl_reader_t;
 
 /* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
@@ -117,6 +125,8 @@ typedef struct sl_topic {
     sl_list_t dirty_link;   /* hub's dirty list, when it has undelivered messages */
     struct sl_topic *hnext; /* hub hash chain */
     uint64_t idle_since_ms; /* when it last became empty with no readers; 0 if in use */
+    struct sl_lossless *ll; /* lossless topics: the on-disk log */
+    uint64_t disk_floor;    /* lossless: first seq the log still holds; UINT64_MAX if none */
 } sl_topic_t;
 
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */
@@ -183,6 +193,7 @@ typedef enum {
 
 typedef struct sl_start {
     sl_start_kind_t kind;
+    uint8_t disk;   /* the reader may read back from a lossless topic's log */
     uint64_t epoch; /* SINCE: topic epoch; GSEQ: stream epoch */
     uint64_t seq;   /* SINCE: seq; GSEQ: gseq */
 } sl_start_t;
@@ -219,7 +230,17 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
 /* True when `r` is owed something: a marker or a retained message. */
 static inline int sl_reader_ready(const sl_reader_t *r)
 {
-    return r->mark != SL_MARK_NONE || r->next <= r->topic->head_seq;
+    return r->mark != SL_MARK_NONE || (r->next <= r->topic->head_seq && !r->disk_wait);
+}
+
+/* The oldest seq reader r can still be given: the ring's tail, or for a reader that reads from
+ * a lossless topic's log, the oldest seq in the log. */
+static inline uint64_t sl_reader_floor(const sl_reader_t *r)
+{
+    uint64_t tail = r->topic->head_seq - r->topic->count + 1;
+    if (r->disk_ok && r->topic->disk_floor < tail)
+        return r->topic->disk_floor;
+    return tail;
 }
 
 /* Message ids. */

@@ -21,6 +21,7 @@ enum {
     SL_ETOOBIG = -30002,   /* a peer-controlled size is over its limit */
     SL_EBADID = -30003,    /* malformed message id */
     SL_ELIMIT = -30004,    /* a count limit (topics, connections) reached */
+    SL_EFULL = -30005,     /* a lossless topic has no room: push back on the publisher */
 };
 const char *sl_strerror(int err);
 

@@ -207,6 +207,10 @@ void sl_ws_free(sl_conn_t *c)
     if (ws->topic != NULL)
         sl_budget_release(ws->topic_len + 1 + ALLOC_OVERHEAD);
     free(ws->topic);
+    if (ws->held != NULL) {
+        sl_budget_release(ws->held_len + ALLOC_OVERHEAD);
+        free(ws->held);
+    }
     sl_budget_release(sizeof(*ws) + ALLOC_OVERHEAD);
     free(ws);
     c->ws = NULL;
@@ -233,11 +237,101 @@ static int msg_append(sl_conn_t *c, sl_ws_parser_t *p, const uint8_t *data, size
 
 /* ---- publishing --------------------------------------------------------------------------- */
 
+static void queue_ack(sl_conn_t *c, const sl_topic_t *t, uint64_t seq)
+{
+    char body[96 + 6 * 256];
+    char id[SL_ID_MAX];
+    sl_id_format(id, t->epoch, seq);
+    size_t l = (size_t)snprintf(body, sizeof(body), "{\"sluice\":\"ack\",\"topic\":");
+    sl_json_put_string(body, &l, sizeof(body) - 64, t->name, t->name_len);
+    l += (size_t)snprintf(body + l, sizeof(body) - l, ",\"id\":\"%s\"}", id);
+    queue_text(c, body, l);
+}
+
+/* Keeps a publish that a full lossless topic pushed back, and stops reading until there is
+ * room (sl_ws_resume publishes it then). */
+static void hold(sl_conn_t *c, sl_topic_t *t, const char *event, const char *payload, size_t len,
+                 int text)
+{
+    sl_ws_t *ws = c->ws;
+    ws->held = sl_malloc(len ? len : 1);
+    memcpy(ws->held, payload, len);
+    ws->held_len = len;
+    sl_budget_charge(len + ALLOC_OVERHEAD);
+    memcpy(ws->held_topic, t->name, t->name_len);
+    ws->held_topic_len = t->name_len;
+    ws->held_has_event = event != NULL;
+    if (event != NULL)
+        snprintf(ws->held_event, sizeof(ws->held_event), "%s", event);
+    ws->held_text = (uint8_t)text;
+    sl_conn_park(c, t, SL_WAIT_ROOM, 0, 0);
+}
+
+/* Publishes one message to a named topic; answers errors, acks, and pushback. */
+static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const char *event,
+                       const char *payload, size_t payload_len, int text)
+{
+    sl_ws_t *ws = c->ws;
+    sl_server_t *srv = c->srv;
+    int err;
+    sl_topic_t *t = sl_hub_topic(&srv->hub, topic, topic_len, 1, &err);
+    if (t == NULL) {
+        if (err == SL_ELIMIT) {
+            sl_metrics.pub_rejected[SL_REJECT_PUB_MAX_TOPICS]++;
+            send_error(c, "over_capacity", "max_topics reached");
+        } else {
+            sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
+            send_error(c, "over_capacity", "memory budget exhausted");
+        }
+        return;
+    }
+    uint64_t seq;
+    int rc = sl_hub_publish(&srv->hub, t, event, &payload, &payload_len, 1, &seq);
+    if (rc == SL_EFULL) {
+        hold(c, t, event, payload, payload_len, text);
+        return;
+    }
+    if (rc != 0) {
+        SL_WARN("publish refused", "reason=budget topic=%s transport=ws", t->name);
+        send_error(c, "over_capacity", "memory budget exhausted");
+        return;
+    }
+    if (ws->ack) {
+        if (t->ll != NULL && sl_ll_durable(t) < seq)
+            sl_conn_park(c, t, SL_WAIT_DURABLE, seq, 0); /* acknowledged once written */
+        else
+            queue_ack(c, t, seq);
+    }
+    if (sl_hub_flush_due(&srv->hub))
+        sl_hub_flush(&srv->hub, sl_now_ms());
+    sl_server_kick(srv);
+}
+
+/* {"sluice":"ack","id":"…"} from a durable reader moves its cursor. */
+static void client_ack(sl_conn_t *c, const char *data, size_t len)
+{
+    sl_reader_t *r = &c->sub.readers[0];
+    uint64_t epoch, seq;
+    const char *code = "bad_id";
+    int status = 400;
+    if (sl_api_body_id(data, len, &epoch, &seq) == 0)
+        status = sl_api_ack(r->topic, r->cursor, epoch, seq, &code);
+    if (status != 0)
+        send_error(c, code, "cannot acknowledge this id");
+}
+
 static void publish(sl_conn_t *c, const char *data, size_t len, int text)
 {
     sl_ws_t *ws = c->ws;
     sl_server_t *srv = c->srv;
     const sl_config_t *cfg = srv->cfg;
+    static const char ack_prefix[] = "{\"sluice\":\"ack\"";
+    if (text && c->sub.nreaders == 1 && c->sub.readers[0].cursor != NULL &&
+        len >= sizeof(ack_prefix) - 1 && memcmp(data, ack_prefix, sizeof(ack_prefix) - 1) == 0) {
+        /* On a durable connection this is an acknowledgement; elsewhere a refused publish. */
+        client_ack(c, data, len);
+        return;
+    }
     sl_metrics.ws_messages_in++;
     if (!(ws->mode & SL_WS_PUB)) {
         sl_metrics.pub_rejected[SL_REJECT_PUB_NOT_PUBLISHER]++;
@@ -289,36 +383,7 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
         send_error(c, "reserved_payload", "payloads may not begin with {\"sluice\":");
         goto out;
     }
-    int err;
-    sl_topic_t *t = sl_hub_topic(&srv->hub, topic, topic_len, 1, &err);
-    if (t == NULL) {
-        if (err == SL_ELIMIT) {
-            sl_metrics.pub_rejected[SL_REJECT_PUB_MAX_TOPICS]++;
-            send_error(c, "over_capacity", "max_topics reached");
-        } else {
-            sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
-            send_error(c, "over_capacity", "memory budget exhausted");
-        }
-        goto out;
-    }
-    uint64_t seq;
-    if (sl_hub_publish(&srv->hub, t, event, &payload, &payload_len, 1, &seq) != 0) {
-        SL_WARN("publish refused", "reason=budget topic=%s transport=ws", t->name);
-        send_error(c, "over_capacity", "memory budget exhausted");
-        goto out;
-    }
-    if (ws->ack) {
-        char body[96 + 6 * 256];
-        char id[SL_ID_MAX];
-        sl_id_format(id, t->epoch, seq);
-        size_t l = (size_t)snprintf(body, sizeof(body), "{\"sluice\":\"ack\",\"topic\":");
-        sl_json_put_string(body, &l, sizeof(body) - 64, t->name, t->name_len);
-        l += (size_t)snprintf(body + l, sizeof(body) - l, ",\"id\":\"%s\"}", id);
-        queue_text(c, body, l);
-    }
-    if (sl_hub_flush_due(&srv->hub))
-        sl_hub_flush(&srv->hub, sl_now_ms());
-    sl_server_kick(srv);
+    publish_to(c, topic, topic_len, event, payload, payload_len, text);
 out:
     free(scratch);
 }
@@ -487,6 +552,13 @@ void sl_ws_input(sl_conn_t *c, const char *data, size_t len)
         }
         if (on_piece(c, p, &f) != 0)
             break;
+        if (c->parked) {
+            /* Pushed back: the rest waits (wslay keeps what it buffered). */
+            sl_conn_stash(c, p->in, p->in_len);
+            p->in = NULL;
+            p->in_len = 0;
+            return;
+        }
     }
     if (c->closing || c->ws == NULL)
         return;
@@ -503,6 +575,36 @@ void sl_ws_input(sl_conn_t *c, const char *data, size_t len)
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->read_paused = 1;
     }
+}
+
+void sl_ws_resume(sl_conn_t *c, int kind, int timed_out)
+{
+    sl_ws_t *ws = c->ws;
+    (void)timed_out; /* WebSocket publishers wait without a deadline */
+    if (kind == SL_WAIT_DURABLE) {
+        queue_ack(c, c->wait.topic, c->wait.seq);
+    } else if (ws->held != NULL) {
+        char *msg = ws->held;
+        size_t len = ws->held_len;
+        ws->held = NULL;
+        publish_to(c, ws->held_topic, ws->held_topic_len,
+                   ws->held_has_event ? ws->held_event : NULL, msg, len, ws->held_text);
+        sl_budget_release(len + ALLOC_OVERHEAD);
+        free(msg);
+    }
+    if (c->parked || c->closing)
+        return;
+    /* Go on with what arrived meanwhile, then read again (the caller resumes reading). */
+    size_t n = c->stash_len;
+    char *st = c->stash;
+    c->stash = NULL;
+    c->stash_len = 0;
+    sl_ws_input(c, st ? st : "", n);
+    if (st != NULL) {
+        sl_budget_release(n + ALLOC_OVERHEAD);
+        free(st);
+    }
+    sl_conn_pump(c);
 }
 
 void sl_ws_tick(sl_conn_t *c, uint64_t now)

@@ -1,0 +1,1259 @@
+/*
+ * Lossless topics, the loop side (see lossless.h): the write pipeline, reading back, segment
+ * deletion and quotas, durable cursors and their file, waiting publishers, and recovery.
+ */
+#include "lossless.h"
+
+#include "budget.h"
+#include "hub.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ALLOC_OVERHEAD 16
+/* One write job writes at most this much; the rest waits for the next job. */
+#define WRITE_BATCH_BYTES (4u << 20)
+/* One read for a reader brings back at most this much. */
+#define READ_BATCH_BYTES (256u << 10)
+/* Paths are data_dir (bounded by the config) plus short names. */
+#define PATH_CAP 8192
+
+sl_ll_stats_t sl_ll_stats;
+static uv_loop_t *ll_loop;
+static char *ll_data_dir;
+static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
+static const sl_config_t *ll_cfg;
+static void (*ll_on_ready)(sl_reader_t *r);
+static int recovering; /* topics created now get the log found on disk */
+static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
+
+static void ll_update(sl_lossless_t *ll);
+static void start_write(sl_lossless_t *ll);
+static void save_cursors(sl_lossless_t *ll);
+
+void sl_ll_setup(uv_loop_t *loop, const char *data_dir)
+{
+    ll_loop = loop;
+    free(ll_data_dir);
+    ll_data_dir = data_dir ? sl_strdup(data_dir) : NULL;
+}
+
+void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r))
+{
+    ll_on_ready = on_ready;
+}
+
+/* ---- directories and files ------------------------------------------------------------ */
+
+/* A topic's directory: data_dir/topics/t-<name with '/' as "%2F">. Names are [A-Za-z0-9._~/-],
+ * so the result is one safe path component. */
+static char *topic_dir(const char *name)
+{
+    size_t n = strlen(ll_data_dir) + 16 + 3 * strlen(name);
+    char *d = sl_malloc(n);
+    size_t l = (size_t)snprintf(d, n, "%s/topics/t-", ll_data_dir);
+    for (const char *p = name; *p; p++) {
+        if (*p == '/') {
+            memcpy(d + l, "%2F", 3);
+            l += 3;
+        } else {
+            d[l++] = *p;
+        }
+    }
+    d[l] = '\0';
+    return d;
+}
+
+static int mkdir_p(const char *path)
+{
+    char *tmp = sl_strdup(path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
+            int e = -errno;
+            free(tmp);
+            return e;
+        }
+        *p = '/';
+    }
+    int rc = mkdir(tmp, 0755) != 0 && errno != EEXIST ? -errno : 0;
+    free(tmp);
+    return rc;
+}
+
+/* Writes `data` to dir/name through a temporary file, fsync and rename, so a crash leaves the
+ * old or the new file, never a mix. */
+static int write_file_atomic(const char *dir, const char *name, const char *data, size_t len)
+{
+    char tmp[PATH_CAP], dst[PATH_CAP];
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, name);
+    snprintf(dst, sizeof(dst), "%s/%s", dir, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -errno;
+    int rc = sl_spill_append(fd, 0, data, len, 1);
+    close(fd);
+    if (rc == 0 && rename(tmp, dst) != 0)
+        rc = -errno;
+    if (rc == 0) {
+        int dfd = open(dir, O_RDONLY);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    return rc;
+}
+
+static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
+{
+    sl_lossless_t *ll = sl_calloc(1, sizeof(*ll));
+    ll->topic = t;
+    ll->dir = dir;
+    ll->fd = -1;
+    sl_list_init(&ll->cursors);
+    sl_list_init(&ll->waiters);
+    sl_list_insert_tail(&all_logs, &ll->link);
+    sl_budget_charge(sizeof(*ll) + ALLOC_OVERHEAD);
+    t->ll = ll;
+    return ll;
+}
+
+static sl_seg_t *seg_add(sl_lossless_t *ll, uint64_t base)
+{
+    if (ll->nsegs == ll->capsegs) {
+        ll->capsegs = ll->capsegs ? ll->capsegs * 2 : 8;
+        ll->segs = sl_realloc(ll->segs, ll->capsegs * sizeof(*ll->segs));
+    }
+    sl_seg_t *s = &ll->segs[ll->nsegs++];
+    memset(s, 0, sizeof(*s));
+    s->base = base;
+    s->last = base - 1;
+    sl_ll_stats.segments++;
+    return s;
+}
+
+/* The log's first seq on disk, for readers' floors. */
+static void update_floor(sl_lossless_t *ll)
+{
+    uint64_t f = UINT64_MAX;
+    for (size_t i = 0; i < ll->nsegs; i++) {
+        if (ll->segs[i].last >= ll->segs[i].base) {
+            f = ll->segs[i].base;
+            break;
+        }
+    }
+    ll->topic->disk_floor = f;
+}
+
+int sl_ll_create(sl_topic_t *t)
+{
+    if (recovering)
+        return 0;
+    char *dir = topic_dir(t->name);
+    sl_lossless_t *ll = ll_new(t, dir);
+    int rc = mkdir_p(dir);
+    if (rc == 0) {
+        /* The epoch must survive restarts for ids to stay valid. Topic creation is rare, so
+         * this one small synchronous write is accepted on the loop. */
+        char meta[512];
+        int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\n", t->name, t->epoch_hex);
+        rc = write_file_atomic(dir, "meta", meta, (size_t)n);
+    }
+    if (rc != 0) {
+        SL_ERROR("lossless log cannot be created", "topic=%s dir=%s error=%s", t->name, dir,
+                 strerror(-rc));
+        ll->broken = 1;
+        return rc;
+    }
+    seg_add(ll, t->head_seq + 1);
+    SL_INFO("lossless topic created", "topic=%s dir=%s", t->name, dir);
+    return 0;
+}
+
+/* ---- cursors --------------------------------------------------------------------------- */
+
+int sl_ll_cursor_name_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > 64)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t min_checkpoint(const sl_lossless_t *ll, int *any)
+{
+    uint64_t m = UINT64_MAX;
+    *any = 0;
+    const sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        if (c->checkpoint < m)
+            m = c->checkpoint;
+        *any = 1;
+    }
+    return m;
+}
+
+sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int create)
+{
+    sl_lossless_t *ll = t->ll;
+    sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        if (strlen(c->name) == len && memcmp(c->name, name, len) == 0)
+            return c;
+    }
+    if (!create)
+        return NULL;
+    sl_cursor_t *c = sl_calloc(1, sizeof(*c));
+    memcpy(c->name, name, len);
+    c->idle_since_ms = sl_now_ms();
+    sl_list_insert_tail(&ll->cursors, &c->link);
+    ll->ncursors++;
+    sl_ll_stats.cursors++;
+    sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
+    return c;
+}
+
+void sl_ll_cursor_use(sl_cursor_t *c, int delta)
+{
+    c->nconn = (uint32_t)((int)c->nconn + delta);
+    c->idle_since_ms = c->nconn == 0 ? sl_now_ms() : 0;
+}
+
+static void on_unlinked(uv_fs_t *req)
+{
+    if (req->result < 0 && req->result != UV_ENOENT)
+        SL_WARN("segment delete failed", "path=%s error=%s", req->path,
+                uv_strerror((int)req->result));
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+/* Deletes a file on the thread pool (synchronously when there is no loop: tests, shutdown). */
+static void unlink_later(const char *path)
+{
+    if (ll_loop == NULL) {
+        unlink(path);
+        return;
+    }
+    uv_fs_t *req = sl_malloc(sizeof(*req));
+    if (uv_fs_unlink(ll_loop, req, path, on_unlinked) != 0)
+        free(req);
+}
+
+/* Deletes segments nobody needs: all of them below every cursor's checkpoint (when there are
+ * cursors), and the oldest ones while a quota is exceeded and no cursor needs them. The
+ * segment being written is never deleted. */
+static void trim(sl_lossless_t *ll)
+{
+    const sl_topic_conf_t *conf = &ll->topic->conf;
+    int any;
+    uint64_t ck = min_checkpoint(ll, &any);
+    while (ll->nsegs > 1) {
+        sl_seg_t *s = &ll->segs[0];
+        int passed = any && s->last <= ck;
+        int over = (conf->disk_quota && ll->disk_bytes > conf->disk_quota) ||
+                   (ll_cfg && ll_cfg->disk_quota && ll_total_disk > ll_cfg->disk_quota);
+        if (!passed && !(over && (!any || s->last <= ck)))
+            break;
+        char path[PATH_CAP];
+        sl_spill_seg_path(path, sizeof(path), ll->dir, s->base);
+        unlink_later(path);
+        SL_DEBUG("segment deleted", "topic=%s base=%" PRIu64 " last=%" PRIu64, ll->topic->name,
+                 s->base, s->last);
+        ll->disk_bytes -= s->len;
+        ll_total_disk -= s->len;
+        sl_ll_stats.disk_bytes -= s->len;
+        sl_ll_stats.segments--;
+        free(s->index.v);
+        memmove(ll->segs, ll->segs + 1, (ll->nsegs - 1) * sizeof(*ll->segs));
+        ll->nsegs--;
+    }
+    update_floor(ll);
+}
+
+int sl_ll_ack(sl_topic_t *t, sl_cursor_t *c, uint64_t seq)
+{
+    if (seq > t->head_seq)
+        return SL_EBADID;
+    if (seq <= c->checkpoint)
+        return 0;
+    c->checkpoint = seq;
+    save_cursors(t->ll);
+    ll_update(t->ll);
+    return 0;
+}
+
+void sl_ll_cursor_created(sl_topic_t *t)
+{
+    save_cursors(t->ll);
+    ll_update(t->ll);
+}
+
+void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c)
+{
+    sl_lossless_t *ll = t->ll;
+    /* Readers using it keep reading, no longer durably. */
+    sl_list_t *it;
+    sl_list_each(it, &t->readers)
+    {
+        sl_reader_t *r = sl_container_of(it, sl_reader_t, link);
+        if (r->cursor == c)
+            r->cursor = NULL;
+    }
+    sl_list_remove(&c->link);
+    ll->ncursors--;
+    sl_ll_stats.cursors--;
+    sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
+    free(c);
+    save_cursors(ll);
+    ll_update(ll);
+}
+
+char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len)
+{
+    const sl_lossless_t *ll = t->ll;
+    size_t cap = 64 + ll->ncursors * 200, l = 0;
+    char *buf = sl_malloc(cap);
+    l += (size_t)snprintf(buf, cap, "{\"cursors\":[");
+    uint64_t now = sl_now_ms();
+    const sl_list_t *it;
+    int first = 1;
+    sl_list_each(it, &ll->cursors)
+    {
+        const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        char id[SL_ID_MAX + 2] = "null";
+        if (c->checkpoint > 0) {
+            id[0] = '"';
+            size_t n = sl_id_format(id + 1, t->epoch, c->checkpoint);
+            id[n + 1] = '"';
+            id[n + 2] = '\0';
+        }
+        l += (size_t)snprintf(buf + l, cap - l,
+                              "%s{\"name\":\"%s\",\"checkpoint\":%s,\"connected\":%u,"
+                              "\"idle_ms\":%" PRIu64 "}",
+                              first ? "" : ",", c->name, id, c->nconn,
+                              c->nconn ? 0 : now - c->idle_since_ms);
+        first = 0;
+    }
+    l += (size_t)snprintf(buf + l, cap - l, "]}\n");
+    *len = l;
+    return buf;
+}
+
+/* The cursor file, rewritten (atomically, on the thread pool) whenever a checkpoint moves; at
+ * most one write in flight, the last state always written. */
+typedef struct cursor_job {
+    uv_work_t req;
+    sl_lossless_t *ll;
+    char *dir;
+    char *text;
+    size_t len;
+    int rc;
+} cursor_job_t;
+
+static char *cursors_text(const sl_lossless_t *ll, size_t *len)
+{
+    size_t cap = 16 + ll->ncursors * 100, l = 0;
+    char *buf = sl_malloc(cap);
+    const sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        l += (size_t)snprintf(buf + l, cap - l, "%s %" PRIu64 "\n", c->name, c->checkpoint);
+    }
+    *len = l;
+    return buf;
+}
+
+static void cursor_work(uv_work_t *req)
+{
+    cursor_job_t *j = req->data;
+    j->rc = write_file_atomic(j->dir, "cursors", j->text, j->len);
+}
+
+static void cursor_done(uv_work_t *req, int status)
+{
+    cursor_job_t *j = req->data;
+    (void)status;
+    if (j->rc != 0)
+        SL_ERROR("cursor file write failed", "dir=%s error=%s", j->dir, strerror(-j->rc));
+    sl_lossless_t *ll = j->ll;
+    free(j->text);
+    free(j->dir);
+    free(j);
+    if (ll == NULL)
+        return;
+    ll->cursors_busy = 0;
+    if (ll->cursors_dirty)
+        save_cursors(ll);
+}
+
+static void save_cursors(sl_lossless_t *ll)
+{
+    if (ll->cursors_busy || ll_loop == NULL) {
+        ll->cursors_dirty = 1;
+        return;
+    }
+    ll->cursors_dirty = 0;
+    ll->cursors_busy = 1;
+    cursor_job_t *j = sl_calloc(1, sizeof(*j));
+    j->req.data = j;
+    j->ll = ll;
+    j->dir = sl_strdup(ll->dir);
+    j->text = cursors_text(ll, &j->len);
+    uv_queue_work(ll_loop, &j->req, cursor_work, cursor_done);
+}
+
+/* ---- waiting publishers ---------------------------------------------------------------- */
+
+void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms)
+{
+    w->kind = kind;
+    w->seq = seq;
+    w->deadline_ms = deadline_ms;
+    w->topic = t;
+    sl_list_insert_tail(&t->ll->waiters, &w->link);
+    sl_ll_stats.waiting++;
+}
+
+void sl_ll_unwait(sl_waiter_t *w)
+{
+    if (w->kind == 0)
+        return;
+    sl_list_remove(&w->link);
+    w->kind = 0;
+    sl_ll_stats.waiting--;
+}
+
+/* Wakes the waiters that may go on: for room when the log is not full, for durability when
+ * their seq is durable, and any whose deadline passed. Each is unlinked before its callback,
+ * which may wait again (it then waits in a fresh list and is not seen twice). */
+static void wake(sl_lossless_t *ll, uint64_t now_ms)
+{
+    sl_list_t batch;
+    sl_list_init(&batch);
+    sl_list_t *it, *tmp;
+    sl_list_each_safe(it, tmp, &ll->waiters)
+    {
+        sl_waiter_t *w = sl_container_of(it, sl_waiter_t, link);
+        int go = (w->kind == SL_WAIT_ROOM && !ll->full) ||
+                 (w->kind == SL_WAIT_DURABLE && w->seq <= ll->durable_seq) ||
+                 (w->deadline_ms && now_ms >= w->deadline_ms);
+        if (go) {
+            sl_list_remove(&w->link);
+            sl_list_insert_tail(&batch, &w->link);
+        }
+    }
+    while (!sl_list_empty(&batch)) {
+        sl_waiter_t *w = sl_container_of(batch.next, sl_waiter_t, link);
+        int timed_out = !((w->kind == SL_WAIT_ROOM && !ll->full) ||
+                          (w->kind == SL_WAIT_DURABLE && w->seq <= ll->durable_seq));
+        sl_list_remove(&w->link);
+        w->kind = 0;
+        sl_ll_stats.waiting--;
+        w->wake(w, timed_out);
+    }
+}
+
+static int compute_full(const sl_lossless_t *ll)
+{
+    const sl_topic_conf_t *conf = &ll->topic->conf;
+    if (ll->broken)
+        return 1;
+    if (ll->unwritten > conf->max_bytes)
+        return 1;
+    int over = (conf->disk_quota && ll->disk_bytes >= conf->disk_quota) ||
+               (ll_cfg && ll_cfg->disk_quota && ll_total_disk >= ll_cfg->disk_quota);
+    if (!over)
+        return 0;
+    /* Over quota with nothing left that may be deleted: only pinned data, or only the segment
+     * being written. */
+    int any;
+    uint64_t ck = min_checkpoint(ll, &any);
+    return ll->nsegs <= 1 || (any && ll->segs[0].last > ck);
+}
+
+/* The server-wide quota is shared: room freed by one log may let others go on. */
+static void update_others(const sl_lossless_t *ll)
+{
+    sl_list_t *it;
+    sl_list_each(it, &all_logs)
+    {
+        sl_lossless_t *o = sl_container_of(it, sl_lossless_t, link);
+        if (o == ll || !o->full)
+            continue;
+        o->full = compute_full(o);
+        if (!o->full) {
+            SL_INFO("lossless topic has room again", "topic=%s", o->topic->name);
+            wake(o, sl_now_ms());
+        }
+    }
+}
+
+/* Every change that can free room ends here. */
+static void ll_update(sl_lossless_t *ll)
+{
+    uint64_t total = ll_total_disk;
+    trim(ll);
+    if (ll_total_disk < total && ll_cfg && ll_cfg->disk_quota)
+        update_others(ll);
+    int was = ll->full;
+    ll->full = compute_full(ll);
+    if (ll->full && !was)
+        SL_WARN("lossless topic full, pushing back on publishers",
+                "topic=%s disk=%" PRIu64 " unwritten=%" PRIu64, ll->topic->name, ll->disk_bytes,
+                ll->unwritten);
+    else if (!ll->full && was)
+        SL_INFO("lossless topic has room again", "topic=%s", ll->topic->name);
+    wake(ll, sl_now_ms());
+}
+
+int sl_ll_full(const sl_topic_t *t)
+{
+    return t->ll->full || compute_full(t->ll);
+}
+
+/* ---- writing --------------------------------------------------------------------------- */
+
+/* Changes a write job made to one segment, applied on the loop when it completes. */
+typedef struct seg_update {
+    uint64_t base, last, len;
+    sl_index_t added;
+} seg_update_t;
+
+typedef struct write_job {
+    uv_work_t req;
+    sl_lossless_t *ll;
+    sl_msg_t **msgs;
+    size_t n;
+    uint64_t bytes; /* record bytes */
+    /* inputs, copied from the log */
+    const char *dir;
+    int fd;
+    uint64_t seg_base, seg_last, seg_len, seg_last_idx, seg_bytes;
+    int fsync_mode;
+    uint64_t fsync_interval, last_fsync_ms, mono_to_wall;
+    int unsynced;
+    /* outputs */
+    int rc;
+    int synced;
+    seg_update_t *ups;
+    size_t nups;
+} write_job_t;
+
+static seg_update_t *job_seg(write_job_t *j, uint64_t base)
+{
+    j->ups = realloc(j->ups, (j->nups + 1) * sizeof(*j->ups));
+    seg_update_t *u = &j->ups[j->nups++];
+    memset(u, 0, sizeof(*u));
+    u->base = base;
+    u->last = base - 1;
+    return u;
+}
+
+static int open_segment(const char *dir, uint64_t base)
+{
+    char path[PATH_CAP];
+    sl_spill_seg_path(path, sizeof(path), dir, base);
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    return fd < 0 ? -errno : fd;
+}
+
+static void write_work(uv_work_t *req)
+{
+    write_job_t *j = req->data;
+    seg_update_t *u = job_seg(j, j->seg_base);
+    u->len = j->seg_len;
+    u->last = j->seg_last;
+    size_t cap = WRITE_BATCH_BYTES + (64u << 10), used = 0;
+    uint8_t *buf = malloc(cap);
+    uint64_t off = j->seg_len, buf_off = off;
+    uint64_t last_idx = j->seg_last_idx;
+    for (size_t i = 0; i < j->n && j->rc == 0; i++) {
+        const sl_msg_t *m = j->msgs[i];
+        size_t size = sl_rec_size(m->event_len, m->payload_len);
+        if (off > 0 && off + size > j->seg_bytes) {
+            /* Rotate: flush, sync and close this segment, open the next one. */
+            if (used > 0 && (j->rc = sl_spill_append(j->fd, buf_off, buf, used, 0)) != 0)
+                break;
+            used = 0;
+            if (j->fsync_mode != SL_FSYNC_NEVER && fdatasync(j->fd) != 0) {
+                j->rc = -errno;
+                break;
+            }
+            close(j->fd);
+            j->fd = open_segment(j->dir, m->seq);
+            if (j->fd < 0) {
+                j->rc = j->fd;
+                break;
+            }
+            u = job_seg(j, m->seq);
+            off = buf_off = 0;
+            last_idx = 0;
+        }
+        if (used + size > cap) {
+            if (used > 0 && (j->rc = sl_spill_append(j->fd, buf_off, buf, used, 0)) != 0)
+                break;
+            buf_off = off;
+            used = 0;
+            if (size > cap) {
+                cap = size;
+                buf = realloc(buf, cap);
+            }
+        }
+        sl_rec_encode(buf + used, m->seq, m->ts_ms + j->mono_to_wall, m->event, m->event_len,
+                      m->payload, m->payload_len);
+        if (off == 0 || off - last_idx >= SL_IDX_STEP) {
+            sl_index_add(&u->added, m->seq, off);
+            last_idx = off;
+        }
+        used += size;
+        off += size;
+        u->last = m->seq;
+        u->len = off;
+    }
+    if (j->rc == 0 && used > 0)
+        j->rc = sl_spill_append(j->fd, buf_off, buf, used, 0);
+    free(buf);
+    if (j->rc != 0)
+        return;
+    uint64_t now = sl_now_ms();
+    int sync = j->fsync_mode == SL_FSYNC_ALWAYS ||
+               (j->fsync_mode == SL_FSYNC_INTERVAL && (j->n > 0 || j->unsynced) &&
+                now - j->last_fsync_ms >= j->fsync_interval);
+    if (sync) {
+        if (fdatasync(j->fd) != 0)
+            j->rc = -errno;
+        else
+            j->synced = 1;
+    }
+}
+
+static void write_done(uv_work_t *req, int status)
+{
+    write_job_t *j = req->data;
+    sl_lossless_t *ll = j->ll;
+    (void)status;
+    ll->job = NULL;
+    ll->fd = j->fd;
+    if (j->rc != 0) {
+        SL_ERROR("lossless write failed; the topic refuses publishes", "topic=%s error=%s",
+                 ll->topic->name, strerror(-j->rc));
+        sl_ll_stats.write_errors++;
+        ll->broken = 1;
+    }
+    for (size_t k = 0; k < j->nups; k++) {
+        seg_update_t *u = &j->ups[k];
+        sl_seg_t *s = ll->nsegs > 0 ? &ll->segs[ll->nsegs - 1] : NULL;
+        if (s == NULL || s->base != u->base)
+            s = seg_add(ll, u->base);
+        uint64_t grew = u->len - s->len;
+        s->len = u->len;
+        s->last = u->last;
+        for (size_t i = 0; i < u->added.n; i++)
+            sl_index_add(&s->index, u->added.v[i].seq, u->added.v[i].off);
+        free(u->added.v);
+        ll->disk_bytes += grew;
+        ll_total_disk += grew;
+        sl_ll_stats.disk_bytes += grew;
+        sl_ll_stats.written_bytes += grew;
+    }
+    free(j->ups);
+    if (j->rc == 0 && j->n > 0) {
+        ll->written_seq = j->msgs[j->n - 1]->seq;
+        ll->unsynced = 1;
+    }
+    if (j->synced) {
+        ll->unsynced = 0;
+        ll->last_fsync_ms = sl_now_ms();
+        sl_ll_stats.fsyncs++;
+        ll->durable_seq = ll->written_seq;
+    } else if (ll->topic->conf.fsync != SL_FSYNC_ALWAYS && j->rc == 0) {
+        /* Nothing waits for an fsync that is not promised. */
+        ll->durable_seq = ll->written_seq;
+    }
+    ll->unwritten -= j->bytes;
+    for (size_t i = 0; i < j->n; i++)
+        sl_msg_unref(j->msgs[i]);
+    free(j->msgs);
+    free(j);
+    update_floor(ll);
+    /* Readers that waited for this write to read it back. */
+    sl_list_t *it;
+    sl_list_each(it, &ll->topic->readers)
+    {
+        sl_reader_t *r = sl_container_of(it, sl_reader_t, link);
+        if (r->disk_wait && r->disk_job == NULL) {
+            r->disk_wait = 0;
+            if (ll_on_ready)
+                ll_on_ready(r);
+        }
+    }
+    ll_update(ll);
+    if (ll->npending > 0 && !ll->broken)
+        start_write(ll);
+}
+
+static void start_write(sl_lossless_t *ll)
+{
+    if (ll->job != NULL || ll_loop == NULL)
+        return;
+    const sl_topic_conf_t *conf = &ll->topic->conf;
+    write_job_t *j = sl_calloc(1, sizeof(*j));
+    j->req.data = j;
+    j->ll = ll;
+    /* Take what fits one batch; the rest stays pending. */
+    size_t n = 0;
+    uint64_t bytes = 0;
+    while (n < ll->npending && (n == 0 || bytes < WRITE_BATCH_BYTES)) {
+        bytes += sl_rec_size(ll->pending[n]->event_len, ll->pending[n]->payload_len);
+        n++;
+    }
+    j->msgs = sl_malloc((n ? n : 1) * sizeof(*j->msgs));
+    memcpy(j->msgs, ll->pending, n * sizeof(*j->msgs));
+    memmove(ll->pending, ll->pending + n, (ll->npending - n) * sizeof(*ll->pending));
+    ll->npending -= n;
+    j->n = n;
+    j->bytes = bytes;
+    j->dir = ll->dir;
+    sl_seg_t *s = &ll->segs[ll->nsegs - 1];
+    if (ll->fd < 0)
+        ll->fd = open_segment(ll->dir, s->base);
+    if (ll->fd < 0) {
+        SL_ERROR("cannot open segment", "topic=%s error=%s", ll->topic->name, strerror(-ll->fd));
+        ll->broken = 1;
+        ll->npending += n; /* put back; they stay referenced until the log is freed */
+        memmove(ll->pending + n, ll->pending, (ll->npending - n) * sizeof(*ll->pending));
+        memcpy(ll->pending, j->msgs, n * sizeof(*j->msgs));
+        free(j->msgs);
+        free(j);
+        ll_update(ll);
+        return;
+    }
+    j->fd = ll->fd;
+    j->seg_base = s->base;
+    j->seg_last = s->last;
+    j->seg_len = s->len;
+    j->seg_last_idx = s->index.n ? s->index.v[s->index.n - 1].off : 0;
+    j->seg_bytes = conf->segment_bytes;
+    j->fsync_mode = conf->fsync;
+    j->fsync_interval = conf->fsync_interval_ms;
+    j->last_fsync_ms = ll->last_fsync_ms;
+    j->unsynced = ll->unsynced;
+    j->mono_to_wall = sl_wall_ms() - sl_now_ms();
+    ll->job = j;
+    uv_queue_work(ll_loop, &j->req, write_work, write_done);
+}
+
+void sl_ll_append(sl_topic_t *t, sl_msg_t *m)
+{
+    sl_lossless_t *ll = t->ll;
+    if (ll->npending == ll->cappending) {
+        ll->cappending = ll->cappending ? ll->cappending * 2 : 64;
+        ll->pending = sl_realloc(ll->pending, ll->cappending * sizeof(*ll->pending));
+    }
+    sl_msg_ref(m);
+    ll->pending[ll->npending++] = m;
+    ll->unwritten += sl_rec_size(m->event_len, m->payload_len);
+    if (!ll->broken)
+        start_write(ll);
+    if (!ll->full && compute_full(ll))
+        ll_update(ll);
+}
+
+uint64_t sl_ll_floor(const sl_topic_t *t)
+{
+    uint64_t tail = t->head_seq - t->count + 1;
+    return t->disk_floor < tail ? t->disk_floor : tail;
+}
+
+/* ---- reading back ---------------------------------------------------------------------- */
+
+typedef struct read_job {
+    uv_work_t req;
+    sl_reader_t *reader; /* NULL once the reader is gone */
+    sl_topic_t *topic;
+    char path[PATH_CAP];
+    uint64_t start, limit, from;
+    uint64_t seg_base;
+    int rc;
+    uint8_t *buf;
+    size_t len;
+    uint64_t last;
+} read_job_t;
+
+static void read_work(uv_work_t *req)
+{
+    read_job_t *j = req->data;
+    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, READ_BATCH_BYTES, &j->buf, &j->len,
+                          &j->last);
+}
+
+static void batch_free(sl_disk_batch_t *b)
+{
+    for (uint32_t i = 0; i < b->n; i++)
+        sl_msg_unref(b->v[i]);
+    sl_budget_release(b->charge);
+    free(b);
+}
+
+static void read_done(uv_work_t *req, int status)
+{
+    read_job_t *j = req->data;
+    sl_reader_t *r = j->reader;
+    (void)status;
+    if (r == NULL) {
+        free(j->buf);
+        free(j);
+        return;
+    }
+    r->disk_job = NULL;
+    r->disk_wait = 0;
+    sl_topic_t *t = r->topic;
+    if (j->rc < 0) {
+        if (j->rc != -ENOENT)
+            SL_WARN("log read failed", "topic=%s path=%s error=%s", t->name, j->path,
+                    strerror(-j->rc));
+        if (j->rc == -EBADMSG)
+            sl_ll_stats.corrupt++;
+    } else if (j->rc > 0) {
+        sl_ll_stats.read_bytes += j->len;
+        /* Messages built from the records, charged like any message. */
+        size_t charge = sizeof(sl_disk_batch_t) + (size_t)j->rc * sizeof(sl_msg_t *);
+        sl_disk_batch_t *b = sl_malloc(charge);
+        b->n = 0;
+        b->pos = 0;
+        b->charge = charge + ALLOC_OVERHEAD;
+        sl_budget_charge(b->charge);
+        size_t pos = 0;
+        while (pos < j->len) {
+            sl_rec_t rec;
+            if (sl_rec_decode(j->buf + pos, j->len - pos, &rec) != SL_REC_OK)
+                break;
+            char ev[65];
+            const char *event = NULL;
+            if (rec.event_len > 0 && rec.event_len < sizeof(ev)) {
+                memcpy(ev, rec.event, rec.event_len);
+                ev[rec.event_len] = '\0';
+                event = ev;
+            }
+            sl_msg_t *m = sl_msg_new(t, rec.seq, event, rec.payload, rec.payload_len);
+            sl_budget_charge(m->charge);
+            m->ts_ms = 0;
+            m->topic = t; /* for the json envelope; the message is never in the ring */
+            b->v[b->n++] = m;
+            pos += rec.size;
+        }
+        if (r->disk != NULL)
+            batch_free(r->disk);
+        r->disk = b;
+    }
+    free(j->buf);
+    free(j);
+    if (ll_on_ready)
+        ll_on_ready(r);
+}
+
+sl_msg_t *sl_ll_next(sl_reader_t *r)
+{
+    sl_disk_batch_t *b = r->disk;
+    if (b == NULL)
+        return NULL;
+    while (b->pos < b->n && b->v[b->pos]->seq < r->next)
+        b->pos++;
+    if (b->pos < b->n && b->v[b->pos]->seq == r->next)
+        return b->v[b->pos++];
+    if (b->pos >= b->n) {
+        batch_free(b);
+        r->disk = NULL;
+    }
+    /* Otherwise the batch resumes past a hole in the log; sl_ll_fetch reports it. */
+    return NULL;
+}
+
+/* The first seq the batch would give after a hole, or 0. */
+static uint64_t batch_hole_end(const sl_reader_t *r)
+{
+    const sl_disk_batch_t *b = r->disk;
+    if (b != NULL && b->pos < b->n && b->v[b->pos]->seq > r->next)
+        return b->v[b->pos]->seq;
+    return 0;
+}
+
+/* A range missing from the log (cut at recovery): a gap marker, counted, and on past it. */
+static void mark_hole(sl_reader_t *r, uint64_t resume)
+{
+    uint64_t missed = resume - r->next;
+    if (r->mark & SL_MARK_GAP) {
+        r->gap_to = resume - 1;
+        r->gap_missed += missed;
+    } else {
+        r->mark |= SL_MARK_GAP;
+        r->gap_from = r->next;
+        r->gap_from_known = 1;
+        r->gap_to = resume - 1;
+        r->gap_missed = missed;
+        r->mark_reason = SL_LAG_EVICTED;
+        sl_metrics.gaps[SL_LAG_EVICTED]++;
+    }
+    sl_metrics.gap_messages += missed;
+    r->next = resume;
+}
+
+int sl_ll_fetch(sl_reader_t *r)
+{
+    sl_topic_t *t = r->topic;
+    sl_lossless_t *ll = t->ll;
+    uint64_t tail = t->head_seq - t->count + 1;
+    if (!r->disk_ok || ll == NULL || r->next >= tail || r->disk_job != NULL)
+        return 0;
+    uint64_t hole = batch_hole_end(r);
+    if (hole) {
+        mark_hole(r, hole);
+        return 0;
+    }
+    if (r->next > ll->written_seq) {
+        /* Evicted from the ring before it was written: wait for the write. */
+        r->disk_wait = 1;
+        return 1;
+    }
+    /* The segment holding r->next (or the first one after it, past a hole). */
+    size_t i = 0;
+    while (i < ll->nsegs && ll->segs[i].last < r->next)
+        i++;
+    /* Not in the log: a hole before the next segment, or (which should not happen) nothing
+     * up to the ring. Either way the reader is told and moves on. */
+    uint64_t resume = i < ll->nsegs ? ll->segs[i].base : tail;
+    if (resume > r->next) {
+        mark_hole(r, resume);
+        return 0;
+    }
+    sl_seg_t *s = &ll->segs[i];
+    read_job_t *j = sl_calloc(1, sizeof(*j));
+    j->req.data = j;
+    j->reader = r;
+    j->topic = t;
+    sl_spill_seg_path(j->path, sizeof(j->path), ll->dir, s->base);
+    j->start = sl_index_find(&s->index, r->next);
+    j->limit = s->len;
+    j->from = r->next;
+    j->seg_base = s->base;
+    r->disk_job = j;
+    r->disk_wait = 1;
+    uv_queue_work(ll_loop, &j->req, read_work, read_done);
+    return 1;
+}
+
+void sl_ll_reader_gone(sl_reader_t *r)
+{
+    if (r->disk_job != NULL) {
+        ((read_job_t *)r->disk_job)->reader = NULL;
+        r->disk_job = NULL;
+    }
+    if (r->disk != NULL) {
+        batch_free(r->disk);
+        r->disk = NULL;
+    }
+    r->disk_wait = 0;
+}
+
+/* ---- sweep, shutdown ------------------------------------------------------------------- */
+
+void sl_ll_sweep(sl_hub_t *hub, uint64_t now_ms)
+{
+    sl_list_t *it;
+    sl_list_each(it, &hub->topics)
+    {
+        sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
+        sl_lossless_t *ll = t->ll;
+        if (ll == NULL)
+            continue;
+        if (ll->unsynced && ll->job == NULL && !ll->broken && t->conf.fsync == SL_FSYNC_INTERVAL &&
+            now_ms - ll->last_fsync_ms >= t->conf.fsync_interval_ms)
+            start_write(ll); /* an empty batch: just the fsync */
+        if (t->conf.cursor_ttl_ms) {
+            sl_list_t *cit, *ctmp;
+            sl_list_each_safe(cit, ctmp, &ll->cursors)
+            {
+                sl_cursor_t *c = sl_container_of(cit, sl_cursor_t, link);
+                if (c->nconn == 0 && now_ms - c->idle_since_ms >= t->conf.cursor_ttl_ms) {
+                    SL_WARN("durable cursor expired",
+                            "topic=%s cursor=%s checkpoint=%" PRIu64 " idle_ms=%" PRIu64, t->name,
+                            c->name, c->checkpoint, now_ms - c->idle_since_ms);
+                    sl_ll_stats.cursors_expired++;
+                    sl_ll_cursor_delete(t, c);
+                }
+            }
+        }
+        if (!sl_list_empty(&ll->waiters))
+            wake(ll, now_ms);
+    }
+}
+
+void sl_ll_free(sl_topic_t *t)
+{
+    sl_lossless_t *ll = t->ll;
+    /* Whatever is pending is written now, synchronously: the loop has ended. */
+    if (ll->npending > 0 && !ll->broken && ll->nsegs > 0) {
+        write_job_t j;
+        memset(&j, 0, sizeof(j));
+        sl_seg_t *s = &ll->segs[ll->nsegs - 1];
+        if (ll->fd < 0)
+            ll->fd = open_segment(ll->dir, s->base);
+        if (ll->fd >= 0) {
+            j.req.data = &j;
+            j.ll = ll;
+            j.msgs = ll->pending;
+            j.n = ll->npending;
+            j.dir = ll->dir;
+            j.fd = ll->fd;
+            j.seg_base = s->base;
+            j.seg_last = s->last;
+            j.seg_len = s->len;
+            j.seg_last_idx = s->index.n ? s->index.v[s->index.n - 1].off : 0;
+            j.seg_bytes = t->conf.segment_bytes;
+            j.fsync_mode = t->conf.fsync == SL_FSYNC_NEVER ? SL_FSYNC_NEVER : SL_FSYNC_ALWAYS;
+            j.mono_to_wall = sl_wall_ms() - sl_now_ms();
+            write_work(&j.req);
+            ll->fd = j.fd;
+            for (size_t k = 0; k < j.nups; k++)
+                free(j.ups[k].added.v);
+            free(j.ups);
+        }
+    } else if (ll->fd >= 0 && ll->unsynced && t->conf.fsync != SL_FSYNC_NEVER) {
+        fdatasync(ll->fd);
+    }
+    for (size_t i = 0; i < ll->npending; i++)
+        sl_msg_unref(ll->pending[i]);
+    free(ll->pending);
+    if (ll->fd >= 0)
+        close(ll->fd);
+    size_t len;
+    char *text = cursors_text(ll, &len);
+    if (!ll->broken)
+        write_file_atomic(ll->dir, "cursors", text, len);
+    free(text);
+    while (!sl_list_empty(&ll->cursors)) {
+        sl_cursor_t *c = sl_container_of(ll->cursors.next, sl_cursor_t, link);
+        sl_list_remove(&c->link);
+        sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
+        sl_ll_stats.cursors--;
+        free(c);
+    }
+    for (size_t i = 0; i < ll->nsegs; i++) {
+        free(ll->segs[i].index.v);
+        ll_total_disk -= ll->segs[i].len;
+        sl_ll_stats.disk_bytes -= ll->segs[i].len;
+        sl_ll_stats.segments--;
+    }
+    free(ll->segs);
+    free(ll->dir);
+    sl_list_remove(&ll->link);
+    sl_budget_release(sizeof(*ll) + ALLOC_OVERHEAD);
+    free(ll);
+    t->ll = NULL;
+}
+
+/* ---- recovery -------------------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int parse_hex64(const char *s, uint64_t *v)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 16);
+    if (errno || end == s || (*end && *end != '\n') || x == 0)
+        return -1;
+    *v = x;
+    return 0;
+}
+
+static void read_cursors(sl_topic_t *t)
+{
+    char path[PATH_CAP];
+    snprintf(path, sizeof(path), "%s/cursors", t->ll->dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    char line[256];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char name[128];
+        unsigned long long ck;
+        if (sscanf(line, "%100s %llu", name, &ck) != 2 ||
+            !sl_ll_cursor_name_valid(name, strlen(name))) {
+            SL_WARN("bad line in cursor file ignored", "path=%s", path);
+            continue;
+        }
+        sl_cursor_t *c = sl_ll_cursor(t, name, strlen(name), 1);
+        c->checkpoint = ck > t->head_seq ? t->head_seq : ck;
+    }
+    fclose(f);
+}
+
+/* Loads one topic directory. */
+static void recover_topic(sl_hub_t *hub, const char *dir)
+{
+    char path[PATH_CAP], line[512];
+    snprintf(path, sizeof(path), "%s/meta", dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        SL_WARN("topic directory without meta ignored", "dir=%s", dir);
+        return;
+    }
+    char name[1100] = "";
+    uint64_t epoch = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "name=", 5) == 0) {
+            snprintf(name, sizeof(name), "%s", line + 5);
+            name[strcspn(name, "\n")] = '\0';
+        } else if (strncmp(line, "epoch=", 6) == 0) {
+            parse_hex64(line + 6, &epoch);
+        }
+    }
+    fclose(f);
+    if (!sl_topic_name_valid(name, strlen(name), hub->cfg->max_topic_name) || epoch == 0) {
+        SL_ERROR("topic meta file unreadable, directory ignored", "dir=%s", dir);
+        sl_ll_stats.corrupt++;
+        return;
+    }
+    sl_topic_conf_t conf;
+    sl_config_topic(hub->cfg, name, &conf);
+    if (!conf.lossless) {
+        SL_WARN("log of a topic no longer lossless left alone", "topic=%s dir=%s", name, dir);
+        return;
+    }
+    /* Create the topic without a log, then attach the one on disk. */
+    int err;
+    recovering = 1;
+    sl_topic_t *t = sl_hub_topic(hub, name, strlen(name), 1, &err);
+    recovering = 0;
+    if (t == NULL) {
+        SL_ERROR("topic could not be recovered", "topic=%s error=%s", name, sl_strerror(err));
+        return;
+    }
+    t->epoch = epoch;
+    snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
+    sl_lossless_t *ll = ll_new(t, sl_strdup(dir));
+    /* Segments, oldest first. */
+    DIR *d = opendir(dir);
+    uint64_t *bases = NULL;
+    size_t nb = 0, capb = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name);
+        if (l != 24 || strcmp(e->d_name + 20, ".seg") != 0)
+            continue;
+        if (nb == capb) {
+            capb = capb ? capb * 2 : 16;
+            bases = sl_realloc(bases, capb * sizeof(*bases));
+        }
+        bases[nb++] = strtoull(e->d_name, NULL, 10);
+    }
+    if (d != NULL)
+        closedir(d);
+    qsort(bases, nb, sizeof(*bases), cmp_u64);
+    uint64_t head = 0;
+    for (size_t i = 0; i < nb; i++) {
+        sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
+        sl_scan_t sc;
+        int rc = sl_spill_scan(path, 1, &sc);
+        if (rc != 0) {
+            SL_ERROR("segment unreadable, skipped", "path=%s error=%s", path, strerror(-rc));
+            sl_ll_stats.corrupt++;
+            free(sc.index.v);
+            continue;
+        }
+        if (sc.torn || sc.corrupt) {
+            uint64_t cut = sc.file_len - sc.valid_len;
+            sl_ll_stats.truncated_bytes += cut;
+            if (sc.corrupt) {
+                sl_ll_stats.corrupt++;
+                SL_ERROR("corrupt record, segment truncated",
+                         "path=%s at=%" PRIu64 " dropped_bytes=%" PRIu64, path, sc.valid_len, cut);
+            } else {
+                SL_WARN("torn record at the end of a segment truncated",
+                        "path=%s at=%" PRIu64 " dropped_bytes=%" PRIu64, path, sc.valid_len, cut);
+            }
+        }
+        if (sc.count > 0 && sc.first != bases[i]) {
+            SL_ERROR("segment does not start at its name, skipped", "path=%s", path);
+            sl_ll_stats.corrupt++;
+            free(sc.index.v);
+            continue;
+        }
+        sl_seg_t *s = seg_add(ll, bases[i]);
+        s->len = sc.valid_len;
+        s->last = sc.count ? sc.last : bases[i] - 1;
+        s->index = sc.index;
+        ll->disk_bytes += s->len;
+        ll_total_disk += s->len;
+        sl_ll_stats.disk_bytes += s->len;
+        if (sc.count && sc.last > head)
+            head = sc.last;
+    }
+    free(bases);
+    if (ll->nsegs == 0 || ll->segs[ll->nsegs - 1].last < head)
+        seg_add(ll, head + 1);
+    /* The last segment is written to next, after its valid part; a new one if it is full. */
+    if (ll->segs[ll->nsegs - 1].len >= conf.segment_bytes)
+        seg_add(ll, head + 1);
+    t->head_seq = head;
+    ll->written_seq = ll->durable_seq = head;
+    update_floor(ll);
+    read_cursors(t);
+    ll->full = compute_full(ll);
+    SL_INFO("lossless topic recovered",
+            "topic=%s epoch=%s head=%" PRIu64 " segments=%zu"
+            " bytes=%" PRIu64 " cursors=%zu",
+            name, t->epoch_hex, head, ll->nsegs, ll->disk_bytes, ll->ncursors);
+}
+
+int sl_ll_recover(sl_hub_t *hub)
+{
+    ll_cfg = hub->cfg;
+    if (ll_data_dir == NULL)
+        return 0;
+    char base[PATH_CAP / 4];
+    snprintf(base, sizeof(base), "%s/topics", ll_data_dir);
+    DIR *d = opendir(base);
+    if (d == NULL)
+        return errno == ENOENT ? 0 : -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "t-", 2) != 0)
+            continue;
+        char dir[PATH_CAP / 2];
+        snprintf(dir, sizeof(dir), "%s/%s", base, e->d_name);
+        recover_topic(hub, dir);
+        n++;
+    }
+    closedir(d);
+    return n;
+}

@@ -1,0 +1,162 @@
+/*
+ * Lossless topics, the loop side: every message of a lossless topic is appended to its on-disk
+ * log (spill.c) by one write job at a time on libuv's thread pool, so the loop never waits for
+ * the disk; readers behind the in-memory ring read batches back from disk and rejoin the ring;
+ * durable cursors pin the segments they have not acknowledged; a topic whose disk quota is full
+ * of pinned data, or whose unwritten bytes pass its memory share (max_bytes), pushes back on
+ * publishers, which wait on the log and are woken the moment that changes.
+ *
+ * States of a log's writer:   idle ──append──► pending ──job──► writing ──done──► idle/pending
+ * A publisher waiter:         (full) wait ──room or deadline──► woken (exactly once)
+ * Invariant: a waiter for room exists only while the log is full; every change that can make
+ * it not full ends in ll_update(), which wakes them all.
+ *
+ * Loop thread only (the jobs' work functions touch nothing but their own job).
+ */
+#ifndef SL_LOSSLESS_H
+#define SL_LOSSLESS_H
+
+#include "spill.h"
+#include "topic.h"
+
+#include <uv.h>
+
+struct sl_hub;
+
+/* A durable cursor: a named reader position that survives disconnects and restarts. Owned by
+ * its log; freed when deleted, expired or at shutdown. */
+typedef struct sl_cursor {
+    sl_list_t link;
+    char name[65];
+    uint64_t checkpoint;    /* last acknowledged seq; 0 = nothing yet */
+    uint32_t nconn;         /* readers using it now */
+    uint64_t idle_since_ms; /* when the last reader left; 0 while in use */
+} sl_cursor_t;
+
+enum { SL_WAIT_ROOM = 1, SL_WAIT_DURABLE = 2 };
+
+/* A publisher waiting on a log: for room (retry its publish) or for its message to be on disk
+ * (then acknowledge). Embedded in the connection, which owns it and must sl_ll_unwait() it in
+ * its close path. `wake` is called once, with timed_out set when its deadline passed. */
+typedef struct sl_waiter {
+    sl_list_t link;
+    int kind;
+    uint64_t seq;         /* SL_WAIT_DURABLE: until this seq is durable */
+    uint64_t deadline_ms; /* 0 = none */
+    sl_topic_t *topic;
+    void (*wake)(struct sl_waiter *w, int timed_out);
+} sl_waiter_t;
+
+/* Messages read back from disk for one reader, consumed in order. Owned by the reader. */
+typedef struct sl_disk_batch {
+    uint32_t n, pos;
+    size_t charge;
+    sl_msg_t *v[];
+} sl_disk_batch_t;
+
+typedef struct sl_seg {
+    uint64_t base; /* first seq of the segment (its file name) */
+    uint64_t last; /* last seq in it; base - 1 while empty */
+    uint64_t len;  /* bytes written */
+    sl_index_t index;
+} sl_seg_t;
+
+struct write_job;
+
+/* A lossless topic's log. Owned by its topic (t->ll), freed by sl_ll_free(). */
+typedef struct sl_lossless {
+    sl_list_t link; /* every log, for the server-wide quota */
+    sl_topic_t *topic;
+    char *dir;
+    sl_seg_t *segs; /* oldest first; the last one is written to */
+    size_t nsegs, capsegs;
+    int fd; /* the active segment; used only by the write job in flight */
+    uint64_t disk_bytes;
+    uint64_t written_seq; /* every seq up to this is in a segment file */
+    uint64_t durable_seq; /* … and fsync'ed (or, with fsync=never, written) */
+    uint64_t last_fsync_ms;
+    int unsynced;       /* written since the last fsync */
+    sl_msg_t **pending; /* appended, waiting for the next write job */
+    size_t npending, cappending;
+    uint64_t unwritten; /* record bytes appended and not yet written */
+    struct write_job *job;
+    sl_list_t cursors;
+    size_t ncursors;
+    int cursors_busy, cursors_dirty; /* the cursor file is being written / must be again */
+    sl_list_t waiters;
+    int full;
+    int broken; /* the log cannot be written (disk error): publishes are refused */
+} sl_lossless_t;
+
+/* Where the log's libuv work runs, and the data directory. Set once by the server. */
+void sl_ll_setup(uv_loop_t *loop, const char *data_dir);
+
+/* Reads every lossless topic back from data_dir/topics and registers it in the hub (with its
+ * epoch, head and cursors); a topic the configuration no longer calls lossless is left alone
+ * and logged. Returns the number of topics loaded, or -1 if the directory cannot be made. */
+int sl_ll_recover(struct sl_hub *hub);
+
+/* Gives a newly created lossless topic its log: its directory and its epoch on disk. Returns 0
+ * or -errno (logged): the topic then refuses publishes. */
+int sl_ll_create(sl_topic_t *t);
+
+/* Writes what is pending, fsyncs and saves the cursors synchronously (shutdown), then frees the
+ * log. Every reader and waiter must be gone. */
+void sl_ll_free(sl_topic_t *t);
+
+/* 1 if a publish of `bytes` more must be refused or wait (see the header comment). */
+int sl_ll_full(const sl_topic_t *t);
+
+/* Queues an appended message for the disk (takes a reference). */
+void sl_ll_append(sl_topic_t *t, sl_msg_t *m);
+
+/* The first seq a disk-capable reader can still get (ring or disk). */
+uint64_t sl_ll_floor(const sl_topic_t *t);
+
+/* Delivery from disk. sl_ll_next() returns the next message for reader r if its batch holds it
+ * (a borrowed reference, valid until r's next call), else NULL; then, if r is behind the ring,
+ * sl_ll_fetch() schedules a read (marking r->disk_wait) and returns 1, or 0 when nothing is to
+ * be read. `on_ready(sub)` is called when a read completes. */
+sl_msg_t *sl_ll_next(sl_reader_t *r);
+int sl_ll_fetch(sl_reader_t *r);
+void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r));
+/* Drops r's batch and cancels its read; for reader detach. */
+void sl_ll_reader_gone(sl_reader_t *r);
+
+/* Durable cursors. NAME must be valid (sl_ll_cursor_name_valid). */
+int sl_ll_cursor_name_valid(const char *s, size_t len);
+sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int create);
+/* Moves the checkpoint forward to seq (never back); 0, or SL_EBADID if seq > head. */
+int sl_ll_ack(sl_topic_t *t, sl_cursor_t *c, uint64_t seq);
+void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c);
+/* Saves the cursors after one was created with its checkpoint set. */
+void sl_ll_cursor_created(sl_topic_t *t);
+void sl_ll_cursor_use(sl_cursor_t *c, int delta);
+/* {"cursors":[…]} into a malloc'ed buffer. */
+char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len);
+
+/* Waiting publishers. */
+void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms);
+void sl_ll_unwait(sl_waiter_t *w);
+static inline int sl_ll_waiting(const sl_waiter_t *w)
+{
+    return w->kind != 0;
+}
+static inline uint64_t sl_ll_durable(const sl_topic_t *t);
+
+/* Periodic work: fsync=interval, cursor expiry, waiter deadlines. */
+void sl_ll_sweep(struct sl_hub *hub, uint64_t now_ms);
+
+/* Totals for /metrics. */
+typedef struct sl_ll_stats {
+    uint64_t disk_bytes, segments, written_bytes, read_bytes, fsyncs, cursors, cursors_expired,
+        corrupt, truncated_bytes, waiting, write_errors;
+} sl_ll_stats_t;
+extern sl_ll_stats_t sl_ll_stats;
+
+static inline uint64_t sl_ll_durable(const sl_topic_t *t)
+{
+    return t->ll ? t->ll->durable_seq : t->head_seq;
+}
+
+#endif

@@ -1,0 +1,104 @@
+/*
+ * The on-disk log of a lossless topic, as files and bytes: the record codec (length, CRC32C,
+ * seq, timestamp, event, payload), scanning a segment at recovery (truncating a torn tail,
+ * stopping at corruption), the sparse seq -> offset index, reading a range of records and
+ * appending a batch. Every function here does blocking file I/O and is meant to run on a
+ * thread-pool thread (or at start-up), never on the event loop; none touches libuv or the hub.
+ * lossless.c drives them.
+ *
+ * Record layout (little-endian):
+ *     u32 len      bytes after these 8
+ *     u32 crc      CRC32C of those bytes
+ *     u64 seq
+ *     u64 ts_ms    wall clock at publish
+ *     u16 event_len, event bytes, then the payload
+ */
+#ifndef SL_SPILL_H
+#define SL_SPILL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_REC_HDR 8
+#define SL_REC_FIXED 18 /* seq, ts, event_len */
+/* A record never exceeds this (a message is at most 2 GiB by config, far less in practice). */
+#define SL_REC_MAX ((uint64_t)1 << 31)
+/* The index gets an entry whenever a record starts this far past the previous entry. */
+#define SL_IDX_STEP (64u << 10)
+
+uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n);
+
+/* Bytes a record with this event and payload takes on disk. */
+static inline size_t sl_rec_size(size_t event_len, size_t payload_len)
+{
+    return SL_REC_HDR + SL_REC_FIXED + event_len + payload_len;
+}
+
+/* Encodes a record into buf (sl_rec_size bytes). */
+void sl_rec_encode(uint8_t *buf, uint64_t seq, uint64_t ts_ms, const char *event, size_t event_len,
+                   const char *payload, size_t payload_len);
+
+/* A decoded record; the pointers point into the buffer it was decoded from. */
+typedef struct sl_rec {
+    uint64_t seq, ts_ms;
+    const char *event, *payload;
+    size_t event_len, payload_len;
+    size_t size; /* bytes on disk */
+} sl_rec_t;
+
+typedef enum {
+    SL_REC_OK = 0,
+    SL_REC_SHORT = 1,   /* the buffer ends inside the record (a torn tail at end of file) */
+    SL_REC_CORRUPT = 2, /* bad length or CRC */
+} sl_rec_status_t;
+
+/* Decodes the record at buf[0..n). */
+sl_rec_status_t sl_rec_decode(const uint8_t *buf, size_t n, sl_rec_t *rec);
+
+typedef struct sl_idx {
+    uint64_t seq, off;
+} sl_idx_t;
+
+/* A growable index; owned by whoever holds it, freed with free(idx->v). */
+typedef struct sl_index {
+    sl_idx_t *v;
+    size_t n, cap;
+} sl_index_t;
+
+void sl_index_add(sl_index_t *ix, uint64_t seq, uint64_t off);
+/* The offset to start reading at to find `seq`: the last entry at or before it (0 if none). */
+uint64_t sl_index_find(const sl_index_t *ix, uint64_t seq);
+
+/* What a scan of one segment found. */
+typedef struct sl_scan {
+    uint64_t count;       /* valid records */
+    uint64_t first, last; /* their seqs (0 when count is 0) */
+    uint64_t valid_len;   /* bytes of valid records from the start */
+    uint64_t file_len;
+    int torn;    /* the file ended inside a record */
+    int corrupt; /* a record failed its checks (or seqs did not increase) */
+    sl_index_t index;
+} sl_scan_t;
+
+/* Scans the segment at `path`: every record checked, the index built. With `repair`, a file
+ * whose valid part is shorter than the file is truncated to it. Returns 0, or -errno when the
+ * file cannot be read. */
+int sl_spill_scan(const char *path, int repair, sl_scan_t *out);
+
+/* Reads records of the segment at `path` with seq >= from, starting at byte `start` (from the
+ * index), not past byte `limit` (the length known to be written), until `max_bytes` of records
+ * were collected. The records' bytes are copied to a malloc'ed buffer (*buf, *len); the caller
+ * decodes them with sl_rec_decode. *last is the seq of the last record returned. Returns the
+ * number of records (0 at the end), or -errno (-ENOENT: the segment was deleted meanwhile;
+ * -EBADMSG: a record failed its checks). */
+int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t from, size_t max_bytes,
+                  uint8_t **buf, size_t *len, uint64_t *last);
+
+/* Appends `n` encoded bytes at offset `off` of the open segment `fd`; fsyncs when asked.
+ * Returns 0 or -errno. */
+int sl_spill_append(int fd, uint64_t off, const void *data, size_t n, int do_fsync);
+
+/* "<dir>/<20-digit base seq>.seg" into buf. */
+void sl_spill_seg_path(char *buf, size_t cap, const char *dir, uint64_t base);
+
+#endif

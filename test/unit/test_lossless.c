@@ -1,0 +1,270 @@
+/*
+ * Unit tests of lossless.c's state machine, without disk or loop: fullness and quotas,
+ * segment deletion by cursors, cursor checkpoints, and the promise that no interleaving of
+ * publishes, writes, acknowledgements, cursor changes and disconnects leaves a publisher
+ * waiting while there is room. The .c is included to reach its static functions.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "../../src/lossless.c"
+
+static sl_config_t cfg;
+
+static sl_topic_t *make_topic(uint64_t max_bytes, uint64_t quota)
+{
+    sl_budget_set_limit(1ull << 30);
+    sl_config_init(&cfg);
+    ll_cfg = &cfg;
+    cfg.disk_quota = 0;
+    sl_topic_conf_t conf = cfg.topic_defaults;
+    conf.lossless = 1;
+    conf.max_bytes = max_bytes;
+    conf.disk_quota = quota;
+    sl_topic_t *t = sl_topic_new("ll", 2, &conf, 0);
+    sl_lossless_t *ll = ll_new(t, sl_strdup("/nonexistent/sluice-test"));
+    seg_add(ll, 1);
+    return t;
+}
+
+static void drop_topic(sl_topic_t *t)
+{
+    sl_lossless_t *ll = t->ll;
+    ll->broken = 1; /* nothing to write, no cursor file */
+    ll->npending = 0;
+    sl_ll_free(t);
+    sl_topic_free(t);
+    sl_config_dispose(&cfg);
+}
+
+/* The effect of a completed write of `bytes` carrying `msgs` messages: what write_done does. */
+static void written(sl_topic_t *t, uint64_t bytes, uint64_t msgs, uint64_t seg_bytes)
+{
+    sl_lossless_t *ll = t->ll;
+    if (bytes > ll->unwritten)
+        bytes = ll->unwritten;
+    sl_seg_t *s = &ll->segs[ll->nsegs - 1];
+    if (s->len >= seg_bytes)
+        s = seg_add(ll, s->last + 1);
+    s->len += bytes;
+    s->last += msgs;
+    ll->disk_bytes += bytes;
+    ll_total_disk += bytes;
+    ll->unwritten -= bytes;
+    ll->written_seq = ll->durable_seq = s->last;
+    update_floor(ll);
+    ll_update(ll);
+}
+
+static void test_full_and_trim(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1000, 3000);
+    sl_lossless_t *ll = t->ll;
+    assert_false(sl_ll_full(t));
+    /* Unwritten bytes over the memory share: full until written. */
+    ll->unwritten = 1001;
+    assert_true(sl_ll_full(t));
+    t->head_seq = 10;
+    written(t, 1001, 10, 1000);
+    assert_false(sl_ll_full(t));
+    /* No cursors: over quota, the oldest segments go. */
+    for (int i = 0; i < 5; i++) {
+        ll->unwritten = 900;
+        t->head_seq += 10;
+        written(t, 900, 10, 1000);
+    }
+    assert_true(ll->disk_bytes <= 3000 + 1000);
+    assert_false(sl_ll_full(t));
+    /* A cursor at the start pins everything: over quota means full. */
+    sl_cursor_t *c = sl_ll_cursor(t, "a", 1, 1);
+    c->checkpoint = ll->segs[0].base - 1;
+    for (int i = 0; i < 5; i++) {
+        ll->unwritten = 900;
+        t->head_seq += 10;
+        written(t, 900, 10, 1000);
+    }
+    assert_true(sl_ll_full(t));
+    uint64_t first = ll->segs[0].base;
+    /* Acknowledging frees what it passed and the room comes back. */
+    assert_int_equal(sl_ll_ack(t, c, t->head_seq - 5), 0);
+    assert_true(ll->segs[0].base > first);
+    assert_false(sl_ll_full(t));
+    /* Acks never move back, and never past the head. */
+    uint64_t ck = c->checkpoint;
+    assert_int_equal(sl_ll_ack(t, c, 1), 0);
+    assert_int_equal(c->checkpoint, ck);
+    assert_int_equal(sl_ll_ack(t, c, t->head_seq + 1), SL_EBADID);
+    drop_topic(t);
+}
+
+/* ---- no publisher is left waiting while there is room ------------------------------------ */
+
+#define NPUB 24
+
+typedef struct pub {
+    sl_waiter_t w;
+    int wakes;
+} pub_t;
+
+static pub_t pubs[NPUB];
+static sl_lossless_t *cur_ll;
+
+static void on_wake_pub(sl_waiter_t *w, int timed_out)
+{
+    pub_t *p = (pub_t *)w;
+    p->wakes++;
+    /* Woken for room only when there is room (no deadlines in this test). */
+    assert_false(timed_out);
+    assert_false(cur_ll->full);
+}
+
+static void check_invariant(sl_lossless_t *ll)
+{
+    assert_int_equal(ll->full, compute_full(ll));
+    if (!ll->full)
+        assert_true(sl_list_empty(&ll->waiters));
+}
+
+static void test_no_publisher_left_waiting(void **state)
+{
+    (void)state;
+    srand(4242);
+    for (int round = 0; round < 20; round++) {
+        sl_topic_t *t = make_topic(2000, 6000);
+        sl_lossless_t *ll = t->ll;
+        cur_ll = ll;
+        memset(pubs, 0, sizeof(pubs));
+        for (int i = 0; i < NPUB; i++)
+            pubs[i].w.wake = on_wake_pub;
+        sl_cursor_t *cursors[3] = {NULL, NULL, NULL};
+        int waits = 0;
+        for (int step = 0; step < 3000; step++) {
+            int op = rand() % 6;
+            int i = rand() % NPUB;
+            if (op == 0 || op == 1) {
+                /* A publisher tries (as sl_hub_publish and its callers do). */
+                if (sl_ll_waiting(&pubs[i].w))
+                    continue;
+                if (sl_ll_full(t)) {
+                    sl_ll_wait(&pubs[i].w, t, SL_WAIT_ROOM, 0, 0);
+                    waits++;
+                } else {
+                    uint64_t size = 100 + (uint64_t)(rand() % 400);
+                    t->head_seq++;
+                    ll->unwritten += size;
+                    if (!ll->full && compute_full(ll))
+                        ll_update(ll);
+                }
+            } else if (op == 2) {
+                /* The writer completes some of what is pending. */
+                uint64_t msgs = t->head_seq - ll->written_seq;
+                if (msgs > 0)
+                    written(t, ll->unwritten, msgs, 1500);
+            } else if (op == 3) {
+                /* A durable reader acknowledges up to somewhere it has read. */
+                int k = rand() % 3;
+                if (cursors[k] != NULL && t->head_seq > cursors[k]->checkpoint)
+                    sl_ll_ack(t, cursors[k],
+                              cursors[k]->checkpoint + 1 +
+                                  (uint64_t)rand() % (t->head_seq - cursors[k]->checkpoint));
+            } else if (op == 4) {
+                /* Cursors come and go. */
+                int k = rand() % 3;
+                if (cursors[k] == NULL) {
+                    char name[2] = {(char)('a' + k), 0};
+                    cursors[k] = sl_ll_cursor(t, name, 1, 1);
+                    cursors[k]->checkpoint = ll->written_seq;
+                    ll_update(ll);
+                } else if (rand() % 4 == 0) {
+                    sl_ll_cursor_delete(t, cursors[k]);
+                    cursors[k] = NULL;
+                }
+            } else {
+                /* A waiting publisher disconnects. */
+                sl_ll_unwait(&pubs[i].w);
+            }
+            check_invariant(ll);
+        }
+        /* Everything is written and acknowledged: nobody may still wait. */
+        written(t, ll->unwritten, t->head_seq - ll->written_seq, 1500);
+        for (int k = 0; k < 3; k++)
+            if (cursors[k] != NULL)
+                sl_ll_ack(t, cursors[k], t->head_seq);
+        check_invariant(ll);
+        assert_false(ll->full);
+        assert_true(sl_list_empty(&ll->waiters));
+        assert_true(waits > 0); /* the run did exercise waiting */
+        for (int i = 0; i < NPUB; i++)
+            assert_false(sl_ll_waiting(&pubs[i].w));
+        drop_topic(t);
+    }
+}
+
+/* Durable waiters wake when their seq is durable; deadlines wake with timed_out. */
+static int durable_wakes, timeouts;
+
+static void on_wake_count(sl_waiter_t *w, int timed_out)
+{
+    (void)w;
+    if (timed_out)
+        timeouts++;
+    else
+        durable_wakes++;
+}
+
+static void test_durable_and_deadlines(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 0);
+    sl_lossless_t *ll = t->ll;
+    sl_waiter_t a = {.wake = on_wake_count}, b = {.wake = on_wake_count},
+                c = {.wake = on_wake_count};
+    t->head_seq = 5;
+    ll->unwritten = 500;
+    sl_ll_wait(&a, t, SL_WAIT_DURABLE, 3, 0);
+    sl_ll_wait(&b, t, SL_WAIT_DURABLE, 5, 0);
+    written(t, 300, 3, 1u << 20);
+    assert_int_equal(durable_wakes, 1);
+    assert_true(sl_ll_waiting(&b));
+    written(t, 200, 2, 1u << 20);
+    assert_int_equal(durable_wakes, 2);
+    /* A full topic with a deadline: woken at the deadline with timed_out. */
+    ll->broken = 1;
+    ll_update(ll);
+    sl_ll_wait(&c, t, SL_WAIT_ROOM, 0, 1000);
+    wake(ll, 999);
+    assert_int_equal(timeouts, 0);
+    wake(ll, 1000);
+    assert_int_equal(timeouts, 1);
+    assert_false(sl_ll_waiting(&c));
+    drop_topic(t);
+}
+
+static void test_cursor_names(void **state)
+{
+    (void)state;
+    assert_true(sl_ll_cursor_name_valid("a", 1));
+    assert_true(sl_ll_cursor_name_valid("worker-1.eu_west", 16));
+    assert_false(sl_ll_cursor_name_valid("", 0));
+    assert_false(sl_ll_cursor_name_valid("a/b", 3));
+    assert_false(sl_ll_cursor_name_valid("a b", 3));
+    char long_name[66];
+    memset(long_name, 'x', 65);
+    assert_false(sl_ll_cursor_name_valid(long_name, 65));
+    assert_true(sl_ll_cursor_name_valid(long_name, 64));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_and_trim),
+        cmocka_unit_test(test_no_publisher_left_waiting),
+        cmocka_unit_test(test_durable_and_deadlines),
+        cmocka_unit_test(test_cursor_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

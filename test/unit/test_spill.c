@@ -1,0 +1,252 @@
+/*
+ * Unit tests of the on-disk log's codec and files: CRC32C, records, the sparse index, scanning
+ * (torn tails truncated, corruption found where it starts), and reading a range back.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "spill.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void test_crc32c(void **state)
+{
+    (void)state;
+    /* The check value of CRC-32C. */
+    assert_int_equal(sl_crc32c(0, "123456789", 9), 0xe3069283u);
+    assert_int_equal(sl_crc32c(0, "", 0), 0);
+    /* Incremental equals whole. */
+    uint32_t c = sl_crc32c(0, "1234", 4);
+    assert_int_equal(sl_crc32c(c, "56789", 5), 0xe3069283u);
+}
+
+static void test_record_roundtrip(void **state)
+{
+    (void)state;
+    uint8_t buf[256];
+    size_t n = sl_rec_size(3, 5);
+    assert_int_equal(n, SL_REC_HDR + SL_REC_FIXED + 8);
+    sl_rec_encode(buf, 42, 1700000000123ull, "evt", 3, "hello", 5);
+    sl_rec_t r;
+    assert_int_equal(sl_rec_decode(buf, n, &r), SL_REC_OK);
+    assert_int_equal(r.seq, 42);
+    assert_true(r.ts_ms == 1700000000123ull);
+    assert_int_equal(r.event_len, 3);
+    assert_memory_equal(r.event, "evt", 3);
+    assert_int_equal(r.payload_len, 5);
+    assert_memory_equal(r.payload, "hello", 5);
+    assert_int_equal(r.size, n);
+    /* No event, empty payload. */
+    sl_rec_encode(buf, 7, 1, NULL, 0, "", 0);
+    assert_int_equal(sl_rec_decode(buf, sl_rec_size(0, 0), &r), SL_REC_OK);
+    assert_null(r.event);
+    assert_int_equal(r.payload_len, 0);
+    /* Every shorter prefix is short, every flipped bit is corrupt. */
+    sl_rec_encode(buf, 42, 5, "evt", 3, "hello", 5);
+    for (size_t k = 0; k < n; k++)
+        assert_int_equal(sl_rec_decode(buf, k, &r), SL_REC_SHORT);
+    for (size_t k = 4; k < n; k++) {
+        for (int bit = 0; bit < 8; bit++) {
+            buf[k] ^= (uint8_t)(1 << bit);
+            assert_int_equal(sl_rec_decode(buf, n, &r), SL_REC_CORRUPT);
+            buf[k] ^= (uint8_t)(1 << bit);
+        }
+    }
+    /* An absurd length is corrupt, not a reason to wait for more. */
+    uint8_t bad[16] = {0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(sl_rec_decode(bad, sizeof(bad), &r), SL_REC_CORRUPT);
+    uint8_t tiny[16] = {3, 0, 0, 0};
+    assert_int_equal(sl_rec_decode(tiny, sizeof(tiny), &r), SL_REC_CORRUPT);
+}
+
+static void test_index(void **state)
+{
+    (void)state;
+    sl_index_t ix = {0};
+    assert_int_equal(sl_index_find(&ix, 5), 0);
+    sl_index_add(&ix, 10, 0);
+    sl_index_add(&ix, 20, 1000);
+    sl_index_add(&ix, 35, 2500);
+    assert_int_equal(sl_index_find(&ix, 9), 0);
+    assert_int_equal(sl_index_find(&ix, 10), 0);
+    assert_int_equal(sl_index_find(&ix, 19), 0);
+    assert_int_equal(sl_index_find(&ix, 20), 1000);
+    assert_int_equal(sl_index_find(&ix, 34), 1000);
+    assert_int_equal(sl_index_find(&ix, 35), 2500);
+    assert_int_equal(sl_index_find(&ix, 1000000), 2500);
+    free(ix.v);
+}
+
+/* Writes records first..last (payload "p<seq>" padded to `pad` bytes) to a new file; returns
+ * the offsets at which each record starts (caller frees). */
+static uint64_t *write_segment(const char *path, uint64_t first, uint64_t last, size_t pad)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    uint64_t *offs = calloc(last - first + 2, sizeof(*offs));
+    uint64_t off = 0;
+    char payload[4096];
+    uint8_t buf[8192];
+    for (uint64_t s = first; s <= last; s++) {
+        memset(payload, 'x', pad);
+        int n = snprintf(payload, sizeof(payload), "p%llu", (unsigned long long)s);
+        payload[n] = 'x';
+        size_t size = sl_rec_size(s % 2 ? 2 : 0, pad);
+        sl_rec_encode(buf, s, 1000 + s, s % 2 ? "ev" : NULL, s % 2 ? 2 : 0, payload, pad);
+        assert_int_equal(sl_spill_append(fd, off, buf, size, 0), 0);
+        offs[s - first] = off;
+        off += size;
+    }
+    offs[last - first + 1] = off;
+    close(fd);
+    return offs;
+}
+
+static void test_scan_and_repair(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-spill-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    sl_spill_seg_path(path, sizeof(path), dir, 100);
+    assert_non_null(strstr(path, "/00000000000000000100.seg"));
+
+    /* Intact: 100..399, 1000-byte payloads: the index has an entry every 64 KiB. */
+    uint64_t *offs = write_segment(path, 100, 399, 1000);
+    sl_scan_t sc;
+    assert_int_equal(sl_spill_scan(path, 1, &sc), 0);
+    assert_int_equal(sc.count, 300);
+    assert_int_equal(sc.first, 100);
+    assert_int_equal(sc.last, 399);
+    assert_int_equal(sc.valid_len, offs[300]);
+    assert_false(sc.torn);
+    assert_false(sc.corrupt);
+    assert_true(sc.index.n >= offs[300] / SL_IDX_STEP);
+    assert_int_equal(sc.index.v[0].seq, 100);
+    assert_int_equal(sc.index.v[0].off, 0);
+
+    /* Reading back from the middle, through the index. */
+    uint8_t *buf;
+    size_t len;
+    uint64_t last = 0;
+    int n = sl_spill_read(path, sl_index_find(&sc.index, 250), sc.valid_len, 250, 20 * 1030, &buf,
+                          &len, &last);
+    assert_true(n >= 19);
+    sl_rec_t r;
+    assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
+    assert_int_equal(r.seq, 250);
+    assert_memory_equal(r.payload, "p250", 4);
+    size_t pos = 0;
+    uint64_t want = 250;
+    while (pos < len) {
+        assert_int_equal(sl_rec_decode(buf + pos, len - pos, &r), SL_REC_OK);
+        assert_int_equal(r.seq, want++);
+        pos += r.size;
+    }
+    assert_int_equal(last, want - 1);
+    free(buf);
+    free(sc.index.v);
+
+    /* A torn tail: half of one more record. Scanning repairs the file to the valid part. */
+    int fd = open(path, O_WRONLY | O_APPEND);
+    uint8_t rec[2048];
+    sl_rec_encode(rec, 400, 1, NULL, 0, "torn", 4);
+    assert_int_equal(write(fd, rec, 10), 10);
+    close(fd);
+    assert_int_equal(sl_spill_scan(path, 1, &sc), 0);
+    assert_true(sc.torn);
+    assert_false(sc.corrupt);
+    assert_int_equal(sc.count, 300);
+    assert_int_equal(sc.valid_len, offs[300]);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, offs[300]);
+    free(sc.index.v);
+
+    /* A flipped byte inside record 200: everything before it stays, the scan stops there. */
+    fd = open(path, O_RDWR);
+    uint8_t b;
+    assert_int_equal(pread(fd, &b, 1, (off_t)offs[100] + 30), 1);
+    b ^= 0x40;
+    assert_int_equal(pwrite(fd, &b, 1, (off_t)offs[100] + 30), 1);
+    close(fd);
+    assert_int_equal(sl_spill_scan(path, 0, &sc), 0);
+    assert_true(sc.corrupt);
+    assert_int_equal(sc.count, 100);
+    assert_int_equal(sc.last, 199);
+    assert_int_equal(sc.valid_len, offs[100]);
+    free(sc.index.v);
+    /* A read that meets the damage returns what came before it. */
+    n = sl_spill_read(path, 0, offs[300], 190, 1u << 20, &buf, &len, &last);
+    assert_int_equal(n, 10);
+    assert_int_equal(last, 199);
+    free(buf);
+    /* Repair cuts it there. */
+    assert_int_equal(sl_spill_scan(path, 1, &sc), 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, offs[100]);
+    free(sc.index.v);
+
+    /* A missing file. */
+    assert_int_equal(sl_spill_read("/nonexistent/x.seg", 0, 10, 1, 100, &buf, &len, &last),
+                     -ENOENT);
+    free(offs);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* A record larger than the scan's buffer is read whole. */
+static void test_large_record(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-spill-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    sl_spill_seg_path(path, sizeof(path), dir, 1);
+    size_t big = 3u << 20;
+    uint8_t *rec = malloc(sl_rec_size(0, big));
+    char *payload = malloc(big);
+    memset(payload, 'z', big);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    sl_rec_encode(rec, 1, 1, NULL, 0, payload, big);
+    assert_int_equal(sl_spill_append(fd, 0, rec, sl_rec_size(0, big), 1), 0);
+    sl_rec_encode(rec, 2, 1, NULL, 0, "small", 5);
+    assert_int_equal(sl_spill_append(fd, sl_rec_size(0, big), rec, sl_rec_size(0, 5), 1), 0);
+    close(fd);
+    sl_scan_t sc;
+    assert_int_equal(sl_spill_scan(path, 1, &sc), 0);
+    assert_int_equal(sc.count, 2);
+    assert_false(sc.torn || sc.corrupt);
+    uint8_t *buf;
+    size_t len;
+    uint64_t last;
+    assert_int_equal(sl_spill_read(path, 0, sc.valid_len, 1, 1024, &buf, &len, &last), 1);
+    sl_rec_t r;
+    assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
+    assert_int_equal(r.payload_len, big);
+    free(buf);
+    free(sc.index.v);
+    free(rec);
+    free(payload);
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c),       cmocka_unit_test(test_record_roundtrip),
+        cmocka_unit_test(test_index),        cmocka_unit_test(test_scan_and_repair),
+        cmocka_unit_test(test_large_record),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
