@@ -28,7 +28,7 @@ static void crc_init(void)
     crc_ready = 1;
 }
 
-uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n)
+uint32_t sl_crc32c_sw(uint32_t crc, const void *data, size_t n)
 {
     if (!crc_ready)
         crc_init();
@@ -38,6 +38,37 @@ uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n)
         crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
     return ~crc;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* SSE 4.2 has a CRC32C instruction: 8 bytes per step instead of one table lookup per byte. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                            size_t n)
+{
+    uint64_t c = ~crc;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+    }
+    uint32_t c32 = (uint32_t)c;
+    for (; n > 0; n--, p++)
+        c32 = __builtin_ia32_crc32qi(c32, *p);
+    return ~c32;
+}
+
+uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n)
+{
+    static int hw = -1;
+    if (hw < 0)
+        hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    return hw ? crc32c_hw(crc, data, n) : sl_crc32c_sw(crc, data, n);
+}
+#else
+uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n)
+{
+    return sl_crc32c_sw(crc, data, n);
+}
+#endif
 
 static void put32(uint8_t *p, uint32_t v)
 {

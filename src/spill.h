@@ -26,7 +26,10 @@
 /* The index gets an entry whenever a record starts this far past the previous entry. */
 #define SL_IDX_STEP (64u << 10)
 
+/* CRC32C (Castagnoli) of data, continuing from crc (0 to start). Uses the CPU's CRC32
+ * instruction where there is one; sl_crc32c_sw is the portable table version (same results). */
 uint32_t sl_crc32c(uint32_t crc, const void *data, size_t n);
+uint32_t sl_crc32c_sw(uint32_t crc, const void *data, size_t n);
 
 /* Bytes a record with this event and payload takes on disk. */
 static inline size_t sl_rec_size(size_t event_len, size_t payload_len)
