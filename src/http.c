@@ -22,6 +22,14 @@ static sl_http_req_t *req_of(llhttp_t *p)
     return (sl_http_req_t *)p->data;
 }
 
+/* Charges n bytes for the request (see sl_http_limits_t.reserve); 1 if charged. */
+static int charge(const sl_http_req_t *req, size_t n)
+{
+    if (req->lim->reserve != NULL)
+        return req->lim->reserve(n, req->lim->reserve_arg) == 0;
+    return sl_budget_try(n);
+}
+
 static int fail(sl_http_req_t *req, int status, const char *error)
 {
     if (req->status == 0) {
@@ -39,7 +47,7 @@ static int grow(sl_http_req_t *req, char **buf, size_t *cap, size_t need)
     size_t ncap = *cap ? *cap : 256;
     while (ncap < need)
         ncap *= 2;
-    if (!sl_budget_try(ncap - *cap))
+    if (!charge(req, ncap - *cap))
         return fail(req, 503, "over_capacity");
     req->charged += ncap - *cap;
     *buf = sl_realloc(*buf, ncap);
@@ -60,7 +68,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     if (req->url_len + len > req->lim->max_url)
         return fail(req, 414, "uri_too_long");
     /* The target is small and bounded; grow it exactly. */
-    if (!sl_budget_try(len))
+    if (!charge(req, len))
         return fail(req, 503, "over_capacity");
     req->charged += len;
     req->url = sl_realloc(req->url, req->url_len + len + 1);
@@ -126,7 +134,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     int h = req->hcur;
     if (h == SL_H_OTHER)
         return 0;
-    if (!sl_budget_try(len))
+    if (!charge(req, len))
         return fail(req, 503, "over_capacity");
     req->charged += len;
     size_t old = req->hlen[h];

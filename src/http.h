@@ -17,6 +17,10 @@ typedef struct sl_http_limits {
     size_t max_header_bytes;
     size_t max_message; /* body limit for a single-message publish */
     size_t max_body;    /* body limit for an NDJSON batch */
+    /* Charges n bytes to the memory budget, making room first if it can (the hub evicts the
+     * oldest messages); returns 0, or nonzero when they do not fit. NULL: sl_budget_try. */
+    int (*reserve)(size_t n, void *arg);
+    void *reserve_arg;
 } sl_http_limits_t;
 
 /* Headers sluice reads; all others are counted against the limit and dropped. */

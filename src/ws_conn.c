@@ -42,6 +42,8 @@ typedef struct sl_ws_parser {
     uint8_t frame_op;   /* opcode of the current frame */
     uint8_t msg_op;     /* SL_WS_TEXT/BINARY while a data message is being assembled, else 0 */
     uint8_t clen;       /* control frame payload so far */
+    uint8_t dropping;   /* the message did not fit the budget: read on, refuse it at its end */
+    uint64_t msg_total; /* bytes of the message so far, kept or dropped (for its size limit) */
     uint32_t utf8;      /* validator state of the text message */
     char *msg;          /* the data message being assembled */
     size_t msg_len, msg_cap;
@@ -463,6 +465,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
             }
             p->msg_op = f->opcode;
             p->msg_len = 0;
+            p->msg_total = 0;
             p->utf8 = 0;
             break;
         case SL_WS_CLOSE:
@@ -476,7 +479,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
         }
         if (f->opcode <= SL_WS_BINARY) {
             uint64_t limit = ws->json ? cfg->max_body_bytes : cfg->max_message_bytes;
-            if (f->payload_length > limit || p->msg_len + f->payload_length > limit) {
+            if (f->payload_length > limit || p->msg_total + f->payload_length > limit) {
                 sl_ws_fail(c, SL_WS_CLOSE_TOO_BIG, "message over the size limit",
                            SL_CLOSE_PROTOCOL);
                 return -1;
@@ -491,9 +494,11 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
             sl_ws_fail(c, SL_WS_CLOSE_BAD_DATA, "text message is not UTF-8", SL_CLOSE_PROTOCOL);
             return -1;
         }
-        if (msg_append(c, p, f->data, f->data_length) != 0) {
-            sl_ws_fail(c, 1013, "memory budget exhausted", SL_CLOSE_PROTOCOL);
-            return -1;
+        p->msg_total += f->data_length;
+        if (!p->dropping && msg_append(c, p, f->data, f->data_length) != 0) {
+            /* Refuse this message, not the connection: the rest of it is read and dropped. */
+            p->dropping = 1;
+            p->msg_len = 0;
         }
     }
     p->frame_off += f->data_length;
@@ -516,7 +521,15 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
     }
     int text = p->msg_op == SL_WS_TEXT;
     p->msg_op = 0;
-    publish(c, p->msg ? p->msg : "", p->msg_len, text);
+    if (p->dropping) {
+        p->dropping = 0;
+        sl_metrics.ws_messages_in++;
+        sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
+        SL_WARN("publish refused", "reason=budget transport=ws");
+        send_error(c, "over_capacity", "memory budget exhausted");
+    } else {
+        publish(c, p->msg ? p->msg : "", p->msg_len, text);
+    }
     p->msg_len = 0;
     if (p->msg_cap > MSG_KEEP) {
         sl_budget_release(p->msg_cap + ALLOC_OVERHEAD);
