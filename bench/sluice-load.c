@@ -6,12 +6,15 @@
  *   fanout   S subscribers on one topic, a publisher at R msg/s: deliveries/s, deliveries per
  *            server CPU-second, publish-to-receive latency, loss
  *   stalled  F fast + T stalled subscribers (tiny SO_RCVBUF, never read) at R msg/s: server RSS
- *            over time (CSV), its slope, fast readers' loss and latency
+ *            over time (CSV, with the fast readers' p99 and max latency per sample), its slope,
+ *            fast readers' loss and latency
  *
- * Subscribers use SSE, or with --ws (idle and fanout) WebSocket: a handshake on the subscribe
- * path, then unmasked server frames, one message each (a text or binary frame with the raw
- * payload, as sluice's format=raw and nchan's websocket subscriber send them); pings are
- * answered with masked pongs. Publishing is always HTTP POST.
+ * Subscribers use SSE, or with --ws WebSocket: a handshake on the subscribe path, then unmasked
+ * server frames, one message each (a text or binary frame with the raw payload, as sluice's
+ * format=raw and nchan's websocket subscriber send them); pings are answered with masked pongs.
+ * With --mix every other subscriber of each kind (fast, stalled, idle) is WebSocket, on
+ * --ws-sub-path when given (nchan serves the two on different paths). Publishing is always
+ * HTTP POST.
  *
  * Payloads carry "<seq> <send time ns>" so every subscriber measures latency and detects loss.
  * Each run ends with one line of key=value pairs for scripts.
@@ -43,7 +46,9 @@ static const char *opt_pids = "";
 static const char *opt_csv = NULL;
 static long opt_n = 1000, opt_fast = 50, opt_stalled = 200, opt_size = 100;
 static double opt_rate = 100, opt_duration = 10, opt_sample_ms = 2000, opt_settle = 2;
-static int opt_ws; /* subscribers use WebSocket instead of SSE */
+static int opt_ws;                    /* subscribers use WebSocket instead of SSE */
+static int opt_mix;                   /* every other subscriber uses WebSocket */
+static const char *opt_ws_sub = NULL; /* WebSocket subscribe path (default: opt_sub) */
 
 /* ---- clocks and server probes ----------------------------------------------------------- */
 
@@ -127,6 +132,12 @@ static double server_cpu(void)
 static uint32_t *hist;
 static uint64_t hist_n, hist_over;
 
+/* The same for the current CSV sample's window only (stalled): 10 us buckets up to 1 s. */
+#define WIN_MAX 100000
+static uint32_t *win;
+static uint64_t win_n;
+static double win_max_ms;
+
 static void hist_add(uint64_t ns)
 {
     uint64_t us = ns / 1000;
@@ -135,6 +146,28 @@ static void hist_add(uint64_t ns)
         hist_over++;
     else
         hist[us]++;
+    win_n++;
+    win[us / 10 < WIN_MAX ? us / 10 : WIN_MAX - 1]++;
+    if ((double)ns / 1e6 > win_max_ms)
+        win_max_ms = (double)ns / 1e6;
+}
+
+/* The window's p-quantile in ms, then a new window. */
+static double win_pct_reset(double p)
+{
+    uint64_t want = (uint64_t)ceil(p * (double)win_n), seen = 0;
+    double v = 0;
+    for (uint64_t i = 0; i < WIN_MAX && win_n > 0; i++) {
+        seen += win[i];
+        if (seen >= want) {
+            v = (double)i / 100.0;
+            break;
+        }
+    }
+    memset(win, 0, WIN_MAX * sizeof(*win));
+    win_n = 0;
+    win_max_ms = 0;
+    return v;
 }
 
 static double hist_pct(double p)
@@ -166,6 +199,7 @@ enum { C_SUB, C_STALLED, C_PUB };
 
 typedef struct client {
     int fd, kind;
+    int ws; /* a WebSocket subscriber */
     int got_head, status, closed;
     int subscribed; /* SSE: 200; WebSocket: 101 with the right Sec-WebSocket-Accept */
     int ws_in_msg;  /* WebSocket: inside a fragmented data message */
@@ -182,6 +216,7 @@ static client_t *clients;
 static long nclients;
 static uint64_t total_events, total_lost, total_gaps, total_closed, pub_ok, pub_err;
 static uint64_t ws_pings, ws_closes, ws_errors;
+static long nkind[3]; /* clients added, by kind */
 
 /* RFC 6455's example key and its accept value: any fixed valid key will do. */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -214,13 +249,16 @@ static client_t *add_client(int kind, int rcvbuf)
     c->fd = connect_to(rcvbuf);
     c->kind = kind;
     c->data_seq = -1;
+    c->ws = kind != C_PUB && (opt_ws || (opt_mix && nkind[kind] % 2 == 1));
+    nkind[kind]++;
     if (kind != C_PUB) {
         char req[512];
-        const char *hdrs = opt_ws ? "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                                    "Sec-WebSocket-Key: " WS_KEY "\r\nSec-WebSocket-Version: 13\r\n"
-                                  : "Accept: text/event-stream\r\n";
-        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", opt_sub,
-                         opt_host, hdrs);
+        const char *hdrs = c->ws ? "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                   "Sec-WebSocket-Key: " WS_KEY "\r\nSec-WebSocket-Version: 13\r\n"
+                                 : "Accept: text/event-stream\r\n";
+        const char *path = c->ws && opt_ws_sub != NULL ? opt_ws_sub : opt_sub;
+        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", path, opt_host,
+                         hdrs);
         if (write(c->fd, req, (size_t)n) != n) {
             perror("write");
             exit(1);
@@ -404,11 +442,11 @@ static void parse(client_t *c)
         c->got_head = 1;
         c->status = atoi(c->buf + 9);
         off = (size_t)(end - c->buf) + 4;
-        if (!opt_ws)
+        if (!c->ws)
             c->subscribed = c->status == 200;
         else
             c->subscribed = c->status == 101 && memmem(c->buf, off, WS_ACCEPT, 28) != NULL;
-        if (opt_ws && !c->subscribed) {
+        if (c->ws && !c->subscribed) {
             /* Whatever follows is not a WebSocket stream. */
             close_client(c, 0);
             shutdown(c->fd, SHUT_RDWR);
@@ -416,7 +454,7 @@ static void parse(client_t *c)
             return;
         }
     }
-    if (opt_ws) {
+    if (c->ws) {
         off = ws_parse(c, off);
         memmove(c->buf, c->buf + off, c->len - off);
         c->len -= off;
@@ -550,9 +588,12 @@ static void run_publishing(client_t *pub, FILE *csv, double *rss_max, double *sl
                 st[ns] = t - t0;
                 sr[ns++] = rss;
             }
-            if (csv != NULL)
-                fprintf(csv, "%.2f,%.0f,%.0f\n", t - t0, rss,
-                        (double)(total_events - last_events) / (opt_sample_ms / 1000.0));
+            if (csv != NULL) {
+                double wmax = win_max_ms;
+                fprintf(csv, "%.2f,%.0f,%.0f,%.3f,%.3f\n", t - t0, rss,
+                        (double)(total_events - last_events) / (opt_sample_ms / 1000.0),
+                        win_pct_reset(0.99), wmax);
+            }
             last_events = total_events;
             next_sample += opt_sample_ms / 1000.0;
         }
@@ -587,10 +628,10 @@ static void drain(double seconds)
 static const char *transport_kv(void)
 {
     static char kv[160];
-    if (!opt_ws)
+    if (!opt_ws && !opt_mix)
         return "transport=sse";
-    snprintf(kv, sizeof(kv), "transport=ws ws_pings=%llu ws_closes=%llu ws_errors=%llu",
-             (unsigned long long)ws_pings, (unsigned long long)ws_closes,
+    snprintf(kv, sizeof(kv), "transport=%s ws_pings=%llu ws_closes=%llu ws_errors=%llu",
+             opt_mix ? "mixed" : "ws", (unsigned long long)ws_pings, (unsigned long long)ws_closes,
              (unsigned long long)ws_errors);
     return kv;
 }
@@ -661,7 +702,7 @@ static int scenario_stalled(void)
             perror(opt_csv);
             return 1;
         }
-        fprintf(csv, "t_s,rss_bytes,deliveries_per_s\n");
+        fprintf(csv, "t_s,rss_bytes,deliveries_per_s,p99_ms,max_ms\n");
     }
     double base = server_rss();
     for (long i = 0; i < opt_fast; i++)
@@ -676,8 +717,13 @@ static int scenario_stalled(void)
     if (csv != NULL)
         fclose(csv);
     uint64_t fast_events = 0, fast_lost = 0, fast_gaps = 0, stalled_closed = 0;
+    long fast_ws = 0, stalled_ws = 0;
     for (long i = 0; i < nclients; i++) {
         client_t *c = &clients[i];
+        if (c->kind == C_SUB)
+            fast_ws += c->ws;
+        else if (c->kind == C_STALLED)
+            stalled_ws += c->ws;
         if (c->kind == C_SUB) {
             fast_events += c->events;
             fast_lost += c->lost;
@@ -687,12 +733,14 @@ static int scenario_stalled(void)
         }
     }
     uint64_t expected = pub_ok * (uint64_t)opt_fast; /* what the server accepted */
-    printf("scenario=stalled fast=%ld stalled=%ld rate=%.0f size=%ld duration_s=%.0f "
+    printf("scenario=stalled %s fast=%ld fast_ws=%ld fast_subscribed=%ld stalled=%ld "
+           "stalled_ws=%ld rate=%.0f size=%ld duration_s=%.0f "
            "published=%llu pub_ok=%llu pub_err=%llu pub_blocked=%llu fast_expected=%llu "
            "fast_delivered=%llu "
            "fast_missing=%llu fast_gaps=%llu fast_p50_ms=%.3f fast_p99_ms=%.3f rss_base=%.0f "
            "rss_max=%.0f rss_slope_mb_per_min=%.3f stalled_closed_by_server=%llu\n",
-           opt_fast, opt_stalled, opt_rate, opt_size, opt_duration, (unsigned long long)pub_seq,
+           transport_kv(), opt_fast, fast_ws, count_ok_subscribers(C_SUB), opt_stalled, stalled_ws,
+           opt_rate, opt_size, opt_duration, (unsigned long long)pub_seq,
            (unsigned long long)pub_ok, (unsigned long long)pub_err, (unsigned long long)pub_blocked,
            (unsigned long long)expected, (unsigned long long)fast_events,
            (unsigned long long)(expected > fast_events ? expected - fast_events : 0),
@@ -704,13 +752,13 @@ static int scenario_stalled(void)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: sluice-load idle|fanout|stalled [options]\n"
-            "  --port N --host ADDR --sub-path P --pub-path P --server-pid PID[,PID...]\n"
-            "  --ws | --transport sse|ws (idle, fanout: WebSocket subscribers on --sub-path)\n"
-            "  -n N (idle, fanout subscribers)  -f FAST -t STALLED (stalled)\n"
-            "  -r RATE msg/s  -d SECONDS  --size BYTES  --settle SECONDS\n"
-            "  --sample-ms MS  --csv FILE (stalled)\n");
+    fprintf(stderr, "usage: sluice-load idle|fanout|stalled [options]\n"
+                    "  --port N --host ADDR --sub-path P --pub-path P --server-pid PID[,PID...]\n"
+                    "  --ws | --transport sse|ws (WebSocket subscribers on --sub-path)\n"
+                    "  --mix (every other subscriber WebSocket)  --ws-sub-path P (their path)\n"
+                    "  -n N (idle, fanout subscribers)  -f FAST -t STALLED (stalled)\n"
+                    "  -r RATE msg/s  -d SECONDS  --size BYTES  --settle SECONDS\n"
+                    "  --sample-ms MS  --csv FILE (stalled)\n");
 }
 
 int main(int argc, char **argv)
@@ -727,6 +775,10 @@ int main(int argc, char **argv)
             opt_ws = 1;
             continue;
         }
+        if (strcmp(a, "--mix") == 0) {
+            opt_mix = 1;
+            continue;
+        }
         if (v == NULL) {
             usage();
             return 2;
@@ -737,6 +789,8 @@ int main(int argc, char **argv)
             opt_host = v;
         else if (strcmp(a, "--sub-path") == 0)
             opt_sub = v;
+        else if (strcmp(a, "--ws-sub-path") == 0)
+            opt_ws_sub = v;
         else if (strcmp(a, "--pub-path") == 0)
             opt_pub = v;
         else if (strcmp(a, "--server-pid") == 0)
@@ -771,10 +825,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "--size must be 48..8192 and -r positive\n");
         return 2;
     }
-    if (opt_ws && strcmp(scenario, "stalled") == 0) {
-        fprintf(stderr, "--ws: idle and fanout only\n");
-        return 2;
-    }
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)now_ns());
     struct rlimit rl;
@@ -784,6 +834,7 @@ int main(int argc, char **argv)
     }
     ep = epoll_create1(0);
     hist = calloc(HIST_MAX, sizeof(*hist));
+    win = calloc(WIN_MAX, sizeof(*win));
     body = malloc((size_t)opt_size + 1);
     pub_out = malloc(PUB_QUEUE);
     memset(body, 'x', (size_t)opt_size);

@@ -5,7 +5,8 @@
 #   scripts/dev.sh build   deps, then a release build in build/
 #   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
 #   scripts/dev.sh test    deps, format check, then unit + black-box tests on a normal build and
-#                          on an AddressSanitizer + UndefinedBehaviorSanitizer build
+#                          on an AddressSanitizer + UndefinedBehaviorSanitizer build, and the
+#                          chaos suite's short profile (bench/chaos/run.sh) on the normal build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
           libwslay-dev libcmocka-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-aiohttp python3-websockets curl clang-format
-               iproute2 procps chromium)
+               iproute2 procps chromium gnuplot-nox)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 apt_install() { # packages...
@@ -101,6 +102,8 @@ test)
     format_check
     build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
     suite build normal
+    echo "== [normal] chaos suite (short profile)"
+    SLUICE_BIN="$PWD/build/sluice" bash bench/chaos/run.sh --short
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         build_dir build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -108,7 +111,7 @@ test)
     echo "== all tests passed"
     ;;
 *)
-    sed -n '2,8p' "$0"
+    sed -n '2,9p' "$0"
     exit 2
     ;;
 esac
