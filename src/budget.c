@@ -5,11 +5,13 @@
 
 #include <assert.h>
 
-sl_budget_t sl_budget = {.limit = 256u << 20};
+sl_budget_t sl_budget = {.limit = 256u << 20, .pending_cap = 32u << 20};
 
-void sl_budget_set_limit(uint64_t limit)
+void sl_budget_set_limit(uint64_t limit, uint64_t pending_cap)
 {
+    assert(pending_cap < limit);
     sl_budget.limit = limit;
+    sl_budget.pending_cap = pending_cap;
 }
 
 static void note_peak(void)
@@ -36,5 +38,24 @@ void sl_budget_charge(size_t n)
 void sl_budget_release(size_t n)
 {
     assert(sl_budget.used >= n);
+    sl_budget.used -= n;
+}
+
+int sl_budget_try_pending(size_t n)
+{
+    /* Other charges may have eaten into the pool's room (unconditional charges); the limit
+     * still holds. */
+    if (sl_budget.pending + n > sl_budget.pending_cap || sl_budget.used + n > sl_budget.limit)
+        return 0;
+    sl_budget.pending += n;
+    sl_budget.used += n;
+    note_peak();
+    return 1;
+}
+
+void sl_budget_release_pending(size_t n)
+{
+    assert(sl_budget.pending >= n && sl_budget.used >= n);
+    sl_budget.pending -= n;
     sl_budget.used -= n;
 }

@@ -37,6 +37,7 @@ void sl_config_init(sl_config_t *cfg)
     cfg->ws_close_timeout_ms = 5000;
     cfg->disk_quota = 8ull << 30;
     cfg->max_publish_wait_ms = 30000;
+    cfg->body_timeout_ms = 30000;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
     cfg->max_header_bytes = 16 << 10;
@@ -46,6 +47,7 @@ void sl_config_init(sl_config_t *cfg)
     cfg->max_topics_per_connection = 64;
     cfg->max_topic_name = 256;
     cfg->max_topics = 100000;
+    cfg->max_batch_messages = 10000;
     sl_topic_conf_t *t = &cfg->topic_defaults;
     t->max_messages = 1024;
     t->max_bytes = 16 << 20;
@@ -487,6 +489,7 @@ static const key_def_t server_keys[] = {
     {"ws_close_timeout", K_DURATION, CFG_OFF(ws_close_timeout_ms), 1, UINT64_MAX},
     {"disk_quota", K_SIZE, CFG_OFF(disk_quota), 0, UINT64_MAX},
     {"max_publish_wait", K_DURATION, CFG_OFF(max_publish_wait_ms), 0, UINT64_MAX},
+    {"body_timeout", K_DURATION, CFG_OFF(body_timeout_ms), 1, UINT64_MAX},
 };
 static const key_def_t limit_keys[] = {
     {"max_connections", K_COUNT, CFG_OFF(max_connections), 1, UINT64_MAX},
@@ -498,6 +501,8 @@ static const key_def_t limit_keys[] = {
     {"max_topics_per_connection", K_COUNT, CFG_OFF(max_topics_per_connection), 1, 1024},
     {"max_topic_name", K_COUNT, CFG_OFF(max_topic_name), 1, 1024},
     {"max_topics", K_COUNT, CFG_OFF(max_topics), 1, UINT64_MAX},
+    {"max_batch_messages", K_COUNT, CFG_OFF(max_batch_messages), 1, UINT64_MAX},
+    {"max_pending_bytes", K_SIZE, CFG_OFF(max_pending_bytes), 0, UINT64_MAX},
 };
 
 /* Sets a numeric key from the table; returns 1 if the key was found there. */
@@ -635,6 +640,11 @@ static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, F
                  "max_message_bytes (%llu) is larger than max_body_bytes (%llu)",
                  (unsigned long long)cfg->max_message_bytes,
                  (unsigned long long)cfg->max_body_bytes);
+    if (cfg->max_pending_bytes == 0)
+        cfg->max_pending_bytes = cfg->memory_limit / 8;
+    if (cfg->max_pending_bytes >= cfg->memory_limit / 2)
+        error_at(&p, p.line, "max_pending_bytes (%llu) must be below half of memory_limit (%llu)",
+                 (unsigned long long)cfg->max_pending_bytes, (unsigned long long)cfg->memory_limit);
     free(p.section);
     return p.errors;
 }

@@ -93,6 +93,8 @@ typedef struct sl_config {
     uint64_t ws_close_timeout_ms; /* wait for the peer's close frame; default 5 s */
     uint64_t disk_quota;          /* every lossless topic's log together; default 8 GiB */
     uint64_t max_publish_wait_ms; /* the longest ?wait= on a full lossless topic; default 30 s */
+    uint64_t body_timeout_ms;     /* a request body (or a WebSocket message) must be complete
+                                     this long after it began; default 30 s */
     /* [limits] */
     uint64_t max_connections;           /* default 100000 */
     uint64_t max_connections_per_ip;    /* default 10000 */
@@ -103,6 +105,9 @@ typedef struct sl_config {
     uint64_t max_topics_per_connection; /* default 64 */
     uint64_t max_topic_name;            /* bytes; default 256 */
     uint64_t max_topics;                /* registry bound; default 100000 */
+    uint64_t max_batch_messages;        /* messages in one NDJSON batch; default 10000 */
+    uint64_t max_pending_bytes;         /* input still arriving (requests, WebSocket messages), set
+                                           aside inside memory_limit; 0 = memory_limit / 8 (default) */
     /* [topic "glob"] sections in file order; later matching sections override earlier ones
      * for the keys they set. */
     sl_topic_rule_t *rules;

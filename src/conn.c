@@ -21,9 +21,11 @@
 /* A subscriber write gathers at most this many buffers and bytes; the rest waits for the next. */
 #define SUB_MAX_IOV 512
 #define SUB_MAX_BYTES (256u << 10)
-/* Pipelined responses beyond this stop reading until they drain below the low mark. */
-#define RESP_QUEUE_HIGH (1u << 20)
-#define RESP_QUEUE_LOW (256u << 10)
+/* Replies queued for a peer (pipelined responses, WebSocket answers and control frames, not
+ * yet taken by its socket) beyond this stop its input, within the read being handled, until
+ * they drain below the low mark: a peer that does not read its answers is not read either. */
+#define OUT_HIGH (64u << 10)
+#define OUT_LOW (16u << 10)
 /* How long a closing connection may linger to let the peer read our last bytes. */
 #define LINGER_MS 2000
 #define ALLOC_OVERHEAD 16
@@ -39,7 +41,7 @@ typedef struct resp_write {
 typedef struct sub_write {
     uv_write_t req;
     size_t charge;
-    uint32_t nmsgs, niov;
+    uint32_t nmsgs, niov, max_iov;
     sl_msg_t **msgs;
     uv_buf_t *iov;
     char *ctrl;
@@ -47,7 +49,7 @@ typedef struct sub_write {
 } sub_write_t;
 
 static void on_close(uv_handle_t *h);
-static void start_reading(sl_conn_t *c);
+static void sync_reading(sl_conn_t *c);
 
 /* ---- close ------------------------------------------------------------------------------ */
 
@@ -149,10 +151,7 @@ static void finish(sl_conn_t *c)
     if (c->state == SL_CONN_SSE || c->state == SL_CONN_WS)
         sl_sub_dispose(&c->srv->hub, &c->sub);
     c->state = SL_CONN_LINGER;
-    if (c->read_paused) {
-        c->read_paused = 0;
-        start_reading(c);
-    }
+    sync_reading(c);
     uv_shutdown_t *sr = sl_malloc(sizeof(*sr));
     sl_budget_charge(sizeof(*sr) + ALLOC_OVERHEAD);
     sr->data = c;
@@ -184,10 +183,7 @@ static void on_resp_write(uv_write_t *req, int status)
         finish(c);
         return;
     }
-    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW) {
-        c->read_paused = 0;
-        start_reading(c);
-    }
+    sl_conn_resume_input(c);
 }
 
 static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
@@ -299,6 +295,7 @@ static sub_write_t *sub_write_new(uint32_t max_msgs, uint32_t max_iov, size_t ct
     w->iov = (uv_buf_t *)(w->msgs + max_msgs);
     w->ctrl = (char *)(w->iov + max_iov);
     w->ctrl_cap = ctrl_cap;
+    w->max_iov = max_iov;
     return w;
 }
 
@@ -313,7 +310,7 @@ static void sub_write_free(sub_write_t *w)
 /* Appends control bytes and an iov for them. The ctrl area never moves, so iovs may point in. */
 static void put_ctrl(sub_write_t *w, const char *s, size_t len)
 {
-    assert(w->ctrl_len + len <= w->ctrl_cap);
+    assert(w->ctrl_len + len <= w->ctrl_cap && w->niov < w->max_iov);
     memcpy(w->ctrl + w->ctrl_len, s, len);
     w->iov[w->niov++] = uv_buf_init(w->ctrl + w->ctrl_len, (unsigned)len);
     w->ctrl_len += len;
@@ -329,7 +326,7 @@ static char *ctrl_free(const sub_write_t *w, size_t *room)
 /* Reserves len bytes of the ctrl area for the caller to fill, with an iov for them. */
 static char *take_ctrl(sub_write_t *w, size_t len)
 {
-    assert(w->ctrl_len + len <= w->ctrl_cap);
+    assert(w->ctrl_len + len <= w->ctrl_cap && w->niov < w->max_iov);
     char *p = w->ctrl + w->ctrl_len;
     w->iov[w->niov++] = uv_buf_init(p, (unsigned)len);
     w->ctrl_len += len;
@@ -586,8 +583,9 @@ static void sub_write_done(sl_conn_t *c)
         (void)deliver(&c->sub);
         return;
     }
-    if (c->read_paused && c->tcp.write_queue_size < RESP_QUEUE_LOW)
-        sl_conn_resume_reading(c);
+    sl_conn_resume_input(c);
+    if (c->closing)
+        return;
     if (c->draining && sl_list_empty(&c->sub.ready_link)) {
         send_final(c);
         return;
@@ -718,9 +716,11 @@ static size_t deliver(sl_sub_t *sub)
     /* Size the write for what is owed now, not for the largest batch. */
     uint64_t owed = 0;
     uint32_t marks = 0;
-    for (uint32_t i = 0; i < sub->nreaders && owed < SUB_MAX_IOV; i++) {
+    for (uint32_t i = 0; i < sub->nreaders; i++) {
         const sl_reader_t *r = &sub->readers[i];
-        owed += r->next <= r->topic->head_seq ? r->topic->head_seq - r->next + 1 : 0;
+        if (owed < SUB_MAX_IOV)
+            owed += r->next <= r->topic->head_seq ? r->topic->head_seq - r->next + 1 : 0;
+        /* Every reader's markers go into this write, however many messages are owed. */
         marks += r->mark != SL_MARK_NONE ? 2 : 0;
     }
     uint32_t per_msg = tp->iov_per_msg;
@@ -1012,7 +1012,58 @@ static void set_deadline(sl_conn_t *c, uint64_t now, uint64_t after, sl_close_re
     c->deadline_kind = (uint8_t)kind;
 }
 
-void sl_conn_stash(sl_conn_t *c, const char *data, size_t len)
+/* ---- input: one decision whether to read, one path for held-back input ------------------- */
+
+int sl_conn_input_wanted(const sl_conn_t *c)
+{
+    if (c->closing)
+        return 0;
+    /* Input of subscribers and lingering connections is discarded; reading shows the FIN. */
+    if (c->state == SL_CONN_SSE || c->state == SL_CONN_LINGER)
+        return 1;
+    return !c->parked && !c->out_blocked && !c->input_held;
+}
+
+/* Bytes of replies queued for the peer and not yet taken by its socket. */
+static size_t out_backlog(const sl_conn_t *c)
+{
+    return c->tcp.write_queue_size + (c->ws != NULL ? c->ws->out_len : 0);
+}
+
+int sl_conn_input_blocked(sl_conn_t *c)
+{
+    size_t b = out_backlog(c);
+    if (b > OUT_HIGH)
+        c->out_blocked = 1;
+    else if (b <= OUT_LOW)
+        c->out_blocked = 0;
+    return c->parked || c->out_blocked;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Starts or stops reading the socket as sl_conn_input_wanted says. */
+static void sync_reading(sl_conn_t *c)
+{
+    if (c->closing)
+        return;
+    int want = sl_conn_input_wanted(c);
+    if (want && !c->reading) {
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        if (rc != 0 && rc != UV_EALREADY) {
+            sl_conn_close(c, SL_CLOSE_ERROR);
+            return;
+        }
+        c->reading = 1;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+/* Keeps input that a block held back. It comes from the read being handled (or from the stash
+ * being handled, which was taken out first), so a stash never exceeds one read buffer. */
+static void stash_input(sl_conn_t *c, const char *data, size_t len)
 {
     if (len == 0)
         return;
@@ -1022,17 +1073,69 @@ void sl_conn_stash(sl_conn_t *c, const char *data, size_t len)
     c->stash_len += len;
 }
 
-/* Takes the stashed input (the caller frees it and releases its charge). */
-static char *take_stash(sl_conn_t *c, size_t *len)
+static size_t process(sl_conn_t *c, const char *data, size_t len);
+
+/* Handles input in the connection's current state (HTTP requests, then WebSocket frames after
+ * an upgrade; subscribers and lingering connections discard it). Stops where the input is
+ * blocked and keeps the rest in the stash for sl_conn_resume_input. */
+static void take_input(sl_conn_t *c, const char *data, size_t len)
 {
-    char *s = c->stash;
-    *len = c->stash_len;
-    c->stash = NULL;
-    c->stash_len = 0;
-    return s;
+    size_t off = 0;
+    c->in_input = 1;
+    for (;;) {
+        size_t used;
+        if (c->state == SL_CONN_HTTP)
+            used = process(c, data + off, len - off);
+        else if (c->state == SL_CONN_WS)
+            used = sl_ws_input(c, data + off, len - off);
+        else
+            break;
+        off += used;
+        if (off >= len || c->closing || sl_conn_input_blocked(c) || used == 0)
+            break;
+    }
+    c->in_input = 0;
+    if (c->closing || (c->state != SL_CONN_HTTP && c->state != SL_CONN_WS))
+        return;
+    if (sl_conn_input_blocked(c)) {
+        c->input_held = 1;
+        stash_input(c, data + off, len - off);
+    }
 }
 
-static void process(sl_conn_t *c, const char *data, size_t len);
+void sl_conn_resume_input(sl_conn_t *c)
+{
+    if (c->closing || c->in_input)
+        return;
+    if (c->input_held && !sl_conn_input_blocked(c)) {
+        c->input_held = 0;
+        char *st = c->stash;
+        size_t n = c->stash_len;
+        c->stash = NULL;
+        c->stash_len = 0;
+        /* Also with nothing stashed: a WebSocket parser may hold buffered frames. */
+        take_input(c, st != NULL ? st : "", n);
+        if (st != NULL) {
+            sl_budget_release(n + ALLOC_OVERHEAD);
+            free(st);
+        }
+    }
+    sync_reading(c);
+}
+
+/* A request was answered (or is being answered): the connection goes on with the next one, or
+ * is shut down once the answer is written. */
+static void request_done(sl_conn_t *c)
+{
+    c->park_deadline_ms = 0;
+    if (c->close_after_write) {
+        if (c->pending_writes == 0)
+            finish(c);
+        return;
+    }
+    sl_http_req_next(c->req);
+    set_deadline(c, sl_now_ms(), c->srv->cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+}
 
 static void on_wake(sl_waiter_t *w, int timed_out)
 {
@@ -1045,46 +1148,34 @@ static void on_wake(sl_waiter_t *w, int timed_out)
         sl_ws_resume(c, kind, timed_out);
     } else {
         sl_api_resume(c, kind, timed_out);
-        if (c->parked || c->closing || c->state != SL_CONN_HTTP)
-            return;
-        c->park_deadline_ms = 0;
-        if (c->close_after_write) {
-            if (c->pending_writes == 0)
-                finish(c);
-            return;
-        }
-        sl_http_req_next(c->req);
-        set_deadline(c, sl_now_ms(), c->srv->cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
-        size_t n;
-        char *st = take_stash(c, &n);
-        if (st != NULL) {
-            process(c, st, n);
-            sl_budget_release(n + ALLOC_OVERHEAD);
-            free(st);
-        }
+        if (!c->parked && !c->closing && c->state == SL_CONN_HTTP)
+            request_done(c);
     }
-    if (!c->parked && !c->closing)
-        sl_conn_resume_reading(c);
+    sl_conn_resume_input(c);
 }
 
 void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms)
 {
+    /* Input stops while parked (sl_conn_input_wanted), so nothing can park twice. */
+    assert(!c->parked);
     c->parked = (uint8_t)kind;
     c->wait.wake = on_wake;
     sl_ll_wait(&c->wait, t, kind, seq, deadline_ms);
     c->deadline_ms = 0; /* the waiter has its own deadline */
-    if (!c->read_paused) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->read_paused = 1;
-    }
+    sync_reading(c);
 }
 
-static void process(sl_conn_t *c, const char *data, size_t len)
+/* Parses and dispatches the HTTP requests in data. Returns the bytes it took: all of them,
+ * unless the input was blocked after a request or the connection became a WebSocket (then the
+ * rest are frames). */
+static size_t process(sl_conn_t *c, const char *data, size_t len)
 {
     sl_server_t *srv = c->srv;
     const sl_config_t *cfg = srv->cfg;
     size_t off = 0;
-    while (off < len && !c->closing && c->state == SL_CONN_HTTP && !c->close_after_write) {
+    while (off < len) {
+        if (c->close_after_write)
+            return len; /* answered for good: what follows is discarded */
         if (c->req == NULL) {
             c->req = sl_malloc(sizeof(*c->req));
             sl_budget_charge(sizeof(*c->req) + ALLOC_OVERHEAD);
@@ -1098,9 +1189,9 @@ static void process(sl_conn_t *c, const char *data, size_t len)
         uint64_t now = sl_now_ms();
         if (!was_started && req->started)
             set_deadline(c, now, cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
-        if (req->headers_done && (!had_headers || c->deadline_kind == SL_CLOSE_IDLE_TIMEOUT))
-            /* The body may take longer, as long as it keeps coming. */
-            set_deadline(c, now, cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+        if (req->headers_done && !had_headers)
+            /* The body must be complete in time; trickling bytes does not extend it. */
+            set_deadline(c, now, cfg->body_timeout_ms, SL_CLOSE_BODY_TIMEOUT);
         if (res == SL_HTTP_MORE) {
             if (req->expect_continue && !c->continue_sent) {
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -1110,7 +1201,7 @@ static void process(sl_conn_t *c, const char *data, size_t len)
                 sl_metrics_http(100);
                 queue_bytes(c, w, sizeof(cont) - 1);
             }
-            break;
+            return len;
         }
         if (res == SL_HTTP_ERROR) {
             SL_INFO("bad request", "status=%d error=%s llhttp=\"%s\"", req->status, req->error,
@@ -1124,7 +1215,7 @@ static void process(sl_conn_t *c, const char *data, size_t len)
             c->close_after_write = 1;
             c->reason = SL_CLOSE_PROTOCOL;
             sl_conn_error(c, req->status, req->error, status_message(req->status));
-            return;
+            return len;
         }
         if (c->draining) {
             c->close_after_write = 1;
@@ -1134,30 +1225,21 @@ static void process(sl_conn_t *c, const char *data, size_t len)
         }
         c->continue_sent = 0;
         sl_api_dispatch(c, req);
-        if (c->parked) {
-            sl_conn_stash(c, data + off, len - off);
-            return;
-        }
-        if (c->state == SL_CONN_WS && !c->closing && off < len) {
-            /* Frames sent right behind the handshake. */
-            sl_ws_input(c, data + off, len - off);
-            return;
-        }
-        if (c->closing || c->state != SL_CONN_HTTP)
-            return;
-        if (c->close_after_write) {
-            if (c->pending_writes == 0)
-                finish(c);
-            return;
-        }
-        sl_http_req_next(req);
-        set_deadline(c, sl_now_ms(), cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+        if (c->parked)
+            return off;
+        if (c->closing)
+            return len;
+        if (c->state == SL_CONN_WS)
+            return off; /* frames sent right behind the handshake follow */
+        if (c->state != SL_CONN_HTTP)
+            return len; /* a subscriber's further input is discarded */
+        request_done(c);
+        if (c->close_after_write)
+            return len;
+        if (sl_conn_input_blocked(c))
+            return off;
     }
-    if (!c->closing && c->state == SL_CONN_HTTP && c->tcp.write_queue_size > RESP_QUEUE_HIGH) {
-        /* A pipelining peer that does not read its answers gets no more reads. */
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->read_paused = 1;
-    }
+    return len;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1169,6 +1251,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (nread != UV_EOF && nread != UV_ECONNRESET)
             SL_DEBUG("read error", "error=%s", uv_strerror((int)nread));
         c->peer_eof = 1;
+        c->reading = 0; /* libuv stops reading at EOF or an error */
         if (c->state == SL_CONN_LINGER) {
             sl_conn_close(c, c->reason);
         } else if (c->state == SL_CONN_HTTP && nread == UV_EOF && c->pending_writes > 0) {
@@ -1180,35 +1263,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
-    if (c->state == SL_CONN_WS) {
-        sl_ws_input(c, buf->base, (size_t)nread);
-        return;
-    }
-    if (c->state != SL_CONN_HTTP)
-        return; /* SSE subscribers and lingering connections: input is discarded */
-    process(c, buf->base, (size_t)nread);
-}
-
-static void start_reading(sl_conn_t *c)
-{
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (rc != 0 && rc != UV_EALREADY)
-        sl_conn_close(c, SL_CLOSE_ERROR);
-}
-
-void sl_conn_resume_reading(sl_conn_t *c)
-{
-    if (c->closing || !c->read_paused)
-        return;
-    c->read_paused = 0;
-    start_reading(c);
+    take_input(c, buf->base, (size_t)nread);
+    sync_reading(c);
 }
 
 void sl_conn_start(sl_conn_t *c)
 {
     c->reason = SL_CLOSE_PEER;
     set_deadline(c, sl_now_ms(), c->srv->cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
-    start_reading(c);
+    sync_reading(c);
 }
 
 void sl_conn_reject(sl_conn_t *c, const char *why)
@@ -1218,7 +1281,7 @@ void sl_conn_reject(sl_conn_t *c, const char *why)
     c->reason = SL_CLOSE_PROTOCOL;
     set_deadline(c, sl_now_ms(), LINGER_MS, SL_CLOSE_PROTOCOL);
     sl_conn_error(c, 503, "over_capacity", why);
-    start_reading(c);
+    sync_reading(c);
 }
 
 void sl_conn_tick(sl_conn_t *c, uint64_t now)
@@ -1227,7 +1290,7 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         return;
     if (c->deadline_ms && now >= c->deadline_ms) {
         if (c->deadline_kind == SL_CLOSE_HEADER_TIMEOUT ||
-            c->deadline_kind == SL_CLOSE_IDLE_TIMEOUT)
+            c->deadline_kind == SL_CLOSE_IDLE_TIMEOUT || c->deadline_kind == SL_CLOSE_BODY_TIMEOUT)
             SL_DEBUG("connection timed out", "reason=%s",
                      sl_close_reason_name((sl_close_reason_t)c->deadline_kind));
         sl_conn_close(c, (sl_close_reason_t)c->deadline_kind);

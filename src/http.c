@@ -22,12 +22,11 @@ static sl_http_req_t *req_of(llhttp_t *p)
     return (sl_http_req_t *)p->data;
 }
 
-/* Charges n bytes for the request (see sl_http_limits_t.reserve); 1 if charged. */
+/* Charges n bytes for the request to the pool of input still arriving; 1 if charged. */
 static int charge(const sl_http_req_t *req, size_t n)
 {
-    if (req->lim->reserve != NULL)
-        return req->lim->reserve(n, req->lim->reserve_arg) == 0;
-    return sl_budget_try(n);
+    (void)req;
+    return sl_budget_try_pending(n);
 }
 
 static int fail(sl_http_req_t *req, int status, const char *error)
@@ -39,14 +38,17 @@ static int fail(sl_http_req_t *req, int status, const char *error)
     return -1;
 }
 
-/* Grows *buf to hold `need` bytes, charging the growth to the budget. */
-static int grow(sl_http_req_t *req, char **buf, size_t *cap, size_t need)
+/* Grows *buf to hold `need` bytes (doubling, but never past `most` when that is known to be
+ * enough), charging the growth to the budget. */
+static int grow(sl_http_req_t *req, char **buf, size_t *cap, size_t need, size_t most)
 {
     if (need <= *cap)
         return 0;
     size_t ncap = *cap ? *cap : 256;
     while (ncap < need)
         ncap *= 2;
+    if (most >= need && ncap > most)
+        ncap = most;
     if (!charge(req, ncap - *cap))
         return fail(req, 503, "over_capacity");
     req->charged += ncap - *cap;
@@ -117,7 +119,7 @@ static int on_header_field_complete(llhttp_t *p)
     req->in_value = 1;
     /* A repeated header replaces the earlier value. */
     if (req->hcur != SL_H_OTHER && req->hval[req->hcur] != NULL) {
-        sl_budget_release(req->hlen[req->hcur]);
+        sl_budget_release_pending(req->hlen[req->hcur]);
         req->charged -= req->hlen[req->hcur];
         free(req->hval[req->hcur]);
         req->hval[req->hcur] = NULL;
@@ -170,11 +172,12 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     sl_http_req_t *req = req_of(p);
     if (req->body_len + len > req->body_limit)
         return fail(req, 413, "too_large");
+    /* Memory follows the bytes that arrived, whatever Content-Length announced; a known
+     * length only keeps the last doubling from overshooting it. llhttp has already counted
+     * these bytes off content_length. */
     size_t need = req->body_len + len;
-    /* With a known length, allocate it at once (it is within the limit). */
-    if ((p->flags & F_CONTENT_LENGTH) && req->body_cap == 0)
-        need = req->body_len + len + (size_t)p->content_length;
-    if (grow(req, &req->body, &req->body_cap, need) != 0)
+    size_t most = (p->flags & F_CONTENT_LENGTH) ? need + (size_t)p->content_length : 0;
+    if (grow(req, &req->body, &req->body_cap, need, most) != 0)
         return -1;
     memcpy(req->body + req->body_len, at, len);
     req->body_len += len;
@@ -219,7 +222,7 @@ static void free_parts(sl_http_req_t *req)
     free(req->body);
     req->body = NULL;
     req->body_len = req->body_cap = 0;
-    sl_budget_release(req->charged);
+    sl_budget_release_pending(req->charged);
     req->charged = 0;
 }
 

@@ -17,10 +17,6 @@ typedef struct sl_http_limits {
     size_t max_header_bytes;
     size_t max_message; /* body limit for a single-message publish */
     size_t max_body;    /* body limit for an NDJSON batch */
-    /* Charges n bytes to the memory budget, making room first if it can (the hub evicts the
-     * oldest messages); returns 0, or nonzero when they do not fit. NULL: sl_budget_try. */
-    int (*reserve)(size_t n, void *arg);
-    void *reserve_arg;
 } sl_http_limits_t;
 
 /* Headers sluice reads; all others are counted against the limit and dropped. */
@@ -39,7 +35,9 @@ enum {
 };
 
 /* One request being parsed. Owned by its connection; sl_http_req_dispose frees what it holds.
- * Its heap parts (target, header values, body) are charged to the memory budget. */
+ * Its heap parts (target, header values, body) are charged to the budget's pool for input
+ * still arriving (budget.h) as their bytes arrive, never ahead of them: a Content-Length
+ * reserves nothing. */
 typedef struct sl_http_req {
     llhttp_t parser;
     const sl_http_limits_t *lim;

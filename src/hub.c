@@ -130,13 +130,17 @@ static void evict_one(sl_topic_t *t, sl_msg_t *m, sl_evict_reason_t why, void *a
 {
     (void)t;
     (void)arg;
-    sl_list_remove(&m->all);
+    sl_msg_unlink(m);
     sl_metrics.evictions[why]++;
     sl_msg_unref(m);
 }
 
 int sl_hub_reserve(sl_hub_t *hub, size_t n)
 {
+    /* Decide before evicting: a charge that cannot fit even with every evictable message gone
+     * is refused with nothing changed. */
+    if (!sl_budget_fits(n) && !sl_budget_fits_evicting(n))
+        return SL_EOVERLOAD;
     while (!sl_budget_fits(n) && !sl_list_empty(&hub->msgs)) {
         sl_msg_t *m = sl_container_of(hub->msgs.next, sl_msg_t, all);
         sl_topic_t *t = m->topic;
@@ -177,7 +181,7 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
         sl_budget_charge(m->charge);
         m->gseq = ++hub->gseq;
         m->ts_ms = now;
-        sl_list_insert_tail(&hub->msgs, &m->all);
+        sl_msg_link(&hub->msgs, m);
         if (t->ll != NULL)
             sl_ll_append(t, m);
         sl_topic_append(t, m, evict_one, hub);

@@ -35,8 +35,8 @@ void sl_metrics_http(int code)
 const char *sl_close_reason_name(sl_close_reason_t r)
 {
     static const char *const names[] = {
-        "peer",     "write_stall", "header_timeout", "idle_timeout", "overflow",
-        "shutdown", "error",       "protocol",       "ping_timeout", "ws_close"};
+        "peer",  "write_stall", "header_timeout", "idle_timeout", "overflow",    "shutdown",
+        "error", "protocol",    "ping_timeout",   "ws_close",     "body_timeout"};
     return r < SL_CLOSE__COUNT ? names[r] : "unknown";
 }
 

@@ -23,6 +23,7 @@ typedef enum {
     SL_CLOSE_PROTOCOL,     /* bad request, or `Connection: close` / an answered limit */
     SL_CLOSE_PING_TIMEOUT, /* WebSocket: no pong within ws_pong_timeout */
     SL_CLOSE_WS_CLOSE,     /* WebSocket: a close handshake ended the connection */
+    SL_CLOSE_BODY_TIMEOUT, /* a request body or WebSocket message not complete in time */
     SL_CLOSE__COUNT,
 } sl_close_reason_t;
 const char *sl_close_reason_name(sl_close_reason_t r);

@@ -17,11 +17,6 @@
 #define SWEEP_MS 250
 #define ALLOC_OVERHEAD 16
 
-static int reserve_for_request(size_t n, void *arg)
-{
-    return sl_hub_reserve(arg, n);
-}
-
 static void on_flush(uv_check_t *h)
 {
     sl_server_t *srv = h->data;
@@ -184,12 +179,12 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     srv->limits.max_header_bytes = cfg->max_header_bytes;
     srv->limits.max_message = cfg->max_message_bytes;
     srv->limits.max_body = cfg->max_body_bytes;
-    /* A request body is a publish: make room for it as a publish does, by evicting. */
-    srv->limits.reserve = reserve_for_request;
-    srv->limits.reserve_arg = &srv->hub;
     srv->rbuf_size = 64 * 1024;
     srv->rbuf = sl_malloc(srv->rbuf_size);
-    sl_budget_set_limit(cfg->memory_limit);
+    /* Requests and WebSocket messages still arriving get a pool of their own inside the
+     * limit, so they never evict published messages (budget.h). */
+    sl_budget_set_limit(cfg->memory_limit,
+                        cfg->max_pending_bytes ? cfg->max_pending_bytes : cfg->memory_limit / 8);
     sl_ll_setup(loop, cfg->data_dir);
     sl_conn_init_disk();
     if (sl_ll_recover(&srv->hub) < 0)

@@ -87,12 +87,10 @@ typedef struct sl_ws {
     uint8_t close_msg_len;
     char close_msg[123];
     uint8_t pong[125];
-    /* A publish held while its lossless topic is full (or, with fsync=always and acks, until
-     * it is on disk): the message and where it goes. */
+    /* A publish held while its lossless topic is full: one allocation holding the payload,
+     * then the topic name, then the event type (NUL-terminated) if there is one. */
     char *held;
-    size_t held_len, held_topic_len;
-    char held_topic[257];
-    char held_event[65];
+    size_t held_len, held_topic_len, held_charge;
     uint8_t held_text, held_has_event;
 } sl_ws_t;
 
@@ -106,7 +104,10 @@ typedef struct sl_conn {
     uint8_t closing;           /* sl_conn_close was called */
     uint8_t close_after_write; /* answer, then FIN and linger */
     uint8_t draining;          /* shutdown: send what is owed, then the final frame */
-    uint8_t read_paused;       /* pipelined responses piled up; resumed when drained */
+    uint8_t reading;           /* libuv is reading the socket (see sl_conn_input_wanted) */
+    uint8_t out_blocked;       /* replies queued past the high mark, not yet below the low */
+    uint8_t input_held;        /* input stopped by a block; the rest (if any) is in stash */
+    uint8_t in_input;          /* input is being handled: nested resumes wait for it */
     uint8_t continue_sent;
     uint8_t reason;   /* sl_close_reason_t, once closing */
     uint8_t rejected; /* answered 503 at accept */
@@ -122,8 +123,10 @@ typedef struct sl_conn {
     sl_http_req_t *req;      /* HTTP state only */
     sl_sub_t sub;            /* subscribers (SSE, WebSocket) only */
     sl_ws_t *ws;             /* WebSocket only */
-    /* A publish waiting on a lossless topic (for room, or to be on disk): reading stops and
-     * the input that followed it waits in `stash` until the waiter is woken. */
+    /* A publish waiting on a lossless topic (for room, or to be on disk). While parked, or
+     * while replies are backed up (out_blocked), no input is handled: the rest of the read
+     * that was being handled waits in `stash` (at most one read buffer), and the socket is not
+     * read until the block is gone and the stash is handled. */
     sl_waiter_t wait;
     uint8_t parked;
     char *stash;
@@ -189,12 +192,26 @@ int sl_conn_upgrade_ws(sl_conn_t *c, const char *accept, sl_topic_t **topics,
  * (then it goes out when that completes). */
 void sl_conn_pump(sl_conn_t *c);
 
-/* Resumes reading a connection paused for backpressure, if it was. */
-void sl_conn_resume_reading(sl_conn_t *c);
+/* Handles input a block held back (the stash) once the block is gone, then reads the socket
+ * again if the connection takes input. Called when something that blocks input may have
+ * changed (a write completed, a waiter woke); harmless otherwise. Loop thread. */
+void sl_conn_resume_input(sl_conn_t *c);
+
+/* The one place that decides whether a connection's socket is read: 1 unless it is closing,
+ * a publish is parked, its replies are backed up, or held-back input waits to be handled.
+ * Subscribers (SSE) and lingering connections are always read, to see the peer's FIN.
+ * Pure: reads only the connection's fields. */
+int sl_conn_input_wanted(const sl_conn_t *c);
+
+/* 1 if input handling must stop now: a publish is parked or the replies queued for the peer
+ * passed the high mark (and have not drained below the low mark since). Updates out_blocked. */
+int sl_conn_input_blocked(sl_conn_t *c);
 
 /* WebSocket input: parses frames from the bytes of one read, answers control frames,
- * publishes messages and enforces the protocol (ws_conn.c). */
-void sl_ws_input(sl_conn_t *c, const char *data, size_t len);
+ * publishes messages and enforces the protocol (ws_conn.c). Stops after the frame that
+ * blocked the connection's input (sl_conn_input_blocked); returns the bytes it took (wslay
+ * may buffer some of them). */
+size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len);
 
 /* WebSocket deadlines: pings and the pong timeout (ws_conn.c). */
 void sl_ws_tick(sl_conn_t *c, uint64_t now_ms);
@@ -220,9 +237,6 @@ void sl_conn_init_disk(void);
 /* Parks the connection's current publish on topic t's log (see sl_conn_t.wait); the waiter's
  * callback resumes it. Reading stops until then. */
 void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms);
-
-/* Keeps bytes that arrived behind a parked publish; they are processed when it resumes. */
-void sl_conn_stash(sl_conn_t *c, const char *data, size_t len);
 
 /* Resumes a parked HTTP publish (api.c): retries it, answers 429 when its wait timed out, or
  * answers 202 once its messages are durable. */

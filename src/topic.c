@@ -192,11 +192,28 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
     return m;
 }
 
+void sl_msg_link(sl_list_t *list, sl_msg_t *m)
+{
+    sl_list_insert_tail(list, &m->all);
+    if (m->refs == 1)
+        sl_budget.evictable += m->charge;
+}
+
+void sl_msg_unlink(sl_msg_t *m)
+{
+    if (m->refs == 1)
+        sl_budget.evictable -= m->charge;
+    sl_list_remove(&m->all);
+}
+
 void sl_msg_unref(sl_msg_t *m)
 {
     assert(m->refs > 0);
-    if (--m->refs > 0)
+    if (--m->refs > 0) {
+        if (m->refs == 1 && sl_list_linked(&m->all))
+            sl_budget.evictable += m->charge;
         return;
+    }
     assert(!sl_list_linked(&m->all));
     if (m->multi_id != NULL) {
         sl_budget_release(m->multi_id_len + ALLOC_OVERHEAD);
@@ -328,7 +345,7 @@ void sl_topic_free(sl_topic_t *t)
     assert(t->nreaders == 0);
     sl_msg_t *m;
     while ((m = sl_topic_pop_tail(t)) != NULL) {
-        sl_list_remove(&m->all);
+        sl_msg_unlink(m);
         sl_msg_unref(m);
     }
     if (t->ring != NULL)

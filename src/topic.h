@@ -17,6 +17,7 @@
 #define SL_TOPIC_H
 
 #include "config.h"
+#include "budget.h"
 #include "util.h"
 
 #include <stddef.h>
@@ -154,11 +155,19 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
 /* The number of bytes sl_msg_new will charge for this message. */
 size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);
 
+/* A reference for a write or a disk job. A ring message that such a reference holds is not
+ * evictable (budget.h): evicting it would free nothing until the reference is dropped. */
 static inline void sl_msg_ref(sl_msg_t *m)
 {
-    m->refs++;
+    if (m->refs++ == 1 && sl_list_linked(&m->all))
+        sl_budget.evictable -= m->charge;
 }
 void sl_msg_unref(sl_msg_t *m);
+
+/* Puts a new message (one reference, the ring's) on the hub's eviction list, or takes it off
+ * (when it leaves its ring), keeping sl_budget.evictable. */
+void sl_msg_link(sl_list_t *list, sl_msg_t *m);
+void sl_msg_unlink(sl_msg_t *m);
 
 /* The lazily built multi-topic id line of `m` ("id: <stream_epoch>-<gseq>:<topic>\n"). The
  * message must still be in its ring the first time (it needs the topic name); later calls

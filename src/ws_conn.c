@@ -25,8 +25,6 @@
 #define ALLOC_OVERHEAD 16
 /* wslay's frame context: its input buffer and a little state (charged, not measured). */
 #define WSLAY_CTX_CHARGE (4096 + 256)
-/* A publisher whose answers pile up beyond this is not read until they drain. */
-#define OUT_HIGH (64u << 10)
 /* The buffer of a finished message is kept for the next one up to this size. */
 #define MSG_KEEP (4u << 10)
 
@@ -38,6 +36,7 @@ typedef struct sl_ws_parser {
     size_t in_len;
     uint64_t fed, used; /* bytes given to wslay; bytes of the frames it completed */
     uint64_t frame_off; /* payload bytes of the current frame seen so far */
+    uint64_t since_ms;  /* when the message (or control frame) being received began */
     uint8_t in_frame;   /* a frame's header was seen, its payload is not complete */
     uint8_t frame_op;   /* opcode of the current frame */
     uint8_t msg_op;     /* SL_WS_TEXT/BINARY while a data message is being assembled, else 0 */
@@ -169,13 +168,15 @@ static int no_mask(uint8_t *buf, size_t len, void *user)
 
 static sl_ws_parser_t *parser_new(sl_conn_t *c)
 {
-    if (sl_hub_reserve(&c->srv->hub, sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE) != 0)
+    /* Input still arriving: charged to its own pool, never making room by eviction. */
+    (void)c;
+    if (!sl_budget_try_pending(sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE))
         return NULL;
     sl_ws_parser_t *p = sl_calloc(1, sizeof(*p));
     static const struct wslay_frame_callbacks cbs = {no_send, feed, no_mask};
     if (wslay_frame_context_init(&p->ctx, &cbs, p) != 0) {
         free(p);
-        sl_budget_release(sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE);
+        sl_budget_release_pending(sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE);
         return NULL;
     }
     p->conn = c;
@@ -188,11 +189,11 @@ static void parser_free(sl_ws_t *ws)
     if (p == NULL)
         return;
     if (p->msg != NULL) {
-        sl_budget_release(p->msg_cap + ALLOC_OVERHEAD);
+        sl_budget_release_pending(p->msg_cap + ALLOC_OVERHEAD);
         free(p->msg);
     }
     wslay_frame_context_free(p->ctx);
-    sl_budget_release(sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE);
+    sl_budget_release_pending(sizeof(sl_ws_parser_t) + WSLAY_CTX_CHARGE);
     free(p);
     ws->parser = NULL;
 }
@@ -210,7 +211,7 @@ void sl_ws_free(sl_conn_t *c)
         sl_budget_release(ws->topic_len + 1 + ALLOC_OVERHEAD);
     free(ws->topic);
     if (ws->held != NULL) {
-        sl_budget_release(ws->held_len + ALLOC_OVERHEAD);
+        sl_budget_release(ws->held_charge);
         free(ws->held);
     }
     sl_budget_release(sizeof(*ws) + ALLOC_OVERHEAD);
@@ -218,8 +219,8 @@ void sl_ws_free(sl_conn_t *c)
     c->ws = NULL;
 }
 
-/* Appends a data frame's bytes to the message, within the budget. */
-static int msg_append(sl_conn_t *c, sl_ws_parser_t *p, const uint8_t *data, size_t len)
+/* Appends a data frame's bytes to the message, within the pool for input still arriving. */
+static int msg_append(sl_ws_parser_t *p, const uint8_t *data, size_t len)
 {
     size_t need = p->msg_len + len;
     if (need > p->msg_cap) {
@@ -227,7 +228,7 @@ static int msg_append(sl_conn_t *c, sl_ws_parser_t *p, const uint8_t *data, size
         while (cap < need)
             cap *= 2;
         size_t grow = cap - p->msg_cap + (p->msg_cap ? 0 : ALLOC_OVERHEAD);
-        if (sl_hub_reserve(&c->srv->hub, grow) != 0)
+        if (!sl_budget_try_pending(grow))
             return -1;
         p->msg = sl_realloc(p->msg, cap);
         p->msg_cap = cap;
@@ -251,20 +252,23 @@ static void queue_ack(sl_conn_t *c, const sl_topic_t *t, uint64_t seq)
 }
 
 /* Keeps a publish that a full lossless topic pushed back, and stops reading until there is
- * room (sl_ws_resume publishes it then). */
+ * room (sl_ws_resume publishes it then). The payload, the topic's name and the event type are
+ * copied into one allocation sized for them. */
 static void hold(sl_conn_t *c, sl_topic_t *t, const char *event, const char *payload, size_t len,
                  int text)
 {
     sl_ws_t *ws = c->ws;
-    ws->held = sl_malloc(len ? len : 1);
+    size_t ev_len = event != NULL ? strlen(event) : 0;
+    size_t size = len + t->name_len + ev_len + 1;
+    ws->held = sl_malloc(size);
+    ws->held_charge = size + ALLOC_OVERHEAD;
+    sl_budget_charge(ws->held_charge);
     memcpy(ws->held, payload, len);
+    memcpy(ws->held + len, t->name, t->name_len);
+    memcpy(ws->held + len + t->name_len, event != NULL ? event : "", ev_len + 1);
     ws->held_len = len;
-    sl_budget_charge(len + ALLOC_OVERHEAD);
-    memcpy(ws->held_topic, t->name, t->name_len);
     ws->held_topic_len = t->name_len;
     ws->held_has_event = event != NULL;
-    if (event != NULL)
-        snprintf(ws->held_event, sizeof(ws->held_event), "%s", event);
     ws->held_text = (uint8_t)text;
     sl_conn_park(c, t, SL_WAIT_ROOM, 0, 0);
 }
@@ -440,6 +444,8 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
         p->in_frame = 1;
         p->frame_off = 0;
         p->frame_op = f->opcode;
+        if (p->msg_op == 0)
+            p->since_ms = sl_now_ms();
         if (!f->mask) {
             sl_ws_fail(c, SL_WS_CLOSE_PROTOCOL, "client frames must be masked", SL_CLOSE_PROTOCOL);
             return -1;
@@ -495,7 +501,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
             return -1;
         }
         p->msg_total += f->data_length;
-        if (!p->dropping && msg_append(c, p, f->data, f->data_length) != 0) {
+        if (!p->dropping && msg_append(p, f->data, f->data_length) != 0) {
             /* Refuse this message, not the connection: the rest of it is read and dropped. */
             p->dropping = 1;
             p->msg_len = 0;
@@ -532,7 +538,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
     }
     p->msg_len = 0;
     if (p->msg_cap > MSG_KEEP) {
-        sl_budget_release(p->msg_cap + ALLOC_OVERHEAD);
+        sl_budget_release_pending(p->msg_cap + ALLOC_OVERHEAD);
         free(p->msg);
         p->msg = NULL;
         p->msg_cap = 0;
@@ -540,14 +546,14 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
     return c->closing ? -1 : 0;
 }
 
-void sl_ws_input(sl_conn_t *c, const char *data, size_t len)
+size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len)
 {
     sl_ws_t *ws = c->ws;
     if (c->closing || ws == NULL || ws->close_pending)
-        return; /* after our close frame, input is discarded */
+        return len; /* after our close frame, input is discarded */
     if (ws->parser == NULL && (ws->parser = parser_new(c)) == NULL) {
         sl_ws_fail(c, 1013, "memory budget exhausted", SL_CLOSE_PROTOCOL);
-        return;
+        return len;
     }
     sl_ws_parser_t *p = ws->parser;
     p->in = data;
@@ -565,16 +571,17 @@ void sl_ws_input(sl_conn_t *c, const char *data, size_t len)
         }
         if (on_piece(c, p, &f) != 0)
             break;
-        if (c->parked) {
-            /* Pushed back: the rest waits (wslay keeps what it buffered). */
-            sl_conn_stash(c, p->in, p->in_len);
+        if (sl_conn_input_blocked(c)) {
+            /* Parked, or answers piling up: the rest waits (wslay keeps what it buffered). */
+            size_t used = len - p->in_len;
             p->in = NULL;
             p->in_len = 0;
-            return;
+            sl_conn_pump(c);
+            return used;
         }
     }
     if (c->closing || c->ws == NULL)
-        return;
+        return len;
     p->in = NULL;
     p->in_len = 0;
     /* Everything wslay was given belongs to complete frames: it holds nothing, so neither
@@ -582,12 +589,7 @@ void sl_ws_input(sl_conn_t *c, const char *data, size_t len)
     if (!ws->close_pending && !p->in_frame && p->fed == p->used && p->msg_op == 0)
         parser_free(ws);
     sl_conn_pump(c);
-    if (!c->closing && !c->read_paused &&
-        (ws->out_len > OUT_HIGH || c->tcp.write_queue_size > OUT_HIGH)) {
-        /* A publisher that does not read its answers is not read either. */
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->read_paused = 1;
-    }
+    return len;
 }
 
 void sl_ws_resume(sl_conn_t *c, int kind, int timed_out)
@@ -597,26 +599,16 @@ void sl_ws_resume(sl_conn_t *c, int kind, int timed_out)
     if (kind == SL_WAIT_DURABLE) {
         queue_ack(c, c->wait.topic, c->wait.seq);
     } else if (ws->held != NULL) {
-        char *msg = ws->held;
-        size_t len = ws->held_len;
+        char *held = ws->held;
+        size_t len = ws->held_len, charge = ws->held_charge;
+        const char *topic = held + len, *event = topic + ws->held_topic_len;
         ws->held = NULL;
-        publish_to(c, ws->held_topic, ws->held_topic_len,
-                   ws->held_has_event ? ws->held_event : NULL, msg, len, ws->held_text);
-        sl_budget_release(len + ALLOC_OVERHEAD);
-        free(msg);
+        publish_to(c, topic, ws->held_topic_len, ws->held_has_event ? event : NULL, held, len,
+                   ws->held_text);
+        sl_budget_release(charge);
+        free(held);
     }
-    if (c->parked || c->closing)
-        return;
-    /* Go on with what arrived meanwhile, then read again (the caller resumes reading). */
-    size_t n = c->stash_len;
-    char *st = c->stash;
-    c->stash = NULL;
-    c->stash_len = 0;
-    sl_ws_input(c, st ? st : "", n);
-    if (st != NULL) {
-        sl_budget_release(n + ALLOC_OVERHEAD);
-        free(st);
-    }
+    /* The caller goes on with the input that waited (sl_conn_resume_input). */
     sl_conn_pump(c);
 }
 
@@ -626,6 +618,15 @@ void sl_ws_tick(sl_conn_t *c, uint64_t now)
     const sl_config_t *cfg = c->srv->cfg;
     if (ws == NULL || ws->close_pending)
         return;
+    const sl_ws_parser_t *p = ws->parser;
+    if (p != NULL && (p->in_frame || p->msg_op != 0) && !c->parked && !c->input_held &&
+        now - p->since_ms >= cfg->body_timeout_ms) {
+        /* A message (or a frame header promising one) that does not complete in time holds
+         * input memory for nothing: like a request body, it has a deadline. */
+        SL_INFO("websocket message timed out", "waited_ms=%" PRIu64, now - p->since_ms);
+        sl_ws_fail(c, SL_WS_CLOSE_POLICY, "message not complete in time", SL_CLOSE_BODY_TIMEOUT);
+        return;
+    }
     if (ws->ping_sent_ms != 0 && now - ws->ping_sent_ms >= cfg->ws_pong_timeout_ms) {
         SL_INFO("websocket ping timeout", "waited_ms=%" PRIu64, now - ws->ping_sent_ms);
         sl_conn_close(c, SL_CLOSE_PING_TIMEOUT);

@@ -295,12 +295,12 @@ def test_memory_budget_refuses_only_when_nothing_is_evictable(sluice_factory):
     the budget, publishing is refused (503) instead of growing; when the readers go away the
     memory comes back. A fast reader under the same load never causes a refusal.
 
-    Sizes: S = 1 MB messages, budget 2.5 S. One publish needs S (2 S if the request body is
-    charged too), which fits once older messages are evicted; with two stalled readers each
-    pinning a different message, 2 S + S no longer fits (with the body charged, one pinned
-    message is already enough)."""
+    Sizes: S = 1 MB messages, budget 2.5 S of which 1.1 S is the pool for request bodies. One
+    publish needs S outside the pool, which fits once older messages are evicted; with a
+    stalled reader pinning a message, S + S no longer fits."""
     srv = sluice_factory(server={"memory_limit": "2560KiB", "write_stall_timeout": "60s"},
-                         limits={"max_message_bytes": "1MiB", "max_body_bytes": "2MiB"})
+                         limits={"max_message_bytes": "1MiB", "max_body_bytes": "2MiB",
+                                 "max_pending_bytes": "1100KiB"})
     big = "p" * 1_000_000
 
     # A: a fast reader; every publish evicts older messages and succeeds

@@ -24,7 +24,7 @@ static int setup(void **state)
 {
     (void)state;
     sl_config_init(&cfg);
-    sl_budget_set_limit(1u << 30);
+    sl_budget_set_limit(1u << 30, 0);
     base = sl_budget.used;
     sl_hub_init(&hub, &cfg);
     return 0;
@@ -58,7 +58,7 @@ static int publish(sl_topic_t *t, const char *payload)
 static void test_budget_books(void **state)
 {
     (void)state;
-    sl_budget_set_limit(base + 100);
+    sl_budget_set_limit(base + 100, 0);
     assert_true(sl_budget_fits(100));
     assert_false(sl_budget_fits(101));
     assert_true(sl_budget_try(60));
@@ -68,7 +68,7 @@ static void test_budget_books(void **state)
     assert_true(sl_budget.peak >= base + 110);
     sl_budget_release(110);
     assert_int_equal(sl_budget.used, base);
-    sl_budget_set_limit(1u << 30);
+    sl_budget_set_limit(1u << 30, 0);
 }
 
 static void test_lookup_and_topic_limit(void **state)
@@ -111,7 +111,7 @@ static void test_budget_eviction_across_topics(void **state)
     uint64_t before = sl_metrics.evictions[SL_EVICT_BUDGET];
     /* Room for half a message: each publish must evict exactly the oldest one. */
     size_t charge = sl_msg_charge(1, NULL, payload, strlen(payload));
-    sl_budget_set_limit(sl_budget.used + charge / 2);
+    sl_budget_set_limit(sl_budget.used + charge / 2, 0);
     assert_int_equal(publish(b, payload), 0);
     assert_int_equal(publish(b, payload), 0);
     assert_int_equal(sl_metrics.evictions[SL_EVICT_BUDGET] - before, 2);
@@ -128,13 +128,15 @@ static void test_budget_eviction_across_topics(void **state)
         lens[i] = 999;
     }
     uint64_t first, rej = sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET];
-    /* 8 messages need more than the 4 retained ones free plus the 100 bytes of room. */
-    sl_budget_set_limit(sl_budget.used + 100);
+    /* 8 messages need more than the 3 retained ones free plus the 100 bytes of room. */
+    sl_budget_set_limit(sl_budget.used + 100, 0);
     assert_int_equal(sl_hub_publish(&hub, a, NULL, p, lens, 8, &first), SL_EOVERLOAD);
     assert_int_equal(sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET] - rej, 1);
-    assert_int_equal(a->head_seq, 2);         /* nothing of the batch was appended */
-    assert_int_equal(a->count + b->count, 0); /* everything evictable was evicted trying */
-    sl_budget_set_limit(1u << 30);
+    assert_int_equal(a->head_seq, 2); /* nothing of the batch was appended */
+    /* It is refused before anything is evicted: the other messages are all still there. */
+    assert_int_equal(a->count + b->count, 3);
+    assert_int_equal(sl_metrics.evictions[SL_EVICT_BUDGET] - before, 2);
+    sl_budget_set_limit(1u << 30, 0);
     assert_int_equal(sl_hub_publish(&hub, a, "ev", p, lens, 3, &first), 0);
     assert_int_equal(first, 3);
     assert_int_equal(a->head_seq, 5);

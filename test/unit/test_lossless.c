@@ -16,7 +16,7 @@ static sl_config_t cfg;
 
 static sl_topic_t *make_topic(uint64_t max_bytes, uint64_t quota)
 {
-    sl_budget_set_limit(1ull << 30);
+    sl_budget_set_limit(1ull << 30, 0);
     sl_config_init(&cfg);
     ll_cfg = &cfg;
     cfg.disk_quota = 0;

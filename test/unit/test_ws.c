@@ -265,7 +265,7 @@ static void on_evict(sl_topic_t *t, sl_msg_t *m, sl_evict_reason_t why, void *ar
 static void test_message_encodings(void **state)
 {
     (void)state;
-    sl_budget_set_limit(1ull << 30);
+    sl_budget_set_limit(1ull << 30, 0);
     uint64_t base = sl_budget.used;
     sl_config_t cfg;
     sl_config_init(&cfg);
