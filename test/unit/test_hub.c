@@ -238,12 +238,60 @@ static void test_flush_contract(void **state)
     assert_int_equal(a->nreaders + b->nreaders, 0);
 }
 
+static void test_pending_pool(void **state)
+{
+    (void)state;
+    /* limit 1000 above what is used, 300 of it set aside for input still arriving */
+    sl_budget_set_limit(base + 1000, 300);
+    assert_true(sl_budget_fits(700));
+    assert_false(sl_budget_fits(701));
+    assert_true(sl_budget_try_pending(200));
+    assert_true(sl_budget_fits(700)); /* the pool's use is inside its own room */
+    assert_false(sl_budget_try_pending(101));
+    assert_true(sl_budget_try_pending(100));
+    assert_false(sl_budget_try_pending(1));
+    /* Unconditional charges may eat into the pool's room; the limit still holds for input. */
+    sl_budget_charge(700);
+    sl_budget_release_pending(300);
+    assert_false(sl_budget_try_pending(301));
+    assert_true(sl_budget_try_pending(300));
+    sl_budget_release_pending(300);
+    sl_budget_release(700);
+    assert_int_equal(sl_budget.used, base);
+    assert_int_equal(sl_budget.pending, 0);
+    sl_budget_set_limit(1u << 30, 0);
+}
+
+static void test_evictable_follows_references(void **state)
+{
+    (void)state;
+    sl_topic_t *a = topic("ev");
+    uint64_t e0 = sl_budget.evictable;
+    assert_int_equal(publish(a, "one"), 0);
+    sl_msg_t *m = sl_topic_get(a, 1);
+    assert_int_equal(sl_budget.evictable - e0, m->charge);
+    sl_msg_ref(m); /* a write holds it: evicting it would free nothing */
+    assert_int_equal(sl_budget.evictable, e0);
+    sl_msg_unref(m);
+    assert_int_equal(sl_budget.evictable - e0, m->charge);
+    sl_msg_ref(m);
+    sl_msg_t *popped = sl_topic_pop_tail(a);
+    assert_ptr_equal(popped, m);
+    sl_msg_unlink(m);
+    sl_msg_unref(m); /* the ring's reference */
+    assert_int_equal(sl_budget.evictable, e0);
+    sl_msg_unref(m); /* the write's: freed */
+    assert_int_equal(sl_budget.evictable, e0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_budget_books, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_and_topic_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_eviction_across_topics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_evictable_follows_references, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_contract, setup, teardown),
     };
