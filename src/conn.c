@@ -59,6 +59,8 @@ void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason)
         return;
     c->closing = 1;
     c->reason = (uint8_t)reason;
+    if (c->deferred)
+        sl_list_remove(&c->defer_link);
     sl_ll_unwait(&c->wait);
     /* Cursors go now, so no flush pass offers this connection anything more. */
     sl_sub_dispose(&c->srv->hub, &c->sub);
@@ -1021,7 +1023,7 @@ int sl_conn_input_wanted(const sl_conn_t *c)
     /* Input of subscribers and lingering connections is discarded; reading shows the FIN. */
     if (c->state == SL_CONN_SSE || c->state == SL_CONN_LINGER)
         return 1;
-    return !c->parked && !c->out_blocked && !c->input_held;
+    return !c->parked && !c->out_blocked && !c->input_held && !c->deferred;
 }
 
 /* Bytes of replies queued for the peer and not yet taken by its socket. */
@@ -1264,7 +1266,33 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     take_input(c, buf->base, (size_t)nread);
+    if ((size_t)nread == c->srv->rbuf_size && !c->closing &&
+        (c->state == SL_CONN_HTTP || c->state == SL_CONN_WS) && !c->deferred) {
+        /* More is likely waiting: it is read at the next turn, after the others had theirs
+         * and the flush pass ran, so one peer cannot fill a turn with its input. */
+        c->deferred = 1;
+        sl_list_insert_tail(&c->srv->deferred, &c->defer_link);
+        sl_server_kick(c->srv);
+    }
     sync_reading(c);
+}
+
+void sl_conn_resume_deferred(sl_server_t *srv)
+{
+    sl_list_t list;
+    sl_list_init(&list);
+    /* Move them out first: a connection resumed here may be deferred again, for next turn. */
+    while (!sl_list_empty(&srv->deferred)) {
+        sl_list_t *it = srv->deferred.next;
+        sl_list_remove(it);
+        sl_list_insert_tail(&list, it);
+    }
+    while (!sl_list_empty(&list)) {
+        sl_conn_t *c = sl_container_of(list.next, sl_conn_t, defer_link);
+        sl_list_remove(&c->defer_link);
+        c->deferred = 0;
+        sl_conn_resume_input(c);
+    }
 }
 
 void sl_conn_start(sl_conn_t *c)

@@ -24,6 +24,7 @@ static void on_flush(uv_check_t *h)
         sl_hub_flush(&srv->hub, sl_now_ms());
     if (!sl_hub_pending(&srv->hub))
         uv_idle_stop(&srv->flush_idle);
+    sl_conn_resume_deferred(srv);
 }
 
 static void on_idle(uv_idle_t *h)
@@ -95,6 +96,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(srv->loop, &c->tcp);
     sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
     sl_list_init(&c->link);
+    sl_list_init(&c->defer_link);
     sl_list_init(&c->sub.ready_link);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         /* Never counted: freed through the same close callback path. */
@@ -174,6 +176,7 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     srv->loop = loop;
     srv->cfg = cfg;
     sl_list_init(&srv->conns);
+    sl_list_init(&srv->deferred);
     sl_hub_init(&srv->hub, cfg);
     srv->limits.max_url = cfg->max_url_bytes;
     srv->limits.max_header_bytes = cfg->max_header_bytes;

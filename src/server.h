@@ -47,6 +47,7 @@ typedef struct sl_server {
     uv_signal_t sigterm, sigint;
     uv_signal_t sigpipe; /* ignored: a dead peer must never kill the process */
     sl_list_t conns;
+    sl_list_t deferred; /* connections that had their read this loop turn (conn.c) */
     size_t nconns;
     sl_ipent_t *ips[SL_IP_BUCKETS];
     int listening;
@@ -98,7 +99,8 @@ typedef struct sl_ws {
 typedef struct sl_conn {
     uv_tcp_t tcp;
     sl_server_t *srv;
-    sl_list_t link; /* server->conns */
+    sl_list_t link;       /* server->conns */
+    sl_list_t defer_link; /* server->deferred, while deferred */
     sl_ipent_t *ip;
     uint8_t state;
     uint8_t closing;           /* sl_conn_close was called */
@@ -108,6 +110,7 @@ typedef struct sl_conn {
     uint8_t out_blocked;       /* replies queued past the high mark, not yet below the low */
     uint8_t input_held;        /* input stopped by a block; the rest (if any) is in stash */
     uint8_t in_input;          /* input is being handled: nested resumes wait for it */
+    uint8_t deferred;          /* had a full read this loop turn: read again at the next */
     uint8_t continue_sent;
     uint8_t reason;   /* sl_close_reason_t, once closing */
     uint8_t rejected; /* answered 503 at accept */
@@ -199,9 +202,15 @@ void sl_conn_resume_input(sl_conn_t *c);
 
 /* The one place that decides whether a connection's socket is read: 1 unless it is closing,
  * a publish is parked, its replies are backed up, or held-back input waits to be handled.
- * Subscribers (SSE) and lingering connections are always read, to see the peer's FIN.
+ * Subscribers (SSE) and lingering connections are always read, to see the peer's FIN. A
+ * connection that filled the read buffer waits for the next loop turn (deferred), so a flooding
+ * peer gets one read per turn, like everyone else.
  * Pure: reads only the connection's fields. */
 int sl_conn_input_wanted(const sl_conn_t *c);
+
+/* Reads again the connections that were deferred because they had a full read buffer this
+ * loop turn (called once per turn, after the flush pass). */
+void sl_conn_resume_deferred(sl_server_t *srv);
 
 /* 1 if input handling must stop now: a publish is parked or the replies queued for the peer
  * passed the high mark (and have not drained below the low mark since). Updates out_blocked. */
