@@ -1034,7 +1034,7 @@ static char *take_stash(sl_conn_t *c, size_t *len)
 
 static void process(sl_conn_t *c, const char *data, size_t len);
 
-static void on_wake(sl_waiter_t *w, int timed_out)
+static void on_wake(sl_waiter_t *w, int status)
 {
     sl_conn_t *c = sl_container_of(w, sl_conn_t, wait);
     int kind = w->kind ? w->kind : c->parked;
@@ -1042,9 +1042,9 @@ static void on_wake(sl_waiter_t *w, int timed_out)
     if (c->closing)
         return;
     if (c->state == SL_CONN_WS) {
-        sl_ws_resume(c, kind, timed_out);
+        sl_ws_resume(c, kind, status);
     } else {
-        sl_api_resume(c, kind, timed_out);
+        sl_api_resume(c, kind, status);
         if (c->parked || c->closing || c->state != SL_CONN_HTTP)
             return;
         c->park_deadline_ms = 0;

@@ -26,6 +26,8 @@ static sl_topic_t *make_topic(uint64_t max_bytes, uint64_t quota)
     conf.disk_quota = quota;
     sl_topic_t *t = sl_topic_new("ll", 2, &conf, 0);
     sl_lossless_t *ll = ll_new(t, sl_strdup("/nonexistent/sluice-test"));
+    ll->on_disk = 1; /* as if made: without a loop, nothing is written */
+    ll->reserved = UINT64_MAX;
     seg_add(ll, 1);
     return t;
 }
@@ -113,12 +115,12 @@ typedef struct pub {
 static pub_t pubs[NPUB];
 static sl_lossless_t *cur_ll;
 
-static void on_wake_pub(sl_waiter_t *w, int timed_out)
+static void on_wake_pub(sl_waiter_t *w, int status)
 {
     pub_t *p = (pub_t *)w;
     p->wakes++;
     /* Woken for room only when there is room (no deadlines in this test). */
-    assert_false(timed_out);
+    assert_int_equal(status, SL_WAKE_OK);
     assert_false(cur_ll->full);
 }
 
@@ -204,14 +206,17 @@ static void test_no_publisher_left_waiting(void **state)
     }
 }
 
-/* Durable waiters wake when their seq is durable; deadlines wake with timed_out. */
-static int durable_wakes, timeouts;
+/* Durable waiters wake when their seq is durable; deadlines wake with SL_WAKE_TIMEOUT; a
+ * broken log wakes everyone at once with SL_WAKE_FAILED. */
+static int durable_wakes, timeouts, failures;
 
-static void on_wake_count(sl_waiter_t *w, int timed_out)
+static void on_wake_count(sl_waiter_t *w, int status)
 {
     (void)w;
-    if (timed_out)
+    if (status == SL_WAKE_TIMEOUT)
         timeouts++;
+    else if (status == SL_WAKE_FAILED)
+        failures++;
     else
         durable_wakes++;
 }
@@ -232,8 +237,8 @@ static void test_durable_and_deadlines(void **state)
     assert_true(sl_ll_waiting(&b));
     written(t, 200, 2, 1u << 20);
     assert_int_equal(durable_wakes, 2);
-    /* A full topic with a deadline: woken at the deadline with timed_out. */
-    ll->broken = 1;
+    /* A full topic with a deadline: woken at the deadline with SL_WAKE_TIMEOUT. */
+    ll->unwritten = 2u << 20;
     ll_update(ll);
     sl_ll_wait(&c, t, SL_WAIT_ROOM, 0, 1000);
     wake(ll, 999);
@@ -241,6 +246,17 @@ static void test_durable_and_deadlines(void **state)
     wake(ll, 1000);
     assert_int_equal(timeouts, 1);
     assert_false(sl_ll_waiting(&c));
+    /* The disk fails: the waiters for durability and for room are all answered, at once and
+     * before any deadline. */
+    t->head_seq = 7;
+    sl_ll_wait(&a, t, SL_WAIT_DURABLE, 6, 0);
+    sl_ll_wait(&b, t, SL_WAIT_DURABLE, 7, 5000);
+    sl_ll_wait(&c, t, SL_WAIT_ROOM, 0, 0);
+    ll->broken = 1;
+    ll_update(ll);
+    assert_int_equal(failures, 3);
+    assert_int_equal(timeouts, 1);
+    assert_false(sl_ll_waiting(&a) || sl_ll_waiting(&b) || sl_ll_waiting(&c));
     drop_topic(t);
 }
 
