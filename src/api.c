@@ -324,7 +324,7 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
             c->park_first = first;
             c->park_n = (uint32_t)n;
             sl_conn_park(c, t, SL_WAIT_DURABLE, first + n - 1,
-                         sl_now_ms() + cfg->max_publish_wait_ms);
+                         sl_ll_write_deadline(cfg, sl_now_ms()));
             if (sl_hub_flush_due(&c->srv->hub))
                 sl_hub_flush(&c->srv->hub, sl_now_ms());
             sl_server_kick(c->srv);

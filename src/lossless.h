@@ -159,6 +159,13 @@ void sl_ll_cursor_use(sl_cursor_t *c, int delta);
 /* {"cursors":[…]} into a malloc'ed buffer. */
 char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len);
 
+/* The deadline of a publisher waiting for its write: max_publish_wait from now (0, none, when
+ * that is configured as 0). */
+static inline uint64_t sl_ll_write_deadline(const sl_config_t *cfg, uint64_t now_ms)
+{
+    return cfg->max_publish_wait_ms ? now_ms + cfg->max_publish_wait_ms : 0;
+}
+
 /* Waiting publishers. */
 void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms);
 void sl_ll_unwait(sl_waiter_t *w);

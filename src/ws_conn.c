@@ -306,7 +306,7 @@ static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const 
     if (ws->ack) {
         if (t->ll != NULL && sl_ll_durable(t) < seq)
             sl_conn_park(c, t, SL_WAIT_DURABLE, seq, /* acknowledged once written */
-                         sl_now_ms() + srv->cfg->max_publish_wait_ms);
+                         sl_ll_write_deadline(srv->cfg, sl_now_ms()));
         else
             queue_ack(c, t, seq);
     }
