@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <strings.h>
 #include <cmocka.h>
 
 #include "../../src/lossless.c"
@@ -260,6 +261,33 @@ static void test_durable_and_deadlines(void **state)
     drop_topic(t);
 }
 
+/* Directory names: bounded, one path component, told apart by the hash of the exact bytes. */
+static void test_dir_names(void **state)
+{
+    (void)state;
+    char a[SL_LL_DIR_NAME_CAP], b[SL_LL_DIR_NAME_CAP];
+    char longest[1025];
+    for (int i = 0; i < 1024; i++)
+        longest[i] = i % 2 ? '/' : 'a';
+    longest[1024] = '\0';
+    sl_ll_dir_name(longest, 1024, a);
+    assert_int_equal(strlen(a), SL_LL_DIR_NAME_CAP - 1);
+    assert_null(strchr(a, '/'));
+    assert_int_equal(strncmp(a, "t-a_a_", 6), 0);
+    sl_ll_dir_name("chat/42", 7, a);
+    assert_int_equal(strncmp(a, "t-chat_42-", 10), 0);
+    assert_int_equal(strlen(a), 10 + 32);
+    sl_ll_dir_name("chat/42", 7, b);
+    assert_string_equal(a, b);
+    /* Same readable part, other names: '/' and '_' read the same, case differs. */
+    sl_ll_dir_name("chat_42", 7, b);
+    assert_string_not_equal(a, b);
+    assert_int_equal(strncmp(a, b, 10), 0);
+    sl_ll_dir_name("Chat/42", 7, a);
+    sl_ll_dir_name("chat/42", 7, b);
+    assert_true(strcasecmp(a, b) != 0);
+}
+
 static void test_cursor_names(void **state)
 {
     (void)state;
@@ -280,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_full_and_trim),
         cmocka_unit_test(test_no_publisher_left_waiting),
         cmocka_unit_test(test_durable_and_deadlines),
+        cmocka_unit_test(test_dir_names),
         cmocka_unit_test(test_cursor_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
