@@ -168,11 +168,27 @@ static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_
     free(buf);
 }
 
-void sl_api_resume(sl_conn_t *c, int kind, int timed_out)
+/* A publish that cannot be made durable: the log's disk failed (every later publish is refused
+ * the same way), or the write did not complete within max_publish_wait. The messages may
+ * still have reached live subscribers; the publisher is told they are not known to be kept. */
+static void disk_error(sl_conn_t *c, int status)
 {
-    if (kind == SL_WAIT_DURABLE) {
+    if (status == SL_WAKE_TIMEOUT) {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_DISK_TIMEOUT]++;
+        sl_conn_error(c, 503, "disk_timeout", "lossless topic: not written within the wait");
+    } else {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_DISK_ERROR]++;
+        sl_conn_error(c, 503, "disk_error", "lossless topic: its log cannot be written");
+    }
+}
+
+void sl_api_resume(sl_conn_t *c, int kind, int status)
+{
+    if (status == SL_WAKE_FAILED || (kind == SL_WAIT_DURABLE && status == SL_WAKE_TIMEOUT)) {
+        disk_error(c, status);
+    } else if (kind == SL_WAIT_DURABLE) {
         respond_ids(c, c->wait.topic, c->park_first, c->park_n);
-    } else if (timed_out) {
+    } else if (status == SL_WAKE_TIMEOUT) {
         sl_metrics.pub_rejected[SL_REJECT_PUB_TOPIC_FULL]++;
         sl_conn_error(c, 429, "topic_full", "lossless topic still full after the wait");
     } else {
@@ -319,6 +335,8 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
                 sl_conn_error(c, 429, "topic_full",
                               "lossless topic full: its readers have not caught up");
             }
+        } else if (rc == SL_EDISK) {
+            disk_error(c, SL_WAKE_FAILED);
         } else if (rc != 0) {
             SL_WARN("publish refused", "reason=budget topic=%s used=%" PRIu64 " limit=%" PRIu64,
                     t->name, sl_budget.used, sl_budget.limit);
@@ -328,7 +346,8 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
              * process then loses nothing that was acknowledged. */
             c->park_first = first;
             c->park_n = (uint32_t)n;
-            sl_conn_park(c, t, SL_WAIT_DURABLE, first + n - 1, 0);
+            sl_conn_park(c, t, SL_WAIT_DURABLE, first + n - 1,
+                         sl_ll_write_deadline(cfg, sl_now_ms()));
             if (sl_hub_flush_due(&c->srv->hub))
                 sl_hub_flush(&c->srv->hub, sl_now_ms());
             sl_server_kick(c->srv);

@@ -1139,7 +1139,7 @@ static void request_done(sl_conn_t *c)
     set_deadline(c, sl_now_ms(), c->srv->cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
 }
 
-static void on_wake(sl_waiter_t *w, int timed_out)
+static void on_wake(sl_waiter_t *w, int status)
 {
     sl_conn_t *c = sl_container_of(w, sl_conn_t, wait);
     int kind = w->kind ? w->kind : c->parked;
@@ -1147,9 +1147,9 @@ static void on_wake(sl_waiter_t *w, int timed_out)
     if (c->closing)
         return;
     if (c->state == SL_CONN_WS) {
-        sl_ws_resume(c, kind, timed_out);
+        sl_ws_resume(c, kind, status);
     } else {
-        sl_api_resume(c, kind, timed_out);
+        sl_api_resume(c, kind, status);
         if (!c->parked && !c->closing && c->state == SL_CONN_HTTP)
             request_done(c);
     }

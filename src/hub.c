@@ -163,8 +163,12 @@ static void mark_dirty(sl_hub_t *hub, sl_topic_t *t)
 int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
                    const size_t *lens, size_t n, uint64_t *first_seq)
 {
-    if (t->ll != NULL && sl_ll_full(t))
-        return SL_EFULL;
+    if (t->ll != NULL) {
+        if (t->ll->broken)
+            return SL_EDISK;
+        if (sl_ll_full(t))
+            return SL_EFULL;
+    }
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += sl_msg_charge(t->name_len, event, payloads[i], lens[i]);
@@ -174,6 +178,11 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
     }
     /* Each message's charge is released when it is freed; hand the reservation over. */
     sl_budget_release(total);
+    if (t->ll != NULL) {
+        int rc = sl_ll_prepare(t, n);
+        if (rc != 0)
+            return rc;
+    }
     uint64_t now = sl_now_ms();
     *first_seq = t->head_seq + 1;
     for (size_t i = 0; i < n; i++) {
@@ -360,12 +369,15 @@ void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms)
                     make_ready(hub, r->sub);
             }
         }
-        if (t->nreaders == 0 && t->count == 0 && t->ll == NULL) {
+        /* A lossless topic only subscribed to has nothing on disk and goes the same way. */
+        if (t->nreaders == 0 && t->count == 0 && (t->ll == NULL || sl_ll_idle(t))) {
             if (t->idle_since_ms == 0) {
                 t->idle_since_ms = now_ms ? now_ms : 1;
             } else if (now_ms - t->idle_since_ms >= hub->cfg->topic_idle_ttl_ms) {
                 SL_DEBUG("topic freed", "topic=%s", t->name);
                 unlink_topic(hub, t);
+                if (t->ll != NULL)
+                    sl_ll_free(t);
                 sl_topic_free(t);
                 sl_metrics.topics_freed++;
             }

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@
 #define READ_BATCH_BYTES (256u << 10)
 /* Paths are data_dir (bounded by the config) plus short names. */
 #define PATH_CAP 8192
+/* The high-water mark of issued seqs is raised this far ahead of the head (see lossless.h). */
+#define RESERVE_BLOCK ((uint64_t)65536)
 
 sl_ll_stats_t sl_ll_stats;
 static uv_loop_t *ll_loop;
@@ -54,22 +57,38 @@ void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r))
 
 /* ---- directories and files ------------------------------------------------------------ */
 
-/* A topic's directory: data_dir/topics/t-<name with '/' as "%2F">. Names are [A-Za-z0-9._~/-],
- * so the result is one safe path component. */
+/* A topic's directory name under data_dir/topics: "t-", a readable part, '-' and 32 hex
+ * digits of the SHA-256 of the exact name. The readable part is the name's first
+ * DIR_READABLE bytes with '/' and '~' as '_'; it is only for people: two names that differ
+ * only there or only in letter case (which a case-insensitive file system would not tell
+ * apart) differ in the hash. So the name is at most 2 + DIR_READABLE + 1 + 32 bytes whatever
+ * max_topic_name is, and one safe path component. The full name is kept in the directory's
+ * `meta` file, which is what recovery reads. */
+#define DIR_READABLE 40
+_Static_assert(SL_LL_DIR_NAME_CAP == 2 + DIR_READABLE + 1 + 32 + 1, "directory name size");
+
+void sl_ll_dir_name(const char *name, size_t len, char *out)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)name, len, md);
+    size_t l = 0;
+    out[l++] = 't';
+    out[l++] = '-';
+    for (size_t i = 0; i < len && i < DIR_READABLE; i++)
+        out[l++] = name[i] == '/' || name[i] == '~' ? '_' : name[i];
+    out[l++] = '-';
+    for (size_t i = 0; i < 16; i++)
+        l += (size_t)snprintf(out + l, 3, "%02x", md[i]);
+    out[l] = '\0';
+}
+
 static char *topic_dir(const char *name)
 {
-    size_t n = strlen(ll_data_dir) + 16 + 3 * strlen(name);
+    char dn[SL_LL_DIR_NAME_CAP];
+    sl_ll_dir_name(name, strlen(name), dn);
+    size_t n = strlen(ll_data_dir) + 16 + sizeof(dn);
     char *d = sl_malloc(n);
-    size_t l = (size_t)snprintf(d, n, "%s/topics/t-", ll_data_dir);
-    for (const char *p = name; *p; p++) {
-        if (*p == '/') {
-            memcpy(d + l, "%2F", 3);
-            l += 3;
-        } else {
-            d[l++] = *p;
-        }
-    }
-    d[l] = '\0';
+    snprintf(d, n, "%s/topics/%s", ll_data_dir, dn);
     return d;
 }
 
@@ -161,25 +180,147 @@ int sl_ll_create(sl_topic_t *t)
 {
     if (recovering)
         return 0;
-    char *dir = topic_dir(t->name);
-    sl_lossless_t *ll = ll_new(t, dir);
-    int rc = mkdir_p(dir);
-    if (rc == 0) {
-        /* The epoch must survive restarts for ids to stay valid. Topic creation is rare, so
-         * this one small synchronous write is accepted on the loop. */
-        char meta[512];
-        int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\n", t->name, t->epoch_hex);
-        rc = write_file_atomic(dir, "meta", meta, (size_t)n);
+    sl_lossless_t *ll = ll_new(t, topic_dir(t->name));
+    seg_add(ll, t->head_seq + 1);
+    return 0;
+}
+
+/* meta: the topic's full name, its epoch and the high-water mark of issued seqs. Names are
+ * at most 1024 bytes (max_topic_name), so it fits META_CAP. */
+#define META_CAP 1200
+
+static int write_meta(const sl_lossless_t *ll, const char *dir, uint64_t reserved)
+{
+    char meta[META_CAP];
+    const sl_topic_t *t = ll->topic;
+    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n", t->name,
+                     t->epoch_hex, reserved);
+    if (n < 0 || (size_t)n >= sizeof(meta))
+        return -ENAMETOOLONG;
+    return write_file_atomic(dir, "meta", meta, (size_t)n);
+}
+
+/* Makes the log's directory and meta file the first time something must be kept (a publish
+ * or a durable cursor). Synchronous on the loop, as it is once per topic. A directory that
+ * already holds a meta file belongs to a log recovery did not load (or, were SHA-256 to
+ * collide, to another topic); it is never written over. On failure the log is broken. */
+static int make_on_disk(sl_lossless_t *ll)
+{
+    if (ll->on_disk)
+        return 0;
+    if (ll->broken)
+        return SL_EDISK;
+    sl_topic_t *t = ll->topic;
+    char path[PATH_CAP];
+    snprintf(path, sizeof(path), "%s/topics", ll_data_dir);
+    int rc = mkdir_p(path);
+    if (rc == 0 && mkdir(ll->dir, 0755) != 0) {
+        rc = -errno;
+        snprintf(path, sizeof(path), "%s/meta", ll->dir);
+        if (rc == -EEXIST && access(path, F_OK) != 0)
+            rc = 0; /* made, then a crash before its meta: nothing in it is ours to keep */
     }
+    uint64_t reserved = t->head_seq + RESERVE_BLOCK;
+    if (rc == 0)
+        rc = write_meta(ll, ll->dir, reserved);
     if (rc != 0) {
-        SL_ERROR("lossless log cannot be created", "topic=%s dir=%s error=%s", t->name, dir,
+        SL_ERROR("lossless log cannot be created", "topic=%s dir=%s error=%s", t->name, ll->dir,
                  strerror(-rc));
         ll->broken = 1;
-        return rc;
+        return SL_EDISK;
     }
-    seg_add(ll, t->head_seq + 1);
-    SL_INFO("lossless topic created", "topic=%s dir=%s", t->name, dir);
+    ll->reserved = reserved;
+    ll->on_disk = 1;
+    SL_INFO("lossless topic created", "topic=%s dir=%s", t->name, ll->dir);
     return 0;
+}
+
+/* Raising the high-water mark on the thread pool, well before it is reached. */
+typedef struct meta_job {
+    uv_work_t req;
+    sl_lossless_t *ll;
+    char *dir;
+    char *text;
+    size_t len;
+    uint64_t reserved;
+    int rc;
+} meta_job_t;
+
+static void meta_work(uv_work_t *req)
+{
+    meta_job_t *j = req->data;
+    j->rc = write_file_atomic(j->dir, "meta", j->text, j->len);
+}
+
+static void meta_done(uv_work_t *req, int status)
+{
+    meta_job_t *j = req->data;
+    sl_lossless_t *ll = j->ll;
+    (void)status;
+    ll->reserving = 0;
+    if (j->rc != 0) {
+        SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
+                 ll->topic->name, strerror(-j->rc));
+        sl_ll_stats.write_errors++;
+        ll->broken = 1;
+    } else if (j->reserved > ll->reserved) {
+        ll->reserved = j->reserved;
+    }
+    free(j->dir);
+    free(j->text);
+    free(j);
+    ll_update(ll);
+}
+
+static void start_reserve(sl_lossless_t *ll, uint64_t reserved)
+{
+    char meta[META_CAP];
+    const sl_topic_t *t = ll->topic;
+    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n", t->name,
+                     t->epoch_hex, reserved);
+    meta_job_t *j = sl_calloc(1, sizeof(*j));
+    j->req.data = j;
+    j->ll = ll;
+    j->dir = sl_strdup(ll->dir);
+    j->text = sl_strndup(meta, (size_t)n);
+    j->len = (size_t)n;
+    j->reserved = reserved;
+    ll->reserving = 1;
+    uv_queue_work(ll_loop, &j->req, meta_work, meta_done);
+}
+
+int sl_ll_prepare(sl_topic_t *t, size_t n)
+{
+    sl_lossless_t *ll = t->ll;
+    if (ll->broken || make_on_disk(ll) != 0)
+        return SL_EDISK;
+    uint64_t need = t->head_seq + n;
+    if (need > ll->reserved) {
+        /* Wait for the write in flight rather than race it: the larger mark must land last. */
+        if (ll->reserving)
+            return SL_EFULL;
+        /* A burst (or a huge batch) outran the mark: raise it now, before any id is given. */
+        int rc = write_meta(ll, ll->dir, need + RESERVE_BLOCK);
+        if (rc != 0) {
+            SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
+                     t->name, strerror(-rc));
+            sl_ll_stats.write_errors++;
+            ll->broken = 1;
+            ll_update(ll);
+            return SL_EDISK;
+        }
+        ll->reserved = need + RESERVE_BLOCK;
+    } else if (ll->reserved - need < RESERVE_BLOCK / 2 && !ll->reserving && ll_loop != NULL) {
+        start_reserve(ll, need + RESERVE_BLOCK);
+    }
+    return 0;
+}
+
+int sl_ll_idle(const sl_topic_t *t)
+{
+    const sl_lossless_t *ll = t->ll;
+    return !ll->on_disk && ll->ncursors == 0 && ll->npending == 0 && ll->job == NULL &&
+           sl_list_empty(&ll->waiters);
 }
 
 /* ---- cursors --------------------------------------------------------------------------- */
@@ -411,6 +552,8 @@ static void cursor_done(uv_work_t *req, int status)
 
 static void save_cursors(sl_lossless_t *ll)
 {
+    if (make_on_disk(ll) != 0)
+        return; /* logged; the log is broken */
     if (ll->cursors_busy || ll_loop == NULL) {
         ll->cursors_dirty = 1;
         return;
@@ -447,8 +590,22 @@ void sl_ll_unwait(sl_waiter_t *w)
 }
 
 /* Wakes the waiters that may go on: for room when the log is not full, for durability when
- * their seq is durable, and any whose deadline passed. Each is unlinked before its callback,
- * which may wait again (it then waits in a fresh list and is not seen twice). */
+ * their seq is durable, all of them when the log is broken (it will never be written again),
+ * and any whose deadline passed. Each is unlinked before its callback, which may wait again
+ * (it then waits in a fresh list and is not seen twice). */
+static int wake_status(const sl_lossless_t *ll, const sl_waiter_t *w, uint64_t now_ms)
+{
+    if (w->kind == SL_WAIT_DURABLE && w->seq <= ll->durable_seq)
+        return SL_WAKE_OK;
+    if (ll->broken)
+        return SL_WAKE_FAILED;
+    if (w->kind == SL_WAIT_ROOM && !ll->full)
+        return SL_WAKE_OK;
+    if (w->deadline_ms && now_ms >= w->deadline_ms)
+        return SL_WAKE_TIMEOUT;
+    return -1;
+}
+
 static void wake(sl_lossless_t *ll, uint64_t now_ms)
 {
     sl_list_t batch;
@@ -457,22 +614,20 @@ static void wake(sl_lossless_t *ll, uint64_t now_ms)
     sl_list_each_safe(it, tmp, &ll->waiters)
     {
         sl_waiter_t *w = sl_container_of(it, sl_waiter_t, link);
-        int go = (w->kind == SL_WAIT_ROOM && !ll->full) ||
-                 (w->kind == SL_WAIT_DURABLE && w->seq <= ll->durable_seq) ||
-                 (w->deadline_ms && now_ms >= w->deadline_ms);
-        if (go) {
+        if (wake_status(ll, w, now_ms) >= 0) {
             sl_list_remove(&w->link);
             sl_list_insert_tail(&batch, &w->link);
         }
     }
     while (!sl_list_empty(&batch)) {
         sl_waiter_t *w = sl_container_of(batch.next, sl_waiter_t, link);
-        int timed_out = !((w->kind == SL_WAIT_ROOM && !ll->full) ||
-                          (w->kind == SL_WAIT_DURABLE && w->seq <= ll->durable_seq));
+        int status = wake_status(ll, w, now_ms);
+        if (status < 0)
+            status = SL_WAKE_TIMEOUT; /* its deadline passed while earlier ones were served */
         sl_list_remove(&w->link);
         w->kind = 0;
         sl_ll_stats.waiting--;
-        w->wake(w, timed_out);
+        w->wake(w, status);
     }
 }
 
@@ -1037,6 +1192,10 @@ void sl_ll_free(sl_topic_t *t)
             j.mono_to_wall = sl_wall_ms() - sl_now_ms();
             write_work(&j.req);
             ll->fd = j.fd;
+            if (j.rc == 0)
+                ll->written_seq = ll->pending[ll->npending - 1]->seq;
+            else
+                ll->broken = 1;
             for (size_t k = 0; k < j.nups; k++)
                 free(j.ups[k].added.v);
             free(j.ups);
@@ -1044,16 +1203,23 @@ void sl_ll_free(sl_topic_t *t)
     } else if (ll->fd >= 0 && ll->unsynced && t->conf.fsync != SL_FSYNC_NEVER) {
         fdatasync(ll->fd);
     }
+    if (ll->fd >= 0)
+        close(ll->fd);
+    if (ll->on_disk && !ll->broken) {
+        size_t len;
+        char *text = cursors_text(ll, &len);
+        write_file_atomic(ll->dir, "cursors", text, len);
+        free(text);
+        /* Everything issued is written now: the high-water mark comes down to the head, so
+         * a clean restart continues the ids without a gap. */
+        if (ll->written_seq == t->head_seq && ll->reserved > t->head_seq &&
+            write_meta(ll, ll->dir, t->head_seq) == 0)
+            ll->reserved = t->head_seq;
+    }
     for (size_t i = 0; i < ll->npending; i++)
         sl_msg_unref(ll->pending[i]);
     free(ll->pending);
-    if (ll->fd >= 0)
-        close(ll->fd);
-    size_t len;
-    char *text = cursors_text(ll, &len);
-    if (!ll->broken)
-        write_file_atomic(ll->dir, "cursors", text, len);
-    free(text);
+    ll->npending = 0;
     while (!sl_list_empty(&ll->cursors)) {
         sl_cursor_t *c = sl_container_of(ll->cursors.next, sl_cursor_t, link);
         sl_list_remove(&c->link);
@@ -1116,31 +1282,70 @@ static void read_cursors(sl_topic_t *t)
     fclose(f);
 }
 
-/* Loads one topic directory. */
-static void recover_topic(sl_hub_t *hub, const char *dir)
+/* Reads a log directory's meta file: the full name (into name, NAME_CAP bytes), the epoch and
+ * the high-water mark (0 when the file predates it). Returns 0 or -1. */
+#define NAME_CAP 1100
+
+static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *reserved)
 {
-    char path[PATH_CAP], line[512];
+    char path[PATH_CAP + 8], line[META_CAP];
     snprintf(path, sizeof(path), "%s/meta", dir);
     FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        SL_WARN("topic directory without meta ignored", "dir=%s", dir);
-        return;
-    }
-    char name[1100] = "";
-    uint64_t epoch = 0;
+    if (f == NULL)
+        return -1;
+    name[0] = '\0';
+    *epoch = *reserved = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "name=", 5) == 0) {
-            snprintf(name, sizeof(name), "%s", line + 5);
-            name[strcspn(name, "\n")] = '\0';
+            size_t l = strcspn(line + 5, "\n");
+            l = l < NAME_CAP ? l : NAME_CAP - 1;
+            memcpy(name, line + 5, l);
+            name[l] = '\0';
         } else if (strncmp(line, "epoch=", 6) == 0) {
-            parse_hex64(line + 6, &epoch);
+            parse_hex64(line + 6, epoch);
+        } else if (strncmp(line, "reserved=", 9) == 0) {
+            *reserved = strtoull(line + 9, NULL, 10);
         }
     }
     fclose(f);
+    return 0;
+}
+
+/* Loads one topic directory, found by the name in its meta file. A directory under another
+ * name than the topic's (the layout before directory names were hashed) is renamed first. */
+static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
+{
+    char path[PATH_CAP], dirbuf[PATH_CAP], dn[SL_LL_DIR_NAME_CAP];
+    char name[NAME_CAP];
+    uint64_t epoch, reserved;
+    const char *dir = dirbuf;
+    snprintf(dirbuf, sizeof(dirbuf), "%s/%s", base, entry);
+    if (read_meta(dir, name, &epoch, &reserved) != 0) {
+        SL_WARN("topic directory without meta ignored", "dir=%s", dir);
+        return;
+    }
     if (!sl_topic_name_valid(name, strlen(name), hub->cfg->max_topic_name) || epoch == 0) {
         SL_ERROR("topic meta file unreadable, directory ignored", "dir=%s", dir);
         sl_ll_stats.corrupt++;
         return;
+    }
+    sl_ll_dir_name(name, strlen(name), dn);
+    if (strcmp(dn, entry) != 0) {
+        snprintf(path, sizeof(path), "%s/%s", base, dn);
+        int e = access(path, F_OK) == 0 ? EEXIST : rename(dirbuf, path) != 0 ? errno : 0;
+        if (e != 0) {
+            SL_ERROR("old log directory cannot be renamed, directory ignored",
+                     "topic=%s dir=%s to=%s error=%s", name, dirbuf, path, strerror(e));
+            return;
+        }
+        int dfd = open(base, O_RDONLY);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+        SL_INFO("log directory renamed to the current layout", "topic=%s from=%s to=%s", name,
+                entry, dn);
+        snprintf(dirbuf, sizeof(dirbuf), "%s", path);
     }
     sl_topic_conf_t conf;
     sl_config_topic(hub->cfg, name, &conf);
@@ -1155,6 +1360,10 @@ static void recover_topic(sl_hub_t *hub, const char *dir)
     recovering = 0;
     if (t == NULL) {
         SL_ERROR("topic could not be recovered", "topic=%s error=%s", name, sl_strerror(err));
+        return;
+    }
+    if (t->ll != NULL) {
+        SL_ERROR("second log directory for a topic ignored", "topic=%s dir=%s", name, dir);
         return;
     }
     t->epoch = epoch;
@@ -1218,6 +1427,16 @@ static void recover_topic(sl_hub_t *hub, const char *dir)
             head = sc.last;
     }
     free(bases);
+    /* Ids up to the high-water mark may have been given to messages the log no longer has (not
+     * written before a crash, or cut as torn or corrupt): numbering goes on past them, so no id
+     * a client has seen is ever given to another message; readers get a gap over them. */
+    if (reserved > head) {
+        SL_INFO("ids skipped past the recorded high-water mark",
+                "topic=%s head=%" PRIu64 " next=%" PRIu64, name, head, reserved + 1);
+        head = reserved;
+    }
+    ll->on_disk = 1;
+    ll->reserved = head;
     if (ll->nsegs == 0 || ll->segs[ll->nsegs - 1].last < head)
         seg_add(ll, head + 1);
     /* The last segment is written to next, after its valid part; a new one if it is full. */
@@ -1244,16 +1463,24 @@ int sl_ll_recover(sl_hub_t *hub)
     DIR *d = opendir(base);
     if (d == NULL)
         return errno == ENOENT ? 0 : -1;
-    int n = 0;
+    /* The names first: recovery may rename directories, which readdir need not cope with. */
+    char **names = NULL;
+    size_t n = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (strncmp(e->d_name, "t-", 2) != 0)
             continue;
-        char dir[PATH_CAP / 2];
-        snprintf(dir, sizeof(dir), "%s/%s", base, e->d_name);
-        recover_topic(hub, dir);
-        n++;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            names = sl_realloc(names, cap * sizeof(*names));
+        }
+        names[n++] = sl_strdup(e->d_name);
     }
     closedir(d);
-    return n;
+    for (size_t i = 0; i < n; i++) {
+        recover_topic(hub, base, names[i]);
+        free(names[i]);
+    }
+    free(names);
+    return (int)n;
 }

@@ -35,16 +35,20 @@ typedef struct sl_cursor {
 
 enum { SL_WAIT_ROOM = 1, SL_WAIT_DURABLE = 2 };
 
+/* Why a waiter was woken: what it waited for happened, its deadline passed, or the log cannot
+ * be written (a disk error), which it will never recover from before a restart. */
+enum { SL_WAKE_OK = 0, SL_WAKE_TIMEOUT = 1, SL_WAKE_FAILED = 2 };
+
 /* A publisher waiting on a log: for room (retry its publish) or for its message to be on disk
  * (then acknowledge). Embedded in the connection, which owns it and must sl_ll_unwait() it in
- * its close path. `wake` is called once, with timed_out set when its deadline passed. */
+ * its close path. `wake` is called once, with an SL_WAKE_* status. */
 typedef struct sl_waiter {
     sl_list_t link;
     int kind;
     uint64_t seq;         /* SL_WAIT_DURABLE: until this seq is durable */
     uint64_t deadline_ms; /* 0 = none */
     sl_topic_t *topic;
-    void (*wake)(struct sl_waiter *w, int timed_out);
+    void (*wake)(struct sl_waiter *w, int status);
 } sl_waiter_t;
 
 /* Messages read back from disk for one reader, consumed in order. Owned by the reader. */
@@ -85,7 +89,13 @@ typedef struct sl_lossless {
     int cursors_busy, cursors_dirty; /* the cursor file is being written / must be again */
     sl_list_t waiters;
     int full;
-    int broken; /* the log cannot be written (disk error): publishes are refused */
+    int broken;  /* the log cannot be written (disk error): publishes are refused */
+    int on_disk; /* its directory and meta file exist (made at the first publish or cursor) */
+    /* The high-water mark of issued seqs as recorded in meta: no seq above it was ever given
+     * to a message, so recovery restarts numbering past it even when it finds less on disk.
+     * Raised ahead of use by RESERVE_BLOCK, on the thread pool (reserving: a write in flight). */
+    uint64_t reserved;
+    int reserving;
 } sl_lossless_t;
 
 /* Where the log's libuv work runs, and the data directory. Set once by the server. */
@@ -96,9 +106,23 @@ void sl_ll_setup(uv_loop_t *loop, const char *data_dir);
  * and logged. Returns the number of topics loaded, or -1 if the directory cannot be made. */
 int sl_ll_recover(struct sl_hub *hub);
 
-/* Gives a newly created lossless topic its log: its directory and its epoch on disk. Returns 0
- * or -errno (logged): the topic then refuses publishes. */
+/* Gives a newly created lossless topic its log, in memory only: its directory and meta file
+ * (name, epoch) are made on disk by the first publish or durable cursor, so subscribing alone
+ * leaves nothing on disk. Returns 0. */
 int sl_ll_create(sl_topic_t *t);
+
+/* The directory name of a topic's log under data_dir/topics (see lossless.c); out must hold
+ * SL_LL_DIR_NAME_CAP bytes. */
+#define SL_LL_DIR_NAME_CAP 76
+void sl_ll_dir_name(const char *name, size_t len, char *out);
+
+/* Before n messages are appended: makes the log's directory if it is not on disk yet and makes
+ * sure their seqs are below the recorded high-water mark. Returns 0, SL_EDISK if the log
+ * cannot be written, or SL_EFULL while the mark is being raised (rare: a burst outran it). */
+int sl_ll_prepare(sl_topic_t *t, size_t n);
+
+/* 1 if the log has nothing on disk and nobody waits on it: the topic may be freed when idle. */
+int sl_ll_idle(const sl_topic_t *t);
 
 /* Writes what is pending, fsyncs and saves the cursors synchronously (shutdown), then frees the
  * log. Every reader and waiter must be gone. */
@@ -134,6 +158,13 @@ void sl_ll_cursor_created(sl_topic_t *t);
 void sl_ll_cursor_use(sl_cursor_t *c, int delta);
 /* {"cursors":[…]} into a malloc'ed buffer. */
 char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len);
+
+/* The deadline of a publisher waiting for its write: max_publish_wait from now (0, none, when
+ * that is configured as 0). */
+static inline uint64_t sl_ll_write_deadline(const sl_config_t *cfg, uint64_t now_ms)
+{
+    return cfg->max_publish_wait_ms ? now_ms + cfg->max_publish_wait_ms : 0;
+}
 
 /* Waiting publishers. */
 void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms);

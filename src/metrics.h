@@ -45,6 +45,8 @@ typedef enum {
     SL_REJECT_PUB_BAD_ENVELOPE,  /* WebSocket json envelope malformed */
     SL_REJECT_PUB_NOT_PUBLISHER, /* data message on a subscribe-only WebSocket */
     SL_REJECT_PUB_TOPIC_FULL,    /* a lossless topic pushed back (429) */
+    SL_REJECT_PUB_DISK_ERROR,    /* a lossless topic's log cannot be written (503) */
+    SL_REJECT_PUB_DISK_TIMEOUT,  /* not on disk within max_publish_wait (503) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 

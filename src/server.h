@@ -238,7 +238,7 @@ size_t sl_ws_take_prefix(sl_conn_t *c, char *dst);
 void sl_ws_free(sl_conn_t *c);
 
 /* Resumes a WebSocket publisher parked on a lossless topic (ws_conn.c). */
-void sl_ws_resume(sl_conn_t *c, int kind, int timed_out);
+void sl_ws_resume(sl_conn_t *c, int kind, int status);
 
 /* Connects lossless topics' disk reads to the delivery path (conn.c); once at start. */
 void sl_conn_init_disk(void);
@@ -249,7 +249,7 @@ void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t 
 
 /* Resumes a parked HTTP publish (api.c): retries it, answers 429 when its wait timed out, or
  * answers 202 once its messages are durable. */
-void sl_api_resume(sl_conn_t *c, int kind, int timed_out);
+void sl_api_resume(sl_conn_t *c, int kind, int status);
 
 /* Parses an acknowledged id: the id itself, or {"id":"…"} (api.c). Returns 0 or SL_EBADID. */
 int sl_api_body_id(const char *b, size_t n, uint64_t *epoch, uint64_t *seq);

@@ -69,6 +69,10 @@ const char *sl_strerror(int err)
         return "malformed message id";
     case SL_ELIMIT:
         return "count limit reached";
+    case SL_EFULL:
+        return "lossless topic full";
+    case SL_EDISK:
+        return "lossless topic log cannot be written";
     default:
         return err < 0 ? strerror(-err) : "success";
     }

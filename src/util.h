@@ -22,6 +22,7 @@ enum {
     SL_EBADID = -30003,    /* malformed message id */
     SL_ELIMIT = -30004,    /* a count limit (topics, connections) reached */
     SL_EFULL = -30005,     /* a lossless topic has no room: push back on the publisher */
+    SL_EDISK = -30006,     /* a lossless topic's log cannot be written (disk error) */
 };
 const char *sl_strerror(int err);
 

@@ -297,6 +297,11 @@ static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const 
         hold(c, t, event, payload, payload_len, text);
         return;
     }
+    if (rc == SL_EDISK) {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_DISK_ERROR]++;
+        send_error(c, "disk_error", "lossless topic: its log cannot be written");
+        return;
+    }
     if (rc != 0) {
         SL_WARN("publish refused", "reason=budget topic=%s transport=ws", t->name);
         send_error(c, "over_capacity", "memory budget exhausted");
@@ -304,7 +309,8 @@ static void publish_to(sl_conn_t *c, const char *topic, size_t topic_len, const 
     }
     if (ws->ack) {
         if (t->ll != NULL && sl_ll_durable(t) < seq)
-            sl_conn_park(c, t, SL_WAIT_DURABLE, seq, 0); /* acknowledged once written */
+            sl_conn_park(c, t, SL_WAIT_DURABLE, seq, /* acknowledged once written */
+                         sl_ll_write_deadline(srv->cfg, sl_now_ms()));
         else
             queue_ack(c, t, seq);
     }
@@ -592,11 +598,23 @@ size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len)
     return len;
 }
 
-void sl_ws_resume(sl_conn_t *c, int kind, int timed_out)
+void sl_ws_resume(sl_conn_t *c, int kind, int status)
 {
     sl_ws_t *ws = c->ws;
-    (void)timed_out; /* WebSocket publishers wait without a deadline */
-    if (kind == SL_WAIT_DURABLE) {
+    /* WebSocket publishers wait for room without a deadline (TCP pushes back on them), but
+     * not for a log that cannot be written, nor longer than max_publish_wait for the disk. */
+    if (status == SL_WAKE_FAILED || (kind == SL_WAIT_DURABLE && status == SL_WAKE_TIMEOUT)) {
+        if (ws->held != NULL) {
+            sl_budget_release(ws->held_charge);
+            free(ws->held);
+            ws->held = NULL;
+        }
+        int timeout = status == SL_WAKE_TIMEOUT;
+        sl_metrics.pub_rejected[timeout ? SL_REJECT_PUB_DISK_TIMEOUT : SL_REJECT_PUB_DISK_ERROR]++;
+        send_error(c, timeout ? "disk_timeout" : "disk_error",
+                   timeout ? "lossless topic: not written within the wait"
+                           : "lossless topic: its log cannot be written");
+    } else if (kind == SL_WAIT_DURABLE) {
         queue_ack(c, c->wait.topic, c->wait.seq);
     } else if (ws->held != NULL) {
         char *held = ws->held;

@@ -68,16 +68,36 @@ def is_asan(path=SLUICE_BIN):
 
 # -- the log on disk -------------------------------------------------------------------------
 
-def topic_dir(srv, topic):
-    """The topic's log directory under data_dir/topics/: `<name>` as docs/protocol.md says, or
-    the one-level encoded form `t-<name, '/' as %2F>`. Fails if neither exists."""
+def meta_name(d):
+    """The topic name recorded in a log directory's `meta` file, or None."""
+    try:
+        for line in (Path(d) / "meta").read_text().splitlines():
+            if line.startswith("name="):
+                return line[len("name="):]
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return None
+
+
+def topic_dirs(srv, topic):
+    """Every log directory under data_dir/topics whose `meta` names the topic."""
     base = srv.data_dir / "topics"
-    for d in (base / topic, base / ("t-" + topic.replace("/", "%2F"))):
-        if d.is_dir():
-            return d
-    raise AssertionError(f"no directory for topic {topic} under {base}; data_dir holds: " +
-                         ", ".join(str(p.relative_to(srv.data_dir))
-                                   for p in sorted(srv.data_dir.rglob("*"))))
+    if not base.is_dir():
+        return []
+    return [d for d in sorted(base.iterdir()) if d.is_dir() and meta_name(d) == topic]
+
+
+def topic_dir(srv, topic):
+    """The topic's log directory under data_dir/topics: the one whose `meta` file names it
+    (directory names are a readable prefix plus a hash, docs/protocol.md). Fails unless there is
+    exactly one."""
+    found = topic_dirs(srv, topic)
+    if len(found) == 1:
+        return found[0]
+    base = srv.data_dir / "topics"
+    raise AssertionError(f"{len(found)} directories for topic {topic} under {base}; data_dir "
+                         "holds: " + ", ".join(str(p.relative_to(srv.data_dir))
+                                               for p in sorted(srv.data_dir.rglob("*"))))
 
 
 SEGMENT_SUFFIXES = (".seg", ".log")

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <strings.h>
 #include <cmocka.h>
 
 #include "../../src/lossless.c"
@@ -26,6 +27,8 @@ static sl_topic_t *make_topic(uint64_t max_bytes, uint64_t quota)
     conf.disk_quota = quota;
     sl_topic_t *t = sl_topic_new("ll", 2, &conf, 0);
     sl_lossless_t *ll = ll_new(t, sl_strdup("/nonexistent/sluice-test"));
+    ll->on_disk = 1; /* as if made: without a loop, nothing is written */
+    ll->reserved = UINT64_MAX;
     seg_add(ll, 1);
     return t;
 }
@@ -113,12 +116,12 @@ typedef struct pub {
 static pub_t pubs[NPUB];
 static sl_lossless_t *cur_ll;
 
-static void on_wake_pub(sl_waiter_t *w, int timed_out)
+static void on_wake_pub(sl_waiter_t *w, int status)
 {
     pub_t *p = (pub_t *)w;
     p->wakes++;
     /* Woken for room only when there is room (no deadlines in this test). */
-    assert_false(timed_out);
+    assert_int_equal(status, SL_WAKE_OK);
     assert_false(cur_ll->full);
 }
 
@@ -204,14 +207,17 @@ static void test_no_publisher_left_waiting(void **state)
     }
 }
 
-/* Durable waiters wake when their seq is durable; deadlines wake with timed_out. */
-static int durable_wakes, timeouts;
+/* Durable waiters wake when their seq is durable; deadlines wake with SL_WAKE_TIMEOUT; a
+ * broken log wakes everyone at once with SL_WAKE_FAILED. */
+static int durable_wakes, timeouts, failures;
 
-static void on_wake_count(sl_waiter_t *w, int timed_out)
+static void on_wake_count(sl_waiter_t *w, int status)
 {
     (void)w;
-    if (timed_out)
+    if (status == SL_WAKE_TIMEOUT)
         timeouts++;
+    else if (status == SL_WAKE_FAILED)
+        failures++;
     else
         durable_wakes++;
 }
@@ -232,8 +238,8 @@ static void test_durable_and_deadlines(void **state)
     assert_true(sl_ll_waiting(&b));
     written(t, 200, 2, 1u << 20);
     assert_int_equal(durable_wakes, 2);
-    /* A full topic with a deadline: woken at the deadline with timed_out. */
-    ll->broken = 1;
+    /* A full topic with a deadline: woken at the deadline with SL_WAKE_TIMEOUT. */
+    ll->unwritten = 2u << 20;
     ll_update(ll);
     sl_ll_wait(&c, t, SL_WAIT_ROOM, 0, 1000);
     wake(ll, 999);
@@ -241,7 +247,45 @@ static void test_durable_and_deadlines(void **state)
     wake(ll, 1000);
     assert_int_equal(timeouts, 1);
     assert_false(sl_ll_waiting(&c));
+    /* The disk fails: the waiters for durability and for room are all answered, at once and
+     * before any deadline. */
+    t->head_seq = 7;
+    sl_ll_wait(&a, t, SL_WAIT_DURABLE, 6, 0);
+    sl_ll_wait(&b, t, SL_WAIT_DURABLE, 7, 5000);
+    sl_ll_wait(&c, t, SL_WAIT_ROOM, 0, 0);
+    ll->broken = 1;
+    ll_update(ll);
+    assert_int_equal(failures, 3);
+    assert_int_equal(timeouts, 1);
+    assert_false(sl_ll_waiting(&a) || sl_ll_waiting(&b) || sl_ll_waiting(&c));
     drop_topic(t);
+}
+
+/* Directory names: bounded, one path component, told apart by the hash of the exact bytes. */
+static void test_dir_names(void **state)
+{
+    (void)state;
+    char a[SL_LL_DIR_NAME_CAP], b[SL_LL_DIR_NAME_CAP];
+    char longest[1025];
+    for (int i = 0; i < 1024; i++)
+        longest[i] = i % 2 ? '/' : 'a';
+    longest[1024] = '\0';
+    sl_ll_dir_name(longest, 1024, a);
+    assert_int_equal(strlen(a), SL_LL_DIR_NAME_CAP - 1);
+    assert_null(strchr(a, '/'));
+    assert_int_equal(strncmp(a, "t-a_a_", 6), 0);
+    sl_ll_dir_name("chat/42", 7, a);
+    assert_int_equal(strncmp(a, "t-chat_42-", 10), 0);
+    assert_int_equal(strlen(a), 10 + 32);
+    sl_ll_dir_name("chat/42", 7, b);
+    assert_string_equal(a, b);
+    /* Same readable part, other names: '/' and '_' read the same, case differs. */
+    sl_ll_dir_name("chat_42", 7, b);
+    assert_string_not_equal(a, b);
+    assert_int_equal(strncmp(a, b, 10), 0);
+    sl_ll_dir_name("Chat/42", 7, a);
+    sl_ll_dir_name("chat/42", 7, b);
+    assert_true(strcasecmp(a, b) != 0);
 }
 
 static void test_cursor_names(void **state)
@@ -264,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_full_and_trim),
         cmocka_unit_test(test_no_publisher_left_waiting),
         cmocka_unit_test(test_durable_and_deadlines),
+        cmocka_unit_test(test_dir_names),
         cmocka_unit_test(test_cursor_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
