@@ -103,6 +103,9 @@ typedef struct sl_config {
     uint64_t max_topics_per_connection; /* default 64 */
     uint64_t max_topic_name;            /* bytes; default 256 */
     uint64_t max_topics;                /* registry bound; default 100000 */
+    uint64_t max_cursors_per_topic;     /* durable cursors on one topic; default 1024 */
+    uint64_t max_cursors;               /* durable cursors on all topics; default 65536 */
+    uint64_t ipv6_prefix; /* per-IP limits key IPv6 peers by this prefix, 0..128; default 64 */
     /* [topic "glob"] sections in file order; later matching sections override earlier ones
      * for the keys they set. */
     sl_topic_rule_t *rules;
