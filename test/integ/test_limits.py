@@ -341,3 +341,102 @@ def test_memory_budget_refuses_only_when_nothing_is_evictable(sluice_factory):
         s.close()
     wait_until(lambda: srv.post("/topics/pin1", big).status == 202, 5,
                msg="publishing works again once the stalled readers are gone")
+
+
+# -- durable cursors (docs/protocol.md "Durable readers") ---------------------------------------
+
+LOSSLESS_TOPICS = [("ll-*", {"durability": "lossless"})]
+
+
+def durable_sse(srv, topic, name):
+    """Opens a durable SSE subscription; returns the client (status not checked)."""
+    return SSEClient(srv.port, f"/topics/{topic}?durable={name}")
+
+
+def cursor_names(srv, topic):
+    r = srv.get(f"/topics/{topic}/cursors")
+    assert r.status == 200, r
+    return sorted(c["name"] for c in r.json()["cursors"])
+
+
+def assert_too_many_cursors(status, response, headers):
+    assert status == 409, f"expected 409 too_many_cursors, got {status} {response}"
+    assert response.json()["error"] == "too_many_cursors", response.json()
+    assert "retry-after" not in headers, "waiting alone frees no cursor: no Retry-After"
+
+
+def test_max_cursors_per_topic_and_total(sluice_factory):
+    from ws_client import WSConn
+    srv = sluice_factory(limits={"max_cursors_per_topic": 2, "max_cursors": 3},
+                         topics=LOSSLESS_TOPICS)
+    before = srv.metrics()
+    a = durable_sse(srv, "ll-a", "c1")
+    assert a.status == 200, a.response
+    w = WSConn(srv.port, "/topics/ll-a?durable=c2")
+    assert w.status == 101 and w.ok, w.response
+    # the topic is at its limit: a third name is refused over SSE and over WebSocket
+    s = durable_sse(srv, "ll-a", "c3")
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    x = WSConn(srv.port, "/topics/ll-a?durable=c3")
+    assert_too_many_cursors(x.status, x.response, x.headers)
+    x.close()
+    # an existing name is never refused, connected or not
+    a.close()
+    again = durable_sse(srv, "ll-a", "c1")
+    assert again.status == 200, again.response
+    again.close()
+    second = WSConn(srv.port, "/topics/ll-a?durable=c2")
+    assert second.status == 101 and second.ok, second.response
+    second.close()
+    w.close()
+    assert cursor_names(srv, "ll-a") == ["c1", "c2"]
+    # another topic has its own per-topic limit, but the server-wide one is reached at 3
+    b = durable_sse(srv, "ll-b", "x")
+    assert b.status == 200, b.response
+    b.close()
+    s = durable_sse(srv, "ll-c", "y")
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    assert cursor_names(srv, "ll-c") == []
+    # plain subscriptions are not affected by either limit
+    plain = SSEClient(srv.port, "/topics/ll-a")
+    assert plain.status == 200
+    plain.close()
+    m = srv.metrics()
+    assert m.v("sluice_durable_cursors") == 3
+    assert m.v('sluice_cursors_rejected_total{reason="per_topic"}') - \
+        before.v('sluice_cursors_rejected_total{reason="per_topic"}') == 2
+    assert m.v('sluice_cursors_rejected_total{reason="total"}') - \
+        before.v('sluice_cursors_rejected_total{reason="total"}') == 1
+    assert m.v('sluice_http_responses_total{code="409"}') - \
+        before.v('sluice_http_responses_total{code="409"}') == 3
+    # deleting a cursor makes room again
+    assert srv.request("DELETE", "/topics/ll-a/cursors/c2").status == 204
+    s = durable_sse(srv, "ll-a", "c3")
+    assert s.status == 200, s.response
+    s.close()
+    assert cursor_names(srv, "ll-a") == ["c1", "c3"]
+    assert srv.metrics().v("sluice_durable_cursors") == 3
+
+
+def test_recovered_cursors_count_but_are_never_dropped(sluice_factory):
+    from lossless_util import restart, start
+    srv = start(sluice_factory, topics=LOSSLESS_TOPICS, limits={"max_cursors_per_topic": 3})
+    for name in ("r1", "r2", "r3"):
+        s = durable_sse(srv, "ll-r", name)
+        assert s.status == 200, s.response
+        s.close()
+    wait_until(lambda: srv.metrics().v("sluice_durable_cursors") == 3, 5)
+    # the limit is lowered below what is on disk: every cursor comes back
+    srv = restart(sluice_factory, srv, limits={"max_cursors_per_topic": 1, "max_cursors": 2})
+    assert cursor_names(srv, "ll-r") == ["r1", "r2", "r3"]
+    assert srv.metrics().v("sluice_durable_cursors") == 3
+    s = durable_sse(srv, "ll-r", "r2")  # existing: resumes
+    assert s.status == 200, s.response
+    s.close()
+    s = durable_sse(srv, "ll-r", "r4")  # new: over both limits
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    assert srv.metrics().v('sluice_cursors_rejected_total{reason="per_topic"}') == 1
+    assert cursor_names(srv, "ll-r") == ["r1", "r2", "r3"]
