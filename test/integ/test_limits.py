@@ -1,7 +1,11 @@
 """Every limit crossed, with the status it earns (docs/protocol.md, error table)."""
 
+import ipaddress
+import socket
+
 import pytest
 
+from conftest import free_port, parse_metrics
 from sluice_client import RawConn, SSEClient, wait_until
 
 LIMITS = {"max_url_bytes": 1024, "max_header_bytes": 2048, "max_message_bytes": 1024,
@@ -176,8 +180,8 @@ def test_sse_without_topic_is_bad_query(srv):
     sub.close()
 
 
-def keepalive_ok(port, source=None):
-    c = RawConn(port, source=source)
+def keepalive_ok(port, source=None, host="127.0.0.1"):
+    c = RawConn(port, host=host, source=source)
     c.request("GET", "/healthz")
     r = c.read_response(5)
     assert r.status == 200, r
@@ -228,6 +232,86 @@ def test_max_connections_per_ip(sluice_factory):
     for c in held:
         c.close()
     wait_until(lambda: srv.get("/healthz").status == 200, 5)
+
+
+def ipv6_loopback_works():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def other_local_ipv6():
+    """A local IPv6 address that is not ::1 nor link-local (from /proc/net/if_inet6), or None."""
+    try:
+        lines = open("/proc/net/if_inet6").read().split()
+    except OSError:
+        return None
+    for i in range(0, len(lines) - 5, 6):
+        raw, scope = lines[i], lines[i + 3]
+        if scope != "00":  # global scope only
+            continue
+        addr = ipaddress.IPv6Address(bytes.fromhex(raw))
+        if not addr.is_loopback and not addr.is_link_local:
+            return str(addr)
+    return None
+
+
+def refused_per_ip(port, host):
+    c = RawConn(port, host=host)
+    c.request("GET", "/healthz")
+    r = c.read_response(5)
+    c.close()
+    return r.status == 503 and r.json()["error"] == "over_capacity"
+
+
+def test_max_connections_per_ip_over_ipv6(sluice_factory):
+    """A dual-stack listener ([::]): IPv6 peers are limited per address, IPv4 peers (seen as
+    ::ffff:a.b.c.d) per IPv4 address, and neither counts against the other."""
+    if not ipv6_loopback_works():
+        pytest.skip("no IPv6 loopback")
+    port = free_port()
+    srv = sluice_factory(server={"listen": f"[::]:{port}", "header_timeout": "10s",
+                                 "idle_timeout": "30s"},
+                         limits={"max_connections_per_ip": 2}, port=port)
+    held6 = [keepalive_ok(srv.port, host="::1") for _ in range(2)]
+    assert refused_per_ip(srv.port, "::1"), "a third connection from ::1 must be refused"
+    held4 = [keepalive_ok(srv.port) for _ in range(2)]  # 127.0.0.1 has its own count
+    assert refused_per_ip(srv.port, "127.0.0.1")
+    for c in held4[1:]:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, "127.0.0.1"), 5)
+    held4[0].request("GET", "/metrics")
+    m = held4[0].read_response(5)
+    assert parse_metrics(m.body.decode())[
+        'sluice_connections_rejected_total{reason="per_ip"}'] >= 2
+    for c in held6 + held4[:1]:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, "::1"), 5)
+
+
+@pytest.mark.parametrize("prefix,grouped", [(0, True), (128, False)])
+def test_ipv6_prefix_groups_addresses(sluice_factory, prefix, grouped):
+    """ipv6_prefix decides which IPv6 peers share one per-IP count. The host has two IPv6
+    addresses in different /64s (::1 and a global one), so a prefix of 0 puts them together and
+    128 (or the default 64) keeps them apart; the /64 arithmetic itself is unit-tested."""
+    other = other_local_ipv6()
+    if not ipv6_loopback_works() or other is None:
+        pytest.skip("needs ::1 and another local IPv6 address")
+    port = free_port()
+    srv = sluice_factory(server={"listen": f"[::]:{port}", "header_timeout": "10s",
+                                 "idle_timeout": "30s"},
+                         limits={"max_connections_per_ip": 2, "ipv6_prefix": prefix}, port=port)
+    held = [keepalive_ok(srv.port, host="::1") for _ in range(2)]
+    assert refused_per_ip(srv.port, other) == grouped, \
+        f"ipv6_prefix={prefix}: {other} {'shares' if grouped else 'does not share'} ::1's count"
+    assert not refused_per_ip(srv.port, "127.0.0.1"), "IPv4 peers never share IPv6 counts"
+    for c in held:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, other), 5)
 
 
 def test_memory_budget_refuses_what_cannot_fit(sluice_factory):
