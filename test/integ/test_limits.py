@@ -507,6 +507,7 @@ def test_max_cursors_per_topic_and_total(sluice_factory):
 def test_recovered_cursors_count_but_are_never_dropped(sluice_factory):
     from lossless_util import restart, start
     srv = start(sluice_factory, topics=LOSSLESS_TOPICS, limits={"max_cursors_per_topic": 3})
+    assert srv.publish("ll-r", "m")  # a log with a segment (an empty one is another test's)
     for name in ("r1", "r2", "r3"):
         s = durable_sse(srv, "ll-r", name)
         assert s.status == 200, s.response
