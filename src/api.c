@@ -460,6 +460,30 @@ static sl_start_t *same_starts(const sl_start_t *start, uint32_t n)
     return starts;
 }
 
+/* A new durable cursor must fit max_cursors_per_topic and max_cursors; an existing one is
+ * never refused, and cursors recovered from disk count but are never dropped. Returns 0, or -1
+ * when answered (409: the client can make room by deleting a cursor; waiting alone does not
+ * help unless cursor_ttl is set, so there is no Retry-After). */
+static int refuse_cursor(sl_conn_t *c, sl_topic_t *t)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    if (t->ll->ncursors >= cfg->max_cursors_per_topic) {
+        sl_metrics.cursors_rejected[SL_REJECT_CURSOR_PER_TOPIC]++;
+        SL_WARN("durable cursor refused", "reason=per_topic topic=%s limit=%" PRIu64, t->name,
+                cfg->max_cursors_per_topic);
+        sl_conn_error(c, 409, "too_many_cursors", "the topic has max_cursors_per_topic cursors");
+        return -1;
+    }
+    if (sl_ll_stats.cursors >= cfg->max_cursors) {
+        sl_metrics.cursors_rejected[SL_REJECT_CURSOR_TOTAL]++;
+        SL_WARN("durable cursor refused", "reason=total topic=%s limit=%" PRIu64, t->name,
+                cfg->max_cursors);
+        sl_conn_error(c, 409, "too_many_cursors", "the server has max_cursors cursors");
+        return -1;
+    }
+    return 0;
+}
+
 /* ?durable=NAME: validates it for this subscription, finds or creates the cursor and turns
  * the start point into the cursor's. *cur is NULL without durable=. Returns 0, or -1 when
  * answered with an error. */
@@ -482,6 +506,8 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
         return -1;
     }
     sl_cursor_t *cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 0);
+    if (cu == NULL && refuse_cursor(c, t) != 0)
+        return -1;
     if (cu == NULL) {
         /* A new cursor starts where the request says: its checkpoint is just before. */
         uint64_t ck = t->head_seq;

@@ -48,6 +48,9 @@ void sl_config_init(sl_config_t *cfg)
     cfg->max_topic_name = 256;
     cfg->max_topics = 100000;
     cfg->max_batch_messages = 10000;
+    cfg->max_cursors_per_topic = 1024;
+    cfg->max_cursors = 65536;
+    cfg->ipv6_prefix = 64;
     sl_topic_conf_t *t = &cfg->topic_defaults;
     t->max_messages = 1024;
     t->max_bytes = 16 << 20;
@@ -503,6 +506,9 @@ static const key_def_t limit_keys[] = {
     {"max_topics", K_COUNT, CFG_OFF(max_topics), 1, UINT64_MAX},
     {"max_batch_messages", K_COUNT, CFG_OFF(max_batch_messages), 1, UINT64_MAX},
     {"max_pending_bytes", K_SIZE, CFG_OFF(max_pending_bytes), 0, UINT64_MAX},
+    {"max_cursors_per_topic", K_COUNT, CFG_OFF(max_cursors_per_topic), 1, UINT64_MAX},
+    {"max_cursors", K_COUNT, CFG_OFF(max_cursors), 1, UINT64_MAX},
+    {"ipv6_prefix", K_COUNT, CFG_OFF(ipv6_prefix), 0, 128},
 };
 
 /* Sets a numeric key from the table; returns 1 if the key was found there. */

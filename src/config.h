@@ -108,6 +108,9 @@ typedef struct sl_config {
     uint64_t max_batch_messages;        /* messages in one NDJSON batch; default 10000 */
     uint64_t max_pending_bytes;         /* input still arriving (requests, WebSocket messages), set
                                            aside inside memory_limit; 0 = memory_limit / 8 (default) */
+    uint64_t max_cursors_per_topic;     /* durable cursors on one topic; default 1024 */
+    uint64_t max_cursors;               /* durable cursors on all topics; default 65536 */
+    uint64_t ipv6_prefix; /* per-IP limits key IPv6 peers by this prefix, 0..128; default 64 */
     /* [topic "glob"] sections in file order; later matching sections override earlier ones
      * for the keys they set. */
     sl_topic_rule_t *rules;

@@ -18,8 +18,8 @@
 
 sl_metrics_t sl_metrics;
 
-static const int http_codes[SL_HTTP_CODES] = {100, 101, 200, 202, 204, 400, 403, 404, 405, 406,
-                                              408, 413, 414, 417, 426, 429, 431, 500, 503, 0};
+static const int http_codes[SL_HTTP_CODES] = {100, 101, 200, 202, 204, 400, 403, 404, 405, 406, 408,
+                                              409, 413, 414, 417, 426, 429, 431, 500, 503, 0};
 
 void sl_metrics_http(int code)
 {
@@ -146,6 +146,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_durable_cursors", "gauge", "Durable cursors.", ls->cursors);
     one(&o, "sluice_cursors_expired_total", "counter", "Durable cursors expired by cursor_ttl.",
         ls->cursors_expired);
+    head(&o, "sluice_cursors_rejected_total", "counter",
+         "New durable cursors refused by a limit, by reason.");
+    static const char *const crej[] = {"per_topic", "total"};
+    for (int i = 0; i < SL_REJECT_CURSOR__COUNT; i++)
+        put(&o, "sluice_cursors_rejected_total{reason=\"%s\"} %" PRIu64 "\n", crej[i],
+            m->cursors_rejected[i]);
     one(&o, "sluice_spill_corrupt_total", "counter",
         "Corrupt records or files found in logs (recovery and reads).", ls->corrupt);
     one(&o, "sluice_spill_truncated_bytes_total", "counter",

@@ -50,7 +50,13 @@ typedef enum {
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 
-#define SL_HTTP_CODES 20
+typedef enum {
+    SL_REJECT_CURSOR_PER_TOPIC = 0, /* max_cursors_per_topic */
+    SL_REJECT_CURSOR_TOTAL,         /* max_cursors */
+    SL_REJECT_CURSOR__COUNT,
+} sl_cursor_reject_t;
+
+#define SL_HTTP_CODES 21
 
 typedef struct sl_metrics {
     uint64_t connections;     /* gauge */
@@ -65,6 +71,7 @@ typedef struct sl_metrics {
     uint64_t published;
     uint64_t published_bytes;
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
+    uint64_t cursors_rejected[SL_REJECT_CURSOR__COUNT]; /* new durable cursors refused */
     uint64_t deliveries;
     uint64_t delivered_bytes;
     uint64_t writes; /* write syscalls batches issued to subscribers */

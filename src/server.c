@@ -59,13 +59,32 @@ static void on_sweep(uv_timer_t *h)
         sl_server_kick(srv);
 }
 
+void sl_server_ip_key(const struct sockaddr *sa, unsigned v6_prefix, uint8_t key[16])
+{
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    memset(key, 0, 16);
+    if (sa->sa_family == AF_INET) {
+        memcpy(key, v4mapped, 12);
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        if (memcmp(a, v4mapped, 12) == 0) {
+            /* A dual-stack listener sees IPv4 peers this way: they count as IPv4. */
+            memcpy(key, a, 16);
+            return;
+        }
+        if (v6_prefix > 128)
+            v6_prefix = 128;
+        memcpy(key, a, v6_prefix / 8);
+        if (v6_prefix % 8 != 0)
+            key[v6_prefix / 8] = a[v6_prefix / 8] & (uint8_t)(0xff << (8 - v6_prefix % 8));
+    }
+}
+
 static sl_ipent_t *ip_acquire(sl_server_t *srv, const struct sockaddr_storage *ss)
 {
-    uint8_t addr[16] = {0};
-    if (ss->ss_family == AF_INET)
-        memcpy(addr + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    else if (ss->ss_family == AF_INET6)
-        memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    uint8_t addr[16];
+    sl_server_ip_key((const struct sockaddr *)ss, (unsigned)srv->cfg->ipv6_prefix, addr);
     uint32_t h = 0;
     for (int i = 0; i < 16; i++)
         h = h * 31 + addr[i];

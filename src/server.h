@@ -26,11 +26,19 @@
 
 #include <uv.h>
 
+/* One entry of the per-IP connection table: the peers that share a key (sl_server_ip_key)
+ * and how many connections they hold. Owned by the server; freed when the count drops to 0. */
 typedef struct sl_ipent {
     struct sl_ipent *next;
     uint32_t count;
-    uint8_t addr[16];
+    uint8_t addr[16]; /* the key, not necessarily one peer's address */
 } sl_ipent_t;
+
+/* The key under which per-IP limits count a peer. An IPv4 address, and an IPv4-mapped IPv6
+ * one (::ffff:a.b.c.d, how a dual-stack listener sees IPv4 peers), key as ::ffff:a.b.c.d; any
+ * other IPv6 address is cut to its first `v6_prefix` bits (0..128; more is taken as 128),
+ * because one host commonly holds a whole /64. Other families key as all zeros. Pure. */
+void sl_server_ip_key(const struct sockaddr *sa, unsigned v6_prefix, uint8_t key[16]);
 
 #define SL_IP_BUCKETS 1024
 

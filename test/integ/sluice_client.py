@@ -79,7 +79,8 @@ class RawConn:
     """A raw TCP connection with a receive buffer and response framing."""
 
     def __init__(self, port, host="127.0.0.1", rcvbuf=None, timeout=5.0, source=None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v6 = ":" in host or (source is not None and ":" in source)
+        self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source is not None:

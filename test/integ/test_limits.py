@@ -1,7 +1,11 @@
 """Every limit crossed, with the status it earns (docs/protocol.md, error table)."""
 
+import ipaddress
+import socket
+
 import pytest
 
+from conftest import free_port, parse_metrics
 from sluice_client import RawConn, SSEClient, wait_until
 
 LIMITS = {"max_url_bytes": 1024, "max_header_bytes": 2048, "max_message_bytes": 1024,
@@ -176,8 +180,8 @@ def test_sse_without_topic_is_bad_query(srv):
     sub.close()
 
 
-def keepalive_ok(port, source=None):
-    c = RawConn(port, source=source)
+def keepalive_ok(port, source=None, host="127.0.0.1"):
+    c = RawConn(port, host=host, source=source)
     c.request("GET", "/healthz")
     r = c.read_response(5)
     assert r.status == 200, r
@@ -228,6 +232,86 @@ def test_max_connections_per_ip(sluice_factory):
     for c in held:
         c.close()
     wait_until(lambda: srv.get("/healthz").status == 200, 5)
+
+
+def ipv6_loopback_works():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def other_local_ipv6():
+    """A local IPv6 address that is not ::1 nor link-local (from /proc/net/if_inet6), or None."""
+    try:
+        lines = open("/proc/net/if_inet6").read().split()
+    except OSError:
+        return None
+    for i in range(0, len(lines) - 5, 6):
+        raw, scope = lines[i], lines[i + 3]
+        if scope != "00":  # global scope only
+            continue
+        addr = ipaddress.IPv6Address(bytes.fromhex(raw))
+        if not addr.is_loopback and not addr.is_link_local:
+            return str(addr)
+    return None
+
+
+def refused_per_ip(port, host):
+    c = RawConn(port, host=host)
+    c.request("GET", "/healthz")
+    r = c.read_response(5)
+    c.close()
+    return r.status == 503 and r.json()["error"] == "over_capacity"
+
+
+def test_max_connections_per_ip_over_ipv6(sluice_factory):
+    """A dual-stack listener ([::]): IPv6 peers are limited per address, IPv4 peers (seen as
+    ::ffff:a.b.c.d) per IPv4 address, and neither counts against the other."""
+    if not ipv6_loopback_works():
+        pytest.skip("no IPv6 loopback")
+    port = free_port()
+    srv = sluice_factory(server={"listen": f"[::]:{port}", "header_timeout": "10s",
+                                 "idle_timeout": "30s"},
+                         limits={"max_connections_per_ip": 2}, port=port)
+    held6 = [keepalive_ok(srv.port, host="::1") for _ in range(2)]
+    assert refused_per_ip(srv.port, "::1"), "a third connection from ::1 must be refused"
+    held4 = [keepalive_ok(srv.port) for _ in range(2)]  # 127.0.0.1 has its own count
+    assert refused_per_ip(srv.port, "127.0.0.1")
+    for c in held4[1:]:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, "127.0.0.1"), 5)
+    held4[0].request("GET", "/metrics")
+    m = held4[0].read_response(5)
+    assert parse_metrics(m.body.decode())[
+        'sluice_connections_rejected_total{reason="per_ip"}'] >= 2
+    for c in held6 + held4[:1]:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, "::1"), 5)
+
+
+@pytest.mark.parametrize("prefix,grouped", [(0, True), (128, False)])
+def test_ipv6_prefix_groups_addresses(sluice_factory, prefix, grouped):
+    """ipv6_prefix decides which IPv6 peers share one per-IP count. The host has two IPv6
+    addresses in different /64s (::1 and a global one), so a prefix of 0 puts them together and
+    128 (or the default 64) keeps them apart; the /64 arithmetic itself is unit-tested."""
+    other = other_local_ipv6()
+    if not ipv6_loopback_works() or other is None:
+        pytest.skip("needs ::1 and another local IPv6 address")
+    port = free_port()
+    srv = sluice_factory(server={"listen": f"[::]:{port}", "header_timeout": "10s",
+                                 "idle_timeout": "30s"},
+                         limits={"max_connections_per_ip": 2, "ipv6_prefix": prefix}, port=port)
+    held = [keepalive_ok(srv.port, host="::1") for _ in range(2)]
+    assert refused_per_ip(srv.port, other) == grouped, \
+        f"ipv6_prefix={prefix}: {other} {'shares' if grouped else 'does not share'} ::1's count"
+    assert not refused_per_ip(srv.port, "127.0.0.1"), "IPv4 peers never share IPv6 counts"
+    for c in held:
+        c.close()
+    wait_until(lambda: not refused_per_ip(srv.port, other), 5)
 
 
 def test_memory_budget_refuses_what_cannot_fit(sluice_factory):
@@ -341,3 +425,103 @@ def test_memory_budget_refuses_only_when_nothing_is_evictable(sluice_factory):
         s.close()
     wait_until(lambda: srv.post("/topics/pin1", big).status == 202, 5,
                msg="publishing works again once the stalled readers are gone")
+
+
+# -- durable cursors (docs/protocol.md "Durable readers") ---------------------------------------
+
+LOSSLESS_TOPICS = [("ll-*", {"durability": "lossless"})]
+
+
+def durable_sse(srv, topic, name):
+    """Opens a durable SSE subscription; returns the client (status not checked)."""
+    return SSEClient(srv.port, f"/topics/{topic}?durable={name}")
+
+
+def cursor_names(srv, topic):
+    r = srv.get(f"/topics/{topic}/cursors")
+    assert r.status == 200, r
+    return sorted(c["name"] for c in r.json()["cursors"])
+
+
+def assert_too_many_cursors(status, response, headers):
+    assert status == 409, f"expected 409 too_many_cursors, got {status} {response}"
+    assert response.json()["error"] == "too_many_cursors", response.json()
+    assert "retry-after" not in headers, "waiting alone frees no cursor: no Retry-After"
+
+
+def test_max_cursors_per_topic_and_total(sluice_factory):
+    from ws_client import WSConn
+    srv = sluice_factory(limits={"max_cursors_per_topic": 2, "max_cursors": 3},
+                         topics=LOSSLESS_TOPICS)
+    before = srv.metrics()
+    a = durable_sse(srv, "ll-a", "c1")
+    assert a.status == 200, a.response
+    w = WSConn(srv.port, "/topics/ll-a?durable=c2")
+    assert w.status == 101 and w.ok, w.response
+    # the topic is at its limit: a third name is refused over SSE and over WebSocket
+    s = durable_sse(srv, "ll-a", "c3")
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    x = WSConn(srv.port, "/topics/ll-a?durable=c3")
+    assert_too_many_cursors(x.status, x.response, x.headers)
+    x.close()
+    # an existing name is never refused, connected or not
+    a.close()
+    again = durable_sse(srv, "ll-a", "c1")
+    assert again.status == 200, again.response
+    again.close()
+    second = WSConn(srv.port, "/topics/ll-a?durable=c2")
+    assert second.status == 101 and second.ok, second.response
+    second.close()
+    w.close()
+    assert cursor_names(srv, "ll-a") == ["c1", "c2"]
+    # another topic has its own per-topic limit, but the server-wide one is reached at 3
+    b = durable_sse(srv, "ll-b", "x")
+    assert b.status == 200, b.response
+    b.close()
+    s = durable_sse(srv, "ll-c", "y")
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    assert cursor_names(srv, "ll-c") == []
+    # plain subscriptions are not affected by either limit
+    plain = SSEClient(srv.port, "/topics/ll-a")
+    assert plain.status == 200
+    plain.close()
+    m = srv.metrics()
+    assert m.v("sluice_durable_cursors") == 3
+    assert m.v('sluice_cursors_rejected_total{reason="per_topic"}') - \
+        before.v('sluice_cursors_rejected_total{reason="per_topic"}') == 2
+    assert m.v('sluice_cursors_rejected_total{reason="total"}') - \
+        before.v('sluice_cursors_rejected_total{reason="total"}') == 1
+    assert m.v('sluice_http_responses_total{code="409"}') - \
+        before.v('sluice_http_responses_total{code="409"}') == 3
+    # deleting a cursor makes room again
+    assert srv.request("DELETE", "/topics/ll-a/cursors/c2").status == 204
+    s = durable_sse(srv, "ll-a", "c3")
+    assert s.status == 200, s.response
+    s.close()
+    assert cursor_names(srv, "ll-a") == ["c1", "c3"]
+    assert srv.metrics().v("sluice_durable_cursors") == 3
+
+
+def test_recovered_cursors_count_but_are_never_dropped(sluice_factory):
+    from lossless_util import restart, start
+    srv = start(sluice_factory, topics=LOSSLESS_TOPICS, limits={"max_cursors_per_topic": 3})
+    assert srv.publish("ll-r", "m")  # a log with a segment (an empty one is another test's)
+    for name in ("r1", "r2", "r3"):
+        s = durable_sse(srv, "ll-r", name)
+        assert s.status == 200, s.response
+        s.close()
+    wait_until(lambda: srv.metrics().v("sluice_durable_cursors") == 3, 5)
+    # the limit is lowered below what is on disk: every cursor comes back
+    srv = restart(sluice_factory, srv, limits={"max_cursors_per_topic": 1, "max_cursors": 2})
+    assert cursor_names(srv, "ll-r") == ["r1", "r2", "r3"]
+    assert srv.metrics().v("sluice_durable_cursors") == 3
+    s = durable_sse(srv, "ll-r", "r2")  # existing: resumes
+    assert s.status == 200, s.response
+    s.close()
+    s = durable_sse(srv, "ll-r", "r4")  # new: over both limits
+    assert_too_many_cursors(s.status, s.response, s.headers)
+    s.close()
+    assert srv.metrics().v('sluice_cursors_rejected_total{reason="per_topic"}') == 1
+    assert cursor_names(srv, "ll-r") == ["r1", "r2", "r3"]

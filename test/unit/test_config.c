@@ -122,6 +122,9 @@ static const char full[] = "[server]\n"
                            "max_topics_per_connection = 3\n"
                            "max_topic_name = 32\n"
                            "max_topics = 100\n"
+                           "max_cursors_per_topic = 7\n"
+                           "max_cursors = 70\n"
+                           "ipv6_prefix = 56\n"
                            "[topic \"*\"]\n"
                            "max_messages = 10\n"
                            "max_bytes = 1k\n"
@@ -166,6 +169,9 @@ static void test_full_file(void **state)
     assert_int_equal(c.max_topics_per_connection, 3);
     assert_int_equal(c.max_topic_name, 32);
     assert_int_equal(c.max_topics, 100);
+    assert_int_equal(c.max_cursors_per_topic, 7);
+    assert_int_equal(c.max_cursors, 70);
+    assert_int_equal(c.ipv6_prefix, 56);
     assert_int_equal(c.nrules, 2);
 
     sl_topic_conf_t t;
@@ -192,6 +198,9 @@ static void test_full_file(void **state)
 
     /* Defaults apply where no rule matches. */
     sl_config_init(&c);
+    assert_int_equal(c.max_cursors_per_topic, 1024);
+    assert_int_equal(c.max_cursors, 65536);
+    assert_int_equal(c.ipv6_prefix, 64);
     sl_config_topic(&c, "x", &t);
     assert_int_equal(t.max_messages, 1024);
     assert_int_equal(t.overflow, SL_OVERFLOW_SKIP);
@@ -254,6 +263,26 @@ static void test_errors(void **state)
     n = load_errors("[limits]\nmax_body_bytes = 1k\nmax_message_bytes = 2k\n", out, sizeof(out));
     assert_int_equal(n, 1);
     assert_non_null(strstr(out, "t.ini:3:"));
+    /* The new limits: a cursor limit of 0 would refuse every durable reader; a prefix is
+     * 0..128 bits (0 counts every IPv6 peer as one address, 128 each address alone). */
+    n = load_errors("[limits]\n"
+                    "max_cursors_per_topic = 0\n" /* 2 */
+                    "max_cursors = 0\n"           /* 3 */
+                    "ipv6_prefix = 129\n"         /* 4 */
+                    "ipv6_prefix = -1\n"          /* 5 */
+                    "ipv6_prefix = 64bits\n"      /* 6 */
+                    "max_cursors = many\n",       /* 7 */
+                    out, sizeof(out));
+    assert_int_equal(n, 6);
+    for (int line = 2; line <= 7; line++) {
+        char at[16];
+        snprintf(at, sizeof(at), "t.ini:%d:", line);
+        if (strstr(out, at) == NULL)
+            fail_msg("no error at %s in:\n%s", at, out);
+    }
+    assert_int_equal(load_errors("[limits]\nipv6_prefix = 0\nmax_cursors = 1\n", out, sizeof(out)),
+                     0);
+    assert_int_equal(load_errors("[limits]\nipv6_prefix = 128\n", out, sizeof(out)), 0);
     /* A key outside any section. */
     n = load_errors("stray = 1\n", out, sizeof(out));
     assert_int_equal(n, 1);
