@@ -1386,7 +1386,8 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     }
     if (d != NULL)
         closedir(d);
-    qsort(bases, nb, sizeof(*bases), cmp_u64);
+    if (nb > 0) /* qsort's base may not be NULL, even for no elements */
+        qsort(bases, nb, sizeof(*bases), cmp_u64);
     uint64_t head = 0;
     for (size_t i = 0; i < nb; i++) {
         sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
