@@ -1,0 +1,106 @@
+"""Hostile clients (docs/protocol.md "Errors", "Publishing", "Browsers and CORS"): requests
+that other parsers on the path could read differently, forged control events, cross-site
+requests, and resume points the server cannot have issued. Each test crosses the line and
+checks that nothing was executed and the server kept its framing."""
+
+import json
+
+import pytest
+
+from sluice_client import RawConn, SSEClient, parse_id, wait_until
+from ws_client import CONTROL_PREFIX, OP_TEXT, WSConn
+
+LIMITS = {"max_header_bytes": 2048}
+
+
+@pytest.fixture
+def srv(sluice_factory):
+    return sluice_factory(limits=LIMITS)
+
+
+def assert_error(r, status, code):
+    assert r.status == status, f"expected {status} {code}, got {r.status} {r.body!r}"
+    assert r.json()["error"] == code, r.body
+
+
+def head_of(srv, topic):
+    """The head id of a topic, or None when it has no message or does not exist."""
+    t = srv.topics().get(topic)
+    return t["head"] if t else None
+
+
+# ---- HTTP framing --------------------------------------------------------------------------
+
+def test_obs_folded_transfer_encoding_is_refused(srv):
+    c = RawConn(srv.port)
+    c.send(b"POST /topics/fold HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+    r = c.read_response()
+    assert_error(r, 400, "bad_request")
+    assert c.wait_closed(), "a refused request closes its connection"
+    # A fold anywhere in the head is refused, also with a tab and after a real value.
+    c = RawConn(srv.port)
+    c.send(b"POST /topics/fold HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+           b"X-A: a\r\n\tb\r\n\r\nz")
+    assert_error(c.read_response(), 400, "bad_request")
+    assert head_of(srv, "fold") is None, "a folded request was published"
+
+
+def test_header_whitespace_counts_against_max_header_bytes(srv):
+    for pad in [b"X-Pad:" + b" " * 200_000 + b"v\r\n",   # leading whitespace of a value
+                b"X-Pad: v" + b" " * 200_000 + b"\r\n",  # trailing whitespace
+                b"X-Pad:" + b"\t" * 200_000 + b"\r\n"]:  # a value of whitespace only
+        c = RawConn(srv.port)
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n")
+        assert_error(c.read_response(), 431, "headers_too_large")
+        c.close()
+    # Just under the limit is fine: the limit counts bytes, it does not forbid whitespace.
+    c = RawConn(srv.port)
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad:" + b" " * 1500 + b"v\r\n\r\n")
+    assert c.read_response().status == 200
+    c.close()
+
+
+def test_post_with_upgrade_is_refused_and_closed(srv):
+    c = RawConn(srv.port)
+    c.send(b"POST /topics/upg HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nContent-Length: 3\r\n\r\nabc"
+           b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert_error(c.read_response(), 400, "bad_upgrade")
+    assert c.wait_closed(), "nothing after the refused request is read"
+    assert head_of(srv, "upg") is None, "the upgrade request was executed"
+    c = RawConn(srv.port)
+    c.send(b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+    r = c.read_response()
+    assert r.status == 400, r
+    assert c.wait_closed()
+
+
+def test_get_with_other_upgrade_is_answered_then_closed(srv):
+    """curl --http2 asks for h2c this way: the request is answered as HTTP/1.1, and the
+    connection closed rather than read on in a protocol nobody agreed."""
+    c = RawConn(srv.port)
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+           b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+           b"\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    r = c.read_response()
+    assert r.status == 200 and r.body == b"ok\n", r
+    assert r.headers.get("connection", "").lower() == "close", r.headers
+    assert c.wait_closed()
+    assert c.buf == b"", f"a second answer followed: {c.buf!r}"
+
+
+def test_conflicting_lengths_are_refused(srv):
+    for head in [b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                 b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                 b"Content-Length: 5\r\nContent-Length: 5\r\n",
+                 b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                 b"Content-Length: 5, 5\r\n",
+                 b"Transfer-Encoding: chunked, identity\r\n"]:
+        c = RawConn(srv.port)
+        c.send(b"POST /topics/len HTTP/1.1\r\nHost: x\r\n" + head +
+               b"\r\n5\r\nhello\r\n0\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 400, (head, r)
+        assert c.wait_closed(), head
+    assert head_of(srv, "len") is None
