@@ -207,9 +207,12 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     char event[65];
     const char *ev = NULL;
     if (q->event.s != NULL) {
-        if (!sl_event_name_valid(q->event.s, q->event.len)) {
-            sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_EVENT]++;
-            sl_conn_error(c, 400, "bad_event", "event type must be 1..64 of [A-Za-z0-9._:-]");
+        const char *code, *msg;
+        int rc = sl_event_check(q->event.s, q->event.len, &code, &msg);
+        if (rc != 0) {
+            sl_metrics.pub_rejected[rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT
+                                                       : SL_REJECT_PUB_BAD_EVENT]++;
+            sl_conn_error(c, 400, code, msg);
             return;
         }
         memcpy(event, q->event.s, q->event.len);

@@ -127,9 +127,10 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_published_bytes_total", "counter", "Payload bytes accepted.",
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
-    static const char *const prej[] = {"budget",       "too_large",     "bad_topic",
-                                       "max_topics",   "bad_event",     "reserved_payload",
-                                       "bad_envelope", "not_publisher", "topic_full"};
+    static const char *const prej[] = {"budget",         "too_large",         "bad_topic",
+                                       "max_topics",     "bad_event",         "reserved_payload",
+                                       "bad_envelope",   "not_publisher",     "topic_full",
+                                       "reserved_event", "origin_not_allowed"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);

@@ -44,6 +44,8 @@ typedef enum {
     SL_REJECT_PUB_BAD_ENVELOPE,  /* WebSocket json envelope malformed */
     SL_REJECT_PUB_NOT_PUBLISHER, /* data message on a subscribe-only WebSocket */
     SL_REJECT_PUB_TOPIC_FULL,    /* a lossless topic pushed back (429) */
+    SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
+    SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 

@@ -69,6 +69,12 @@ const char *sl_strerror(int err)
         return "malformed message id";
     case SL_ELIMIT:
         return "count limit reached";
+    case SL_EFULL:
+        return "lossless topic full";
+    case SL_EINVAL:
+        return "malformed name or value";
+    case SL_ERESERVED:
+        return "reserved name";
     default:
         return err < 0 ? strerror(-err) : "success";
     }

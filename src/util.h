@@ -22,6 +22,8 @@ enum {
     SL_EBADID = -30003,    /* malformed message id */
     SL_ELIMIT = -30004,    /* a count limit (topics, connections) reached */
     SL_EFULL = -30005,     /* a lossless topic has no room: push back on the publisher */
+    SL_EINVAL = -30006,    /* a peer-supplied name or value is malformed */
+    SL_ERESERVED = -30007, /* a peer-supplied name is reserved for sluice's own use */
 };
 const char *sl_strerror(int err);
 

@@ -104,3 +104,76 @@ def test_conflicting_lengths_are_refused(srv):
         assert r.status == 400, (head, r)
         assert c.wait_closed(), head
     assert head_of(srv, "len") is None
+
+
+# ---- forged control events -----------------------------------------------------------------
+
+FORGED = ["sluice.reset", "sluice.gap", "sluice.overflow", "Sluice.Gap", "SLUICE.x", "sluice."]
+
+
+def test_publisher_cannot_forge_control_events_over_http(sluice):
+    sse = sluice.sse("/topics/forge")
+    sse.read_retry()
+    before = sluice.metrics().v('sluice_publish_rejected_total{reason="reserved_event"}')
+    for ev in FORGED:
+        assert_error(sluice.post(f"/topics/forge?event={ev}", "x"), 400, "reserved_event")
+        assert_error(sluice.post(f"/topics/forge?event={ev}", "a\nb\n",
+                                 {"Content-Type": "application/x-ndjson"}), 400, "reserved_event")
+    m = sluice.metrics()
+    assert m.v('sluice_publish_rejected_total{reason="reserved_event"}') - before == \
+        2 * len(FORGED), m
+    assert head_of(sluice, "forge") is None, "a forged event was published"
+    # Names that only look alike stay usable, and the reader sees only them.
+    for ev in ["sluice", "sluicex.gap", "app.sluice.gap"]:
+        sluice.publish("forge", "ok", event=ev)
+    got = [sse.read_event() for _ in range(3)]
+    assert [e.get("event") for e in got] == ["sluice", "sluicex.gap", "app.sluice.gap"], got
+    assert sse.no_event_within(0.2)
+    sse.close()
+
+
+def test_event_names_that_break_sse_framing_are_refused(sluice):
+    before = sluice.metrics().v('sluice_publish_rejected_total{reason="bad_event"}')
+    bad = ["a%0Adata:%20x", "a%0Db", "a%0D%0Aid:%201", "%00", "a%20b", "caf%C3%A9", ""]
+    for ev in bad:
+        assert_error(sluice.post(f"/topics/frame?event={ev}", "x"), 400, "bad_event")
+    m = sluice.metrics()
+    assert m.v('sluice_publish_rejected_total{reason="bad_event"}') - before == len(bad)
+    assert head_of(sluice, "frame") is None
+
+
+def ws_control(m):
+    assert m.opcode == OP_TEXT and m.payload.startswith(CONTROL_PREFIX), m
+    return m.json()
+
+
+def test_publisher_cannot_forge_control_events_over_websocket(sluice):
+    sse = sluice.sse("/topics/wsforge")
+    sse.read_retry()
+    c = WSConn(sluice.port, "/ws?topic=wsforge&mode=pub&ack=1")
+    assert c.ok, c.response
+    before = sluice.metrics().v('sluice_publish_rejected_total{reason="reserved_event"}')
+    for ev in FORGED:
+        c.send_text(json.dumps({"event": ev, "data": "x"}))
+        err = ws_control(c.read_message())
+        assert err["sluice"] == "error" and err["error"] == "reserved_event", (ev, err)
+    # Escapes decode before the check: a JSON-escaped line feed is no way around it.
+    c.send_text('{"event":"a\\nevent: sluice.reset","data":"x"}')
+    err = ws_control(c.read_message())
+    assert err["error"] == "bad_event", err
+    m = sluice.metrics()
+    assert m.v('sluice_publish_rejected_total{reason="reserved_event"}') - before == len(FORGED)
+    # A ?event= on the WebSocket URL sets nothing; the connection stays usable.
+    c2 = WSConn(sluice.port, "/topics/wsforge?mode=pub&ack=1&event=sluice.reset")
+    assert c2.ok, c2.response
+    c2.send_text("raw")
+    assert ws_control(c2.read_message())["sluice"] == "ack"
+    e = sse.read_event()
+    assert e.get("event") is None and e["data"] == "raw", e
+    c.send_text(json.dumps({"event": "fine", "data": "y"}))
+    assert ws_control(c.read_message())["sluice"] == "ack"
+    e = sse.read_event()
+    assert (e.get("event"), e["data"]) == ("fine", "y"), e
+    c.close()
+    c2.close()
+    sse.close()
