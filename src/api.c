@@ -547,6 +547,7 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
     if (v != NULL && !sl_config_origin_allowed(cfg, v, len)) {
         SL_INFO("websocket refused", "reason=origin origin=\"%.*s\"", (int)(len > 200 ? 200 : len),
                 v);
+        sl_metrics.origin_rejected++;
         sl_conn_error(c, 403, "forbidden_origin", "Origin not in the allow-list");
         return;
     }
@@ -724,6 +725,47 @@ static void not_allowed(sl_conn_t *c, const char *allow)
     sl_conn_respond(c, 405, "application/json", extra, body, sizeof(body) - 1);
 }
 
+/* Whether path is an admin or listing endpoint: /metrics, the /topics listing, the cursor
+ * API. These never answer CORS for any origin, only for listed ones. */
+static int admin_path(const char *path, size_t plen)
+{
+    size_t tlen, clen;
+    const char *cname;
+    if (strcmp(path, "/metrics") == 0 || strcmp(path, "/topics") == 0 ||
+        strcmp(path, "/topics/") == 0)
+        return 1;
+    return plen > 8 && strncmp(path, "/topics/", 8) == 0 &&
+           cursor_path(path + 8, plen - 8, &tlen, &cname, &clen);
+}
+
+/* With an `origins` allow-list, a browser page of another origin may still send requests:
+ * CORS only hides the answer from it. So a request carrying an Origin that is not listed is
+ * refused before it does anything, unless it is a preflight or a read that changes nothing
+ * (/healthz and the admin reads). A request without Origin is not a browser's cross-site
+ * request and is served. WebSocket handshakes check the origin themselves. Returns 1 when
+ * refused (answered). */
+static int origin_refused(sl_conn_t *c, sl_http_req_t *req, int method, const char *path, int admin)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    size_t len;
+    const char *origin = sl_http_header(req, SL_H_ORIGIN, &len);
+    if (cfg->origins == NULL || origin == NULL || sl_config_origin_allowed(cfg, origin, len))
+        return 0;
+    if (method == HTTP_OPTIONS)
+        return 0;
+    if (method == HTTP_GET || method == HTTP_HEAD) {
+        if (admin || strcmp(path, "/healthz") == 0 || tries_websocket(req))
+            return 0;
+    } else if (method == HTTP_POST && !admin) {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_ORIGIN]++;
+    }
+    sl_metrics.origin_rejected++;
+    SL_INFO("request refused", "reason=origin origin=\"%.*s\"", (int)(len > 200 ? 200 : len),
+            origin);
+    sl_conn_error(c, 403, "origin_not_allowed", "Origin not in the allow-list");
+    return 1;
+}
+
 void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
 {
     int method = llhttp_get_method(&req->parser);
@@ -741,6 +783,10 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
         goto out;
     }
     path[plen] = '\0';
+    int admin = admin_path(path, (size_t)plen);
+    req->cors_admin = (uint8_t)admin;
+    if (origin_refused(c, req, method, path, admin))
+        goto out;
     if (method == HTTP_OPTIONS) {
         /* A CORS preflight; the allowed origin is added by the response itself. */
         sl_conn_respond(c, 204, NULL,

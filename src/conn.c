@@ -218,12 +218,15 @@ static resp_write_t *resp_alloc(size_t cap)
 }
 
 /* The CORS header lines for the current request's Origin (docs/protocol.md): `*` when no
- * allow-list is configured, the origin itself when it is listed, nothing otherwise. */
+ * allow-list is configured (but not for admin and listing endpoints), the origin itself when
+ * it is listed, nothing otherwise. */
 static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
 {
     buf[0] = '\0';
     if (c->srv->cfg->origins == NULL)
-        return (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
+        return c->req != NULL && c->req->cors_admin
+                   ? 0
+                   : (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
     size_t len = 0;
     const char *origin = c->req ? sl_http_header(c->req, SL_H_ORIGIN, &len) : NULL;
     if (origin == NULL || len > cap - 64 || !sl_config_origin_allowed(c->srv->cfg, origin, len))

@@ -134,6 +134,9 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
+    one(&o, "sluice_origin_rejected_total", "counter",
+        "Requests and WebSocket handshakes refused for an Origin not in the allow-list.",
+        m->origin_rejected);
     const sl_ll_stats_t *ls = &sl_ll_stats;
     one(&o, "sluice_spill_bytes", "gauge", "Bytes of lossless topics' logs on disk.",
         ls->disk_bytes);

@@ -64,6 +64,7 @@ typedef struct sl_metrics {
     uint64_t published;
     uint64_t published_bytes;
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
+    uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
     uint64_t deliveries;
     uint64_t delivered_bytes;
     uint64_t writes; /* write syscalls batches issued to subscribers */

@@ -177,3 +177,94 @@ def test_publisher_cannot_forge_control_events_over_websocket(sluice):
     c.close()
     c2.close()
     sse.close()
+
+
+# ---- cross-site requests -------------------------------------------------------------------
+
+ORIGINS = {"origins": "https://good.example"}
+LOSSLESS_TOPICS = [("ll-*", {"durability": "lossless"})]
+EVIL = {"Origin": "https://evil.example"}
+
+
+def checkpoint(srv, topic, name):
+    r = srv.get(f"/topics/{topic}/cursors")
+    assert r.status == 200, r
+    return {c["name"]: c["checkpoint"] for c in r.json()["cursors"]}.get(name)
+
+
+def test_cross_site_writes_are_refused_before_anything_is_done(sluice_factory):
+    srv = sluice_factory(server=ORIGINS, topics=LOSSLESS_TOPICS)
+    ids = [srv.publish("ll-x", f"m{i}") for i in range(3)]
+    sub = srv.sse("/topics/ll-x?durable=cur&from=oldest")
+    assert sub.status == 200
+    sub.read_retry()
+    assert [sub.read_event()["id"] for _ in range(3)] == ids
+    sub.close()
+    before_ck = checkpoint(srv, "ll-x", "cur")
+    m0 = srv.metrics()
+
+    assert_error(srv.post("/topics/ll-x", "forged", EVIL), 403, "origin_not_allowed")
+    assert_error(srv.post("/topics/ll-x?event=e", "a\nb\n",
+                          dict(EVIL, **{"Content-Type": "application/x-ndjson"})),
+                 403, "origin_not_allowed")
+    assert_error(srv.post("/topics/brand-new", "x", EVIL), 403, "origin_not_allowed")
+    assert_error(srv.post("/topics/ll-x/cursors/cur", ids[2], EVIL), 403, "origin_not_allowed")
+    assert_error(srv.request("DELETE", "/topics/ll-x/cursors/cur", EVIL), 403,
+                 "origin_not_allowed")
+    # A subscription creates topics and durable cursors: refused as well.
+    r = srv.get("/topics/other-new?durable=x", dict(EVIL, Accept="text/event-stream"))
+    assert_error(r, 403, "origin_not_allowed")
+    r = srv.get("/sse?topic=other-new2", dict(EVIL, Accept="text/event-stream"))
+    assert_error(r, 403, "origin_not_allowed")
+
+    assert srv.topics()["ll-x"]["head"] == ids[2], "a cross-site publish was executed"
+    assert "brand-new" not in srv.topics() and "other-new" not in srv.topics()
+    assert checkpoint(srv, "ll-x", "cur") == before_ck, "a cross-site ack moved the cursor"
+    m = srv.metrics()
+    assert m.v("sluice_origin_rejected_total") - m0.v("sluice_origin_rejected_total") == 7
+    assert (m.v('sluice_publish_rejected_total{reason="origin_not_allowed"}') -
+            m0.v('sluice_publish_rejected_total{reason="origin_not_allowed"}')) == 3
+
+    # Listed origins and clients without Origin (curl, servers) are served.
+    good = {"Origin": "https://good.example"}
+    r = srv.post("/topics/ll-x", "fine", good)
+    assert r.status == 202 and r.headers.get("access-control-allow-origin") == \
+        "https://good.example", r
+    assert srv.post("/topics/ll-x", "no origin").status == 202
+    assert srv.post("/topics/ll-x/cursors/cur", ids[2], good).status == 204
+    assert checkpoint(srv, "ll-x", "cur") != before_ck
+    assert srv.request("DELETE", "/topics/ll-x/cursors/cur").status == 204
+    # Reads that change nothing are answered, without CORS headers for the stranger.
+    for path in ["/healthz", "/metrics", "/topics", "/topics/ll-x/cursors"]:
+        r = srv.get(path, EVIL)
+        assert r.status == 200, (path, r)
+        assert "access-control-allow-origin" not in r.headers, (path, r.headers)
+
+
+def test_any_origin_is_not_extended_to_admin_endpoints(sluice_factory):
+    srv = sluice_factory(topics=LOSSLESS_TOPICS)   # origins empty: any origin
+    srv.publish("ll-a", "x")
+    sub = srv.sse("/topics/ll-a?durable=c&from=oldest")
+    sub.read_retry()
+    sub.read_event()
+    sub.close()
+    page = {"Origin": "https://whoever.example"}
+    for method, path, body in [("GET", "/metrics", None), ("GET", "/topics", None),
+                               ("GET", "/topics/ll-a/cursors", None),
+                               ("POST", "/topics/ll-a/cursors/c", srv.topics()["ll-a"]["head"]),
+                               ("OPTIONS", "/metrics", None),
+                               ("OPTIONS", "/topics/ll-a/cursors/c", None),
+                               ("DELETE", "/topics/ll-a/cursors/c", None)]:
+        r = srv.request(method, path, page, body)
+        assert r.status in (200, 204), (method, path, r)
+        assert "access-control-allow-origin" not in r.headers, (method, path, r.headers)
+    # Publishing and subscribing keep CORS for any origin.
+    r = srv.post("/topics/ll-a", "y", page)
+    assert r.status == 202 and r.headers.get("access-control-allow-origin") == "*", r.headers
+    r = srv.request("OPTIONS", "/topics/ll-a", page)
+    assert r.headers.get("access-control-allow-origin") == "*", r.headers
+    sub = srv.sse("/topics/ll-a", headers=page)
+    assert sub.status == 200
+    assert sub.headers.get("access-control-allow-origin") == "*", sub.headers
+    sub.close()
+    assert srv.get("/healthz", page).headers.get("access-control-allow-origin") == "*"
