@@ -446,11 +446,14 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
     if (cu == NULL) {
         /* A new cursor starts where the request says: its checkpoint is just before. */
         uint64_t ck = t->head_seq;
+        /* An id of another epoch, or beyond the head, names nothing in this log: the cursor
+         * starts at its oldest message, as a reader resuming from it would (reset). */
         if (start->kind == SL_START_OLDEST ||
-            (start->kind == SL_START_SINCE && start->epoch != t->epoch))
+            (start->kind == SL_START_SINCE &&
+             (start->epoch != t->epoch || start->seq > t->head_seq)))
             ck = sl_ll_floor(t) - 1;
         else if (start->kind == SL_START_SINCE)
-            ck = start->seq < t->head_seq ? start->seq : t->head_seq;
+            ck = start->seq;
         cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
         cu->checkpoint = ck;
         sl_ll_cursor_created(t);

@@ -379,8 +379,8 @@ static size_t marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kin
         len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\"}",
                                 sl_lag_reason_name((sl_lag_reason_t)r->mark_reason));
     } else if (kind == SL_MARK_RESET) {
-        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"epoch\"}",
-                                t->epoch_hex);
+        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"%s\"}",
+                                t->epoch_hex, r->ahead ? "ahead" : "epoch");
     } else {
         len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\",\"missed\":%" PRIu64 "}",
                                 sl_lag_reason_name((sl_lag_reason_t)reason), missed);

@@ -452,6 +452,7 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     r->topic = t;
     r->sub = sub;
     r->mark = SL_MARK_NONE;
+    r->ahead = 0;
     r->soft_since_ms = 0;
     r->disk_ok = (uint8_t)(start->disk && t->ll != NULL);
     sl_list_insert_tail(&t->readers, &r->link);
@@ -466,10 +467,14 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
         r->next = tail;
         break;
     case SL_START_SINCE:
-        if (start->epoch != t->epoch) {
+        if (start->epoch != t->epoch || start->seq > t->head_seq) {
+            /* An id beyond the head was never issued by this log as it is now (a lossless log
+             * that lost an unsynced tail in a crash, say): what the client holds and what the
+             * log holds disagree, as with another epoch. */
             r->mark |= SL_MARK_RESET;
+            r->ahead = (uint8_t)(start->epoch == t->epoch);
             r->next = tail;
-        } else if (start->seq >= t->head_seq) {
+        } else if (start->seq == t->head_seq) {
             r->next = t->head_seq + 1;
         } else {
             r->next = start->seq + 1; /* may be below tail: the check applies the policy */

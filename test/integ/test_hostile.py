@@ -268,3 +268,62 @@ def test_any_origin_is_not_extended_to_admin_endpoints(sluice_factory):
     assert sub.headers.get("access-control-allow-origin") == "*", sub.headers
     sub.close()
     assert srv.get("/healthz", page).headers.get("access-control-allow-origin") == "*"
+
+
+# ---- resume points the server cannot have issued -------------------------------------------
+
+@pytest.mark.parametrize("how", ["header", "since"])
+def test_resume_from_an_id_beyond_the_head_resets(sluice, how):
+    ids = [sluice.publish("ahead", f"m{i}") for i in range(3)]
+    epoch, head = parse_id(ids[-1])
+    future = f"{epoch}-{head + 100}"
+    if how == "header":
+        sub = sluice.sse("/topics/ahead", headers={"Last-Event-ID": future})
+    else:
+        sub = sluice.sse(f"/topics/ahead?since={future}")
+    assert sub.status == 200
+    sub.read_retry()
+    reset = sub.read_event()
+    assert reset["event"] == "sluice.reset", f"a future id was silently accepted: {reset}"
+    assert json.loads(reset["data"]) == {"topic": "ahead", "epoch": epoch, "reason": "ahead"}
+    assert [e["data"] for e in sub.read_events(3)] == ["m0", "m1", "m2"], \
+        "the stream restarts from the oldest retained message"
+    # The head itself is a normal resume point: nothing owed, no marker.
+    sub2 = sluice.sse("/topics/ahead", headers={"Last-Event-ID": ids[-1]})
+    sub2.read_retry()
+    sluice.publish("ahead", "m3")
+    e = sub2.read_event()
+    assert (e["event"], e["data"]) == (None, "m3"), e
+    sub.close()
+    sub2.close()
+
+
+def test_websocket_resume_beyond_the_head_resets(sluice):
+    ids = [sluice.publish("wsahead", f"m{i}") for i in range(2)]
+    epoch, head = parse_id(ids[-1])
+    c = WSConn(sluice.port, f"/topics/wsahead?since={epoch}-{head + 1}")
+    assert c.ok, c.response
+    m = ws_control(c.read_message())
+    assert m == {"sluice": "reset", "topic": "wsahead", "epoch": epoch, "reason": "ahead"}, m
+    assert [c.read_message().text() for _ in range(2)] == ["m0", "m1"]
+    c.close()
+
+
+def test_multi_topic_resume_beyond_the_stream_resets(sluice):
+    a = sluice.publish("mahead/a", "a0")
+    sub = sluice.sse("/sse?topic=mahead/a&topic=mahead/b")
+    sub.read_retry()
+    sluice.publish("mahead/b", "b0")
+    last = sub.read_event()["id"]          # "<stream epoch>-<gseq>:mahead/b"
+    sub.close()
+    stream_epoch, rest = last.split("-", 1)
+    gseq = int(rest.split(":")[0])
+    sub = sluice.sse("/sse?topic=mahead/a&topic=mahead/b",
+                     headers={"Last-Event-ID": f"{stream_epoch}-{gseq + 1000}:mahead/a"})
+    sub.read_retry()
+    resets = [sub.read_event(), sub.read_event()]
+    assert {r["event"] for r in resets} == {"sluice.reset"}, resets
+    assert {json.loads(r["data"])["reason"] for r in resets} == {"ahead"}
+    assert sorted(e["data"] for e in sub.read_events(2)) == ["a0", "b0"]
+    assert parse_id(a)[1] == 1
+    sub.close()

@@ -164,9 +164,17 @@ static void test_reader_start_points(void **state)
     assert_int_equal(r.mark, SL_MARK_NONE);
     sl_reader_detach(&r);
 
-    st.seq = 99; /* beyond head: new messages only */
+    st.seq = 15; /* the head: new messages only */
     sl_reader_attach(&r, &sub, t, &st, 1);
     assert_int_equal(r.next, 16);
+    assert_int_equal(r.mark, SL_MARK_NONE);
+    sl_reader_detach(&r);
+
+    st.seq = 99; /* beyond head: never issued by this log, a reset */
+    sl_reader_attach(&r, &sub, t, &st, 1);
+    assert_int_equal(r.mark, SL_MARK_RESET);
+    assert_true(r.ahead);
+    assert_int_equal(r.next, 6);
     sl_reader_detach(&r);
 
     st.epoch = t->epoch ^ 1; /* another log */
