@@ -12,7 +12,9 @@
 #include "sse.h"
 #include "ws.h"
 
+#include <assert.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +81,27 @@ static int parse_query(query_t *q, const char *s, size_t len)
 
 /* ---- read-only endpoints ---------------------------------------------------------------- */
 
+/* The most one /topics entry takes beside its escaped name: every number at its widest
+ * (20 digits), ids at SL_ID_MAX, all optional members present. */
+#define TOPIC_ENTRY_MAX                                                                            \
+    (sizeof("{\"name\":\"\",\"epoch\":\"\",\"head\":\"\",\"tail\":\"\"") + 16 + 2 * SL_ID_MAX +    \
+     sizeof(",\"messages\":,\"bytes\":,\"readers\":") + 3 * 20 +                                   \
+     sizeof(",\"lossless\":true,\"log_bytes\":,\"durable_cursors\":") + 2 * 20 + 2)
+
+/* snprintf at buf+*len that never moves *len past cap - 1. The caller sized buf for the
+ * worst case; running out would be our bug, so it is asserted. */
+static void put_json(char *buf, size_t *len, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void put_json(char *buf, size_t *len, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+    va_end(ap);
+    assert(n >= 0 && (size_t)n < cap - *len);
+    *len += n < 0 ? 0 : ((size_t)n < cap - *len ? (size_t)n : cap - *len - 1);
+}
+
 static void get_topics(sl_conn_t *c)
 {
     sl_hub_t *hub = &c->srv->hub;
@@ -86,44 +109,40 @@ static void get_topics(sl_conn_t *c)
     sl_list_t *it;
     sl_list_each(it, &hub->topics)
     {
-        cap += sl_container_of(it, sl_topic_t, all_link)->name_len * 6 + 256;
+        cap += sl_container_of(it, sl_topic_t, all_link)->name_len * 6 + TOPIC_ENTRY_MAX;
     }
     char *buf = sl_malloc(cap);
     sl_budget_charge(cap);
-    len += (size_t)snprintf(buf, cap, "{\"topics\":[");
+    put_json(buf, &len, cap, "{\"topics\":[");
     int first = 1;
     sl_list_each(it, &hub->topics)
     {
         sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
         char head[SL_ID_MAX], tail[SL_ID_MAX];
-        if (!first)
-            buf[len++] = ',';
+        put_json(buf, &len, cap, "%s{\"name\":", first ? "" : ",");
         first = 0;
-        len += (size_t)snprintf(buf + len, cap - len, "{\"name\":");
-        sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+        int rc = sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+        assert(rc == 0);
+        (void)rc;
         /* A lossless topic retains what its log holds as well as its ring. */
         uint64_t oldest = t->ll != NULL ? sl_ll_floor(t) : sl_topic_tail(t);
         if (t->head_seq >= oldest && t->head_seq > 0) {
             sl_id_format(head, t->epoch, t->head_seq);
             sl_id_format(tail, t->epoch, oldest);
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
-                                    t->epoch_hex, head, tail);
+            put_json(buf, &len, cap, ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
+                     t->epoch_hex, head, tail);
         } else {
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
+            put_json(buf, &len, cap, ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
         }
-        len += (size_t)snprintf(buf + len, cap - len,
-                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu", t->count,
-                                t->bytes, t->nreaders);
+        put_json(buf, &len, cap, ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu",
+                 t->count, t->bytes, t->nreaders);
         if (t->ll != NULL)
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"lossless\":true,\"log_bytes\":%" PRIu64
-                                    ",\"durable_cursors\":%zu",
-                                    t->ll->disk_bytes, t->ll->ncursors);
-        buf[len++] = '}';
+            put_json(buf, &len, cap,
+                     ",\"lossless\":true,\"log_bytes\":%" PRIu64 ",\"durable_cursors\":%zu",
+                     t->ll->disk_bytes, t->ll->ncursors);
+        put_json(buf, &len, cap, "}");
     }
-    len += (size_t)snprintf(buf + len, cap - len, "]}\n");
+    put_json(buf, &len, cap, "]}\n");
     sl_conn_respond(c, 200, "application/json", NULL, buf, len);
     sl_budget_release(cap);
     free(buf);

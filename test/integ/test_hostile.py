@@ -327,3 +327,32 @@ def test_multi_topic_resume_beyond_the_stream_resets(sluice):
     assert sorted(e["data"] for e in sub.read_events(2)) == ["a0", "b0"]
     assert parse_id(a)[1] == 1
     sub.close()
+
+
+# ---- /topics with long names and many topics -----------------------------------------------
+
+def test_topics_listing_with_long_names_and_many_topics(sluice_factory):
+    srv = sluice_factory(limits={"max_topic_name": 1024, "max_topics": 1000},
+                         topics=LOSSLESS_TOPICS)
+    names = []
+    for i in range(150):
+        # A lossless topic's name is a directory name (at most 255 bytes on most file
+        # systems), so the longest names go to lossy topics.
+        stem = f"ll-{i}-" if i % 2 else f"t-{i}-"
+        name = (stem + "x/~._-" * 200)[:70 if i % 2 else 1024 - i % 3].rstrip("/")
+        names.append(name)
+        r = srv.post(f"/topics/{name}?event=e", "p" * (i % 7))
+        assert r.status == 202, (i, r)
+    # Idle subscribers make the reader counts nonzero on some topics.
+    subs = [srv.sse(f"/topics/{names[i]}") for i in range(0, 20, 3)]
+    r = srv.get("/topics")
+    assert r.status == 200
+    listed = {t["name"]: t for t in json.loads(r.body)["topics"]}
+    assert set(names) <= set(listed), "a topic is missing from the listing"
+    for i, name in enumerate(names):
+        t = listed[name]
+        assert t["messages"] == 1 and t["bytes"] == i % 7, t
+        assert t.get("lossless", False) == bool(i % 2), t
+    assert listed[names[3]]["readers"] == 1
+    for s in subs:
+        s.close()
