@@ -192,13 +192,26 @@ static void on_resp_write(uv_write_t *req, int status)
 
 static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
 {
-    uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
+    /* A uv_buf_t holds at most 4 GiB and a response (a long /topics listing, the ids of a
+     * large NDJSON batch) is bounded only by the budget: describe it in 1 GiB pieces. libuv
+     * copies the array it is given, so it may be freed right after. */
+    enum { PIECE = 1u << 30 };
+    uv_buf_t one, *bufs = &one;
+    size_t nbufs = len / PIECE + 1;
+    if (nbufs > 1)
+        bufs = sl_malloc(nbufs * sizeof(*bufs));
+    for (size_t i = 0; i < nbufs; i++) {
+        size_t off = i * (size_t)PIECE;
+        bufs[i] = uv_buf_init(w->data + off, (unsigned)(len - off < PIECE ? len - off : PIECE));
+    }
     w->req.data = c;
     c->pending_writes++;
     c->last_write_ms = sl_now_ms();
     if (c->tcp.write_queue_size == 0)
         c->stall_since_ms = c->last_write_ms;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_resp_write);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs, on_resp_write);
+    if (bufs != &one)
+        free(bufs);
     if (rc != 0) {
         c->pending_writes--;
         sl_budget_release(w->charge);
