@@ -12,7 +12,9 @@
 #include "sse.h"
 #include "ws.h"
 
+#include <assert.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +81,27 @@ static int parse_query(query_t *q, const char *s, size_t len)
 
 /* ---- read-only endpoints ---------------------------------------------------------------- */
 
+/* The most one /topics entry takes beside its escaped name: every number at its widest
+ * (20 digits), ids at SL_ID_MAX, all optional members present. */
+#define TOPIC_ENTRY_MAX                                                                            \
+    (sizeof("{\"name\":\"\",\"epoch\":\"\",\"head\":\"\",\"tail\":\"\"") + 16 + 2 * SL_ID_MAX +    \
+     sizeof(",\"messages\":,\"bytes\":,\"readers\":") + 3 * 20 +                                   \
+     sizeof(",\"lossless\":true,\"log_bytes\":,\"durable_cursors\":") + 2 * 20 + 2)
+
+/* snprintf at buf+*len that never moves *len past cap - 1. The caller sized buf for the
+ * worst case; running out would be our bug, so it is asserted. */
+static void put_json(char *buf, size_t *len, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void put_json(char *buf, size_t *len, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+    va_end(ap);
+    assert(n >= 0 && (size_t)n < cap - *len);
+    *len += n < 0 ? 0 : ((size_t)n < cap - *len ? (size_t)n : cap - *len - 1);
+}
+
 static void get_topics(sl_conn_t *c)
 {
     sl_hub_t *hub = &c->srv->hub;
@@ -86,44 +109,40 @@ static void get_topics(sl_conn_t *c)
     sl_list_t *it;
     sl_list_each(it, &hub->topics)
     {
-        cap += sl_container_of(it, sl_topic_t, all_link)->name_len * 6 + 256;
+        cap += sl_container_of(it, sl_topic_t, all_link)->name_len * 6 + TOPIC_ENTRY_MAX;
     }
     char *buf = sl_malloc(cap);
     sl_budget_charge(cap);
-    len += (size_t)snprintf(buf, cap, "{\"topics\":[");
+    put_json(buf, &len, cap, "{\"topics\":[");
     int first = 1;
     sl_list_each(it, &hub->topics)
     {
         sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
         char head[SL_ID_MAX], tail[SL_ID_MAX];
-        if (!first)
-            buf[len++] = ',';
+        put_json(buf, &len, cap, "%s{\"name\":", first ? "" : ",");
         first = 0;
-        len += (size_t)snprintf(buf + len, cap - len, "{\"name\":");
-        sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+        int rc = sl_json_put_string(buf, &len, cap, t->name, t->name_len);
+        assert(rc == 0);
+        (void)rc;
         /* A lossless topic retains what its log holds as well as its ring. */
         uint64_t oldest = t->ll != NULL ? sl_ll_floor(t) : sl_topic_tail(t);
         if (t->head_seq >= oldest && t->head_seq > 0) {
             sl_id_format(head, t->epoch, t->head_seq);
             sl_id_format(tail, t->epoch, oldest);
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
-                                    t->epoch_hex, head, tail);
+            put_json(buf, &len, cap, ",\"epoch\":\"%s\",\"head\":\"%s\",\"tail\":\"%s\"",
+                     t->epoch_hex, head, tail);
         } else {
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
+            put_json(buf, &len, cap, ",\"epoch\":\"%s\",\"head\":null,\"tail\":null", t->epoch_hex);
         }
-        len += (size_t)snprintf(buf + len, cap - len,
-                                ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu", t->count,
-                                t->bytes, t->nreaders);
+        put_json(buf, &len, cap, ",\"messages\":%zu,\"bytes\":%" PRIu64 ",\"readers\":%zu",
+                 t->count, t->bytes, t->nreaders);
         if (t->ll != NULL)
-            len += (size_t)snprintf(buf + len, cap - len,
-                                    ",\"lossless\":true,\"log_bytes\":%" PRIu64
-                                    ",\"durable_cursors\":%zu",
-                                    t->ll->disk_bytes, t->ll->ncursors);
-        buf[len++] = '}';
+            put_json(buf, &len, cap,
+                     ",\"lossless\":true,\"log_bytes\":%" PRIu64 ",\"durable_cursors\":%zu",
+                     t->ll->disk_bytes, t->ll->ncursors);
+        put_json(buf, &len, cap, "}");
     }
-    len += (size_t)snprintf(buf + len, cap - len, "]}\n");
+    put_json(buf, &len, cap, "]}\n");
     sl_conn_respond(c, 200, "application/json", NULL, buf, len);
     sl_budget_release(cap);
     free(buf);
@@ -239,9 +258,12 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     char event[65];
     const char *ev = NULL;
     if (q->event.s != NULL) {
-        if (!sl_event_name_valid(q->event.s, q->event.len)) {
-            sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_EVENT]++;
-            sl_conn_error(c, 400, "bad_event", "event type must be 1..64 of [A-Za-z0-9._:-]");
+        const char *code, *msg;
+        int rc = sl_event_check(q->event.s, q->event.len, &code, &msg);
+        if (rc != 0) {
+            sl_metrics.pub_rejected[rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT
+                                                       : SL_REJECT_PUB_BAD_EVENT]++;
+            sl_conn_error(c, 400, code, msg);
             return;
         }
         memcpy(event, q->event.s, q->event.len);
@@ -511,11 +533,14 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
     if (cu == NULL) {
         /* A new cursor starts where the request says: its checkpoint is just before. */
         uint64_t ck = t->head_seq;
+        /* An id of another epoch, or beyond the head, names nothing in this log: the cursor
+         * starts at its oldest message, as a reader resuming from it would (reset). */
         if (start->kind == SL_START_OLDEST ||
-            (start->kind == SL_START_SINCE && start->epoch != t->epoch))
+            (start->kind == SL_START_SINCE &&
+             (start->epoch != t->epoch || start->seq > t->head_seq)))
             ck = sl_ll_floor(t) - 1;
         else if (start->kind == SL_START_SINCE)
-            ck = start->seq < t->head_seq ? start->seq : t->head_seq;
+            ck = start->seq;
         cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
         cu->checkpoint = ck;
         sl_ll_cursor_created(t);
@@ -612,6 +637,7 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
     if (v != NULL && !sl_config_origin_allowed(cfg, v, len)) {
         SL_INFO("websocket refused", "reason=origin origin=\"%.*s\"", (int)(len > 200 ? 200 : len),
                 v);
+        sl_metrics.origin_rejected++;
         sl_conn_error(c, 403, "forbidden_origin", "Origin not in the allow-list");
         return;
     }
@@ -789,6 +815,47 @@ static void not_allowed(sl_conn_t *c, const char *allow)
     sl_conn_respond(c, 405, "application/json", extra, body, sizeof(body) - 1);
 }
 
+/* Whether path is an admin or listing endpoint: /metrics, the /topics listing, the cursor
+ * API. These never answer CORS for any origin, only for listed ones. */
+static int admin_path(const char *path, size_t plen)
+{
+    size_t tlen, clen;
+    const char *cname;
+    if (strcmp(path, "/metrics") == 0 || strcmp(path, "/topics") == 0 ||
+        strcmp(path, "/topics/") == 0)
+        return 1;
+    return plen > 8 && strncmp(path, "/topics/", 8) == 0 &&
+           cursor_path(path + 8, plen - 8, &tlen, &cname, &clen);
+}
+
+/* With an `origins` allow-list, a browser page of another origin may still send requests:
+ * CORS only hides the answer from it. So a request carrying an Origin that is not listed is
+ * refused before it does anything, unless it is a preflight or a read that changes nothing
+ * (/healthz and the admin reads). A request without Origin is not a browser's cross-site
+ * request and is served. WebSocket handshakes check the origin themselves. Returns 1 when
+ * refused (answered). */
+static int origin_refused(sl_conn_t *c, sl_http_req_t *req, int method, const char *path, int admin)
+{
+    const sl_config_t *cfg = c->srv->cfg;
+    size_t len;
+    const char *origin = sl_http_header(req, SL_H_ORIGIN, &len);
+    if (cfg->origins == NULL || origin == NULL || sl_config_origin_allowed(cfg, origin, len))
+        return 0;
+    if (method == HTTP_OPTIONS)
+        return 0;
+    if (method == HTTP_GET || method == HTTP_HEAD) {
+        if (admin || strcmp(path, "/healthz") == 0 || tries_websocket(req))
+            return 0;
+    } else if (method == HTTP_POST && !admin) {
+        sl_metrics.pub_rejected[SL_REJECT_PUB_ORIGIN]++;
+    }
+    sl_metrics.origin_rejected++;
+    SL_INFO("request refused", "reason=origin origin=\"%.*s\"", (int)(len > 200 ? 200 : len),
+            origin);
+    sl_conn_error(c, 403, "origin_not_allowed", "Origin not in the allow-list");
+    return 1;
+}
+
 void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
 {
     int method = llhttp_get_method(&req->parser);
@@ -806,6 +873,10 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
         goto out;
     }
     path[plen] = '\0';
+    int admin = admin_path(path, (size_t)plen);
+    req->cors_admin = (uint8_t)admin;
+    if (origin_refused(c, req, method, path, admin))
+        goto out;
     if (method == HTTP_OPTIONS) {
         /* A CORS preflight; the allowed origin is added by the response itself. */
         sl_conn_respond(c, 204, NULL,

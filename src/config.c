@@ -499,7 +499,9 @@ static const key_def_t limit_keys[] = {
     {"max_connections_per_ip", K_COUNT, CFG_OFF(max_connections_per_ip), 1, UINT64_MAX},
     {"max_header_bytes", K_SIZE, CFG_OFF(max_header_bytes), 1024, 65535},
     {"max_url_bytes", K_SIZE, CFG_OFF(max_url_bytes), 256, 1u << 20},
-    {"max_message_bytes", K_SIZE, CFG_OFF(max_message_bytes), 1, 1ull << 31},
+    /* 512 MiB keeps every encoding of a message (SSE data lines add 7 bytes per line, JSON
+     * escapes 6 per byte) under the 4 GiB a single libuv buffer can describe. */
+    {"max_message_bytes", K_SIZE, CFG_OFF(max_message_bytes), 1, 512ull << 20},
     {"max_body_bytes", K_SIZE, CFG_OFF(max_body_bytes), 1, 1ull << 31},
     {"max_topics_per_connection", K_COUNT, CFG_OFF(max_topics_per_connection), 1, 1024},
     {"max_topic_name", K_COUNT, CFG_OFF(max_topic_name), 1, 1024},

@@ -190,13 +190,26 @@ static void on_resp_write(uv_write_t *req, int status)
 
 static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
 {
-    uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
+    /* A uv_buf_t holds at most 4 GiB and a response (a long /topics listing, the ids of a
+     * large NDJSON batch) is bounded only by the budget: describe it in 1 GiB pieces. libuv
+     * copies the array it is given, so it may be freed right after. */
+    enum { PIECE = 1u << 30 };
+    uv_buf_t one, *bufs = &one;
+    size_t nbufs = len / PIECE + 1;
+    if (nbufs > 1)
+        bufs = sl_malloc(nbufs * sizeof(*bufs));
+    for (size_t i = 0; i < nbufs; i++) {
+        size_t off = i * (size_t)PIECE;
+        bufs[i] = uv_buf_init(w->data + off, (unsigned)(len - off < PIECE ? len - off : PIECE));
+    }
     w->req.data = c;
     c->pending_writes++;
     c->last_write_ms = sl_now_ms();
     if (c->tcp.write_queue_size == 0)
         c->stall_since_ms = c->last_write_ms;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_resp_write);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs, on_resp_write);
+    if (bufs != &one)
+        free(bufs);
     if (rc != 0) {
         c->pending_writes--;
         sl_budget_release(w->charge);
@@ -216,12 +229,15 @@ static resp_write_t *resp_alloc(size_t cap)
 }
 
 /* The CORS header lines for the current request's Origin (docs/protocol.md): `*` when no
- * allow-list is configured, the origin itself when it is listed, nothing otherwise. */
+ * allow-list is configured (but not for admin and listing endpoints), the origin itself when
+ * it is listed, nothing otherwise. */
 static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
 {
     buf[0] = '\0';
     if (c->srv->cfg->origins == NULL)
-        return (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
+        return c->req != NULL && c->req->cors_admin
+                   ? 0
+                   : (size_t)snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
     size_t len = 0;
     const char *origin = c->req ? sl_http_header(c->req, SL_H_ORIGIN, &len) : NULL;
     if (origin == NULL || len > cap - 64 || !sl_config_origin_allowed(c->srv->cfg, origin, len))
@@ -375,8 +391,8 @@ static size_t marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kin
         len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\"}",
                                 sl_lag_reason_name((sl_lag_reason_t)r->mark_reason));
     } else if (kind == SL_MARK_RESET) {
-        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"epoch\"}",
-                                t->epoch_hex);
+        len += (size_t)snprintf(buf + len, cap - len, ",\"epoch\":\"%s\",\"reason\":\"%s\"}",
+                                t->epoch_hex, r->ahead ? "ahead" : "epoch");
     } else {
         len += (size_t)snprintf(buf + len, cap - len, ",\"reason\":\"%s\",\"missed\":%" PRIu64 "}",
                                 sl_lag_reason_name((sl_lag_reason_t)reason), missed);

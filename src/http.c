@@ -151,6 +151,11 @@ static int on_headers_complete(llhttp_t *p)
 {
     sl_http_req_t *req = req_of(p);
     req->headers_done = 1;
+    /* llhttp sets `upgrade` for CONNECT and for Upgrade + Connection: upgrade, and then parses
+     * nothing more of the connection as HTTP. Only a WebSocket GET may switch protocols;
+     * anything else is refused before its body is read, and the connection closed. */
+    if (p->upgrade && p->method != HTTP_GET)
+        return fail(req, 400, "bad_upgrade");
     size_t len;
     const char *ct = sl_http_header(req, SL_H_CONTENT_TYPE, &len);
     req->ndjson = ct != NULL && strncasecmp(ct, "application/x-ndjson", 20) == 0;
@@ -164,7 +169,8 @@ static int on_headers_complete(llhttp_t *p)
         else
             return fail(req, 417, "expectation_failed");
     }
-    return 0;
+    /* Pause, so that sl_http_feed learns where the head ends and checks it whole. */
+    return HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
@@ -206,6 +212,13 @@ void sl_http_req_init(sl_http_req_t *req, const sl_http_limits_t *lim)
     memset(req, 0, sizeof(*req));
     req->lim = lim;
     llhttp_init(&req->parser, HTTP_REQUEST, &settings);
+    /* Strict parsing only: every leniency is a way for two parsers on the path to disagree
+     * about where a request ends (request smuggling). They are off by default; say so. */
+    llhttp_set_lenient_headers(&req->parser, 0);
+    llhttp_set_lenient_chunked_length(&req->parser, 0);
+    llhttp_set_lenient_keep_alive(&req->parser, 0);
+    llhttp_set_lenient_transfer_encoding(&req->parser, 0);
+    req->parser.lenient_flags = 0; /* also the ones this llhttp has no setter for */
     req->parser.data = req;
 }
 
@@ -235,6 +248,9 @@ void sl_http_req_next(sl_http_req_t *req)
 {
     free_parts(req);
     req->header_bytes = 0;
+    req->head_raw = 0;
+    req->after_lf = 0;
+    req->cors_admin = 0;
     req->hname_len = 0;
     req->hcur = SL_H_OTHER;
     req->in_value = 0;
@@ -250,9 +266,45 @@ void sl_http_req_next(sl_http_req_t *req)
         llhttp_resume(&req->parser);
 }
 
+/* Checks the head bytes [p, end) that llhttp has just parsed: counts them against
+ * max_header_bytes (the target has its own limit) and refuses obsolete line folding, a line
+ * feed followed by a space or tab, which llhttp accepts as part of the previous value. */
+static int check_head(sl_http_req_t *req, const char *p, const char *end)
+{
+    for (; p < end; p++) {
+        if (req->after_lf && (*p == ' ' || *p == '\t'))
+            return fail(req, 400, "bad_request");
+        req->after_lf = *p == '\n';
+        req->head_raw++;
+    }
+    if (req->head_raw > req->url_len && req->head_raw - req->url_len > req->lim->max_header_bytes)
+        return fail(req, 431, "headers_too_large");
+    return 0;
+}
+
 sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, size_t *consumed)
 {
-    llhttp_errno_t err = llhttp_execute(&req->parser, data, len);
+    const char *p = data, *end = data + len;
+    llhttp_errno_t err;
+    for (;;) {
+        int in_head = !req->headers_done;
+        err = llhttp_execute(&req->parser, p, (size_t)(end - p));
+        if (!in_head)
+            break;
+        if (err == HPE_OK) {
+            if (check_head(req, p, end) != 0)
+                goto error;
+            break;
+        }
+        if (err != HPE_PAUSED || !req->headers_done || req->complete)
+            break;
+        /* Paused by on_headers_complete: the head ends here. */
+        const char *stop = llhttp_get_error_pos(&req->parser);
+        if (check_head(req, p, stop) != 0)
+            goto error;
+        llhttp_resume(&req->parser);
+        p = stop;
+    }
     if (err == HPE_OK) {
         *consumed = len;
         return SL_HTTP_MORE;
@@ -263,6 +315,7 @@ sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, 
             llhttp_resume_after_upgrade(&req->parser);
         return SL_HTTP_DONE;
     }
+error:
     *consumed = len;
     if (req->status == 0) {
         req->status = 400;
@@ -273,6 +326,8 @@ sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, 
 
 int sl_http_keep_alive(const sl_http_req_t *req)
 {
+    if (req->parser.upgrade)
+        return 0;
     return llhttp_should_keep_alive(&req->parser);
 }
 

@@ -13,10 +13,11 @@
 #include <stdint.h>
 
 typedef struct sl_http_limits {
-    size_t max_url;
-    size_t max_header_bytes;
-    size_t max_message; /* body limit for a single-message publish */
-    size_t max_body;    /* body limit for an NDJSON batch */
+    size_t max_url;          /* the request target */
+    size_t max_header_bytes; /* every other byte of the head: request line, header lines with
+                              * their whitespace and line ends, the blank line */
+    size_t max_message;      /* body limit for a single-message publish */
+    size_t max_body;         /* body limit for an NDJSON batch */
 } sl_http_limits_t;
 
 /* Headers sluice reads; all others are counted against the limit and dropped. */
@@ -44,6 +45,7 @@ typedef struct sl_http_req {
     char *url;
     size_t url_len;
     size_t header_bytes;
+    size_t head_raw; /* bytes of the request head fed so far, target included */
     char *hval[SL_H__COUNT];
     uint16_t hlen[SL_H__COUNT];
     char hname[24];
@@ -55,8 +57,10 @@ typedef struct sl_http_req {
     uint8_t complete;
     uint8_t expect_continue;
     uint8_t ndjson;
-    int status;        /* error status to answer with, 0 if none */
-    const char *error; /* short error code for the JSON body */
+    uint8_t after_lf;   /* the last head byte scanned was a line feed */
+    uint8_t cors_admin; /* an admin or listing endpoint: no CORS for any origin */
+    int status;         /* error status to answer with, 0 if none */
+    const char *error;  /* short error code for the JSON body */
     char *body;
     size_t body_len, body_cap, body_limit;
     size_t charged; /* bytes of this request charged to the budget */
@@ -78,7 +82,9 @@ void sl_http_req_next(sl_http_req_t *req);
  * are left unconsumed). */
 sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, size_t *consumed);
 
-/* Whether the connection stays open after this request (HTTP/1.1 default, Connection header). */
+/* Whether the connection stays open after this request (HTTP/1.1 default, Connection header).
+ * A request that asked for an upgrade (Upgrade + Connection: upgrade) and was not switched to
+ * WebSocket never keeps its connection: what follows it is in no agreed protocol. */
 int sl_http_keep_alive(const sl_http_req_t *req);
 
 static inline const char *sl_http_header(const sl_http_req_t *req, int h, size_t *len)

@@ -251,9 +251,19 @@ void sl_sub_start(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_st
     sub->heartbeat_ms = 0;
     for (uint32_t i = 0; i < n; i++) {
         sl_reader_t *r = &sub->readers[i];
-        if (sl_reader_attach(r, sub, topics[i], &starts[i], hub->epoch)) {
+        sl_start_t st = starts[i];
+        /* A stream position beyond the server's counter was never issued: reset, as for
+         * another stream epoch (docs/protocol.md). */
+        int ahead = st.kind == SL_START_GSEQ && st.epoch == hub->epoch && st.seq > hub->gseq;
+        if (ahead)
+            st.kind = SL_START_OLDEST;
+        if (sl_reader_attach(r, sub, topics[i], &st, hub->epoch)) {
             sl_metrics.gaps[SL_LAG_EVICTED]++;
             sl_metrics.gap_messages += r->gap_missed;
+        }
+        if (ahead) {
+            r->mark |= SL_MARK_RESET;
+            r->ahead = 1;
         }
         uint64_t hb = topics[i]->conf.heartbeat_ms;
         if (hb && (sub->heartbeat_ms == 0 || hb < sub->heartbeat_ms))

@@ -127,13 +127,16 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_published_bytes_total", "counter", "Payload bytes accepted.",
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
-    static const char *const prej[] = {"budget",       "too_large",     "bad_topic",
-                                       "max_topics",   "bad_event",     "reserved_payload",
-                                       "bad_envelope", "not_publisher", "topic_full",
-                                       "disk_error",   "disk_timeout"};
+    static const char *const prej[] = {
+        "budget",           "too_large",      "bad_topic",         "max_topics", "bad_event",
+        "reserved_payload", "bad_envelope",   "not_publisher",     "topic_full", "disk_error",
+        "disk_timeout",     "reserved_event", "origin_not_allowed"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
+    one(&o, "sluice_origin_rejected_total", "counter",
+        "Requests and WebSocket handshakes refused for an Origin not in the allow-list.",
+        m->origin_rejected);
     const sl_ll_stats_t *ls = &sl_ll_stats;
     one(&o, "sluice_spill_bytes", "gauge", "Bytes of lossless topics' logs on disk.",
         ls->disk_bytes);

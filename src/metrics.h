@@ -47,6 +47,8 @@ typedef enum {
     SL_REJECT_PUB_TOPIC_FULL,    /* a lossless topic pushed back (429) */
     SL_REJECT_PUB_DISK_ERROR,    /* a lossless topic's log cannot be written (503) */
     SL_REJECT_PUB_DISK_TIMEOUT,  /* not on disk within max_publish_wait (503) */
+    SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
+    SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 
@@ -72,6 +74,7 @@ typedef struct sl_metrics {
     uint64_t published_bytes;
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
     uint64_t cursors_rejected[SL_REJECT_CURSOR__COUNT]; /* new durable cursors refused */
+    uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
     uint64_t deliveries;
     uint64_t delivered_bytes;
     uint64_t writes; /* write syscalls batches issued to subscribers */

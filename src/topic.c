@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* What one malloc costs beyond its size, roughly; counted so the budget tracks RSS. */
 #define ALLOC_OVERHEAD 16
@@ -110,18 +111,34 @@ int sl_topic_name_valid(const char *s, size_t len, size_t max)
     return 1;
 }
 
-int sl_event_name_valid(const char *s, size_t len)
+int sl_event_check(const char *s, size_t len, const char **code, const char **msg)
 {
+    static const char prefix[] = SL_EVENT_RESERVED_PREFIX;
     if (len == 0 || len > 64)
-        return 0;
+        goto bad;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                  c == '.' || c == '_' || c == ':' || c == '-';
         if (!ok)
-            return 0;
+            goto bad;
     }
-    return 1;
+    if (len >= sizeof(prefix) - 1 && strncasecmp(s, prefix, sizeof(prefix) - 1) == 0) {
+        *code = "reserved_event";
+        *msg = "event types beginning with sluice. are sluice's own control events";
+        return SL_ERESERVED;
+    }
+    return 0;
+bad:
+    *code = "bad_event";
+    *msg = "event type must be 1..64 of [A-Za-z0-9._:-]";
+    return SL_EINVAL;
+}
+
+int sl_event_name_valid(const char *s, size_t len)
+{
+    const char *code, *msg;
+    return sl_event_check(s, len, &code, &msg) == 0;
 }
 
 /* ---- messages --------------------------------------------------------------------------- */
@@ -452,6 +469,7 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     r->topic = t;
     r->sub = sub;
     r->mark = SL_MARK_NONE;
+    r->ahead = 0;
     r->soft_since_ms = 0;
     r->disk_ok = (uint8_t)(start->disk && t->ll != NULL);
     sl_list_insert_tail(&t->readers, &r->link);
@@ -466,10 +484,14 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
         r->next = tail;
         break;
     case SL_START_SINCE:
-        if (start->epoch != t->epoch) {
+        if (start->epoch != t->epoch || start->seq > t->head_seq) {
+            /* An id beyond the head was never issued by this log as it is now (a lossless log
+             * that lost an unsynced tail in a crash, say): what the client holds and what the
+             * log holds disagree, as with another epoch. */
             r->mark |= SL_MARK_RESET;
+            r->ahead = (uint8_t)(start->epoch == t->epoch);
             r->next = tail;
-        } else if (start->seq >= t->head_seq) {
+        } else if (start->seq == t->head_seq) {
             r->next = t->head_seq + 1;
         } else {
             r->next = start->seq + 1; /* may be below tail: the check applies the policy */

@@ -99,6 +99,7 @@ typedef struct sl_reader {
     uint8_t gap_from_known;
     uint8_t disk_ok;   /* may read what the ring no longer holds from the topic's log */
     uint8_t disk_wait; /* a disk read (or the write it needs) is under way */
+    uint8_t ahead;     /* a queued reset is for an id beyond the head (not another epoch) */
     uint64_t gap_from, gap_to, gap_missed;
     struct sl_disk_batch *disk; /* messages read back from the log, not yet delivered */
     void *disk_job;             /* the read in flight */
@@ -263,7 +264,16 @@ int sl_id_parse(const char *s, size_t len, int allow_suffix, uint64_t *epoch, ui
 
 /* Validates a topic name: 1..max bytes of [A-Za-z0-9._~/-], no empty '/'-segment. */
 int sl_topic_name_valid(const char *s, size_t len, size_t max);
-/* Validates an event type: 1..64 bytes of [A-Za-z0-9._:-]. */
+/* The prefix of sluice's own SSE events (sluice.gap, sluice.reset, sluice.overflow …). */
+#define SL_EVENT_RESERVED_PREFIX "sluice."
+
+/* Checks an event type a publisher asked for, for every transport: 1..64 bytes of
+ * [A-Za-z0-9._:-] (so nothing the SSE `event:` line cannot carry: no CR, LF, NUL, space or
+ * other byte), and not in the reserved namespace `sluice.` (any case), which would let a
+ * publisher forge control events. Returns 0, SL_EINVAL or SL_ERESERVED, and on failure sets
+ * *code and *msg (static strings) to the error code and message the publisher gets. */
+int sl_event_check(const char *s, size_t len, const char **code, const char **msg);
+/* sl_event_check() == 0. */
 int sl_event_name_valid(const char *s, size_t len);
 
 #endif

@@ -73,6 +73,10 @@ const char *sl_strerror(int err)
         return "lossless topic full";
     case SL_EDISK:
         return "lossless topic log cannot be written";
+    case SL_EINVAL:
+        return "malformed name or value";
+    case SL_ERESERVED:
+        return "reserved name";
     default:
         return err < 0 ? strerror(-err) : "success";
     }

@@ -23,6 +23,8 @@ enum {
     SL_ELIMIT = -30004,    /* a count limit (topics, connections) reached */
     SL_EFULL = -30005,     /* a lossless topic has no room: push back on the publisher */
     SL_EDISK = -30006,     /* a lossless topic's log cannot be written (disk error) */
+    SL_EINVAL = -30007,    /* a peer-supplied name or value is malformed */
+    SL_ERESERVED = -30008, /* a peer-supplied name is reserved for sluice's own use */
 };
 const char *sl_strerror(int err);
 

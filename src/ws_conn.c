@@ -368,9 +368,12 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
             topic_len = env.topic_len;
         }
         if (env.event != NULL) {
-            if (!sl_event_name_valid(env.event, env.event_len)) {
-                sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_EVENT]++;
-                send_error(c, "bad_event", "event type must be 1..64 of [A-Za-z0-9._:-]");
+            const char *code, *msg;
+            int rc = sl_event_check(env.event, env.event_len, &code, &msg);
+            if (rc != 0) {
+                sl_metrics.pub_rejected[rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT
+                                                           : SL_REJECT_PUB_BAD_EVENT]++;
+                send_error(c, code, msg);
                 goto out;
             }
             memcpy(ev, env.event, env.event_len);

@@ -283,6 +283,14 @@ static void test_errors(void **state)
     assert_int_equal(load_errors("[limits]\nipv6_prefix = 0\nmax_cursors = 1\n", out, sizeof(out)),
                      0);
     assert_int_equal(load_errors("[limits]\nipv6_prefix = 128\n", out, sizeof(out)), 0);
+    /* Messages whose encodings could pass 4 GiB are not configurable. */
+    n = load_errors("[limits]\nmax_body_bytes = 2GiB\nmax_message_bytes = 513MiB\n", out,
+                    sizeof(out));
+    assert_int_equal(n, 1);
+    assert_non_null(strstr(out, "max_message_bytes"));
+    assert_int_equal(load_errors("[limits]\nmax_body_bytes = 2GiB\nmax_message_bytes = 512MiB\n",
+                                 out, sizeof(out)),
+                     0);
     /* A key outside any section. */
     n = load_errors("stray = 1\n", out, sizeof(out));
     assert_int_equal(n, 1);

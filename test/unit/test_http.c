@@ -137,6 +137,52 @@ static void test_limits(void **state)
     assert_int_equal(sl_budget.used, start);
 }
 
+/* Inputs other parsers on the path could read differently are refused, fed whole or bytewise. */
+static void test_strict_framing(void **state)
+{
+    (void)state;
+    uint64_t start = sl_budget.used;
+    static const struct {
+        const char *r;
+        int status;
+    } bad[] = {
+        {"POST /t HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400},
+        {"GET / HTTP/1.1\r\nX-A: a\r\n\tb\r\n\r\n", 400},
+        {"GET / HTTP/1.1\r\n X-A: a\r\n\r\n", 400},
+        {"POST /t HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+        {"POST /t HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+         "Content-Length: 1\r\n\r\nx",
+         400},
+        {"CONNECT h:1 HTTP/1.1\r\n\r\n", 400},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        for (size_t step = 0; step <= 1; step++) {
+            sl_http_req_t req;
+            sl_http_req_init(&req, &lim);
+            size_t used;
+            assert_int_equal(feed(&req, bad[i].r, step, &used), SL_HTTP_ERROR);
+            assert_int_equal(req.status, bad[i].status);
+            sl_http_req_dispose(&req);
+        }
+    }
+    /* Whitespace llhttp skips is counted all the same. */
+    char r[4096];
+    int n = snprintf(r, sizeof(r), "GET / HTTP/1.1\r\nX-A:");
+    memset(r + n, ' ', 1100);
+    snprintf(r + n + 1100, sizeof(r) - (size_t)n - 1100, "v\r\n\r\n");
+    expect_status(r, 431);
+    /* A GET asking for another protocol is answered, but never keeps its connection. */
+    sl_http_req_t req;
+    sl_http_req_init(&req, &lim);
+    size_t used;
+    assert_int_equal(
+        feed(&req, "GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", 0, &used),
+        SL_HTTP_DONE);
+    assert_false(sl_http_keep_alive(&req));
+    sl_http_req_dispose(&req);
+    assert_int_equal(sl_budget.used, start);
+}
+
 static void test_expect_continue_and_keepalive(void **state)
 {
     (void)state;
@@ -209,6 +255,7 @@ int main(void)
         cmocka_unit_test(test_simple_and_bytewise),
         cmocka_unit_test(test_pipelining_and_bodies),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_strict_framing),
         cmocka_unit_test(test_expect_continue_and_keepalive),
         cmocka_unit_test(test_helpers),
     };

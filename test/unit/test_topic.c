@@ -164,9 +164,17 @@ static void test_reader_start_points(void **state)
     assert_int_equal(r.mark, SL_MARK_NONE);
     sl_reader_detach(&r);
 
-    st.seq = 99; /* beyond head: new messages only */
+    st.seq = 15; /* the head: new messages only */
     sl_reader_attach(&r, &sub, t, &st, 1);
     assert_int_equal(r.next, 16);
+    assert_int_equal(r.mark, SL_MARK_NONE);
+    sl_reader_detach(&r);
+
+    st.seq = 99; /* beyond head: never issued by this log, a reset */
+    sl_reader_attach(&r, &sub, t, &st, 1);
+    assert_int_equal(r.mark, SL_MARK_RESET);
+    assert_true(r.ahead);
+    assert_int_equal(r.next, 6);
     sl_reader_detach(&r);
 
     st.epoch = t->epoch ^ 1; /* another log */
@@ -417,6 +425,27 @@ static void test_names(void **state)
     memset(long_name, 'e', sizeof(long_name));
     assert_true(sl_event_name_valid(long_name, 64));
     assert_false(sl_event_name_valid(long_name, 65));
+
+    /* The sluice. namespace is sluice's own, in any case; only the prefix is reserved. */
+    const char *code = NULL, *msg = NULL;
+    assert_int_equal(sl_event_check("sluice.reset", 12, &code, &msg), SL_ERESERVED);
+    assert_string_equal(code, "reserved_event");
+    assert_non_null(msg);
+    assert_int_equal(sl_event_check("SLUICE.gap", 10, &code, &msg), SL_ERESERVED);
+    assert_int_equal(sl_event_check("sluice.", 7, &code, &msg), SL_ERESERVED);
+    assert_int_equal(sl_event_check("sluice", 6, &code, &msg), 0);
+    assert_int_equal(sl_event_check("sluicex.gap", 11, &code, &msg), 0);
+    assert_int_equal(sl_event_check("my.sluice.gap", 13, &code, &msg), 0);
+    assert_false(sl_event_name_valid("sluice.gap", 10));
+    /* Nothing the SSE event line cannot carry, and a check before the namespace. */
+    static const char *const bad[] = {"a\rb", "a\nb", "a\r\nb", " a", "a:\x7f", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        code = NULL;
+        assert_int_equal(sl_event_check(bad[i], strlen(bad[i]), &code, &msg), SL_EINVAL);
+        assert_string_equal(code, "bad_event");
+    }
+    assert_int_equal(sl_event_check("sluice.a\0b", 9, &code, &msg), SL_EINVAL);
+    assert_int_equal(sl_event_check("sluice.a\nb", 9, &code, &msg), SL_EINVAL);
 }
 
 int main(void)
