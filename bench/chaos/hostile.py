@@ -71,6 +71,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -325,6 +326,9 @@ def fill_full(port, topic, size=4096, limit=200):
     raise RuntimeError(f"{topic}: {limit} x {size} B accepted under a 64 KiB quota")
 
 
+STARTED = []  # every server started, so that none outlives the scenario (see __main__)
+
+
 class Incarnation:
     """One sluice process with its full topics filled, its normal traffic, a sampler and the
     accounted-memory baseline."""
@@ -332,6 +336,7 @@ class Incarnation:
     def __init__(self, binary, n):
         self.n = n
         self.srv = common.Server(CONFIG, binary=binary, memory_limit="16MiB")
+        STARTED.append(self.srv)
         self.port = self.srv.port
         self.log = Log(self.srv.dir / "sluice.log")
         self.full_filled = {FULL_TOPIC: fill_full(self.port, FULL_TOPIC)}
@@ -939,5 +944,18 @@ def main():
     return 0 if ok else 1
 
 
+def _cleanup():
+    """Kills (SIGKILL: a server that hangs ignores SIGTERM) and removes what a failed run left."""
+    for srv in STARTED:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+        srv.cleanup()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run.sh's timeout: clean up too
+    try:
+        sys.exit(main())
+    finally:
+        _cleanup()
