@@ -26,6 +26,8 @@
  * they drain below the low mark: a peer that does not read its answers is not read either. */
 #define OUT_HIGH (64u << 10)
 #define OUT_LOW (16u << 10)
+/* Input held back while a connection is blocked: beyond this its socket is not read. */
+#define STASH_MAX (64u << 10)
 /* How long a closing connection may linger to let the peer read our last bytes. */
 #define LINGER_MS 2000
 #define ALLOC_OVERHEAD 16
@@ -1039,7 +1041,13 @@ int sl_conn_input_wanted(const sl_conn_t *c)
     /* Input of subscribers and lingering connections is discarded; reading shows the FIN. */
     if (c->state == SL_CONN_SSE || c->state == SL_CONN_LINGER)
         return 1;
-    return !c->parked && !c->out_blocked && !c->input_held && !c->deferred;
+    if (c->peer_eof)
+        return 0;
+    /* Blocked: the socket is still read, into the stash and up to its cap, so a peer that
+     * goes away is seen at once instead of holding a connection nobody reads. */
+    if (c->parked || c->out_blocked || c->input_held)
+        return c->stash_len < STASH_MAX;
+    return !c->deferred;
 }
 
 /* Bytes of replies queued for the peer and not yet taken by its socket. */
@@ -1079,8 +1087,9 @@ static void sync_reading(sl_conn_t *c)
     }
 }
 
-/* Keeps input that a block held back. It comes from the read being handled (or from the stash
- * being handled, which was taken out first), so a stash never exceeds one read buffer. */
+/* Keeps input that a block held back: the rest of the read being handled, then what is read
+ * while blocked until the stash reaches STASH_MAX (so it stays below STASH_MAX plus one read
+ * buffer). */
 static void stash_input(sl_conn_t *c, const char *data, size_t len)
 {
     if (len == 0)
@@ -1131,6 +1140,8 @@ void sl_conn_resume_input(sl_conn_t *c)
         size_t n = c->stash_len;
         c->stash = NULL;
         c->stash_len = 0;
+        if (c->state == SL_CONN_WS)
+            sl_ws_input_resumed(c, sl_now_ms());
         /* Also with nothing stashed: a WebSocket parser may hold buffered frames. */
         take_input(c, st != NULL ? st : "", n);
         if (st != NULL) {
@@ -1272,13 +1283,22 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->reading = 0; /* libuv stops reading at EOF or an error */
         if (c->state == SL_CONN_LINGER) {
             sl_conn_close(c, c->reason);
-        } else if (c->state == SL_CONN_HTTP && nread == UV_EOF && c->pending_writes > 0) {
-            /* A half-close after the request: answer, then close. */
+        } else if (c->state == SL_CONN_HTTP && nread == UV_EOF && c->pending_writes > 0 &&
+                   !c->parked) {
+            /* A half-close after the request: answer, then close. (A parked publish is not
+             * done yet: its peer is gone, and waiting for room on its behalf would keep a
+             * connection nobody reads.) */
             c->close_after_write = 1;
         } else {
             sl_conn_close(c, nread == UV_EOF || nread == UV_ECONNRESET ? SL_CLOSE_PEER
                                                                        : SL_CLOSE_ERROR);
         }
+        return;
+    }
+    if (c->input_held) {
+        /* Blocked: keep it for when the block is gone (sl_conn_input_wanted bounds it). */
+        stash_input(c, buf->base, (size_t)nread);
+        sync_reading(c);
         return;
     }
     take_input(c, buf->base, (size_t)nread);

@@ -230,6 +230,10 @@ int sl_conn_input_blocked(sl_conn_t *c);
  * may buffer some of them). */
 size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len);
 
+/* Input held back is being handled again: an unanswered ping gets a full ws_pong_timeout from
+ * now, since its pong could not be read meanwhile (ws_conn.c). */
+void sl_ws_input_resumed(sl_conn_t *c, uint64_t now_ms);
+
 /* WebSocket deadlines: pings and the pong timeout (ws_conn.c). */
 void sl_ws_tick(sl_conn_t *c, uint64_t now_ms);
 

@@ -633,6 +633,12 @@ void sl_ws_resume(sl_conn_t *c, int kind, int status)
     sl_conn_pump(c);
 }
 
+void sl_ws_input_resumed(sl_conn_t *c, uint64_t now_ms)
+{
+    if (c->ws != NULL && c->ws->ping_sent_ms != 0)
+        c->ws->ping_sent_ms = now_ms;
+}
+
 void sl_ws_tick(sl_conn_t *c, uint64_t now)
 {
     sl_ws_t *ws = c->ws;
@@ -648,7 +654,10 @@ void sl_ws_tick(sl_conn_t *c, uint64_t now)
         sl_ws_fail(c, SL_WS_CLOSE_POLICY, "message not complete in time", SL_CLOSE_BODY_TIMEOUT);
         return;
     }
-    if (ws->ping_sent_ms != 0 && now - ws->ping_sent_ms >= cfg->ws_pong_timeout_ms) {
+    /* While its input is held back (a parked publish, unread answers) a pong cannot be seen:
+     * the pong clock restarts when input is handled again (sl_ws_input_resumed). */
+    if (ws->ping_sent_ms != 0 && !c->input_held && !c->parked &&
+        now - ws->ping_sent_ms >= cfg->ws_pong_timeout_ms) {
         SL_INFO("websocket ping timeout", "waited_ms=%" PRIu64, now - ws->ping_sent_ms);
         sl_conn_close(c, SL_CLOSE_PING_TIMEOUT);
         return;

@@ -344,3 +344,51 @@ def test_pipelined_requests_stop_while_replies_are_unread(sluice_factory):
     assert grown < 512 * 1024, f"{grown} bytes accounted for unread pipelined replies"
     assert srv.get("/healthz").status == 200
     c.sock.close()
+
+
+# -- 5. blocked connections still see their peer go -------------------------------------------
+
+def test_parked_publishers_that_go_away_are_closed_at_once(sluice_factory):
+    """A parked publish stops input handling, not reading: a peer that closes while parked (HTTP
+    ?wait=, or a held WebSocket publish, which has no deadline) is seen at once instead of
+    staying a CLOSE_WAIT ghost until its wait ends."""
+    srv = start(sluice_factory, topics=Q_TOPICS)
+    t = "llq-gone"
+    fill_topic(srv, t)
+    base = srv.metrics().v("sluice_connections")
+    c = RawConn(srv.port)
+    c.send(b"POST /topics/" + t.encode() + b"?wait=30s HTTP/1.1\r\nHost: x\r\n"
+           b"Content-Length: 5\r\n\r\nhello")
+    ws = WSConn(srv.port, f"/topics/{t}?mode=pub")
+    assert ws.ok
+    ws.send_text("held")
+    srv.wait_metric("sluice_connections", lambda v: v == base + 2)
+    time.sleep(0.3)
+    c.close()
+    ws.sock.close()
+    srv.wait_metric("sluice_connections", lambda v: v == base, timeout=5)
+
+
+def test_held_ws_publisher_outlives_the_pong_timeout(sluice_factory):
+    """While its publish is held its pong cannot be read; it must not be closed for a missing
+    pong, and gets a whole pong timeout once it is read again."""
+    srv = start(sluice_factory, topics=Q_TOPICS,
+                server={"ws_ping_interval": "1s", "ws_pong_timeout": "1s"})
+    t = "llq-pong"
+    ids = fill_topic(srv, t)
+    ws = WSConn(srv.port, f"/topics/{t}?mode=pub&ack=1")
+    assert ws.ok
+    ws.send_text("held")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 4:
+        try:
+            f = ws.read_frame(0.2)
+        except TimeoutError:
+            continue
+        assert f.opcode == OP_PING, f"unexpected frame while held: {f}"
+        ws.send_pong(f.payload)
+    ack_ok(srv, t, "c", ids[-1])
+    a = ws.read_json(timeout=10)
+    assert a.get("sluice") == "ack", a
+    assert srv.metrics().v('sluice_connections_closed_total{reason="ping_timeout"}') == 0
+    ws.close()

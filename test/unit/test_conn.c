@@ -17,36 +17,49 @@
 
 /* One row: the fields that matter and whether the socket must be read. */
 typedef struct gate_case {
-    uint8_t state, closing, parked, out_blocked, input_held;
+    uint8_t state, closing, parked, out_blocked, input_held, deferred, peer_eof;
+    size_t stash_len;
     int want;
 } gate_case_t;
+
+#define FULL (64u << 10) /* a stash at its cap */
 
 static void test_input_wanted_every_state(void **state)
 {
     (void)state;
     static const gate_case_t cases[] = {
-        /* HTTP: read unless something blocks or held-back input waits */
-        {SL_CONN_HTTP, 0, 0, 0, 0, 1},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 0, 0},
-        {SL_CONN_HTTP, 0, SL_WAIT_DURABLE, 0, 0, 0},
-        {SL_CONN_HTTP, 0, 0, 1, 0, 0},
-        {SL_CONN_HTTP, 0, 0, 0, 1, 0},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 1, 1, 0},
-        {SL_CONN_HTTP, 1, 0, 0, 0, 0},
+        /* HTTP: read when nothing blocks. Blocked (parked, replies backed up, input held back):
+         * read into the stash until it is full, so a peer that goes away is seen. */
+        {SL_CONN_HTTP, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
+        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL - 1, 1},
+        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_HTTP, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_HTTP, 0, 0, 1, 0, 0, 0, FULL, 0},
+        {SL_CONN_HTTP, 0, 0, 1, 1, 0, 0, 10, 1},
+        {SL_CONN_HTTP, 0, 0, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 1, 1, 0, 0, FULL + 5, 0},
+        /* a deferred connection waits for the next loop turn */
+        {SL_CONN_HTTP, 0, 0, 0, 0, 1, 0, 0, 0},
+        /* after the peer's FIN nothing more is read; closing: nothing at all */
+        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 1, 0, 0},
+        {SL_CONN_HTTP, 0, 0, 0, 0, 0, 1, 0, 0},
+        {SL_CONN_HTTP, 1, 0, 0, 0, 0, 0, 0, 0},
         /* WebSocket: the same rules */
-        {SL_CONN_WS, 0, 0, 0, 0, 1},
-        {SL_CONN_WS, 0, SL_WAIT_ROOM, 0, 0, 0},
-        {SL_CONN_WS, 0, SL_WAIT_DURABLE, 0, 0, 0},
-        {SL_CONN_WS, 0, 0, 1, 0, 0},
-        {SL_CONN_WS, 0, 0, 0, 1, 0},
-        {SL_CONN_WS, 1, 0, 0, 0, 0},
+        {SL_CONN_WS, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_WS, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
+        {SL_CONN_WS, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_WS, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_WS, 0, 0, 1, 1, 0, 0, FULL, 0},
+        {SL_CONN_WS, 0, 0, 0, 0, 1, 0, 0, 0},
+        {SL_CONN_WS, 1, 0, 0, 0, 0, 0, 0, 0},
         /* SSE and lingering connections: input is discarded, the FIN must be seen */
-        {SL_CONN_SSE, 0, 0, 0, 0, 1},
-        {SL_CONN_SSE, 0, 0, 1, 0, 1},
-        {SL_CONN_SSE, 1, 0, 0, 0, 0},
-        {SL_CONN_LINGER, 0, 0, 0, 0, 1},
-        {SL_CONN_LINGER, 0, 0, 1, 1, 1},
-        {SL_CONN_LINGER, 1, 0, 0, 0, 0},
+        {SL_CONN_SSE, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_SSE, 0, 0, 1, 0, 0, 0, 0, 1},
+        {SL_CONN_SSE, 1, 0, 0, 0, 0, 0, 0, 0},
+        {SL_CONN_LINGER, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_LINGER, 0, 0, 1, 1, 0, 0, FULL, 1},
+        {SL_CONN_LINGER, 1, 0, 0, 0, 0, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const gate_case_t *k = &cases[i];
@@ -57,9 +70,14 @@ static void test_input_wanted_every_state(void **state)
         c.parked = k->parked;
         c.out_blocked = k->out_blocked;
         c.input_held = k->input_held;
+        c.deferred = k->deferred;
+        c.peer_eof = k->peer_eof;
+        c.stash_len = k->stash_len;
         if (sl_conn_input_wanted(&c) != k->want)
-            fail_msg("case %zu: state=%u closing=%u parked=%u out_blocked=%u held=%u: want %d", i,
-                     k->state, k->closing, k->parked, k->out_blocked, k->input_held, k->want);
+            fail_msg("case %zu: state=%u closing=%u parked=%u out_blocked=%u held=%u "
+                     "deferred=%u eof=%u stash=%zu: want %d",
+                     i, k->state, k->closing, k->parked, k->out_blocked, k->input_held, k->deferred,
+                     k->peer_eof, k->stash_len, k->want);
     }
 }
 
@@ -74,7 +92,11 @@ static void test_input_blocked_marks(void **state)
     assert_false(sl_conn_input_blocked(&c));
     c.tcp.write_queue_size = (64u << 10) + 1;
     assert_true(sl_conn_input_blocked(&c));
+    c.input_held = 1;
+    c.stash_len = FULL;
     assert_false(sl_conn_input_wanted(&c));
+    c.input_held = 0;
+    c.stash_len = 0;
     c.tcp.write_queue_size = 20u << 10; /* between the marks: still blocked */
     assert_true(sl_conn_input_blocked(&c));
     c.tcp.write_queue_size = 16u << 10; /* at the low mark: unblocked */
