@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v clang >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq clang >/dev/null; }
 mkdir -p build-fuzz
-SRC=$(ls src/*.c | grep -v src/main.c)
+SRC=$(ls src/*/*.c)
 for f in fuzz/fuzz_*.c; do
     name=$(basename "$f" .c)
     clang -g -O1 -fsanitize=fuzzer,address,undefined -DSLUICE_VERSION='"fuzz"' \

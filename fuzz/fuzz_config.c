@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: the configuration parser, on arbitrary text.
  */
-#include "config.h"
+#include "lib/config.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -3,8 +3,8 @@
  * input itself, with the pipelining loop the connection uses; every request is disposed and the
  * budget must return to where it started.
  */
-#include "budget.h"
-#include "http.h"
+#include "lib/budget.h"
+#include "lib/http.h"
 
 #include <stdint.h>
 #include <stdlib.h>

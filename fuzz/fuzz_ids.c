@@ -2,8 +2,8 @@
  * libFuzzer target: message ids, topic and event names, percent-decoding and query strings,
  * the parsers every request's target goes through.
  */
-#include "http.h"
-#include "topic.h"
+#include "lib/http.h"
+#include "core/topic.h"
 
 #include <stdint.h>
 #include <stdlib.h>

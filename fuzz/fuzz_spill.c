@@ -3,7 +3,7 @@
  * record that decodes must encode back to the same bytes; walking a buffer record by record
  * must never read past it.
  */
-#include "spill.h"
+#include "store/spill.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * libFuzzer target: SSE encoding. Whatever the payload, a standard SSE parser must see exactly
  * one event whose data is the payload with CR and CRLF read as LF.
  */
-#include "sse.h"
+#include "lib/sse.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -5,8 +5,8 @@
  * UTF-8 validator must give the same answer fed whole or split at any point, and the accept-key
  * check must never read past its input.
  */
-#include "sse.h"
-#include "ws.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
 
 #include <stdint.h>
 #include <stdlib.h>

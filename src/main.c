@@ -2,10 +2,10 @@
  * The sluice binary: command line, configuration, and the loop. Everything else lives in the
  * modules; main only wires them and checks that the loop closes cleanly.
  */
-#include "budget.h"
-#include "config.h"
-#include "log.h"
-#include "server.h"
+#include "lib/budget.h"
+#include "lib/config.h"
+#include "lib/log.h"
+#include "net/server.h"
 
 #include <stdio.h>
 #include <stdlib.h>

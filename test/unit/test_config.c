@@ -8,8 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "config.h"
-#include "log.h"
+#include "lib/config.h"
+#include "lib/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,7 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "server.h"
+#include "net/server.h"
 
 #include <string.h>
 

@@ -8,8 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "budget.h"
-#include "http.h"
+#include "lib/budget.h"
+#include "lib/http.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -9,9 +9,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "budget.h"
-#include "hub.h"
-#include "metrics.h"
+#include "lib/budget.h"
+#include "core/hub.h"
+#include "core/metrics.h"
 
 #include <stdio.h>
 #include <string.h>

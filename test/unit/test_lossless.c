@@ -11,7 +11,7 @@
 #include <strings.h>
 #include <cmocka.h>
 
-#include "../../src/lossless.c"
+#include "../../src/store/lossless.c"
 
 static sl_config_t cfg;
 

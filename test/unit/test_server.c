@@ -8,7 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "server.h"
+#include "net/server.h"
 
 #include <arpa/inet.h>
 #include <string.h>

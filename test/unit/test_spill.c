@@ -8,7 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "spill.h"
+#include "store/spill.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -8,9 +8,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "budget.h"
-#include "sse.h"
-#include "topic.h"
+#include "lib/budget.h"
+#include "lib/sse.h"
+#include "core/topic.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,9 +8,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "budget.h"
-#include "hub.h"
-#include "topic.h"
+#include "lib/budget.h"
+#include "core/hub.h"
+#include "core/topic.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -9,10 +9,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "budget.h"
-#include "config.h"
-#include "topic.h"
-#include "ws.h"
+#include "lib/budget.h"
+#include "lib/config.h"
+#include "core/topic.h"
+#include "lib/ws.h"
 
 #include <stdio.h>
 #include <stdlib.h>

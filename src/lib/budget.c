@@ -1,7 +1,7 @@
 /*
  * Bookkeeping of the memory budget (see budget.h).
  */
-#include "budget.h"
+#include "lib/budget.h"
 
 #include <assert.h>
 

@@ -9,12 +9,12 @@
  * input buffer, and the message being assembled) exists only while a frame or a fragmented
  * message is partly received, and is charged to the budget while it does.
  */
-#include "budget.h"
-#include "log.h"
-#include "metrics.h"
-#include "server.h"
-#include "sse.h"
-#include "ws.h"
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "core/metrics.h"
+#include "net/server.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
 
 #include <inttypes.h>
 #include <stdio.h>

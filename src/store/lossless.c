@@ -2,12 +2,12 @@
  * Lossless topics, the loop side (see lossless.h): the write pipeline, reading back, segment
  * deletion and quotas, durable cursors and their file, waiting publishers, and recovery.
  */
-#include "lossless.h"
+#include "store/lossless.h"
 
-#include "budget.h"
-#include "hub.h"
-#include "log.h"
-#include "metrics.h"
+#include "lib/budget.h"
+#include "core/hub.h"
+#include "lib/log.h"
+#include "core/metrics.h"
 
 #include <dirent.h>
 #include <errno.h>

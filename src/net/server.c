@@ -3,11 +3,11 @@
  * hook, the periodic sweep, signals and graceful shutdown. Shutdown ends with every handle
  * closed so that the caller's uv_loop_close() succeeds.
  */
-#include "server.h"
+#include "net/server.h"
 
-#include "budget.h"
-#include "log.h"
-#include "metrics.h"
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "core/metrics.h"
 
 #include <inttypes.h>
 #include <signal.h>

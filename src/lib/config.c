@@ -3,10 +3,10 @@
  * globs. Every error is reported with file:line and counted; parsing goes on after an error so
  * that one run of --check-config lists them all. No libuv calls.
  */
-#include "config.h"
+#include "lib/config.h"
 
-#include "log.h"
-#include "util.h"
+#include "lib/log.h"
+#include "lib/util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

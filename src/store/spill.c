@@ -1,9 +1,9 @@
 /*
  * The on-disk log's files and bytes (see spill.h). Blocking I/O, thread-pool side.
  */
-#include "spill.h"
+#include "store/spill.h"
 
-#include "util.h"
+#include "lib/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

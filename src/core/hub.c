@@ -3,12 +3,12 @@
  * hub.h. Delivery is pull-based: a topic never pushes bytes to a reader; it marks itself dirty
  * and the flush pass lets each owed subscriber take what it can write in one go.
  */
-#include "hub.h"
+#include "core/hub.h"
 
-#include "budget.h"
-#include "log.h"
-#include "lossless.h"
-#include "metrics.h"
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "store/lossless.h"
+#include "core/metrics.h"
 
 #include <assert.h>
 #include <inttypes.h>

@@ -16,8 +16,8 @@
 #ifndef SL_LOSSLESS_H
 #define SL_LOSSLESS_H
 
-#include "spill.h"
-#include "topic.h"
+#include "store/spill.h"
+#include "core/topic.h"
 
 #include <uv.h>
 

@@ -16,9 +16,9 @@
 #ifndef SL_TOPIC_H
 #define SL_TOPIC_H
 
-#include "config.h"
-#include "budget.h"
-#include "util.h"
+#include "lib/config.h"
+#include "lib/budget.h"
+#include "lib/util.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -2,7 +2,7 @@
  * WebSocket protocol pieces on bytes (see ws.h): accept key, frame headers, UTF-8 validation,
  * close codes and the publish envelope.
  */
-#include "ws.h"
+#include "lib/ws.h"
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>

@@ -2,7 +2,7 @@
  * Structured logging to stderr. A line is assembled in a stack buffer, control characters are
  * escaped so a peer-supplied value can never forge a line, and it is written with one write(2).
  */
-#include "log.h"
+#include "lib/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -5,12 +5,12 @@
  * docs/protocol.md is the contract this file implements.
  */
 #define _GNU_SOURCE
-#include "budget.h"
-#include "log.h"
-#include "metrics.h"
-#include "server.h"
-#include "sse.h"
-#include "ws.h"
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "core/metrics.h"
+#include "net/server.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
 
 #include <assert.h>
 #include <inttypes.h>

@@ -2,7 +2,7 @@
  * SSE encoding. The data of one message is encoded once at publish time (see sl_msg_new) and
  * shared by every reader; this file holds the byte-level rules.
  */
-#include "sse.h"
+#include "lib/sse.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -10,8 +10,8 @@
 #ifndef SL_HUB_H
 #define SL_HUB_H
 
-#include "config.h"
-#include "topic.h"
+#include "lib/config.h"
+#include "core/topic.h"
 
 struct sl_sub;
 

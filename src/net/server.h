@@ -18,11 +18,11 @@
 #ifndef SL_SERVER_H
 #define SL_SERVER_H
 
-#include "config.h"
-#include "http.h"
-#include "hub.h"
-#include "lossless.h"
-#include "metrics.h"
+#include "lib/config.h"
+#include "lib/http.h"
+#include "core/hub.h"
+#include "store/lossless.h"
+#include "core/metrics.h"
 
 #include <uv.h>
 

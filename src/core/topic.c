@@ -3,11 +3,11 @@
  * bounds, reader cursors with their start points, and the overflow policies. See topic.h for
  * the invariants. The hub owns topics and calls in here; nothing here does I/O.
  */
-#include "topic.h"
+#include "core/topic.h"
 
-#include "budget.h"
-#include "sse.h"
-#include "ws.h"
+#include "lib/budget.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -7,7 +7,7 @@
 #ifndef SL_METRICS_H
 #define SL_METRICS_H
 
-#include "topic.h"
+#include "core/topic.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -3,10 +3,10 @@
  * the few parts sluice reads and check every limit as bytes arrive, so an oversized target,
  * header block or body is refused before it is stored.
  */
-#include "http.h"
+#include "lib/http.h"
 
-#include "budget.h"
-#include "util.h"
+#include "lib/budget.h"
+#include "lib/util.h"
 
 #include <stdlib.h>
 #include <string.h>

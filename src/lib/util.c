@@ -1,7 +1,7 @@
 /*
  * Allocation wrappers, error names, clocks and randomness shared by every module.
  */
-#include "util.h"
+#include "lib/util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -5,12 +5,12 @@
  * message frames, never copies; one write per subscriber is in flight at a time and carries as
  * many messages as fit in one writev.
  */
-#include "budget.h"
-#include "log.h"
-#include "metrics.h"
-#include "server.h"
-#include "sse.h"
-#include "ws.h"
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "core/metrics.h"
+#include "net/server.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
 
 #include <assert.h>
 #include <inttypes.h>

@@ -1,12 +1,12 @@
 /*
  * Prometheus text rendering of sl_metrics, the budget and the process's own resource use.
  */
-#include "metrics.h"
+#include "core/metrics.h"
 
-#include "budget.h"
-#include "hub.h"
-#include "lossless.h"
-#include "util.h"
+#include "lib/budget.h"
+#include "core/hub.h"
+#include "store/lossless.h"
+#include "lib/util.h"
 
 #include <dirent.h>
 #include <inttypes.h>
