@@ -7,7 +7,6 @@
 
 #include "lib/budget.h"
 #include "lib/log.h"
-#include "store/lossless.h"
 #include "core/metrics.h"
 
 #include <assert.h>
@@ -53,6 +52,30 @@ static void unlink_topic(sl_hub_t *hub, sl_topic_t *t)
     hub->ntopics--;
 }
 
+static void free_topic(sl_topic_t *t)
+{
+    if (t->backend != NULL)
+        t->backend->free(t);
+    sl_topic_free(t);
+    sl_metrics.topics_freed++;
+}
+
+void sl_hub_set_storage(sl_hub_t *hub, const sl_storage_t *storage)
+{
+    hub->storage = storage;
+}
+
+int sl_hub_recover(sl_hub_t *hub)
+{
+    return hub->storage != NULL ? hub->storage->recover(hub) : 0;
+}
+
+void sl_hub_sweep_storage(sl_hub_t *hub, uint64_t now_ms)
+{
+    if (hub->storage != NULL)
+        hub->storage->sweep(hub, now_ms);
+}
+
 void sl_hub_dispose(sl_hub_t *hub)
 {
     sl_list_t *it, *tmp;
@@ -60,10 +83,7 @@ void sl_hub_dispose(sl_hub_t *hub)
     {
         sl_topic_t *t = sl_container_of(it, sl_topic_t, all_link);
         unlink_topic(hub, t);
-        if (t->ll != NULL)
-            sl_ll_free(t);
-        sl_topic_free(t);
-        sl_metrics.topics_freed++;
+        free_topic(t);
     }
     assert(sl_list_empty(&hub->msgs));
     free(hub->buckets);
@@ -120,8 +140,8 @@ sl_topic_t *sl_hub_topic(sl_hub_t *hub, const char *name, size_t len, int create
     sl_list_insert_tail(&hub->topics, &t->all_link);
     hub->ntopics++;
     sl_metrics.topics_created++;
-    if (conf.lossless)
-        (void)sl_ll_create(t); /* logged; a log that cannot be made refuses publishes */
+    if (create != SL_TOPIC_CREATE_BARE && hub->storage != NULL)
+        hub->storage->attach(t);
     SL_DEBUG("topic created", "topic=%s epoch=%s", t->name, t->epoch_hex);
     return t;
 }
@@ -163,12 +183,10 @@ static void mark_dirty(sl_hub_t *hub, sl_topic_t *t)
 int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
                    const size_t *lens, size_t n, uint64_t *first_seq)
 {
-    if (t->ll != NULL) {
-        if (t->ll->broken)
-            return SL_EDISK;
-        if (sl_ll_full(t))
-            return SL_EFULL;
-    }
+    const sl_backend_t *be = t->backend;
+    int rc;
+    if (be != NULL && (rc = be->admit(t)) != 0)
+        return rc;
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += sl_msg_charge(t->name_len, event, payloads[i], lens[i]);
@@ -178,11 +196,8 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
     }
     /* Each message's charge is released when it is freed; hand the reservation over. */
     sl_budget_release(total);
-    if (t->ll != NULL) {
-        int rc = sl_ll_prepare(t, n);
-        if (rc != 0)
-            return rc;
-    }
+    if (be != NULL && (rc = be->prepare(t, n)) != 0)
+        return rc;
     uint64_t now = sl_now_ms();
     *first_seq = t->head_seq + 1;
     for (size_t i = 0; i < n; i++) {
@@ -191,8 +206,8 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
         m->gseq = ++hub->gseq;
         m->ts_ms = now;
         sl_msg_link(&hub->msgs, m);
-        if (t->ll != NULL)
-            sl_ll_append(t, m);
+        if (be != NULL)
+            be->append(t, m);
         sl_topic_append(t, m, evict_one, hub);
         sl_metrics.published++;
         sl_metrics.published_bytes += lens[i];
@@ -280,10 +295,8 @@ void sl_sub_dispose(sl_hub_t *hub, sl_sub_t *sub)
         return;
     for (uint32_t i = 0; i < sub->nreaders; i++) {
         sl_reader_t *r = &sub->readers[i];
-        if (r->disk_ok)
-            sl_ll_reader_gone(r);
-        if (r->cursor != NULL)
-            sl_ll_cursor_use(r->cursor, -1);
+        if (r->topic->backend != NULL)
+            r->topic->backend->reader_gone(r);
         sl_reader_detach(r);
     }
     sl_list_remove(&sub->ready_link);
@@ -380,16 +393,13 @@ void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms)
             }
         }
         /* A lossless topic only subscribed to has nothing on disk and goes the same way. */
-        if (t->nreaders == 0 && t->count == 0 && (t->ll == NULL || sl_ll_idle(t))) {
+        if (t->nreaders == 0 && t->count == 0 && (t->backend == NULL || t->backend->idle(t))) {
             if (t->idle_since_ms == 0) {
                 t->idle_since_ms = now_ms ? now_ms : 1;
             } else if (now_ms - t->idle_since_ms >= hub->cfg->topic_idle_ttl_ms) {
                 SL_DEBUG("topic freed", "topic=%s", t->name);
                 unlink_topic(hub, t);
-                if (t->ll != NULL)
-                    sl_ll_free(t);
-                sl_topic_free(t);
-                sl_metrics.topics_freed++;
+                free_topic(t);
             }
         }
     }

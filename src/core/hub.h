@@ -40,8 +40,23 @@ typedef struct sl_sub {
     uint64_t heartbeat_ms;
 } sl_sub_t;
 
+struct sl_hub;
+
+/* A kind of topic storage as the hub sees it at start-up and in its sweep (the lossless log is
+ * the one there is). Registered once with sl_hub_set_storage. */
+typedef struct sl_storage {
+    /* A topic was created: gives it this storage (t->backend) if its settings ask for it. */
+    void (*attach)(sl_topic_t *t);
+    /* At start: registers every topic the storage holds (sl_hub_topic with
+     * SL_TOPIC_CREATE_BARE, then attaching its state). Returns how many, or -1. */
+    int (*recover)(struct sl_hub *hub);
+    /* Periodic maintenance (expiries, quotas). */
+    void (*sweep)(struct sl_hub *hub, uint64_t now_ms);
+} sl_storage_t;
+
 typedef struct sl_hub {
     const sl_config_t *cfg;
+    const sl_storage_t *storage; /* NULL: topics live in their rings only */
     sl_topic_t **buckets;
     size_t nbuckets, ntopics;
     sl_list_t topics;   /* every topic */
@@ -58,10 +73,23 @@ void sl_hub_init(sl_hub_t *hub, const sl_config_t *cfg);
 /* Frees every topic. All subs must have been disposed. */
 void sl_hub_dispose(sl_hub_t *hub);
 
-/* Looks a topic up by name; with `create`, creates it if missing. Returns NULL with *err set
- * to SL_ELIMIT (max_topics) or SL_EOVERLOAD (budget) when it cannot be created, or 0 with NULL
- * when it does not exist and `create` is 0. The name must be valid. */
+/* How sl_hub_topic treats a missing topic: not at all, create it (and let the storage attach
+ * itself), or create it bare (the storage's recovery attaches what it found). */
+enum { SL_TOPIC_FIND = 0, SL_TOPIC_CREATE = 1, SL_TOPIC_CREATE_BARE = 2 };
+
+/* Looks a topic up by name; with `create` (SL_TOPIC_*), creates it if missing. Returns NULL with
+ * *err set to SL_ELIMIT (max_topics) or SL_EOVERLOAD (budget) when it cannot be created, or 0
+ * with NULL when it does not exist and `create` is SL_TOPIC_FIND. The name must be valid. */
 sl_topic_t *sl_hub_topic(sl_hub_t *hub, const char *name, size_t len, int create, int *err);
+
+/* Registers the kind of storage topics may have (once, before sl_hub_recover). */
+void sl_hub_set_storage(sl_hub_t *hub, const sl_storage_t *storage);
+
+/* Registers the topics the storage holds (at start). Returns their number, or -1. */
+int sl_hub_recover(sl_hub_t *hub);
+
+/* The storage's periodic maintenance (every sweep tick). */
+void sl_hub_sweep_storage(sl_hub_t *hub, uint64_t now_ms);
 
 /* Publishes n messages (payloads[i], lens[i]) with optional event type to topic t, all or
  * nothing: the budget is reserved for all of them first (evicting the oldest messages across

@@ -5,7 +5,6 @@
 
 #include "lib/budget.h"
 #include "core/hub.h"
-#include "store/lossless.h"
 #include "lib/util.h"
 
 #include <dirent.h>
@@ -137,7 +136,7 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_origin_rejected_total", "counter",
         "Requests and WebSocket handshakes refused for an Origin not in the allow-list.",
         m->origin_rejected);
-    const sl_ll_stats_t *ls = &sl_ll_stats;
+    const sl_log_stats_t *ls = &m->log;
     one(&o, "sluice_spill_bytes", "gauge", "Bytes of lossless topics' logs on disk.",
         ls->disk_bytes);
     one(&o, "sluice_spill_segments", "gauge", "Segment files of lossless topics.", ls->segments);

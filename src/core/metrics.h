@@ -60,6 +60,12 @@ typedef enum {
 
 #define SL_HTTP_CODES 21
 
+/* Totals of the lossless topics' logs (kept by store/lossless.c). */
+typedef struct sl_log_stats {
+    uint64_t disk_bytes, segments, written_bytes, read_bytes, fsyncs, cursors, cursors_expired,
+        corrupt, truncated_bytes, waiting, write_errors;
+} sl_log_stats_t;
+
 typedef struct sl_metrics {
     uint64_t connections;     /* gauge */
     uint64_t subscribers_sse; /* gauge */
@@ -86,6 +92,7 @@ typedef struct sl_metrics {
     uint64_t topics_freed;
     uint64_t http_codes[SL_HTTP_CODES]; /* indexed by sl_metrics_code_index() */
     uint64_t heartbeats;
+    sl_log_stats_t log;
 } sl_metrics_t;
 
 extern sl_metrics_t sl_metrics;

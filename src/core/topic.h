@@ -106,6 +106,31 @@ typedef struct sl_reader {
     struct sl_cursor *cursor;   /* the durable cursor this reader moves, if any */
 } sl_reader_t;
 
+struct sl_topic;
+
+/* A topic's storage beyond its ring, as a table of functions: the lossless log
+ * (store/lossless.c) is the first; a topic fed by Kafka will be the next. The hub calls these
+ * and nothing else of a storage; a topic without one (t->backend NULL) lives in its ring only.
+ * The backend's state hangs off the topic (t->ll for the log) and is freed by `free`. Loop
+ * thread only. */
+typedef struct sl_backend {
+    const char *name;
+    int reads_back; /* readers behind the ring read older messages back from it */
+    /* May messages be appended now? 0, SL_EFULL (push back on the publisher) or SL_EDISK (the
+     * storage failed: refuse). Asked before anything is charged. */
+    int (*admit)(struct sl_topic *t);
+    /* n messages are about to be appended (the budget is reserved): 0, or as admit. */
+    int (*prepare)(struct sl_topic *t, size_t n);
+    /* Message m (already numbered) joins the topic; the backend may take references. */
+    void (*append)(struct sl_topic *t, sl_msg_t *m);
+    /* Reader r of the topic is going away (its read-backs and cursor are released). */
+    void (*reader_gone)(sl_reader_t *r);
+    /* 1 if the storage holds nothing worth keeping the topic for once it is idle. */
+    int (*idle)(const struct sl_topic *t);
+    /* Frees the backend's state (the topic is being freed). */
+    void (*free)(struct sl_topic *t);
+} sl_backend_t;
+
 /* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
  * at shutdown. */
 typedef struct sl_topic {
@@ -123,12 +148,13 @@ typedef struct sl_topic {
     sl_topic_conf_t conf;
     sl_list_t readers;
     size_t nreaders;
-    sl_list_t all_link;     /* hub's list of topics */
-    sl_list_t dirty_link;   /* hub's dirty list, when it has undelivered messages */
-    struct sl_topic *hnext; /* hub hash chain */
-    uint64_t idle_since_ms; /* when it last became empty with no readers; 0 if in use */
-    struct sl_lossless *ll; /* lossless topics: the on-disk log */
-    uint64_t disk_floor;    /* lossless: first seq the log still holds; UINT64_MAX if none */
+    sl_list_t all_link;          /* hub's list of topics */
+    sl_list_t dirty_link;        /* hub's dirty list, when it has undelivered messages */
+    struct sl_topic *hnext;      /* hub hash chain */
+    uint64_t idle_since_ms;      /* when it last became empty with no readers; 0 if in use */
+    const sl_backend_t *backend; /* its storage beyond the ring, or NULL */
+    struct sl_lossless *ll;      /* the lossless backend's state: the on-disk log */
+    uint64_t disk_floor;         /* lossless: first seq the log still holds; UINT64_MAX if none */
 } sl_topic_t;
 
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */

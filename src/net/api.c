@@ -496,7 +496,7 @@ static int refuse_cursor(sl_conn_t *c, sl_topic_t *t)
         sl_conn_error(c, 409, "too_many_cursors", "the topic has max_cursors_per_topic cursors");
         return -1;
     }
-    if (sl_ll_stats.cursors >= cfg->max_cursors) {
+    if (sl_metrics.log.cursors >= cfg->max_cursors) {
         sl_metrics.cursors_rejected[SL_REJECT_CURSOR_TOTAL]++;
         SL_WARN("durable cursor refused", "reason=total topic=%s limit=%" PRIu64, t->name,
                 cfg->max_cursors);

@@ -54,7 +54,7 @@ static void on_sweep(uv_timer_t *h)
     /* Topic maintenance needs no finer grain than a second. */
     if (++sweep_count % 4 == 0)
         sl_hub_sweep(&srv->hub, now);
-    sl_ll_sweep(&srv->hub, now);
+    sl_hub_sweep_storage(&srv->hub, now);
     if (sl_hub_pending(&srv->hub))
         sl_server_kick(srv);
 }
@@ -209,7 +209,8 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
                         cfg->max_pending_bytes ? cfg->max_pending_bytes : cfg->memory_limit / 8);
     sl_ll_setup(loop, cfg->data_dir);
     sl_conn_init_disk();
-    if (sl_ll_recover(&srv->hub) < 0)
+    sl_hub_set_storage(&srv->hub, &sl_ll_storage);
+    if (sl_hub_recover(&srv->hub) < 0)
         SL_ERROR("data directory unreadable", "data_dir=%s", cfg->data_dir);
 
     struct sockaddr_storage addr;

@@ -30,13 +30,11 @@
 /* The high-water mark of issued seqs is raised this far ahead of the head (see lossless.h). */
 #define RESERVE_BLOCK ((uint64_t)65536)
 
-sl_ll_stats_t sl_ll_stats;
 static uv_loop_t *ll_loop;
 static char *ll_data_dir;
 static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
 static const sl_config_t *ll_cfg;
 static void (*ll_on_ready)(sl_reader_t *r);
-static int recovering; /* topics created now get the log found on disk */
 static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
 
 static void ll_update(sl_lossless_t *ll);
@@ -146,6 +144,7 @@ static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
     sl_list_insert_tail(&all_logs, &ll->link);
     sl_budget_charge(sizeof(*ll) + ALLOC_OVERHEAD);
     t->ll = ll;
+    t->backend = &sl_ll_backend;
     return ll;
 }
 
@@ -159,7 +158,7 @@ static sl_seg_t *seg_add(sl_lossless_t *ll, uint64_t base)
     memset(s, 0, sizeof(*s));
     s->base = base;
     s->last = base - 1;
-    sl_ll_stats.segments++;
+    sl_metrics.log.segments++;
     return s;
 }
 
@@ -178,8 +177,6 @@ static void update_floor(sl_lossless_t *ll)
 
 int sl_ll_create(sl_topic_t *t)
 {
-    if (recovering)
-        return 0;
     sl_lossless_t *ll = ll_new(t, topic_dir(t->name));
     seg_add(ll, t->head_seq + 1);
     return 0;
@@ -261,7 +258,7 @@ static void meta_done(uv_work_t *req, int status)
     if (j->rc != 0) {
         SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
                  ll->topic->name, strerror(-j->rc));
-        sl_ll_stats.write_errors++;
+        sl_metrics.log.write_errors++;
         ll->broken = 1;
     } else if (j->reserved > ll->reserved) {
         ll->reserved = j->reserved;
@@ -304,7 +301,7 @@ int sl_ll_prepare(sl_topic_t *t, size_t n)
         if (rc != 0) {
             SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
                      t->name, strerror(-rc));
-            sl_ll_stats.write_errors++;
+            sl_metrics.log.write_errors++;
             ll->broken = 1;
             ll_update(ll);
             return SL_EDISK;
@@ -370,7 +367,7 @@ sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int creat
     c->idle_since_ms = sl_now_ms();
     sl_list_insert_tail(&ll->cursors, &c->link);
     ll->ncursors++;
-    sl_ll_stats.cursors++;
+    sl_metrics.log.cursors++;
     sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
     return c;
 }
@@ -424,8 +421,8 @@ static void trim(sl_lossless_t *ll)
                  s->base, s->last);
         ll->disk_bytes -= s->len;
         ll_total_disk -= s->len;
-        sl_ll_stats.disk_bytes -= s->len;
-        sl_ll_stats.segments--;
+        sl_metrics.log.disk_bytes -= s->len;
+        sl_metrics.log.segments--;
         free(s->index.v);
         memmove(ll->segs, ll->segs + 1, (ll->nsegs - 1) * sizeof(*ll->segs));
         ll->nsegs--;
@@ -464,7 +461,7 @@ void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c)
     }
     sl_list_remove(&c->link);
     ll->ncursors--;
-    sl_ll_stats.cursors--;
+    sl_metrics.log.cursors--;
     sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
     free(c);
     save_cursors(ll);
@@ -577,7 +574,7 @@ void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t 
     w->deadline_ms = deadline_ms;
     w->topic = t;
     sl_list_insert_tail(&t->ll->waiters, &w->link);
-    sl_ll_stats.waiting++;
+    sl_metrics.log.waiting++;
 }
 
 void sl_ll_unwait(sl_waiter_t *w)
@@ -586,7 +583,7 @@ void sl_ll_unwait(sl_waiter_t *w)
         return;
     sl_list_remove(&w->link);
     w->kind = 0;
-    sl_ll_stats.waiting--;
+    sl_metrics.log.waiting--;
 }
 
 /* Wakes the waiters that may go on: for room when the log is not full, for durability when
@@ -626,7 +623,7 @@ static void wake(sl_lossless_t *ll, uint64_t now_ms)
             status = SL_WAKE_TIMEOUT; /* its deadline passed while earlier ones were served */
         sl_list_remove(&w->link);
         w->kind = 0;
-        sl_ll_stats.waiting--;
+        sl_metrics.log.waiting--;
         w->wake(w, status);
     }
 }
@@ -815,7 +812,7 @@ static void write_done(uv_work_t *req, int status)
     if (j->rc != 0) {
         SL_ERROR("lossless write failed; the topic refuses publishes", "topic=%s error=%s",
                  ll->topic->name, strerror(-j->rc));
-        sl_ll_stats.write_errors++;
+        sl_metrics.log.write_errors++;
         ll->broken = 1;
     }
     for (size_t k = 0; k < j->nups; k++) {
@@ -831,8 +828,8 @@ static void write_done(uv_work_t *req, int status)
         free(u->added.v);
         ll->disk_bytes += grew;
         ll_total_disk += grew;
-        sl_ll_stats.disk_bytes += grew;
-        sl_ll_stats.written_bytes += grew;
+        sl_metrics.log.disk_bytes += grew;
+        sl_metrics.log.written_bytes += grew;
     }
     free(j->ups);
     if (j->rc == 0 && j->n > 0) {
@@ -842,7 +839,7 @@ static void write_done(uv_work_t *req, int status)
     if (j->synced) {
         ll->unsynced = 0;
         ll->last_fsync_ms = sl_now_ms();
-        sl_ll_stats.fsyncs++;
+        sl_metrics.log.fsyncs++;
         ll->durable_seq = ll->written_seq;
     } else if (ll->topic->conf.fsync != SL_FSYNC_ALWAYS && j->rc == 0) {
         /* Nothing waits for an fsync that is not promised. */
@@ -991,9 +988,9 @@ static void read_done(uv_work_t *req, int status)
             SL_WARN("log read failed", "topic=%s path=%s error=%s", t->name, j->path,
                     strerror(-j->rc));
         if (j->rc == -EBADMSG)
-            sl_ll_stats.corrupt++;
+            sl_metrics.log.corrupt++;
     } else if (j->rc > 0) {
-        sl_ll_stats.read_bytes += j->len;
+        sl_metrics.log.read_bytes += j->len;
         /* Messages built from the records, charged like any message. */
         size_t charge = sizeof(sl_disk_batch_t) + (size_t)j->rc * sizeof(sl_msg_t *);
         sl_disk_batch_t *b = sl_malloc(charge);
@@ -1156,7 +1153,7 @@ void sl_ll_sweep(sl_hub_t *hub, uint64_t now_ms)
                     SL_WARN("durable cursor expired",
                             "topic=%s cursor=%s checkpoint=%" PRIu64 " idle_ms=%" PRIu64, t->name,
                             c->name, c->checkpoint, now_ms - c->idle_since_ms);
-                    sl_ll_stats.cursors_expired++;
+                    sl_metrics.log.cursors_expired++;
                     sl_ll_cursor_delete(t, c);
                 }
             }
@@ -1224,14 +1221,14 @@ void sl_ll_free(sl_topic_t *t)
         sl_cursor_t *c = sl_container_of(ll->cursors.next, sl_cursor_t, link);
         sl_list_remove(&c->link);
         sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
-        sl_ll_stats.cursors--;
+        sl_metrics.log.cursors--;
         free(c);
     }
     for (size_t i = 0; i < ll->nsegs; i++) {
         free(ll->segs[i].index.v);
         ll_total_disk -= ll->segs[i].len;
-        sl_ll_stats.disk_bytes -= ll->segs[i].len;
-        sl_ll_stats.segments--;
+        sl_metrics.log.disk_bytes -= ll->segs[i].len;
+        sl_metrics.log.segments--;
     }
     free(ll->segs);
     free(ll->dir);
@@ -1326,7 +1323,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     }
     if (!sl_topic_name_valid(name, strlen(name), hub->cfg->max_topic_name) || epoch == 0) {
         SL_ERROR("topic meta file unreadable, directory ignored", "dir=%s", dir);
-        sl_ll_stats.corrupt++;
+        sl_metrics.log.corrupt++;
         return;
     }
     sl_ll_dir_name(name, strlen(name), dn);
@@ -1355,9 +1352,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     }
     /* Create the topic without a log, then attach the one on disk. */
     int err;
-    recovering = 1;
-    sl_topic_t *t = sl_hub_topic(hub, name, strlen(name), 1, &err);
-    recovering = 0;
+    sl_topic_t *t = sl_hub_topic(hub, name, strlen(name), SL_TOPIC_CREATE_BARE, &err);
     if (t == NULL) {
         SL_ERROR("topic could not be recovered", "topic=%s error=%s", name, sl_strerror(err));
         return;
@@ -1395,15 +1390,15 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
         int rc = sl_spill_scan(path, 1, &sc);
         if (rc != 0) {
             SL_ERROR("segment unreadable, skipped", "path=%s error=%s", path, strerror(-rc));
-            sl_ll_stats.corrupt++;
+            sl_metrics.log.corrupt++;
             free(sc.index.v);
             continue;
         }
         if (sc.torn || sc.corrupt) {
             uint64_t cut = sc.file_len - sc.valid_len;
-            sl_ll_stats.truncated_bytes += cut;
+            sl_metrics.log.truncated_bytes += cut;
             if (sc.corrupt) {
-                sl_ll_stats.corrupt++;
+                sl_metrics.log.corrupt++;
                 SL_ERROR("corrupt record, segment truncated",
                          "path=%s at=%" PRIu64 " dropped_bytes=%" PRIu64, path, sc.valid_len, cut);
             } else {
@@ -1413,7 +1408,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
         }
         if (sc.count > 0 && sc.first != bases[i]) {
             SL_ERROR("segment does not start at its name, skipped", "path=%s", path);
-            sl_ll_stats.corrupt++;
+            sl_metrics.log.corrupt++;
             free(sc.index.v);
             continue;
         }
@@ -1423,7 +1418,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
         s->index = sc.index;
         ll->disk_bytes += s->len;
         ll_total_disk += s->len;
-        sl_ll_stats.disk_bytes += s->len;
+        sl_metrics.log.disk_bytes += s->len;
         if (sc.count && sc.last > head)
             head = sc.last;
     }
@@ -1485,3 +1480,51 @@ int sl_ll_recover(sl_hub_t *hub)
     free(names);
     return (int)n;
 }
+
+/* ---- the tables the hub calls --------------------------------------------------------------- */
+
+static int ll_admit(sl_topic_t *t)
+{
+    if (t->ll->broken)
+        return SL_EDISK;
+    return sl_ll_full(t) ? SL_EFULL : 0;
+}
+
+static void ll_reader_gone(sl_reader_t *r)
+{
+    if (r->disk_ok)
+        sl_ll_reader_gone(r);
+    if (r->cursor != NULL)
+        sl_ll_cursor_use(r->cursor, -1);
+}
+
+static void ll_free_backend(sl_topic_t *t)
+{
+    sl_ll_free(t);
+    t->backend = NULL;
+}
+
+const sl_backend_t sl_ll_backend = {
+    .name = "lossless",
+    .reads_back = 1,
+    .admit = ll_admit,
+    .prepare = sl_ll_prepare,
+    .append = sl_ll_append,
+    .reader_gone = ll_reader_gone,
+    .idle = sl_ll_idle,
+    .free = ll_free_backend,
+};
+
+/* A new topic whose settings say lossless gets a log (in memory until something must be
+ * kept); a log that cannot be made later refuses publishes. */
+static void ll_attach(sl_topic_t *t)
+{
+    if (t->conf.lossless)
+        (void)sl_ll_create(t);
+}
+
+const sl_storage_t sl_ll_storage = {
+    .attach = ll_attach,
+    .recover = sl_ll_recover,
+    .sweep = sl_ll_sweep,
+};

@@ -17,6 +17,7 @@
 #define SL_LOSSLESS_H
 
 #include "store/spill.h"
+#include "core/hub.h"
 #include "core/topic.h"
 
 #include <uv.h>
@@ -98,6 +99,11 @@ typedef struct sl_lossless {
     int reserving;
 } sl_lossless_t;
 
+/* The log as a topic backend (core/topic.h) and as the hub's storage (core/hub.h): what the
+ * hub calls, and all it knows of lossless topics. */
+extern const sl_backend_t sl_ll_backend;
+extern const sl_storage_t sl_ll_storage;
+
 /* Where the log's libuv work runs, and the data directory. Set once by the server. */
 void sl_ll_setup(uv_loop_t *loop, const char *data_dir);
 
@@ -177,13 +183,6 @@ static inline uint64_t sl_ll_durable(const sl_topic_t *t);
 
 /* Periodic work: fsync=interval, cursor expiry, waiter deadlines. */
 void sl_ll_sweep(struct sl_hub *hub, uint64_t now_ms);
-
-/* Totals for /metrics. */
-typedef struct sl_ll_stats {
-    uint64_t disk_bytes, segments, written_bytes, read_bytes, fsyncs, cursors, cursors_expired,
-        corrupt, truncated_bytes, waiting, write_errors;
-} sl_ll_stats_t;
-extern sl_ll_stats_t sl_ll_stats;
 
 static inline uint64_t sl_ll_durable(const sl_topic_t *t)
 {
