@@ -5,6 +5,7 @@
 #include "lib/budget.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "net/api.h"
 #include "net/server.h"
 
 #include <stdio.h>
@@ -90,6 +91,8 @@ int main(int argc, char **argv)
     uv_loop_init(&loop);
     sl_server_t *srv = calloc(1, sizeof(*srv));
     int rc = sl_server_start(srv, &loop, &cfg);
+    /* The one place the layers are wired: the API answers the server's requests. */
+    sl_api_install(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_server_dispose(srv);
     free(srv);

@@ -5,12 +5,15 @@
  * docs/protocol.md is the contract this file implements.
  */
 #define _GNU_SOURCE
+#include "net/api.h"
+
+#include "core/rules.h"
 #include "lib/budget.h"
 #include "lib/log.h"
-#include "core/metrics.h"
-#include "net/server.h"
 #include "lib/sse.h"
 #include "lib/ws.h"
+#include "net/sse_conn.h"
+#include "net/ws_conn.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -156,12 +159,6 @@ static void get_metrics(sl_conn_t *c)
     free(body);
 }
 
-int sl_api_reserved(const char *payload, size_t len)
-{
-    static const char prefix[] = "{\"sluice\":";
-    return len >= sizeof(prefix) - 1 && memcmp(payload, prefix, sizeof(prefix) - 1) == 0;
-}
-
 /* ---- publishing ------------------------------------------------------------------------- */
 
 static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_t n)
@@ -201,7 +198,9 @@ static void disk_error(sl_conn_t *c, int status)
     }
 }
 
-void sl_api_resume(sl_conn_t *c, int kind, int status)
+static void api_request(sl_conn_t *c, sl_http_req_t *req);
+
+static void api_resume(sl_conn_t *c, int kind, int status)
 {
     if (status == SL_WAKE_FAILED || (kind == SL_WAIT_DURABLE && status == SL_WAKE_TIMEOUT)) {
         disk_error(c, status);
@@ -211,7 +210,7 @@ void sl_api_resume(sl_conn_t *c, int kind, int status)
         sl_metrics.pub_rejected[SL_REJECT_PUB_TOPIC_FULL]++;
         sl_conn_error(c, 429, "topic_full", "lossless topic still full after the wait");
     } else {
-        sl_api_dispatch(c, c->req);
+        api_request(c, c->req);
     }
 }
 
@@ -235,20 +234,12 @@ static sl_topic_t *topic_for(sl_conn_t *c, const char *name, size_t len, int pub
     return NULL;
 }
 
-/* The non-empty lines of an NDJSON body. */
-static size_t count_lines(const char *body, size_t len)
+/* Answers a publish the rules refused, and counts it. */
+static void refuse_publish(sl_conn_t *c, sl_verdict_t v)
 {
-    size_t n = 0, start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && body[i] != '\n')
-            continue;
-        size_t l = i - start;
-        if (l > 0 && body[start + l - 1] == '\r')
-            l--;
-        n += l > 0;
-        start = i + 1;
-    }
-    return n;
+    if (v.reason >= 0)
+        sl_metrics.pub_rejected[v.reason]++;
+    sl_conn_error(c, v.status, v.code, v.message);
 }
 
 static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t nlen,
@@ -257,79 +248,27 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     const sl_config_t *cfg = c->srv->cfg;
     char event[65];
     const char *ev = NULL;
-    if (q->event.s != NULL) {
-        const char *code, *msg;
-        int rc = sl_event_check(q->event.s, q->event.len, &code, &msg);
-        if (rc != 0) {
-            sl_metrics.pub_rejected[rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT
-                                                       : SL_REJECT_PUB_BAD_EVENT]++;
-            sl_conn_error(c, 400, code, msg);
-            return;
-        }
+    const char *body = req->body ? req->body : "";
+    size_t body_len = req->body_len, n = 1;
+    const char **payloads = NULL;
+    size_t *lens = NULL;
+    sl_verdict_t v = SL_VERDICT_OK;
+    if (q->event.s != NULL && (v = sl_rule_event(q->event.s, q->event.len)).status == 0) {
         memcpy(event, q->event.s, q->event.len);
         event[q->event.len] = '\0';
         ev = event;
     }
-    const char *body = req->body ? req->body : "";
-    size_t body_len = req->body_len;
-    size_t n = 0;
-    const char **payloads;
-    size_t *lens;
-    if (req->ndjson) {
-        size_t lines = 1;
-        for (size_t i = 0; i < body_len; i++)
-            lines += body[i] == '\n';
-        if (lines > cfg->max_batch_messages &&
-            count_lines(body, body_len) > cfg->max_batch_messages) {
-            /* One request's work is bounded: the loop serves others between batches. */
-            sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
-            sl_conn_error(c, 413, "too_many_messages", "more lines than max_batch_messages");
-            return;
-        }
-        payloads = sl_malloc(lines * sizeof(*payloads));
-        lens = sl_malloc(lines * sizeof(*lens));
-        size_t start = 0;
-        for (size_t i = 0; i <= body_len; i++) {
-            if (i < body_len && body[i] != '\n')
-                continue;
-            size_t l = i - start;
-            if (l > 0 && body[start + l - 1] == '\r')
-                l--;
-            if (l > 0) {
-                if (l > cfg->max_message_bytes) {
-                    free(payloads);
-                    free(lens);
-                    sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
-                    sl_conn_error(c, 413, "too_large", "a line is over max_message_bytes");
-                    return;
-                }
-                payloads[n] = body + start;
-                lens[n++] = l;
-            }
-            start = i + 1;
-        }
-        if (n == 0) {
-            free(payloads);
-            free(lens);
-            sl_conn_error(c, 400, "bad_request", "empty NDJSON batch");
-            return;
-        }
-    } else {
+    if (v.status == 0 && req->ndjson) {
+        v = sl_rule_ndjson(cfg, body, body_len, &payloads, &lens, &n);
+    } else if (v.status == 0 && (v = sl_rule_payload(cfg, body, body_len)).status == 0) {
         payloads = sl_malloc(sizeof(*payloads));
         lens = sl_malloc(sizeof(*lens));
         payloads[0] = body;
         lens[0] = body_len;
-        n = 1;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (sl_api_reserved(payloads[i], lens[i])) {
-            free(payloads);
-            free(lens);
-            sl_metrics.pub_rejected[SL_REJECT_PUB_RESERVED]++;
-            sl_conn_error(c, 400, "reserved_payload",
-                          "payloads may not begin with {\"sluice\": (control messages)");
-            return;
-        }
+    if (v.status != 0) {
+        refuse_publish(c, v);
+        return;
     }
     uint64_t wait_ms = 0;
     if (q->wait.s != NULL) {
@@ -573,7 +512,7 @@ static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
     sl_cursor_t *cu;
     if (durable_start(c, q, topics[0], multi, &start, &cu) == 0) {
         sl_start_t *starts = same_starts(&start, n);
-        if (sl_conn_subscribe_sse(c, topics, starts, n, multi) == 0)
+        if (sl_sse_subscribe(c, topics, starts, n, multi) == 0)
             use_cursor(c, cu);
         free(starts);
     }
@@ -685,8 +624,7 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
         return;
     }
     sl_start_t *starts = same_starts(&start, nsub);
-    if (sl_conn_upgrade_ws(c, accept, topics, starts, nsub, multi, &opts, names[0].s,
-                           names[0].len) == 0)
+    if (sl_ws_upgrade(c, accept, topics, starts, nsub, multi, &opts, names[0].s, names[0].len) == 0)
         use_cursor(c, cu);
     free(topics);
     free(starts);
@@ -695,41 +633,6 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
 static void not_allowed(sl_conn_t *c, const char *allow);
 
 /* ---- durable cursors ------------------------------------------------------------------- */
-
-/* Parses an acknowledged id from a body: the id itself, or {"id":"…"}. */
-int sl_api_body_id(const char *b, size_t n, uint64_t *epoch, uint64_t *seq)
-{
-    while (n > 0 && (b[n - 1] == '\n' || b[n - 1] == '\r' || b[n - 1] == ' '))
-        n--;
-    while (n > 0 && *b == ' ')
-        b++, n--;
-    const char *key = n > 0 && b[0] == '{' ? memmem(b, n, "\"id\"", 4) : NULL;
-    if (key != NULL) {
-        const char *q1 = memchr(key + 4, '"', n - (size_t)(key + 4 - b));
-        if (q1 == NULL)
-            return -1;
-        const char *q2 = memchr(q1 + 1, '"', n - (size_t)(q1 + 1 - b));
-        if (q2 == NULL)
-            return -1;
-        b = q1 + 1;
-        n = (size_t)(q2 - b);
-    }
-    return sl_id_parse(b, n, 0, epoch, seq);
-}
-
-/* Acknowledges `seq` of epoch `epoch` on cursor cu; answers errors over HTTP. */
-int sl_api_ack(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err)
-{
-    if (epoch != t->epoch) {
-        *err = "epoch_mismatch";
-        return 409;
-    }
-    if (sl_ll_ack(t, cu, seq) != 0) {
-        *err = "bad_id";
-        return 400;
-    }
-    return 0;
-}
 
 static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *name, size_t nlen,
                     const char *cname, size_t clen)
@@ -773,12 +676,12 @@ static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *na
         return;
     }
     uint64_t epoch, seq;
-    if (sl_api_body_id(req->body ? req->body : "", req->body_len, &epoch, &seq) != 0) {
+    if (sl_rule_ack_id(req->body ? req->body : "", req->body_len, &epoch, &seq) != 0) {
         sl_conn_error(c, 400, "bad_id", "want the acknowledged id as the body");
         return;
     }
     const char *code;
-    int status = sl_api_ack(t, cu, epoch, seq, &code);
+    int status = sl_ll_ack_id(t, cu, epoch, seq, &code);
     if (status != 0)
         sl_conn_error(c, status, code,
                       status == 409 ? "id of another epoch" : "id beyond the topic's head");
@@ -856,7 +759,7 @@ static int origin_refused(sl_conn_t *c, sl_http_req_t *req, int method, const ch
     return 1;
 }
 
-void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
+static void api_request(sl_conn_t *c, sl_http_req_t *req)
 {
     int method = llhttp_get_method(&req->parser);
     const char *url = req->url ? req->url : "";
@@ -906,12 +809,11 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
         if (cursor_path(name, nlen, &tlen, &cname, &clen)) {
             cursors(c, req, method, name, tlen, cname, clen);
         } else if (method == HTTP_POST) {
-            if (!sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)) {
-                sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_TOPIC]++;
-                sl_conn_error(c, 400, "bad_topic", "invalid topic name");
-            } else {
+            sl_verdict_t v = sl_rule_topic(c->srv->cfg, name, nlen);
+            if (v.status != 0)
+                refuse_publish(c, v);
+            else
                 publish(c, req, name, nlen, &q);
-            }
         } else if (method == HTTP_GET && tries_websocket(req)) {
             qval_t one = {(char *)name, nlen};
             websocket(c, req, &one, 1, 0, &q);
@@ -944,4 +846,14 @@ void sl_api_dispatch(sl_conn_t *c, sl_http_req_t *req)
 out:
     free(q.buf);
     free(path);
+}
+
+static const sl_handler_t api_handler = {
+    .request = api_request,
+    .resume = api_resume,
+};
+
+void sl_api_install(sl_server_t *srv)
+{
+    srv->handler = &api_handler;
 }

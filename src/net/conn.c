@@ -1,14 +1,15 @@
 /*
- * Connections: reading and parsing requests, writing responses, the SSE transport, and the one
- * close path. A connection's memory is charged to the budget when it is accepted and released
- * in its close callback. Writes to subscribers hold references to the shared, pre-encoded
- * message frames, never copies; one write per subscriber is in flight at a time and carries as
- * many messages as fit in one writev.
+ * Connections (see conn.h): the one close path, response writes, the delivery path shared by
+ * every subscriber transport, and the input gate. A connection's memory is charged to the
+ * budget when it is accepted and released in its close callback. Writes to subscribers hold
+ * references to the shared, pre-encoded message frames, never copies; one write per subscriber
+ * is in flight at a time and carries as many messages as fit in one writev. What a protocol
+ * does is in its transport table (http1.c, sse_conn.c, ws_conn.c).
  */
+#include "net/conn.h"
+
 #include "lib/budget.h"
 #include "lib/log.h"
-#include "core/metrics.h"
-#include "net/server.h"
 #include "lib/sse.h"
 #include "lib/ws.h"
 
@@ -39,16 +40,7 @@ typedef struct resp_write {
     char data[];
 } resp_write_t;
 
-/* A subscriber write: references to the messages it sends plus any control bytes. */
-typedef struct sub_write {
-    uv_write_t req;
-    size_t charge;
-    uint32_t nmsgs, niov, max_iov;
-    sl_msg_t **msgs;
-    uv_buf_t *iov;
-    char *ctrl;
-    size_t ctrl_len, ctrl_cap;
-} sub_write_t;
+typedef sl_sub_write_t sub_write_t;
 
 static void on_close(uv_handle_t *h);
 static void sync_reading(sl_conn_t *c);
@@ -94,15 +86,12 @@ static void on_close(uv_handle_t *h)
     sl_conn_t *c = (sl_conn_t *)h;
     sl_server_t *srv = c->srv;
     sl_metrics.connections--;
-    if (c->is_sub) {
-        if (c->is_ws)
-            sl_metrics.subscribers_ws--;
-        else
-            sl_metrics.subscribers_sse--;
-    }
-    if (c->is_ws)
-        sl_metrics.ws_connections--;
-    sl_ws_free(c);
+    if (c->is_sub && c->tp->subscribers != NULL)
+        (*c->tp->subscribers)--;
+    if (c->tp->connections != NULL)
+        (*c->tp->connections)--;
+    if (c->tp->free != NULL)
+        c->tp->free(c);
     if (c->stash != NULL) {
         sl_budget_release(c->stash_len + ALLOC_OVERHEAD);
         free(c->stash);
@@ -113,14 +102,13 @@ static void on_close(uv_handle_t *h)
     ip_release(srv, c->ip);
     sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
     free(c);
-    if (srv->shutting_down && srv->nconns == 0)
-        sl_server_shutdown(srv);
+    sl_server_conn_gone(srv);
 }
 
 /* How long a closing connection waits for its peer: for a WebSocket, the close reply. */
 static uint64_t linger_ms(const sl_conn_t *c)
 {
-    return c->is_ws ? c->srv->cfg->ws_close_timeout_ms : LINGER_MS;
+    return c->tp->linger_ms != NULL ? c->tp->linger_ms(c) : LINGER_MS;
 }
 
 /* ---- lingering close -------------------------------------------------------------------- */
@@ -143,7 +131,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 }
 
 /* Everything is written: send FIN and linger. */
-static void finish(sl_conn_t *c)
+void sl_conn_finish(sl_conn_t *c)
 {
     if (c->closing || c->state == SL_CONN_LINGER)
         return;
@@ -184,7 +172,7 @@ static void on_resp_write(uv_write_t *req, int status)
         return;
     }
     if (c->close_after_write && c->pending_writes == 0) {
-        finish(c);
+        sl_conn_finish(c);
         return;
     }
     sl_conn_resume_input(c);
@@ -233,7 +221,7 @@ static resp_write_t *resp_alloc(size_t cap)
 /* The CORS header lines for the current request's Origin (docs/protocol.md): `*` when no
  * allow-list is configured (but not for admin and listing endpoints), the origin itself when
  * it is listed, nothing otherwise. */
-static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
+size_t sl_conn_cors(const sl_conn_t *c, char *buf, size_t cap)
 {
     buf[0] = '\0';
     if (c->srv->cfg->origins == NULL)
@@ -248,7 +236,14 @@ static size_t cors_header(const sl_conn_t *c, char *buf, size_t cap)
                             (int)len, origin);
 }
 
-#define CORS_MAX 320
+void sl_conn_write_raw(sl_conn_t *c, const char *data, size_t len)
+{
+    if (c->closing)
+        return;
+    resp_write_t *w = resp_alloc(len);
+    memcpy(w->data, data, len);
+    queue_bytes(c, w, len);
+}
 
 void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const char *extra,
                      const char *body, size_t body_len)
@@ -257,9 +252,9 @@ void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const c
         return;
     sl_metrics_http(status);
     size_t extra_len = extra ? strlen(extra) : 0;
-    char cors[CORS_MAX];
-    cors_header(c, cors, sizeof(cors));
-    size_t cap = 256 + CORS_MAX + extra_len + body_len;
+    char cors[SL_CORS_MAX];
+    sl_conn_cors(c, cors, sizeof(cors));
+    size_t cap = 256 + SL_CORS_MAX + extra_len + body_len;
     resp_write_t *w = resp_alloc(cap);
     int n;
     if (status == 204)
@@ -353,7 +348,6 @@ static char *take_ctrl(sub_write_t *w, size_t len)
     return p;
 }
 
-#define MARK_OVERFLOW 4
 #define MARKER_MAX(name_len) ((name_len)*6 + 256)
 
 static size_t marker_room(const sl_sub_t *sub)
@@ -365,15 +359,13 @@ static size_t marker_room(const sl_sub_t *sub)
     return room;
 }
 
-static const char *marker_name(int kind)
+const char *sl_conn_marker_name(int kind)
 {
     return kind == SL_MARK_GAP ? "gap" : kind == SL_MARK_RESET ? "reset" : "overflow";
 }
 
-/* The members of the JSON body of a gap, reset or overflow marker for reader r, after the
- * opening brace: "topic":…,…} (the closing brace included). Same for every transport. */
-static size_t marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kind, int reason,
-                            uint64_t missed)
+size_t sl_conn_marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kind, int reason,
+                             uint64_t missed)
 {
     const sl_topic_t *t = r->topic;
     char from[SL_ID_MAX], to[SL_ID_MAX];
@@ -402,167 +394,18 @@ static size_t marker_fields(char *buf, size_t cap, const sl_reader_t *r, int kin
     return len;
 }
 
-/* ---- transports ------------------------------------------------------------------------- */
-
-/* What differs between SSE and WebSocket: how a message, a marker, a heartbeat and the last
- * frame look on the wire. Everything else (cursors, batching, budget, backpressure, closing) is
- * the one delivery path below. */
-typedef struct transport {
-    uint32_t iov_per_msg;
-    /* Appends message m's iovs (shared, pre-encoded bytes) to w; returns their byte count. */
-    size_t (*put_msg)(sl_conn_t *c, sub_write_t *w, sl_msg_t *m);
-    /* Formats a gap/reset/overflow marker for reader r into buf; returns its length. */
-    size_t (*marker)(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
-                     int reason, uint64_t missed);
-    /* Formats the last frame of a connection that is not overflowing (shutdown; for WebSocket
-     * also a close handshake or a protocol error) into buf (>= 160 bytes); returns its length. */
-    size_t (*closing)(sl_conn_t *c, char *buf);
-    /* Formats a heartbeat into buf (>= 96 bytes); returns its length, 0 for none. */
-    size_t (*heartbeat)(sl_conn_t *c, char *buf);
-} transport_t;
-
-static size_t sse_put_msg(sl_conn_t *c, sub_write_t *w, sl_msg_t *m)
+void sl_sub_write_put(sl_sub_write_t *w, const void *base, size_t len)
 {
-    if (c->sub.multi) {
-        size_t idlen;
-        const char *id = sl_msg_multi_id(m, c->srv->hub.epoch_hex, &idlen);
-        w->iov[w->niov++] = uv_buf_init((char *)id, (unsigned)idlen);
-        w->iov[w->niov++] =
-            uv_buf_init(m->frame + m->id_line_len, (unsigned)(m->frame_len - m->id_line_len));
-        return idlen + m->frame_len - m->id_line_len;
-    }
-    w->iov[w->niov++] = uv_buf_init(m->frame, (unsigned)m->frame_len);
-    return m->frame_len;
+    assert(w->niov < w->max_iov);
+    w->iov[w->niov++] = uv_buf_init((char *)base, (unsigned)len);
 }
 
-static size_t sse_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
-                         int reason, uint64_t missed)
-{
-    size_t len = 0;
-    if (kind == SL_MARK_GAP && !sub->multi) {
-        len += (size_t)snprintf(buf + len, cap - len, "id: ");
-        len += sl_id_format(buf + len, r->topic->epoch, r->gap_to);
-        buf[len++] = '\n';
-    }
-    len += (size_t)snprintf(buf + len, cap - len, "event: sluice.%s\ndata: {", marker_name(kind));
-    len += marker_fields(buf + len, cap - len, r, kind, reason, missed);
-    memcpy(buf + len, "\n\n", 2);
-    return len + 2;
-}
-
-static size_t sse_closing(sl_conn_t *c, char *buf)
-{
-    size_t n = sl_sse_retry(buf, c->srv->cfg->sse_retry_ms);
-    n -= 1; /* "retry: N\n" then the comment ends the block */
-    memcpy(buf + n, ": shutdown\n\n", 12);
-    c->reason = SL_CLOSE_SHUTDOWN;
-    return n + 12;
-}
-
-static int wants_heartbeat_event(const sl_conn_t *c)
+int sl_conn_wants_heartbeat_event(const sl_conn_t *c)
 {
     for (uint32_t i = 0; i < c->sub.nreaders; i++)
         if (c->sub.readers[i].topic->conf.heartbeat_event)
             return 1;
     return 0;
-}
-
-static size_t sse_heartbeat(sl_conn_t *c, char *buf)
-{
-    if (wants_heartbeat_event(c))
-        return (size_t)snprintf(buf, 96, "event: sluice.heartbeat\ndata: {\"ts\":%" PRIu64 "}\n\n",
-                                sl_wall_ms());
-    return (size_t)snprintf(buf, 96, ": hb\n\n");
-}
-
-static const transport_t sse_transport = {
-    .iov_per_msg = 2,
-    .put_msg = sse_put_msg,
-    .marker = sse_marker,
-    .closing = sse_closing,
-    .heartbeat = sse_heartbeat,
-};
-
-static size_t ws_put_msg(sl_conn_t *c, sub_write_t *w, sl_msg_t *m)
-{
-    size_t len;
-    if (c->ws->json) {
-        const char *f = sl_msg_ws_json(m, c->srv->hub.epoch_hex, &len);
-        w->iov[w->niov++] = uv_buf_init((char *)f, (unsigned)len);
-        return len;
-    }
-    const uint8_t *h = sl_msg_ws_header(m, &len);
-    w->iov[w->niov++] = uv_buf_init((char *)h, (unsigned)len);
-    w->iov[w->niov++] = uv_buf_init((char *)m->payload, (unsigned)m->payload_len);
-    return len + m->payload_len;
-}
-
-/* A text frame whose body was formatted at buf + SL_WS_HDR_MAX: moves it behind its header at
- * buf. Returns the frame's length. */
-static size_t ws_text_frame(char *buf, size_t body_len)
-{
-    uint8_t hdr[SL_WS_HDR_MAX];
-    size_t h = sl_ws_frame_header(hdr, SL_WS_TEXT, body_len);
-    memmove(buf + h, buf + SL_WS_HDR_MAX, body_len);
-    memcpy(buf, hdr, h);
-    return h + body_len;
-}
-
-static size_t ws_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
-                        int reason, uint64_t missed)
-{
-    (void)sub;
-    char *body = buf + SL_WS_HDR_MAX;
-    size_t room = cap - SL_WS_HDR_MAX;
-    size_t len = (size_t)snprintf(body, room, "{\"sluice\":\"%s\",", marker_name(kind));
-    len += marker_fields(body + len, room - len, r, kind, reason, missed);
-    return ws_text_frame(buf, len);
-}
-
-static size_t ws_close_frame(char *buf, unsigned code, const char *msg, size_t msg_len)
-{
-    buf[0] = (char)(0x80 | SL_WS_CLOSE);
-    buf[1] = (char)(2 + msg_len);
-    buf[2] = (char)(code >> 8);
-    buf[3] = (char)code;
-    memcpy(buf + 4, msg, msg_len);
-    return 4 + msg_len;
-}
-
-static size_t ws_closing(sl_conn_t *c, char *buf)
-{
-    sl_ws_t *ws = c->ws;
-    if (!ws->close_pending) {
-        ws->close_pending = 1;
-        ws->close_code = SL_WS_CLOSE_GOING_AWAY;
-        ws->close_reason = SL_CLOSE_SHUTDOWN;
-        ws->close_msg_len = (uint8_t)snprintf(ws->close_msg, sizeof(ws->close_msg), "shutdown");
-    }
-    c->reason = ws->close_reason;
-    return ws_close_frame(buf, ws->close_code, ws->close_msg, ws->close_msg_len);
-}
-
-static size_t ws_heartbeat(sl_conn_t *c, char *buf)
-{
-    /* Pings keep WebSocket connections alive; a visible heartbeat only when asked for. */
-    if (!wants_heartbeat_event(c))
-        return 0;
-    size_t len = (size_t)snprintf(buf + SL_WS_HDR_MAX, 96 - SL_WS_HDR_MAX,
-                                  "{\"sluice\":\"heartbeat\",\"ts\":%" PRIu64 "}", sl_wall_ms());
-    return ws_text_frame(buf, len);
-}
-
-static const transport_t ws_transport = {
-    .iov_per_msg = 2,
-    .put_msg = ws_put_msg,
-    .marker = ws_marker,
-    .closing = ws_closing,
-    .heartbeat = ws_heartbeat,
-};
-
-static const transport_t *transport_of(const sl_conn_t *c)
-{
-    return c->is_ws ? &ws_transport : &sse_transport;
 }
 
 /* ---- the delivery path ------------------------------------------------------------------ */
@@ -575,7 +418,12 @@ static const sl_sub_ops_t sub_ops = {.deliver = deliver};
 
 static size_t prefix_len(const sl_conn_t *c)
 {
-    return c->ws != NULL ? sl_ws_prefix_len(c) : 0;
+    return c->tp->prefix_len != NULL ? c->tp->prefix_len(c) : 0;
+}
+
+static int final_due(const sl_conn_t *c)
+{
+    return c->tp->final_due != NULL && c->tp->final_due(c);
 }
 
 static void put_prefix(sl_conn_t *c, sub_write_t *w, size_t len)
@@ -583,7 +431,7 @@ static void put_prefix(sl_conn_t *c, sub_write_t *w, size_t len)
     if (len == 0)
         return;
     char *p = take_ctrl(w, len);
-    size_t n = sl_ws_take_prefix(c, p);
+    size_t n = c->tp->take_prefix(c, p);
     assert(n == len);
     (void)n;
 }
@@ -593,11 +441,11 @@ static void sub_write_done(sl_conn_t *c)
 {
     c->sub.writing = 0;
     if (c->close_after_write) {
-        finish(c);
+        sl_conn_finish(c);
         return;
     }
     sl_hub_sub_ready(&c->srv->hub, &c->sub, sl_now_ms());
-    if (prefix_len(c) > 0 || (c->ws != NULL && c->ws->close_pending)) {
+    if (prefix_len(c) > 0 || final_due(c)) {
         /* Control frames and answers go out before anything else is queued; reading resumes
          * once they are written. */
         (void)deliver(&c->sub);
@@ -664,7 +512,7 @@ static void sub_send(sl_conn_t *c, sub_write_t *w)
 /* The last write of a stream (overflow marker, shutdown, WebSocket close), then FIN. */
 static void send_final(sl_conn_t *c)
 {
-    const transport_t *tp = transport_of(c);
+    const sl_transport_t *tp = c->tp;
     sl_sub_t *sub = &c->sub;
     size_t pre = prefix_len(c);
     sub_write_t *w;
@@ -674,16 +522,12 @@ static void send_final(sl_conn_t *c)
         w = sub_write_new(0, 3, pre + MARKER_MAX(r->topic->name_len) + 160);
         put_prefix(c, w, pre);
         char *buf = ctrl_free(w, &room);
-        take_ctrl(w, tp->marker(buf, room, sub, r, MARK_OVERFLOW, sub->overflow_reason,
+        take_ctrl(w, tp->marker(buf, room, sub, r, SL_MARK_OVERFLOW, sub->overflow_reason,
                                 sub->overflow_missed));
-        if (c->ws != NULL) {
-            char reason[64];
-            int rl = snprintf(reason, sizeof(reason), "overflow: %s",
-                              sl_lag_reason_name((sl_lag_reason_t)sub->overflow_reason));
-            buf = ctrl_free(w, &room);
-            take_ctrl(w, ws_close_frame(buf, SL_WS_CLOSE_OVERFLOW, reason, (size_t)rl));
-            c->ws->close_pending = 1;
-        }
+        buf = ctrl_free(w, &room);
+        size_t end = tp->overflow_end != NULL ? tp->overflow_end(c, buf, sub->overflow_reason) : 0;
+        if (end > 0)
+            take_ctrl(w, end);
         c->reason = SL_CLOSE_OVERFLOW;
     } else {
         w = sub_write_new(0, 2, pre + 160);
@@ -720,7 +564,7 @@ static size_t deliver(sl_sub_t *sub)
     if (c->closing || (c->state != SL_CONN_SSE && c->state != SL_CONN_WS) || sub->writing ||
         c->close_after_write)
         return 0;
-    if (sub->overflow || (c->ws != NULL && c->ws->close_pending)) {
+    if (sub->overflow || final_due(c)) {
         send_final(c);
         return 0;
     }
@@ -732,7 +576,7 @@ static size_t deliver(sl_sub_t *sub)
             return 0;
         }
     }
-    const transport_t *tp = transport_of(c);
+    const sl_transport_t *tp = c->tp;
     /* Size the write for what is owed now, not for the largest batch. */
     uint64_t owed = 0;
     uint32_t marks = 0;
@@ -840,7 +684,7 @@ static void on_sub_write(uv_write_t *req, int status)
 static void heartbeat(sl_conn_t *c)
 {
     char buf[96];
-    size_t n = transport_of(c)->heartbeat(c, buf);
+    size_t n = c->tp->heartbeat(c, buf);
     c->last_write_ms = sl_now_ms();
     if (n == 0)
         return;
@@ -881,10 +725,18 @@ static void drop_request(sl_conn_t *c)
     c->req = NULL;
 }
 
-/* Common to every subscription: from here on the hub delivers to this connection. */
-static void start_sub(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
-                      int multi)
+void sl_conn_start_sub(sl_conn_t *c, const sl_transport_t *tp, int state, sl_topic_t **topics,
+                       const sl_start_t *starts, uint32_t n, int multi)
 {
+    drop_request(c);
+    c->tp = tp;
+    c->state = (uint8_t)state;
+    c->deadline_ms = 0;
+    /* A stream ends by closing whatever the request said about keep-alive. */
+    c->close_after_write = 0;
+    c->reason = SL_CLOSE_PEER;
+    if (tp->connections != NULL)
+        (*tp->connections)++;
     /* Bound what the kernel buffers for this reader: left to autotuning, a stalled reader's
      * socket takes megabytes before it reports itself full, and that memory and copying are
      * outside the budget. */
@@ -899,17 +751,14 @@ static void start_sub(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *start
     sl_list_init(&sub->ready_link);
     if (n > 0) {
         c->is_sub = 1;
-        if (c->is_ws)
-            sl_metrics.subscribers_ws++;
-        else
-            sl_metrics.subscribers_sse++;
+        if (tp->subscribers != NULL)
+            (*tp->subscribers)++;
         sl_sub_start(&c->srv->hub, sub, topics, starts, n);
     }
     sl_server_kick(c->srv);
 }
 
-/* Checks that the readers' array fits in the budget (answering 503 if not). */
-static int reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
+int sl_conn_reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
 {
     size_t rsize = n * sizeof(sl_reader_t) + extra;
     if (sl_hub_reserve(&c->srv->hub, rsize + ALLOC_OVERHEAD) != 0) {
@@ -918,81 +767,6 @@ static int reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
         return SL_EOVERLOAD;
     }
     sl_budget_release(rsize + ALLOC_OVERHEAD);
-    return 0;
-}
-
-int sl_conn_subscribe_sse(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts, uint32_t n,
-                          int multi)
-{
-    if (reserve_readers(c, n, 0) != 0)
-        return SL_EOVERLOAD;
-    static const char head[] = "HTTP/1.1 200 OK\r\nServer: sluice\r\n"
-                               "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                               "X-Accel-Buffering: no\r\nConnection: close\r\n";
-    char cors[CORS_MAX];
-    size_t cors_len = cors_header(c, cors, sizeof(cors));
-    resp_write_t *w = resp_alloc(sizeof(head) + cors_len + 52);
-    memcpy(w->data, head, sizeof(head) - 1);
-    size_t len = sizeof(head) - 1;
-    memcpy(w->data + len, cors, cors_len);
-    len += cors_len;
-    memcpy(w->data + len, "\r\n", 2);
-    len += 2;
-    len += sl_sse_retry(w->data + len, c->srv->cfg->sse_retry_ms);
-    sl_metrics_http(200);
-    queue_bytes(c, w, len);
-    if (c->closing)
-        return 0;
-    drop_request(c);
-    c->state = SL_CONN_SSE;
-    c->deadline_ms = 0;
-    /* A stream ends by closing whatever the request said about keep-alive. */
-    c->close_after_write = 0;
-    c->reason = SL_CLOSE_PEER;
-    start_sub(c, topics, starts, n, multi);
-    return 0;
-}
-
-int sl_conn_upgrade_ws(sl_conn_t *c, const char *accept, sl_topic_t **topics,
-                       const sl_start_t *starts, uint32_t n, int multi, const sl_ws_opts_t *opts,
-                       const char *pub_topic, size_t pub_topic_len)
-{
-    if (reserve_readers(c, n, sizeof(sl_ws_t) + pub_topic_len + 1) != 0)
-        return SL_EOVERLOAD;
-    static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nServer: sluice\r\n"
-                               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                               "Sec-WebSocket-Accept: ";
-    resp_write_t *w = resp_alloc(sizeof(head) + 32);
-    memcpy(w->data, head, sizeof(head) - 1);
-    size_t len = sizeof(head) - 1;
-    memcpy(w->data + len, accept, 28);
-    len += 28;
-    memcpy(w->data + len, "\r\n\r\n", 4);
-    len += 4;
-    sl_metrics_http(101);
-    queue_bytes(c, w, len);
-    if (c->closing)
-        return 0;
-    drop_request(c);
-    sl_ws_t *ws = sl_calloc(1, sizeof(*ws));
-    sl_budget_charge(sizeof(*ws) + ALLOC_OVERHEAD);
-    ws->mode = opts->mode;
-    ws->json = opts->json;
-    ws->ack = opts->ack;
-    ws->last_ping_ms = sl_now_ms();
-    if (pub_topic_len > 0) {
-        ws->topic = sl_strndup(pub_topic, pub_topic_len);
-        ws->topic_len = pub_topic_len;
-        sl_budget_charge(pub_topic_len + 1 + ALLOC_OVERHEAD);
-    }
-    c->ws = ws;
-    c->is_ws = 1;
-    sl_metrics.ws_connections++;
-    c->state = SL_CONN_WS;
-    c->deadline_ms = 0;
-    c->close_after_write = 0;
-    c->reason = SL_CLOSE_PEER;
-    start_sub(c, topics, starts, (opts->mode & SL_WS_SUB) ? n : 0, multi);
     return 0;
 }
 
@@ -1008,25 +782,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->srv->rbuf_size;
 }
 
-static const char *status_message(int status)
-{
-    switch (status) {
-    case 413:
-        return "request body over the configured limit";
-    case 414:
-        return "request target over the configured limit";
-    case 417:
-        return "only 100-continue is supported";
-    case 431:
-        return "header block over the configured limit";
-    case 503:
-        return "memory budget exhausted";
-    default:
-        return "malformed HTTP request";
-    }
-}
-
-static void set_deadline(sl_conn_t *c, uint64_t now, uint64_t after, sl_close_reason_t kind)
+void sl_conn_set_deadline(sl_conn_t *c, uint64_t now, uint64_t after, sl_close_reason_t kind)
 {
     c->deadline_ms = now + after;
     c->deadline_kind = (uint8_t)kind;
@@ -1053,7 +809,7 @@ int sl_conn_input_wanted(const sl_conn_t *c)
 /* Bytes of replies queued for the peer and not yet taken by its socket. */
 static size_t out_backlog(const sl_conn_t *c)
 {
-    return c->tcp.write_queue_size + (c->ws != NULL ? c->ws->out_len : 0);
+    return c->tcp.write_queue_size + prefix_len(c);
 }
 
 int sl_conn_input_blocked(sl_conn_t *c)
@@ -1100,8 +856,6 @@ static void stash_input(sl_conn_t *c, const char *data, size_t len)
     c->stash_len += len;
 }
 
-static size_t process(sl_conn_t *c, const char *data, size_t len);
-
 /* Handles input in the connection's current state (HTTP requests, then WebSocket frames after
  * an upgrade; subscribers and lingering connections discard it). Stops where the input is
  * blocked and keeps the rest in the stash for sl_conn_resume_input. */
@@ -1110,19 +864,15 @@ static void take_input(sl_conn_t *c, const char *data, size_t len)
     size_t off = 0;
     c->in_input = 1;
     for (;;) {
-        size_t used;
-        if (c->state == SL_CONN_HTTP)
-            used = process(c, data + off, len - off);
-        else if (c->state == SL_CONN_WS)
-            used = sl_ws_input(c, data + off, len - off);
-        else
-            break;
+        if (c->tp->input == NULL || c->state == SL_CONN_LINGER)
+            break; /* discarded */
+        size_t used = c->tp->input(c, data + off, len - off);
         off += used;
         if (off >= len || c->closing || sl_conn_input_blocked(c) || used == 0)
             break;
     }
     c->in_input = 0;
-    if (c->closing || (c->state != SL_CONN_HTTP && c->state != SL_CONN_WS))
+    if (c->closing || c->tp->input == NULL || c->state == SL_CONN_LINGER)
         return;
     if (sl_conn_input_blocked(c)) {
         c->input_held = 1;
@@ -1140,8 +890,8 @@ void sl_conn_resume_input(sl_conn_t *c)
         size_t n = c->stash_len;
         c->stash = NULL;
         c->stash_len = 0;
-        if (c->state == SL_CONN_WS)
-            sl_ws_input_resumed(c, sl_now_ms());
+        if (c->tp->input_resumed != NULL)
+            c->tp->input_resumed(c, sl_now_ms());
         /* Also with nothing stashed: a WebSocket parser may hold buffered frames. */
         take_input(c, st != NULL ? st : "", n);
         if (st != NULL) {
@@ -1152,20 +902,6 @@ void sl_conn_resume_input(sl_conn_t *c)
     sync_reading(c);
 }
 
-/* A request was answered (or is being answered): the connection goes on with the next one, or
- * is shut down once the answer is written. */
-static void request_done(sl_conn_t *c)
-{
-    c->park_deadline_ms = 0;
-    if (c->close_after_write) {
-        if (c->pending_writes == 0)
-            finish(c);
-        return;
-    }
-    sl_http_req_next(c->req);
-    set_deadline(c, sl_now_ms(), c->srv->cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
-}
-
 static void on_wake(sl_waiter_t *w, int status)
 {
     sl_conn_t *c = sl_container_of(w, sl_conn_t, wait);
@@ -1173,13 +909,7 @@ static void on_wake(sl_waiter_t *w, int status)
     c->parked = 0;
     if (c->closing)
         return;
-    if (c->state == SL_CONN_WS) {
-        sl_ws_resume(c, kind, status);
-    } else {
-        sl_api_resume(c, kind, status);
-        if (!c->parked && !c->closing && c->state == SL_CONN_HTTP)
-            request_done(c);
-    }
+    c->tp->resume(c, kind, status);
     sl_conn_resume_input(c);
 }
 
@@ -1192,83 +922,6 @@ void sl_conn_park(sl_conn_t *c, sl_topic_t *t, int kind, uint64_t seq, uint64_t 
     sl_ll_wait(&c->wait, t, kind, seq, deadline_ms);
     c->deadline_ms = 0; /* the waiter has its own deadline */
     sync_reading(c);
-}
-
-/* Parses and dispatches the HTTP requests in data. Returns the bytes it took: all of them,
- * unless the input was blocked after a request or the connection became a WebSocket (then the
- * rest are frames). */
-static size_t process(sl_conn_t *c, const char *data, size_t len)
-{
-    sl_server_t *srv = c->srv;
-    const sl_config_t *cfg = srv->cfg;
-    size_t off = 0;
-    while (off < len) {
-        if (c->close_after_write)
-            return len; /* answered for good: what follows is discarded */
-        if (c->req == NULL) {
-            c->req = sl_malloc(sizeof(*c->req));
-            sl_budget_charge(sizeof(*c->req) + ALLOC_OVERHEAD);
-            sl_http_req_init(c->req, &srv->limits);
-        }
-        sl_http_req_t *req = c->req;
-        int was_started = req->started, had_headers = req->headers_done;
-        size_t used = 0;
-        sl_http_result_t res = sl_http_feed(req, data + off, len - off, &used);
-        off += used;
-        uint64_t now = sl_now_ms();
-        if (!was_started && req->started)
-            set_deadline(c, now, cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
-        if (req->headers_done && !had_headers)
-            /* The body must be complete in time; trickling bytes does not extend it. */
-            set_deadline(c, now, cfg->body_timeout_ms, SL_CLOSE_BODY_TIMEOUT);
-        if (res == SL_HTTP_MORE) {
-            if (req->expect_continue && !c->continue_sent) {
-                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-                resp_write_t *w = resp_alloc(sizeof(cont));
-                memcpy(w->data, cont, sizeof(cont) - 1);
-                c->continue_sent = 1;
-                sl_metrics_http(100);
-                queue_bytes(c, w, sizeof(cont) - 1);
-            }
-            return len;
-        }
-        if (res == SL_HTTP_ERROR) {
-            SL_INFO("bad request", "status=%d error=%s llhttp=\"%s\"", req->status, req->error,
-                    llhttp_get_error_reason(&req->parser) ? llhttp_get_error_reason(&req->parser)
-                                                          : "");
-            /* Bodies are publishes: refusing one is a refused publish. */
-            if (req->status == 413)
-                sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
-            else if (req->status == 503)
-                sl_metrics.pub_rejected[SL_REJECT_PUB_BUDGET]++;
-            c->close_after_write = 1;
-            c->reason = SL_CLOSE_PROTOCOL;
-            sl_conn_error(c, req->status, req->error, status_message(req->status));
-            return len;
-        }
-        if (c->draining) {
-            c->close_after_write = 1;
-        } else if (!sl_http_keep_alive(req)) {
-            c->close_after_write = 1;
-            c->reason = SL_CLOSE_PROTOCOL;
-        }
-        c->continue_sent = 0;
-        sl_api_dispatch(c, req);
-        if (c->parked)
-            return off;
-        if (c->closing)
-            return len;
-        if (c->state == SL_CONN_WS)
-            return off; /* frames sent right behind the handshake follow */
-        if (c->state != SL_CONN_HTTP)
-            return len; /* a subscriber's further input is discarded */
-        request_done(c);
-        if (c->close_after_write)
-            return len;
-        if (sl_conn_input_blocked(c))
-            return off;
-    }
-    return len;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1302,8 +955,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     take_input(c, buf->base, (size_t)nread);
-    if ((size_t)nread == c->srv->rbuf_size && !c->closing &&
-        (c->state == SL_CONN_HTTP || c->state == SL_CONN_WS) && !c->deferred) {
+    if ((size_t)nread == c->srv->rbuf_size && !c->closing && c->tp->input != NULL &&
+        c->state != SL_CONN_LINGER && !c->deferred) {
         /* More is likely waiting: it is read at the next turn, after the others had theirs
          * and the flush pass ran, so one peer cannot fill a turn with its input. */
         c->deferred = 1;
@@ -1333,17 +986,19 @@ void sl_conn_resume_deferred(sl_server_t *srv)
 
 void sl_conn_start(sl_conn_t *c)
 {
+    c->tp = &sl_http1_transport;
     c->reason = SL_CLOSE_PEER;
-    set_deadline(c, sl_now_ms(), c->srv->cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
+    sl_conn_set_deadline(c, sl_now_ms(), c->srv->cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
     sync_reading(c);
 }
 
 void sl_conn_reject(sl_conn_t *c, const char *why)
 {
+    c->tp = &sl_http1_transport;
     c->rejected = 1;
     c->close_after_write = 1;
     c->reason = SL_CLOSE_PROTOCOL;
-    set_deadline(c, sl_now_ms(), LINGER_MS, SL_CLOSE_PROTOCOL);
+    sl_conn_set_deadline(c, sl_now_ms(), LINGER_MS, SL_CLOSE_PROTOCOL);
     sl_conn_error(c, 503, "over_capacity", why);
     sync_reading(c);
 }
@@ -1370,8 +1025,8 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         sl_conn_close(c, SL_CLOSE_WRITE_STALL);
         return;
     }
-    if (c->state == SL_CONN_WS) {
-        sl_ws_tick(c, now);
+    if (c->tp->tick != NULL) {
+        c->tp->tick(c, now);
         if (c->closing)
             return;
     }

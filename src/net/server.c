@@ -5,9 +5,11 @@
  */
 #include "net/server.h"
 
+#include "core/metrics.h"
 #include "lib/budget.h"
 #include "lib/log.h"
-#include "core/metrics.h"
+#include "net/conn.h"
+#include "store/lossless.h"
 
 #include <inttypes.h>
 #include <signal.h>
@@ -318,4 +320,10 @@ void sl_server_dispose(sl_server_t *srv)
     }
     free(srv->rbuf);
     srv->rbuf = NULL;
+}
+
+void sl_server_conn_gone(sl_server_t *srv)
+{
+    if (srv->shutting_down && srv->nconns == 0)
+        sl_server_shutdown(srv);
 }

@@ -9,10 +9,11 @@
  * input buffer, and the message being assembled) exists only while a frame or a fragmented
  * message is partly received, and is charged to the budget while it does.
  */
+#include "net/ws_conn.h"
+
+#include "core/rules.h"
 #include "lib/budget.h"
 #include "lib/log.h"
-#include "core/metrics.h"
-#include "net/server.h"
 #include "lib/sse.h"
 #include "lib/ws.h"
 
@@ -51,13 +52,13 @@ typedef struct sl_ws_parser {
 
 /* ---- output queued for the delivery path -------------------------------------------------- */
 
-size_t sl_ws_prefix_len(const sl_conn_t *c)
+static size_t ws_prefix_len(const sl_conn_t *c)
 {
     const sl_ws_t *ws = c->ws;
     return (ws->pong_pending ? 2 + ws->pong_len : 0) + (ws->ping_due ? 2 + 8 : 0) + ws->out_len;
 }
 
-size_t sl_ws_take_prefix(sl_conn_t *c, char *dst)
+static size_t ws_take_prefix(sl_conn_t *c, char *dst)
 {
     sl_ws_t *ws = c->ws;
     size_t n = 0;
@@ -198,7 +199,7 @@ static void parser_free(sl_ws_t *ws)
     ws->parser = NULL;
 }
 
-void sl_ws_free(sl_conn_t *c)
+static void ws_free(sl_conn_t *c)
 {
     sl_ws_t *ws = c->ws;
     if (ws == NULL)
@@ -252,7 +253,7 @@ static void queue_ack(sl_conn_t *c, const sl_topic_t *t, uint64_t seq)
 }
 
 /* Keeps a publish that a full lossless topic pushed back, and stops reading until there is
- * room (sl_ws_resume publishes it then). The payload, the topic's name and the event type are
+ * room (ws_resume publishes it then). The payload, the topic's name and the event type are
  * copied into one allocation sized for them. */
 static void hold(sl_conn_t *c, sl_topic_t *t, const char *event, const char *payload, size_t len,
                  int text)
@@ -326,8 +327,8 @@ static void client_ack(sl_conn_t *c, const char *data, size_t len)
     uint64_t epoch, seq;
     const char *code = "bad_id";
     int status = 400;
-    if (sl_api_body_id(data, len, &epoch, &seq) == 0)
-        status = sl_api_ack(r->topic, r->cursor, epoch, seq, &code);
+    if (sl_rule_ack_id(data, len, &epoch, &seq) == 0)
+        status = sl_ll_ack_id(r->topic, r->cursor, epoch, seq, &code);
     if (status != 0)
         send_error(c, code, "cannot acknowledge this id");
 }
@@ -354,6 +355,7 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
     size_t topic_len = ws->topic_len, payload_len = len;
     char *scratch = NULL;
     char ev[65];
+    sl_verdict_t v;
     if (ws->json) {
         sl_ws_envelope_t env;
         scratch = sl_malloc(len + 1);
@@ -361,21 +363,16 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
             sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_ENVELOPE]++;
             send_error(c, "bad_envelope",
                        "want a text message {\"topic\":…,\"event\":…,\"data\":\"…\"}");
-            goto out;
+            goto out_free;
         }
         if (env.topic != NULL) {
             topic = env.topic;
             topic_len = env.topic_len;
         }
         if (env.event != NULL) {
-            const char *code, *msg;
-            int rc = sl_event_check(env.event, env.event_len, &code, &msg);
-            if (rc != 0) {
-                sl_metrics.pub_rejected[rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT
-                                                           : SL_REJECT_PUB_BAD_EVENT]++;
-                send_error(c, code, msg);
-                goto out;
-            }
+            v = sl_rule_event(env.event, env.event_len);
+            if (v.status != 0)
+                goto out_refuse;
             memcpy(ev, env.event, env.event_len);
             ev[env.event_len] = '\0';
             event = ev;
@@ -383,23 +380,17 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
         payload = env.data;
         payload_len = env.data_len;
     }
-    if (topic == NULL || !sl_topic_name_valid(topic, topic_len, cfg->max_topic_name)) {
-        sl_metrics.pub_rejected[SL_REJECT_PUB_BAD_TOPIC]++;
-        send_error(c, "bad_topic", "invalid or missing topic name");
-        goto out;
-    }
-    if (payload_len > cfg->max_message_bytes) {
-        sl_metrics.pub_rejected[SL_REJECT_PUB_TOO_LARGE]++;
-        send_error(c, "too_large", "payload over max_message_bytes");
-        goto out;
-    }
-    if (sl_api_reserved(payload, payload_len)) {
-        sl_metrics.pub_rejected[SL_REJECT_PUB_RESERVED]++;
-        send_error(c, "reserved_payload", "payloads may not begin with {\"sluice\":");
-        goto out;
-    }
+    if ((v = sl_rule_topic(cfg, topic, topic_len)).status != 0 ||
+        (v = sl_rule_payload(cfg, payload, payload_len)).status != 0)
+        goto out_refuse;
     publish_to(c, topic, topic_len, event, payload, payload_len, text);
-out:
+    goto out_free;
+out_refuse:
+    /* The same rules and words as over HTTP (core/rules.h). */
+    if (v.reason >= 0)
+        sl_metrics.pub_rejected[v.reason]++;
+    send_error(c, v.code, v.message);
+out_free:
     free(scratch);
 }
 
@@ -555,7 +546,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
     return c->closing ? -1 : 0;
 }
 
-size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len)
+static size_t ws_input(sl_conn_t *c, const char *data, size_t len)
 {
     sl_ws_t *ws = c->ws;
     if (c->closing || ws == NULL || ws->close_pending)
@@ -601,7 +592,7 @@ size_t sl_ws_input(sl_conn_t *c, const char *data, size_t len)
     return len;
 }
 
-void sl_ws_resume(sl_conn_t *c, int kind, int status)
+static void ws_resume(sl_conn_t *c, int kind, int status)
 {
     sl_ws_t *ws = c->ws;
     /* WebSocket publishers wait for room without a deadline (TCP pushes back on them), but
@@ -633,13 +624,13 @@ void sl_ws_resume(sl_conn_t *c, int kind, int status)
     sl_conn_pump(c);
 }
 
-void sl_ws_input_resumed(sl_conn_t *c, uint64_t now_ms)
+static void ws_input_resumed(sl_conn_t *c, uint64_t now_ms)
 {
     if (c->ws != NULL && c->ws->ping_sent_ms != 0)
         c->ws->ping_sent_ms = now_ms;
 }
 
-void sl_ws_tick(sl_conn_t *c, uint64_t now)
+static void ws_tick(sl_conn_t *c, uint64_t now)
 {
     sl_ws_t *ws = c->ws;
     const sl_config_t *cfg = c->srv->cfg;
@@ -655,7 +646,7 @@ void sl_ws_tick(sl_conn_t *c, uint64_t now)
         return;
     }
     /* While its input is held back (a parked publish, unread answers) a pong cannot be seen:
-     * the pong clock restarts when input is handled again (sl_ws_input_resumed). */
+     * the pong clock restarts when input is handled again (ws_input_resumed). */
     if (ws->ping_sent_ms != 0 && !c->input_held && !c->parked &&
         now - ws->ping_sent_ms >= cfg->ws_pong_timeout_ms) {
         SL_INFO("websocket ping timeout", "waited_ms=%" PRIu64, now - ws->ping_sent_ms);
@@ -670,4 +661,153 @@ void sl_ws_tick(sl_conn_t *c, uint64_t now)
         sl_metrics.ws_pings++;
         sl_conn_pump(c);
     }
+}
+
+/* ---- output ------------------------------------------------------------------------------- */
+
+static size_t ws_put_msg(sl_conn_t *c, sl_sub_write_t *w, sl_msg_t *m)
+{
+    size_t len;
+    if (c->ws->json) {
+        const char *f = sl_msg_ws_json(m, c->srv->hub.epoch_hex, &len);
+        sl_sub_write_put(w, f, len);
+        return len;
+    }
+    const uint8_t *h = sl_msg_ws_header(m, &len);
+    sl_sub_write_put(w, h, len);
+    sl_sub_write_put(w, m->payload, m->payload_len);
+    return len + m->payload_len;
+}
+
+/* A text frame whose body was formatted at buf + SL_WS_HDR_MAX: moves it behind its header at
+ * buf. Returns the frame's length. */
+static size_t ws_text_frame(char *buf, size_t body_len)
+{
+    uint8_t hdr[SL_WS_HDR_MAX];
+    size_t h = sl_ws_frame_header(hdr, SL_WS_TEXT, body_len);
+    memmove(buf + h, buf + SL_WS_HDR_MAX, body_len);
+    memcpy(buf, hdr, h);
+    return h + body_len;
+}
+
+static size_t ws_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_reader_t *r, int kind,
+                        int reason, uint64_t missed)
+{
+    (void)sub;
+    char *body = buf + SL_WS_HDR_MAX;
+    size_t room = cap - SL_WS_HDR_MAX;
+    size_t len = (size_t)snprintf(body, room, "{\"sluice\":\"%s\",", sl_conn_marker_name(kind));
+    len += sl_conn_marker_fields(body + len, room - len, r, kind, reason, missed);
+    return ws_text_frame(buf, len);
+}
+
+static size_t ws_close_frame(char *buf, unsigned code, const char *msg, size_t msg_len)
+{
+    buf[0] = (char)(0x80 | SL_WS_CLOSE);
+    buf[1] = (char)(2 + msg_len);
+    buf[2] = (char)(code >> 8);
+    buf[3] = (char)code;
+    memcpy(buf + 4, msg, msg_len);
+    return 4 + msg_len;
+}
+
+static size_t ws_closing(sl_conn_t *c, char *buf)
+{
+    sl_ws_t *ws = c->ws;
+    if (!ws->close_pending) {
+        ws->close_pending = 1;
+        ws->close_code = SL_WS_CLOSE_GOING_AWAY;
+        ws->close_reason = SL_CLOSE_SHUTDOWN;
+        ws->close_msg_len = (uint8_t)snprintf(ws->close_msg, sizeof(ws->close_msg), "shutdown");
+    }
+    c->reason = ws->close_reason;
+    return ws_close_frame(buf, ws->close_code, ws->close_msg, ws->close_msg_len);
+}
+
+static size_t ws_heartbeat(sl_conn_t *c, char *buf)
+{
+    /* Pings keep WebSocket connections alive; a visible heartbeat only when asked for. */
+    if (!sl_conn_wants_heartbeat_event(c))
+        return 0;
+    size_t len = (size_t)snprintf(buf + SL_WS_HDR_MAX, 96 - SL_WS_HDR_MAX,
+                                  "{\"sluice\":\"heartbeat\",\"ts\":%" PRIu64 "}", sl_wall_ms());
+    return ws_text_frame(buf, len);
+}
+
+static size_t ws_overflow_end(sl_conn_t *c, char *buf, int reason)
+{
+    char msg[64];
+    int n = snprintf(msg, sizeof(msg), "overflow: %s", sl_lag_reason_name((sl_lag_reason_t)reason));
+    c->ws->close_pending = 1;
+    return ws_close_frame(buf, SL_WS_CLOSE_OVERFLOW, msg, (size_t)n);
+}
+
+static int ws_final_due(const sl_conn_t *c)
+{
+    return c->ws->close_pending;
+}
+
+static uint64_t ws_linger_ms(const sl_conn_t *c)
+{
+    return c->srv->cfg->ws_close_timeout_ms; /* the peer's close reply */
+}
+
+const sl_transport_t sl_ws_transport = {
+    .name = "ws",
+    .input = ws_input,
+    .resume = ws_resume,
+    .input_resumed = ws_input_resumed,
+    .tick = ws_tick,
+    .free = ws_free,
+    .prefix_len = ws_prefix_len,
+    .take_prefix = ws_take_prefix,
+    .final_due = ws_final_due,
+    .iov_per_msg = 2,
+    .put_msg = ws_put_msg,
+    .marker = ws_marker,
+    .overflow_end = ws_overflow_end,
+    .closing = ws_closing,
+    .heartbeat = ws_heartbeat,
+    .linger_ms = ws_linger_ms,
+    .connections = &sl_metrics.ws_connections,
+    .subscribers = &sl_metrics.subscribers_ws,
+};
+
+/* ---- the handshake ------------------------------------------------------------------------ */
+
+int sl_ws_upgrade(sl_conn_t *c, const char *accept, sl_topic_t **topics, const sl_start_t *starts,
+                  uint32_t n, int multi, const sl_ws_opts_t *opts, const char *pub_topic,
+                  size_t pub_topic_len)
+{
+    if (sl_conn_reserve_readers(c, n, sizeof(sl_ws_t) + pub_topic_len + 1) != 0)
+        return SL_EOVERLOAD;
+    static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nServer: sluice\r\n"
+                               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                               "Sec-WebSocket-Accept: ";
+    char buf[sizeof(head) + 32];
+    size_t len = sizeof(head) - 1;
+    memcpy(buf, head, len);
+    memcpy(buf + len, accept, 28);
+    len += 28;
+    memcpy(buf + len, "\r\n\r\n", 4);
+    len += 4;
+    sl_metrics_http(101);
+    sl_conn_write_raw(c, buf, len);
+    if (c->closing)
+        return 0;
+    sl_ws_t *ws = sl_calloc(1, sizeof(*ws));
+    sl_budget_charge(sizeof(*ws) + ALLOC_OVERHEAD);
+    ws->mode = opts->mode;
+    ws->json = opts->json;
+    ws->ack = opts->ack;
+    ws->last_ping_ms = sl_now_ms();
+    if (pub_topic_len > 0) {
+        ws->topic = sl_strndup(pub_topic, pub_topic_len);
+        ws->topic_len = pub_topic_len;
+        sl_budget_charge(pub_topic_len + 1 + ALLOC_OVERHEAD);
+    }
+    c->ws = ws;
+    sl_conn_start_sub(c, &sl_ws_transport, SL_CONN_WS, topics, starts,
+                      (opts->mode & SL_WS_SUB) ? n : 0, multi);
+    return 0;
 }

@@ -1528,3 +1528,16 @@ const sl_storage_t sl_ll_storage = {
     .recover = sl_ll_recover,
     .sweep = sl_ll_sweep,
 };
+
+int sl_ll_ack_id(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err)
+{
+    if (epoch != t->epoch) {
+        *err = "epoch_mismatch";
+        return 409;
+    }
+    if (sl_ll_ack(t, cu, seq) != 0) {
+        *err = "bad_id";
+        return 400;
+    }
+    return 0;
+}

@@ -99,6 +99,10 @@ typedef struct sl_lossless {
     int reserving;
 } sl_lossless_t;
 
+/* Acknowledges seq (of epoch) on durable cursor cu of topic t: 0, or the HTTP status of the
+ * refusal (409 another epoch, 400 beyond the head) with *err its code. */
+int sl_ll_ack_id(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err);
+
 /* The log as a topic backend (core/topic.h) and as the hub's storage (core/hub.h): what the
  * hub calls, and all it knows of lossless topics. */
 extern const sl_backend_t sl_ll_backend;

@@ -11,7 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "net/server.h"
+#include "net/ws_conn.h"
 
 #include <string.h>
 
@@ -66,6 +66,7 @@ static void test_input_wanted_every_state(void **state)
         sl_conn_t c;
         memset(&c, 0, sizeof(c));
         c.state = k->state;
+        c.tp = &sl_http1_transport;
         c.closing = k->closing;
         c.parked = k->parked;
         c.out_blocked = k->out_blocked;
@@ -87,6 +88,7 @@ static void test_input_blocked_marks(void **state)
     sl_conn_t c;
     memset(&c, 0, sizeof(c));
     c.state = SL_CONN_HTTP;
+    c.tp = &sl_http1_transport;
     assert_false(sl_conn_input_blocked(&c));
     c.tcp.write_queue_size = 64u << 10; /* at the high mark: not past it */
     assert_false(sl_conn_input_blocked(&c));
@@ -106,6 +108,7 @@ static void test_input_blocked_marks(void **state)
     sl_ws_t ws;
     memset(&ws, 0, sizeof(ws));
     c.ws = &ws;
+    c.tp = &sl_ws_transport;
     c.state = SL_CONN_WS;
     c.tcp.write_queue_size = 40u << 10;
     ws.out_len = 40u << 10;
