@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Builds fuzz targets as libFuzzer binaries (with ASan and UBSan) into build-fuzz/: the ones
-# named on the command line (e.g. `fuzz/build.sh conn http`), or every fuzz/fuzz_*.c.
+# named on the command line (e.g. `fuzz/build.sh conn http`), or every fuzz/fuzz_*.c. The
+# sources under src/ (all but main.c) and llhttp are compiled once and linked into each target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v clang >/dev/null || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo; $sudo apt-get install -y -qq clang >/dev/null; }
-mkdir -p build-fuzz
-SRC=$(ls src/*.c | grep -v src/main.c)
+if ! command -v clang >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
+fi
 if [ $# -gt 0 ]; then
     targets=()
     for t in "$@"; do targets+=("fuzz/fuzz_${t#fuzz_}.c"); done
 else
     targets=(fuzz/fuzz_*.c)
 fi
+CFLAGS=(-g -O1 -DSLUICE_VERSION='"fuzz"' -Isrc -I/usr/share/include/llhttp
+        $(pkg-config --cflags libuv inih))
+SAN=address,undefined
+LIBS=($(pkg-config --libs libuv inih) -lwslay -lcrypto)
+obj=build-fuzz/obj
+rm -rf "$obj"
+mkdir -p "$obj"
+# Objects are named after their directory too: llhttp has an http.c, and so does src/.
+srcs=$(ls src/*.c | grep -v src/main.c; ls /usr/share/llhttp/{llhttp,api,http}.c)
+echo "$srcs" | xargs -P "$(nproc 2>/dev/null || echo 2)" -I{} sh -c \
+    'f={}; o='"$obj"'/$(basename "$(dirname "$f")")_$(basename "$f" .c).o;
+     clang "$@" -fsanitize=fuzzer-no-link,'"$SAN"' -c "$f" -o "$o"' sh "${CFLAGS[@]}"
 for f in "${targets[@]}"; do
     name=$(basename "$f" .c)
-    clang -g -O1 -fsanitize=fuzzer,address,undefined -DSLUICE_VERSION='"fuzz"' \
-        -Isrc -I/usr/share/include/llhttp "$f" $SRC /usr/share/llhttp/{llhttp,api,http}.c \
-        $(pkg-config --cflags --libs libuv inih) -lwslay -lcrypto -o "build-fuzz/$name"
+    clang "${CFLAGS[@]}" -fsanitize=fuzzer,$SAN "$f" "$obj"/*.o "${LIBS[@]}" -o "build-fuzz/$name"
     echo "built build-fuzz/$name"
 done
