@@ -49,10 +49,11 @@
 #define MARKER_LEN 3
 /* The server's budget for an input: far below the 1 MiB minimum of the configuration, so that
  * small inputs can fill it. */
-#define FUZZ_BUDGET (48u << 10)
+#define FUZZ_BUDGET (128u << 10)
 /* The longest the driver waits for the loop to settle or end before it calls it a hang. */
 #define SETTLE_LIMIT_MS 2000
 #define END_LIMIT_MS 5000
+#define MAX_PIECES 256
 
 enum { OP_SWITCH = 0, OP_SETTLE = 1, OP_TICK = 2, OP_SHUT_WR = 3, OP_CLOSE = 4 };
 
@@ -98,6 +99,9 @@ static const char config_text[] = "[server]\n"
                                   "max_messages = 8\n"
                                   "max_bytes = 4k\n"
                                   "heartbeat = 2500ms\n"
+                                  "[topic \"m/*\"]\n"
+                                  "max_messages = 1024\n"
+                                  "max_bytes = 64k\n"
                                   "[topic \"d/*\"]\n"
                                   "overflow = disconnect\n"
                                   "lag_hard_messages = 4\n"
@@ -301,6 +305,9 @@ static void write_chunk(client_t *cl, const uint8_t *p, size_t n, unsigned mode)
     size_t piece = mode & 63;
     if (piece == 0)
         piece = n;
+    /* Each piece costs a loop iteration: keep a large chunk to a bounded number of them. */
+    if (piece < n / MAX_PIECES)
+        piece = n / MAX_PIECES;
     for (size_t off = 0; off < n; off += piece) {
         client_write(cl, p + off, n - off < piece ? n - off : piece);
         if (mode & 64)

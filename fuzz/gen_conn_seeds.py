@@ -118,6 +118,18 @@ SEEDS = {
     "options_errors": b"\0" + http("OPTIONS", "/topics/a", ["Origin: http://x"]) +
     http("PUT", "/topics/a") + http("GET", "/nope") + http("GET", "/topics/a") +
     http("GET", "/ws"),
+    "sse_multi_long_rings": b"\0" + to(1) + b"".join(
+        http("POST", f"/topics/m/{t}", ["Content-Type: application/x-ndjson"], b"1\n" * 250)
+        for t in "abcd") + to(0) +
+    http("GET", "/sse?topic=m/a&topic=m/b&topic=m/c&topic=m/d&from=oldest",
+         ["Accept: text/event-stream"]) + tick(1),
+    "ws_multi_json_long_rings": b"\0" + ws_upgrade("/ws?topic=m/a&topic=m/b&format=json&from=oldest") +
+    to(1) + http("POST", "/topics/m/a", ["Content-Type: application/x-ndjson"], b"2\n" * 300) +
+    http("POST", "/topics/m/b", ["Content-Type: application/x-ndjson"], b"3\n" * 300) + tick(2),
+    "ws_pub_lossless_full": b"\0" + http("GET", "/topics/ll/f?durable=c1",
+                                         ["Accept: text/event-stream"]) +
+    to(1) + ws_upgrade("/topics/ll/f?mode=pub&ack=1") +
+    b"".join(text(b"%03d" % i + b"w" * 1000) for i in range(20)) + tick(2, 1) + tick(4, 1),
     "budget_fill": b"\0" + b"".join(
         http("POST", f"/topics/f{i % 5}", ["Content-Type: application/x-ndjson"],
              (b"q" * 1000 + b"\n") * 4) for i in range(14)),
