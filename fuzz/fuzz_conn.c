@@ -12,8 +12,9 @@
  * settle between pieces). The rest is split into chunks at the marker "~#~"; the byte after a
  * marker is an operation: bits 0-1 pick the client the following bytes go to (0-2; 3 is 0), bits
  * 2-4 an action on that client (1 settle, 2 advance the clock by (bits 5-7 + 1) seconds and run
- * the sweep, 3 shut down its writing side, 4 close it; anything else just switches). A client
- * connects when bytes are first written to it.
+ * the sweep, 3 shut down its writing side, 4 close it, 5 stop reading from it, 6 read from it
+ * again; 0 and 7 just switch). A client connects when bytes are first written to it; its receive
+ * buffer is small, so a client that stops reading soon stalls the server's writes to it.
  *
  * Time: deadlines are driven by a virtual clock (the real one plus whole seconds added by the
  * input), which the driver hands to the same per-connection and topic sweeps the server's
@@ -54,12 +55,27 @@
 #define SETTLE_LIMIT_MS 2000
 #define END_LIMIT_MS 5000
 #define MAX_PIECES 256
+/* Loop iterations without progress after which a server writing to a stalled client is taken
+ * to have settled. */
+#define STALLED_QUIET 64
+/* Clients' receive buffers are small so that a client that stops reading stalls the server's
+ * writes soon. */
+#define CLIENT_RCVBUF 4096
 
-enum { OP_SWITCH = 0, OP_SETTLE = 1, OP_TICK = 2, OP_SHUT_WR = 3, OP_CLOSE = 4 };
+enum {
+    OP_SWITCH = 0,
+    OP_SETTLE = 1,
+    OP_TICK = 2,
+    OP_SHUT_WR = 3,
+    OP_CLOSE = 4,
+    OP_STOP_READING = 5,
+    OP_READ = 6,
+};
 
 typedef struct client {
-    int fd;     /* -1 when not connected */
-    int broken; /* the server reset or closed it: further bytes are dropped */
+    int fd;      /* -1 when not connected */
+    int broken;  /* the server reset or closed it: further bytes are dropped */
+    int stalled; /* reads nothing, like a stopped browser tab */
 } client_t;
 
 static char data_dir[64];
@@ -182,7 +198,7 @@ static size_t drain_clients(void)
     size_t total = 0;
     for (int i = 0; i < NCLIENTS; i++) {
         client_t *cl = &clients[i];
-        if (cl->fd < 0)
+        if (cl->fd < 0 || cl->stalled)
             continue;
         for (;;) {
             ssize_t n = recv(cl->fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -207,21 +223,38 @@ static size_t step(void)
     return drain_clients();
 }
 
+static int any_stalled(void)
+{
+    for (int i = 0; i < NCLIENTS; i++) {
+        if (clients[i].fd >= 0 && clients[i].stalled)
+            return 1;
+    }
+    return 0;
+}
+
 /* Runs the loop until nothing moves: no bytes for the clients, no request in flight (writes,
- * thread-pool jobs of the lossless logs), no flush pending, twice in a row. */
+ * thread-pool jobs of the lossless logs), no flush pending, twice in a row. Writes to a client
+ * that stopped reading never complete, so then "nothing moves" means that the count of requests
+ * in flight stayed the same for a while. */
 static void settle(void)
 {
     uint64_t start = wall_ms();
-    int quiet = 0;
-    while (quiet < 2) {
+    int quiet = 0, stalled = any_stalled(), need = 2;
+    unsigned reqs = loop.active_reqs.count;
+    while (quiet < need) {
         size_t got = step();
-        if (got == 0 && loop.active_reqs.count == 0 && !sl_hub_pending(&srv->hub)) {
+        unsigned now_reqs = loop.active_reqs.count;
+        if (got == 0 && !sl_hub_pending(&srv->hub) && (now_reqs == 0 || stalled)) {
+            if (now_reqs != reqs)
+                quiet = 0;
             quiet++;
+            need = now_reqs == 0 ? 2 : STALLED_QUIET;
         } else {
             quiet = 0;
-            if (got == 0 && loop.active_reqs.count > 0)
-                sched_yield(); /* let the thread pool run */
         }
+        if (got == 0 && now_reqs > 0)
+            sched_yield(); /* let the thread pool run */
+        reqs = now_reqs;
         if (wall_ms() - start > SETTLE_LIMIT_MS)
             return; /* something waits on the network; the caller's checks decide */
     }
@@ -249,6 +282,7 @@ static void client_close(client_t *cl)
         close(cl->fd);
     cl->fd = -1;
     cl->broken = 0;
+    cl->stalled = 0;
 }
 
 static void client_connect(client_t *cl)
@@ -256,6 +290,8 @@ static void client_connect(client_t *cl)
     cl->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (cl->fd < 0)
         die("socket");
+    int rcvbuf = CLIENT_RCVBUF;
+    setsockopt(cl->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
@@ -337,6 +373,13 @@ static void do_op(uint8_t op)
         break;
     case OP_CLOSE:
         client_close(cl);
+        settle();
+        break;
+    case OP_STOP_READING:
+        cl->stalled = 1;
+        break;
+    case OP_READ:
+        cl->stalled = 0;
         settle();
         break;
     default:

@@ -6,7 +6,7 @@ import struct
 import sys
 
 MARKER = b"~#~"
-SWITCH, SETTLE, TICK, SHUT_WR, CLOSE = 0, 1, 2, 3, 4
+SWITCH, SETTLE, TICK, SHUT_WR, CLOSE, STOP_READING, READ = 0, 1, 2, 3, 4, 5, 6
 
 
 def op(client=0, action=SWITCH, arg=0):
@@ -130,6 +130,23 @@ SEEDS = {
                                          ["Accept: text/event-stream"]) +
     to(1) + ws_upgrade("/topics/ll/f?mode=pub&ack=1") +
     b"".join(text(b"%03d" % i + b"w" * 1000) for i in range(20)) + tick(2, 1) + tick(4, 1),
+    "stalled_subscriber": b"\0" + http("GET", "/topics/m/s", ["Accept: text/event-stream"]) +
+    op(0, STOP_READING) + to(1) + b"".join(
+        http("POST", "/topics/m/s", ["Content-Type: application/x-ndjson"], (b"s" * 60 + b"\n") * 60)
+        for _ in range(4)) + tick(2, 1) + tick(2, 1) + op(0, READ) + tick(2, 1),
+    "stalled_pipelined": b"\0" + op(0, STOP_READING) + to(0) +
+    b"".join(b"GET /metrics HTTP/1.1\r\n\r\n" for _ in range(200)) + tick(4) +
+    op(0, READ) + http("POST", "/topics/a", [], b"after"),
+    "stalled_ll_parked": b"\0" + http("GET", "/topics/ll/p?durable=c1", ["Accept: text/event-stream"]) +
+    to(1) + op(1, STOP_READING) + to(1) + b"".join(
+        http("POST", "/topics/ll/p?wait=3000", ["Content-Type: application/x-ndjson"],
+             (b"p" * 1000 + b"\n") * 4) for _ in range(6)) +
+    b"".join(b"GET /metrics HTTP/1.1\r\n\r\n" for _ in range(60)) + tick(2, 1) +
+    op(1, READ) + tick(2, 1),
+    "long_topic_names": b"\0" + b"".join(
+        http("POST", "/topics/" + "n" * k, [], b"x") for k in (255, 256, 257, 300, 301)) +
+    ws_upgrade("/topics/ll/" + "n" * 250 + "?mode=pub&ack=1") +
+    b"".join(text(('{"topic":"%s","data":"x"}' % ("ll/" + "n" * k))) for k in (253, 254, 297, 298)),
     "budget_fill": b"\0" + b"".join(
         http("POST", f"/topics/f{i % 5}", ["Content-Type: application/x-ndjson"],
              (b"q" * 1000 + b"\n") * 4) for i in range(14)),
