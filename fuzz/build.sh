@@ -18,6 +18,8 @@ fi
 CFLAGS=(-g -O1 -DSLUICE_VERSION='"fuzz"' -Isrc -I/usr/share/include/llhttp
         $(pkg-config --cflags libuv inih))
 SAN=address,undefined
+# A report of undefined behaviour must stop the run as a crash does, not scroll past.
+RECOVER=-fno-sanitize-recover=undefined
 LIBS=($(pkg-config --libs libuv inih) -lwslay -lcrypto)
 obj=build-fuzz/obj
 rm -rf "$obj"
@@ -26,9 +28,9 @@ mkdir -p "$obj"
 srcs=$(ls src/*.c | grep -v src/main.c; ls /usr/share/llhttp/{llhttp,api,http}.c)
 echo "$srcs" | xargs -P "$(nproc 2>/dev/null || echo 2)" -I{} sh -c \
     'f={}; o='"$obj"'/$(basename "$(dirname "$f")")_$(basename "$f" .c).o;
-     clang "$@" -fsanitize=fuzzer-no-link,'"$SAN"' -c "$f" -o "$o"' sh "${CFLAGS[@]}"
+     clang "$@" -fsanitize=fuzzer-no-link,'"$SAN"' '"$RECOVER"' -c "$f" -o "$o"' sh "${CFLAGS[@]}"
 for f in "${targets[@]}"; do
     name=$(basename "$f" .c)
-    clang "${CFLAGS[@]}" -fsanitize=fuzzer,$SAN "$f" "$obj"/*.o "${LIBS[@]}" -o "build-fuzz/$name"
+    clang "${CFLAGS[@]}" -fsanitize=fuzzer,$SAN $RECOVER "$f" "$obj"/*.o "${LIBS[@]}" -o "build-fuzz/$name"
     echo "built build-fuzz/$name"
 done

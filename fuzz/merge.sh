@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 shift || true
 bash fuzz/build.sh "$@"
 if [ $# -gt 0 ]; then
