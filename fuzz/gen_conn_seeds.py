@@ -152,6 +152,15 @@ SEEDS = {
              (b"q" * 1000 + b"\n") * 4) for i in range(14)),
 }
 
+# Inputs that crashed the server when they were written; they live in fuzz/crashes/conn/ (the
+# seed corpus is kept free of crashes so that fuzzing can get past them).
+REGRESSIONS = {
+    # Requests pipelined behind a publish parked on a full lossless topic, arriving later.
+    "parked-publisher-read-again": SEEDS["lossless_wait"][:-2 * len(tick(3, 1))] +
+    op(1, SETTLE) + http("GET", "/healthz") + op(1, SETTLE) +
+    http("POST", "/topics/ll/x", [], b"late") + tick(3, 1) + tick(4, 1),
+}
+
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__),
@@ -159,6 +168,11 @@ def main():
     os.makedirs(out, exist_ok=True)
     for name, data in SEEDS.items():
         with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+    crashes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crashes", "conn")
+    os.makedirs(crashes, exist_ok=True)
+    for name, data in REGRESSIONS.items():
+        with open(os.path.join(crashes, name), "wb") as f:
             f.write(data)
 
 
