@@ -50,7 +50,7 @@
 #define MARKER_LEN 3
 /* The server's budget for an input: far below the 1 MiB minimum of the configuration, so that
  * small inputs can fill it. */
-#define FUZZ_BUDGET (128u << 10)
+#define FUZZ_BUDGET (256u << 10)
 /* The longest the driver waits for the loop to settle or end before it calls it a hang. */
 #define SETTLE_LIMIT_MS 2000
 #define END_LIMIT_MS 5000
@@ -104,12 +104,12 @@ static const char config_text[] = "[server]\n"
                                   "[limits]\n"
                                   "max_connections = 8\n"
                                   "max_connections_per_ip = 2\n"
-                                  "max_header_bytes = 1024\n"
-                                  "max_url_bytes = 1024\n"
+                                  "max_header_bytes = 2048\n"
+                                  "max_url_bytes = 2048\n"
                                   "max_message_bytes = 1k\n"
                                   "max_body_bytes = 4k\n"
                                   "max_topics_per_connection = 4\n"
-                                  "max_topic_name = 300\n"
+                                  "max_topic_name = 1024\n"
                                   "max_topics = 16\n"
                                   "[topic \"*\"]\n"
                                   "max_messages = 8\n"

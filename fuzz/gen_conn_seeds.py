@@ -130,6 +130,11 @@ SEEDS = {
                                          ["Accept: text/event-stream"]) +
     to(1) + ws_upgrade("/topics/ll/f?mode=pub&ack=1") +
     b"".join(text(b"%03d" % i + b"w" * 1000) for i in range(20)) + tick(2, 1) + tick(4, 1),
+    "sse_multi_reset_long_ring": b"\0" + to(1) +
+    http("POST", "/topics/m/a", ["Content-Type: application/x-ndjson"], b"1\n" * 600) +
+    http("POST", "/topics/m/b", [], b"b") + to(0) +
+    http("GET", "/sse?topic=m/a&topic=m/b", ["Accept: text/event-stream",
+                                              f"Last-Event-ID: {ID}"]) + tick(1),
     "stalled_subscriber": b"\0" + http("GET", "/topics/m/s", ["Accept: text/event-stream"]) +
     op(0, STOP_READING) + to(1) + b"".join(
         http("POST", "/topics/m/s", ["Content-Type: application/x-ndjson"], (b"s" * 60 + b"\n") * 60)
@@ -155,6 +160,11 @@ SEEDS = {
 # Inputs that crashed the server when they were written; they live in fuzz/crashes/conn/ (the
 # seed corpus is kept free of crashes so that fuzzing can get past them).
 REGRESSIONS = {
+    # A WebSocket publish held by a full lossless topic whose name is max_topic_name long.
+    "ws-held-publish-long-topic": b"\0" + http("GET", "/topics/ll/" + "f" * 1021 + "?durable=c1",
+                                                  ["Accept: text/event-stream"]) +
+    to(1) + ws_upgrade("/topics/ll/" + "f" * 1021 + "?mode=pub&ack=1") +
+    b"".join(text(b"%03d" % i + b"w" * 1000) for i in range(20)) + tick(2, 1) + tick(4, 1),
     # Requests pipelined behind a publish parked on a full lossless topic, arriving later.
     "parked-publisher-read-again": SEEDS["lossless_wait"][:-2 * len(tick(3, 1))] +
     op(1, SETTLE) + http("GET", "/healthz") + op(1, SETTLE) +
