@@ -5,7 +5,7 @@
  * clients close, every deadline is made to pass, and the driver checks what must always hold:
  * no connection outlives its client, the server shuts down with every handle closed
  * (uv_loop_close() == 0), and the memory budget is back at the value it had before the server
- * started.
+ * started. While it runs, every event stream a client reads must consist of SSE lines only.
  *
  * Input format: byte 0 chooses how chunks are written (low 6 bits: write in pieces of that many
  * bytes with one loop iteration between pieces, 0 = whole chunk at once; bit 6: let the server
@@ -72,8 +72,18 @@ enum {
     OP_READ = 6,
 };
 
+/* What a client makes of the bytes it reads: HTTP responses, until one of them opens an event
+ * stream (whose lines are then checked) or something else that is not checked. */
+enum { RESP_HEAD = 0, RESP_BODY, RESP_SSE, RESP_OFF };
+
 typedef struct client {
-    int fd;      /* -1 when not connected */
+    int fd;   /* -1 when not connected */
+    int resp; /* RESP_* */
+    char head[4096];
+    size_t head_len;
+    size_t body_left; /* RESP_BODY */
+    char line[8];     /* RESP_SSE: the start of the current line */
+    size_t line_len;
     int broken;  /* the server reset or closed it: further bytes are dropped */
     int stalled; /* reads nothing, like a stopped browser tab */
 } client_t;
@@ -191,7 +201,95 @@ static void setup_once(void)
     trace = getenv("FUZZ_CONN_TRACE") != NULL;
 }
 
-/* Reads and discards whatever the server sent; returns the number of bytes read. */
+/* The header block of one response is complete in cl->head: decide what follows it. */
+static void response_head(client_t *cl)
+{
+    cl->head[cl->head_len] = '\0';
+    const char *h = cl->head;
+    if (strncmp(h, "HTTP/1.1 ", 9) != 0) {
+        cl->resp = RESP_OFF;
+        return;
+    }
+    int status = atoi(h + 9);
+    const char *cl_hdr = strcasestr(h, "\r\nContent-Length: ");
+    if (status == 100) {
+        cl->resp = RESP_HEAD;
+    } else if (status == 200 && strcasestr(h, "\r\nContent-Type: text/event-stream\r\n")) {
+        cl->resp = RESP_SSE;
+        cl->line_len = 0;
+    } else if (status != 101 && cl_hdr != NULL) {
+        cl->body_left = strtoul(cl_hdr + 18, NULL, 10);
+        cl->resp = cl->body_left > 0 ? RESP_BODY : RESP_HEAD;
+    } else {
+        cl->resp = RESP_OFF; /* a WebSocket, or something this reader does not follow */
+    }
+    cl->head_len = 0;
+}
+
+/* 1 if `p` (n bytes, the whole line if `ended`) can begin a line of an event stream. */
+static int sse_line_ok(const char *p, size_t n, int ended)
+{
+    static const char *const fields[] = {"data:", "id:", "event:", "retry:", ":"};
+    if (n == 0)
+        return ended;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        size_t fl = strlen(fields[i]);
+        size_t k = n < fl ? n : fl;
+        if (memcmp(p, fields[i], k) == 0 && (k == fl || !ended))
+            return 1;
+    }
+    return 0;
+}
+
+static void bad_sse_line(const client_t *cl)
+{
+    fprintf(stderr, "fuzz_conn: event stream line begins with:");
+    for (size_t i = 0; i < cl->line_len; i++)
+        fprintf(stderr, " %02x", (unsigned char)cl->line[i]);
+    fprintf(stderr, "\n");
+    die("malformed line in an event stream");
+}
+
+/* Follows the responses a client reads. An event stream must consist of SSE lines only: a
+ * marker or message whose bytes were overwritten shows up here, even where the sanitizers see
+ * nothing (a buffer overrun inside one allocation). */
+static void client_parse(client_t *cl, const char *p, size_t n)
+{
+    while (n > 0 && cl->resp != RESP_OFF) {
+        if (cl->resp == RESP_BODY) {
+            size_t k = n < cl->body_left ? n : cl->body_left;
+            cl->body_left -= k;
+            p += k;
+            n -= k;
+            if (cl->body_left == 0)
+                cl->resp = RESP_HEAD;
+        } else if (cl->resp == RESP_HEAD) {
+            if (cl->head_len + 1 >= sizeof(cl->head)) {
+                cl->resp = RESP_OFF;
+                break;
+            }
+            cl->head[cl->head_len++] = *p++;
+            n--;
+            if (cl->head_len >= 4 && memcmp(cl->head + cl->head_len - 4, "\r\n\r\n", 4) == 0)
+                response_head(cl);
+        } else {
+            char ch = *p++;
+            n--;
+            if (ch == '\n') {
+                if (!sse_line_ok(cl->line, cl->line_len, 1))
+                    bad_sse_line(cl);
+                cl->line_len = 0;
+            } else if (cl->line_len < sizeof(cl->line)) {
+                cl->line[cl->line_len++] = ch;
+                if (!sse_line_ok(cl->line, cl->line_len, 0))
+                    bad_sse_line(cl);
+            }
+        }
+    }
+}
+
+/* Reads whatever the server sent, checks event streams, and discards the rest; returns the
+ * number of bytes read. */
 static size_t drain_clients(void)
 {
     static char buf[16384];
@@ -206,6 +304,7 @@ static size_t drain_clients(void)
                 total += (size_t)n;
                 if (trace)
                     fprintf(stderr, "[client %d] %.*s\n", i, (int)n, buf);
+                client_parse(cl, buf, (size_t)n);
                 continue;
             }
             if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
@@ -283,6 +382,8 @@ static void client_close(client_t *cl)
     cl->fd = -1;
     cl->broken = 0;
     cl->stalled = 0;
+    cl->resp = RESP_HEAD;
+    cl->head_len = 0;
 }
 
 static void client_connect(client_t *cl)
