@@ -6,7 +6,8 @@
 #   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
 #   scripts/dev.sh test    deps, format check, then unit + black-box tests on a normal build and
 #                          on an AddressSanitizer + UndefinedBehaviorSanitizer build, and the
-#                          chaos suite's short profile (bench/chaos/run.sh) on the normal build
+#                          chaos suite's short profile (bench/chaos/run.sh) on the normal build,
+#                          then every fuzz target for FUZZ_SECONDS (default 10) each (fuzz/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
           libwslay-dev libcmocka-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-aiohttp python3-websockets curl clang-format
-               iproute2 procps chromium gnuplot-nox)
+               clang iproute2 procps chromium gnuplot-nox)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 apt_install() { # packages...
@@ -108,10 +109,12 @@ test)
         build_dir build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         suite build-asan asan+ubsan
+    echo "== fuzz targets, ${FUZZ_SECONDS:-10}s each"
+    bash fuzz/run.sh "${FUZZ_SECONDS:-10}"
     echo "== all tests passed"
     ;;
 *)
-    sed -n '2,9p' "$0"
+    sed -n '2,10p' "$0"
     exit 2
     ;;
 esac
