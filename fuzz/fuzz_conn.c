@@ -55,9 +55,6 @@
 #define SETTLE_LIMIT_MS 2000
 #define END_LIMIT_MS 5000
 #define MAX_PIECES 256
-/* Loop iterations without progress after which a server writing to a stalled client is taken
- * to have settled. */
-#define STALLED_QUIET 64
 /* Clients' receive buffers are small so that a client that stops reading stalls the server's
  * writes soon. */
 #define CLIENT_RCVBUF 4096
@@ -315,11 +312,38 @@ static size_t drain_clients(void)
     return total;
 }
 
-/* One loop iteration that does not block, then the clients read. */
+/* Requests in flight on the connections' sockets: writes and shutdowns. */
+static unsigned socket_reqs(void)
+{
+    unsigned n = 0;
+    sl_list_t *it;
+    for (it = srv->conns.next; it != &srv->conns; it = it->next) {
+        const sl_conn_t *c = sl_container_of(it, sl_conn_t, link);
+        n += c->pending_writes + (c->tcp.shutdown_req != NULL);
+    }
+    return n;
+}
+
+/* Requests in flight elsewhere: thread-pool jobs and file operations of the lossless logs. */
+static unsigned background_reqs(void)
+{
+    unsigned all = loop.active_reqs.count, net = socket_reqs();
+    return all > net ? all - net : 0;
+}
+
+/* One loop iteration that does not block, then the clients read; then the loop runs until the
+ * thread pool is idle, so that when its jobs complete does not depend on the threads' speed. */
 static size_t step(void)
 {
     uv_run(&loop, UV_RUN_NOWAIT);
-    return drain_clients();
+    size_t got = drain_clients();
+    uint64_t start = wall_ms();
+    while (background_reqs() > 0 && wall_ms() - start < SETTLE_LIMIT_MS) {
+        sched_yield();
+        uv_run(&loop, UV_RUN_NOWAIT);
+        got += drain_clients();
+    }
+    return got;
 }
 
 static int any_stalled(void)
@@ -331,31 +355,24 @@ static int any_stalled(void)
     return 0;
 }
 
-/* Runs the loop until nothing moves: no bytes for the clients, no request in flight (writes,
- * thread-pool jobs of the lossless logs), no flush pending, twice in a row. Writes to a client
- * that stopped reading never complete, so then "nothing moves" means that the count of requests
- * in flight stayed the same for a while. */
+/* Runs the loop until nothing moves, twice in a row: no bytes for the clients, no flush
+ * pending, no write in flight, except writes to clients that stopped reading, which never
+ * complete: those only must not change. step() has already waited for the thread pool. */
 static void settle(void)
 {
     uint64_t start = wall_ms();
-    int quiet = 0, stalled = any_stalled(), need = 2;
-    unsigned reqs = loop.active_reqs.count;
-    while (quiet < need) {
+    int quiet = 0, stalled = any_stalled();
+    unsigned net = socket_reqs();
+    while (quiet < 2) {
         size_t got = step();
-        unsigned now_reqs = loop.active_reqs.count;
-        if (got == 0 && !sl_hub_pending(&srv->hub) && (now_reqs == 0 || stalled)) {
-            if (now_reqs != reqs)
-                quiet = 0;
+        unsigned now_net = socket_reqs();
+        if (got == 0 && !sl_hub_pending(&srv->hub) && (now_net == 0 || (stalled && now_net == net)))
             quiet++;
-            need = now_reqs == 0 ? 2 : STALLED_QUIET;
-        } else {
+        else
             quiet = 0;
-        }
-        if (got == 0 && now_reqs > 0)
-            sched_yield(); /* let the thread pool run */
-        reqs = now_reqs;
+        net = now_net;
         if (wall_ms() - start > SETTLE_LIMIT_MS)
-            return; /* something waits on the network; the caller's checks decide */
+            return; /* something keeps moving; the caller's checks decide */
     }
 }
 
