@@ -31,6 +31,9 @@ echo "$srcs" | xargs -P "$(nproc 2>/dev/null || echo 2)" -I{} sh -c \
      clang "$@" -fsanitize=fuzzer-no-link,'"$SAN"' '"$RECOVER"' -c "$f" -o "$o"' sh "${CFLAGS[@]}"
 for f in "${targets[@]}"; do
     name=$(basename "$f" .c)
-    clang "${CFLAGS[@]}" -fsanitize=fuzzer,$SAN $RECOVER "$f" "$obj"/*.o "${LIBS[@]}" -o "build-fuzz/$name"
+    # A target that defines __wrap_NAME replaces NAME in the sources it links (-Wl,--wrap).
+    wraps=$(grep -o '__wrap_[A-Za-z0-9_]*' "$f" | sort -u | sed 's/^__wrap_/-Wl,--wrap=/' || true)
+    clang "${CFLAGS[@]}" -fsanitize=fuzzer,$SAN $RECOVER "$f" "$obj"/*.o "${LIBS[@]}" $wraps \
+        -o "build-fuzz/$name"
     echo "built build-fuzz/$name"
 done

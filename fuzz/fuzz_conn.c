@@ -16,11 +16,12 @@
  * again; 0 and 7 just switch). A client connects when bytes are first written to it; its receive
  * buffer is small, so a client that stops reading soon stalls the server's writes to it.
  *
- * Time: deadlines are driven by a virtual clock (the real one plus whole seconds added by the
- * input), which the driver hands to the same per-connection and topic sweeps the server's
- * timer runs; the configured timeouts are placed half a second away from whole seconds so the
- * few real milliseconds an input takes never change the outcome. The server's own 250 ms sweep
- * timer never fires within a normal input.
+ * Time: the server's clock, sl_now_ms(), is replaced (the build links this target with
+ * -Wl,--wrap=sl_now_ms, see __wrap_sl_now_ms) by a virtual clock: the real one plus whole
+ * seconds added by the input. The driver runs the server's sweeps at that time; the configured
+ * timeouts are placed half a second away from whole seconds so the few real milliseconds an
+ * input takes never change the outcome. The server's own 250 ms sweep timer (libuv time) never
+ * fires within a normal input.
  */
 #define _GNU_SOURCE /* nftw */
 #include "budget.h"
@@ -137,6 +138,15 @@ static const char config_text[] = "[server]\n"
                                   "cursor_ttl = 3500ms\n"
                                   "[topic \"ll/sync/*\"]\n"
                                   "fsync = always\n";
+
+uint64_t __real_sl_now_ms(void);
+uint64_t __wrap_sl_now_ms(void);
+
+/* The server's clock: monotonic time plus what the input added. */
+uint64_t __wrap_sl_now_ms(void)
+{
+    return __real_sl_now_ms() + clock_offset_ms;
+}
 
 static uint64_t wall_ms(void)
 {
@@ -380,7 +390,7 @@ static void settle(void)
  * stalls, pings, topic ages and idle topics, waiting publishers. */
 static void sweep(void)
 {
-    uint64_t now = sl_now_ms() + clock_offset_ms;
+    uint64_t now = sl_now_ms();
     sl_list_t *it, *tmp;
     sl_list_each_safe(it, tmp, &srv->conns)
     {
