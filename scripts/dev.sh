@@ -4,10 +4,11 @@
 #   scripts/dev.sh test-deps  deps, and what the tests need (test packages, npm modules)
 #   scripts/dev.sh build   deps, then a release build in build/
 #   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
-#   scripts/dev.sh test    deps, format check, then unit + black-box tests on a normal build and
-#                          on an AddressSanitizer + UndefinedBehaviorSanitizer build, and the
-#                          chaos suite's short profile (bench/chaos/run.sh) on the normal build,
-#                          and its hostile-clients scenario again on the sanitizer build
+#   scripts/dev.sh test    deps, format and layer checks, then unit + black-box tests on a
+#                          normal build and on an AddressSanitizer + UndefinedBehaviorSanitizer
+#                          build, the chaos suite's short profile (bench/chaos/run.sh) on the
+#                          normal build and its hostile-clients scenario on the sanitizer build,
+#                          then every fuzz target for FUZZ_SECONDS (default 10) each (fuzz/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
           libwslay-dev libcmocka-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-aiohttp python3-websockets curl clang-format
-               iproute2 procps chromium gnuplot-nox)
+               clang iproute2 procps chromium gnuplot-nox)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 apt_install() { # packages...
@@ -101,6 +102,7 @@ run)
 test)
     test_deps
     format_check
+    bash scripts/check-layers.sh
     build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
     suite build normal
     echo "== [normal] chaos suite (short profile)"
@@ -114,10 +116,12 @@ test)
     echo "== [asan+ubsan] chaos suite: hostile clients (short profile)"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         SLUICE_BIN="$PWD/build-asan/sluice" bash bench/chaos/run.sh --short --only hostile
+    echo "== fuzz targets, ${FUZZ_SECONDS:-10}s each"
+    bash fuzz/run.sh "${FUZZ_SECONDS:-10}"
     echo "== all tests passed"
     ;;
 *)
-    sed -n '2,10p' "$0"
+    sed -n '2,11p' "$0"
     exit 2
     ;;
 esac
