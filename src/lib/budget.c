@@ -3,7 +3,10 @@
  */
 #include "lib/budget.h"
 
+#include "lib/util.h"
+
 #include <assert.h>
+#include <stdlib.h>
 
 sl_budget_t sl_budget = {.limit = 256u << 20, .pending_cap = 32u << 20};
 
@@ -58,4 +61,38 @@ void sl_budget_release_pending(size_t n)
     assert(sl_budget.pending >= n && sl_budget.used >= n);
     sl_budget.pending -= n;
     sl_budget.used -= n;
+}
+
+void *sl_balloc(size_t n)
+{
+    void *p = sl_malloc(n);
+    sl_budget_charge(sl_budget_size(n));
+    return p;
+}
+
+void *sl_bcalloc(size_t n)
+{
+    void *p = sl_calloc(1, n);
+    sl_budget_charge(sl_budget_size(n));
+    return p;
+}
+
+void *sl_brealloc(void *p, size_t old, size_t n)
+{
+    void *q = sl_realloc(p, n);
+    if (p == NULL)
+        sl_budget_charge(sl_budget_size(n));
+    else if (n >= old)
+        sl_budget_charge(n - old);
+    else
+        sl_budget_release(old - n);
+    return q;
+}
+
+void sl_bfree(void *p, size_t n)
+{
+    if (p == NULL)
+        return;
+    sl_budget_release(sl_budget_size(n));
+    free(p);
 }

@@ -58,6 +58,24 @@ static inline uint64_t sl_budget_pending_room(void)
     return sl_budget.pending_cap - sl_budget.pending;
 }
 
+/* What an allocation of n bytes costs the budget: n and the allocator's own header. */
+#define SL_ALLOC_OVERHEAD 16
+static inline size_t sl_budget_size(size_t n)
+{
+    return n + SL_ALLOC_OVERHEAD;
+}
+
+/* Budgeted memory, through one pair: sl_balloc(n) allocates n bytes (aborting on OOM, like
+ * sl_malloc) and charges sl_budget_size(n) unconditionally, for memory the caller has decided
+ * to commit (check first with sl_hub_reserve or sl_budget_try when the peer controls n);
+ * sl_bfree(p, n) frees it and releases the same charge. sl_bcalloc zeroes; sl_brealloc moves
+ * a block from `old` to `n` bytes (old 0: a new block). p may be NULL in sl_bfree (n is then
+ * ignored). */
+void *sl_balloc(size_t n);
+void *sl_bcalloc(size_t n);
+void *sl_brealloc(void *p, size_t old, size_t n);
+void sl_bfree(void *p, size_t n);
+
 /* 1 if n more bytes would fit (outside the pending pool). */
 static inline int sl_budget_fits(size_t n)
 {
