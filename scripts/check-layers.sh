@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fails on an #include that goes the wrong way between the layers of src/ (docs/design-notes.md,
 # "Architecture"): a file may include headers of its own layer and of the layers below it.
-#   lib (pure: no libuv)  <-  core (no libuv)  <-  store (thread pool)  <-  net  <-  main.c
-# Also fails when lib/ or core/ include <uv.h>.
+#   lib (pure: no libuv)  <-  core (no libuv)  <-  store (thread pool)  <-  net | sink | kafka
+#   <-  main.c
+# net/, sink/ and kafka/ sit side by side and meet only through core (and store): none of them
+# includes another's headers. Also fails when lib/ or core/ include <uv.h>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rank() {
@@ -10,7 +12,7 @@ rank() {
     lib) echo 0 ;;
     core) echo 1 ;;
     store) echo 2 ;;
-    net) echo 3 ;;
+    net | sink | kafka) echo 3 ;;
     main) echo 4 ;;
     *) echo -1 ;;
     esac
@@ -31,6 +33,9 @@ while IFS= read -r f; do
         tr=$(rank "$target")
         if [ "$tr" -lt 0 ] || [ "$tr" -gt "$r" ]; then
             echo "$f: includes \"$inc\" ($target is above $layer)"
+            bad=1
+        elif [ "$tr" -eq 3 ] && [ "$r" -eq 3 ] && [ "$target" != "$layer" ]; then
+            echo "$f: includes \"$inc\" ($target and $layer meet only through core)"
             bad=1
         fi
     done < <(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$f")
