@@ -140,7 +140,7 @@ void sl_conn_finish(sl_conn_t *c)
         sl_conn_close(c, c->reason);
         return;
     }
-    if (c->state == SL_CONN_SSE || c->state == SL_CONN_WS)
+    if (c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX)
         sl_sub_dispose(&c->srv->hub, &c->sub);
     c->state = SL_CONN_LINGER;
     sync_reading(c);
@@ -561,7 +561,7 @@ static sl_reader_t *next_reader(sl_sub_t *sub)
 static size_t deliver(sl_sub_t *sub)
 {
     sl_conn_t *c = sl_container_of(sub, sl_conn_t, sub);
-    if (c->closing || (c->state != SL_CONN_SSE && c->state != SL_CONN_WS) || sub->writing ||
+    if (c->closing || (c->state != SL_CONN_STREAM && c->state != SL_CONN_DUPLEX) || sub->writing ||
         c->close_after_write)
         return 0;
     if (sub->overflow || final_due(c)) {
@@ -698,11 +698,11 @@ void sl_conn_drain(sl_conn_t *c)
 {
     if (c->closing)
         return;
-    if (c->state == SL_CONN_SSE || c->state == SL_CONN_WS) {
+    if (c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX) {
         c->draining = 1;
         if (!c->sub.writing)
             (void)deliver(&c->sub);
-    } else if (c->state == SL_CONN_HTTP) {
+    } else if (c->state == SL_CONN_REQUEST) {
         /* A request under way is completed and answered (with Connection: close); an idle
          * keep-alive connection goes now. */
         c->draining = 1;
@@ -795,7 +795,7 @@ int sl_conn_input_wanted(const sl_conn_t *c)
     if (c->closing)
         return 0;
     /* Input of subscribers and lingering connections is discarded; reading shows the FIN. */
-    if (c->state == SL_CONN_SSE || c->state == SL_CONN_LINGER)
+    if (c->state == SL_CONN_STREAM || c->state == SL_CONN_LINGER)
         return 1;
     if (c->peer_eof)
         return 0;
@@ -936,7 +936,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->reading = 0; /* libuv stops reading at EOF or an error */
         if (c->state == SL_CONN_LINGER) {
             sl_conn_close(c, c->reason);
-        } else if (c->state == SL_CONN_HTTP && nread == UV_EOF && c->pending_writes > 0 &&
+        } else if (c->state == SL_CONN_REQUEST && nread == UV_EOF && c->pending_writes > 0 &&
                    !c->parked) {
             /* A half-close after the request: answer, then close. (A parked publish is not
              * done yet: its peer is gone, and waiting for room on its behalf would keep a
@@ -1030,7 +1030,8 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         if (c->closing)
             return;
     }
-    if ((c->state == SL_CONN_SSE || c->state == SL_CONN_WS) && c->is_sub && !c->sub.writing &&
-        !c->draining && c->sub.heartbeat_ms && now - c->last_write_ms >= c->sub.heartbeat_ms)
+    if ((c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX) && c->is_sub &&
+        !c->sub.writing && !c->draining && c->sub.heartbeat_ms &&
+        now - c->last_write_ms >= c->sub.heartbeat_ms)
         heartbeat(c);
 }

@@ -9,8 +9,8 @@
  *
  * Connection states (and the transport of each):
  *
- *     accept ──► HTTP ──(GET SSE)──► SSE ──┐                         http1 / sse / ws
- *                 │  ▲ └──(101 upgrade)──► WS ──┤ (close frame sent or echoed)
+ *     accept ──► REQUEST ──(GET SSE)──► STREAM ──┐                  http1 / sse / ws
+ *                 │  ▲ └──(101 upgrade)──► DUPLEX ──┤ (close frame sent or echoed)
  *                 │  ▲ keep-alive           │ overflow / shutdown: final frame
  *                 ▼  │                      ▼
  *           respond, close-after-write ──► LINGER (FIN sent, discard input) ──► close
@@ -29,7 +29,9 @@
 
 #include <uv.h>
 
-enum { SL_CONN_HTTP = 0, SL_CONN_SSE, SL_CONN_WS, SL_CONN_LINGER };
+/* REQUEST: requests and answers (http1); STREAM: output only, input discarded (SSE); DUPLEX:
+ * an upgraded protocol with input and output (WebSocket); LINGER: FIN sent, input discarded. */
+enum { SL_CONN_REQUEST = 0, SL_CONN_STREAM, SL_CONN_DUPLEX, SL_CONN_LINGER };
 
 struct sl_conn;
 struct sl_ws;

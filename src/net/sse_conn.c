@@ -86,6 +86,6 @@ int sl_sse_subscribe(sl_conn_t *c, sl_topic_t **topics, const sl_start_t *starts
     sl_conn_write_raw(c, buf, len);
     if (c->closing)
         return 0;
-    sl_conn_start_sub(c, &sl_sse_transport, SL_CONN_SSE, topics, starts, n, multi);
+    sl_conn_start_sub(c, &sl_sse_transport, SL_CONN_STREAM, topics, starts, n, multi);
     return 0;
 }

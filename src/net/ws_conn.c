@@ -807,7 +807,7 @@ int sl_ws_upgrade(sl_conn_t *c, const char *accept, sl_topic_t **topics, const s
         sl_budget_charge(pub_topic_len + 1 + ALLOC_OVERHEAD);
     }
     c->ws = ws;
-    sl_conn_start_sub(c, &sl_ws_transport, SL_CONN_WS, topics, starts,
+    sl_conn_start_sub(c, &sl_ws_transport, SL_CONN_DUPLEX, topics, starts,
                       (opts->mode & SL_WS_SUB) ? n : 0, multi);
     return 0;
 }

@@ -30,33 +30,33 @@ static void test_input_wanted_every_state(void **state)
     static const gate_case_t cases[] = {
         /* HTTP: read when nothing blocks. Blocked (parked, replies backed up, input held back):
          * read into the stash until it is full, so a peer that goes away is seen. */
-        {SL_CONN_HTTP, 0, 0, 0, 0, 0, 0, 0, 1},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL - 1, 1},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
-        {SL_CONN_HTTP, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
-        {SL_CONN_HTTP, 0, 0, 1, 0, 0, 0, FULL, 0},
-        {SL_CONN_HTTP, 0, 0, 1, 1, 0, 0, 10, 1},
-        {SL_CONN_HTTP, 0, 0, 0, 1, 0, 0, FULL, 0},
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 1, 1, 0, 0, FULL + 5, 0},
+        {SL_CONN_REQUEST, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_REQUEST, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
+        {SL_CONN_REQUEST, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL - 1, 1},
+        {SL_CONN_REQUEST, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_REQUEST, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_REQUEST, 0, 0, 1, 0, 0, 0, FULL, 0},
+        {SL_CONN_REQUEST, 0, 0, 1, 1, 0, 0, 10, 1},
+        {SL_CONN_REQUEST, 0, 0, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_REQUEST, 0, SL_WAIT_ROOM, 1, 1, 0, 0, FULL + 5, 0},
         /* a deferred connection waits for the next loop turn */
-        {SL_CONN_HTTP, 0, 0, 0, 0, 1, 0, 0, 0},
+        {SL_CONN_REQUEST, 0, 0, 0, 0, 1, 0, 0, 0},
         /* after the peer's FIN nothing more is read; closing: nothing at all */
-        {SL_CONN_HTTP, 0, SL_WAIT_ROOM, 0, 1, 0, 1, 0, 0},
-        {SL_CONN_HTTP, 0, 0, 0, 0, 0, 1, 0, 0},
-        {SL_CONN_HTTP, 1, 0, 0, 0, 0, 0, 0, 0},
+        {SL_CONN_REQUEST, 0, SL_WAIT_ROOM, 0, 1, 0, 1, 0, 0},
+        {SL_CONN_REQUEST, 0, 0, 0, 0, 0, 1, 0, 0},
+        {SL_CONN_REQUEST, 1, 0, 0, 0, 0, 0, 0, 0},
         /* WebSocket: the same rules */
-        {SL_CONN_WS, 0, 0, 0, 0, 0, 0, 0, 1},
-        {SL_CONN_WS, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
-        {SL_CONN_WS, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
-        {SL_CONN_WS, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
-        {SL_CONN_WS, 0, 0, 1, 1, 0, 0, FULL, 0},
-        {SL_CONN_WS, 0, 0, 0, 0, 1, 0, 0, 0},
-        {SL_CONN_WS, 1, 0, 0, 0, 0, 0, 0, 0},
+        {SL_CONN_DUPLEX, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_DUPLEX, 0, SL_WAIT_ROOM, 0, 1, 0, 0, 0, 1},
+        {SL_CONN_DUPLEX, 0, SL_WAIT_ROOM, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_DUPLEX, 0, SL_WAIT_DURABLE, 0, 1, 0, 0, FULL, 0},
+        {SL_CONN_DUPLEX, 0, 0, 1, 1, 0, 0, FULL, 0},
+        {SL_CONN_DUPLEX, 0, 0, 0, 0, 1, 0, 0, 0},
+        {SL_CONN_DUPLEX, 1, 0, 0, 0, 0, 0, 0, 0},
         /* SSE and lingering connections: input is discarded, the FIN must be seen */
-        {SL_CONN_SSE, 0, 0, 0, 0, 0, 0, 0, 1},
-        {SL_CONN_SSE, 0, 0, 1, 0, 0, 0, 0, 1},
-        {SL_CONN_SSE, 1, 0, 0, 0, 0, 0, 0, 0},
+        {SL_CONN_STREAM, 0, 0, 0, 0, 0, 0, 0, 1},
+        {SL_CONN_STREAM, 0, 0, 1, 0, 0, 0, 0, 1},
+        {SL_CONN_STREAM, 1, 0, 0, 0, 0, 0, 0, 0},
         {SL_CONN_LINGER, 0, 0, 0, 0, 0, 0, 0, 1},
         {SL_CONN_LINGER, 0, 0, 1, 1, 0, 0, FULL, 1},
         {SL_CONN_LINGER, 1, 0, 0, 0, 0, 0, 0, 0},
@@ -87,7 +87,7 @@ static void test_input_blocked_marks(void **state)
     (void)state;
     sl_conn_t c;
     memset(&c, 0, sizeof(c));
-    c.state = SL_CONN_HTTP;
+    c.state = SL_CONN_REQUEST;
     c.tp = &sl_http1_transport;
     assert_false(sl_conn_input_blocked(&c));
     c.tcp.write_queue_size = 64u << 10; /* at the high mark: not past it */
@@ -109,7 +109,7 @@ static void test_input_blocked_marks(void **state)
     memset(&ws, 0, sizeof(ws));
     c.ws = &ws;
     c.tp = &sl_ws_transport;
-    c.state = SL_CONN_WS;
+    c.state = SL_CONN_DUPLEX;
     c.tcp.write_queue_size = 40u << 10;
     ws.out_len = 40u << 10;
     assert_true(sl_conn_input_blocked(&c));
