@@ -89,7 +89,7 @@ int main(int argc, char **argv)
 
     uv_loop_t loop;
     uv_loop_init(&loop);
-    sl_server_t *srv = calloc(1, sizeof(*srv));
+    sl_server_t *srv = sl_calloc(1, sizeof(*srv));
     int rc = sl_server_start(srv, &loop, &cfg);
     /* The one place the layers are wired: the API answers the server's requests. */
     sl_api_install(srv);

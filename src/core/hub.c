@@ -260,8 +260,7 @@ void sl_sub_start(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_st
 {
     uint64_t now = sl_now_ms();
     sl_list_init(&sub->ready_link);
-    sub->readers = sl_calloc(n, sizeof(sl_reader_t));
-    sl_budget_charge(n * sizeof(sl_reader_t) + 16);
+    sub->readers = sl_bcalloc(n * sizeof(sl_reader_t));
     sub->nreaders = n;
     sub->heartbeat_ms = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -300,8 +299,7 @@ void sl_sub_dispose(sl_hub_t *hub, sl_sub_t *sub)
         sl_reader_detach(r);
     }
     sl_list_remove(&sub->ready_link);
-    sl_budget_release(sub->nreaders * sizeof(sl_reader_t) + 16);
-    free(sub->readers);
+    sl_bfree(sub->readers, sub->nreaders * sizeof(sl_reader_t));
     sub->readers = NULL;
     sub->nreaders = 0;
 }

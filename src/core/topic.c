@@ -18,7 +18,6 @@
 #include <strings.h>
 
 /* What one malloc costs beyond its size, roughly; counted so the budget tracks RSS. */
-#define ALLOC_OVERHEAD 16
 
 const char *sl_lag_reason_name(sl_lag_reason_t r)
 {
@@ -160,7 +159,7 @@ size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, si
     size_t frame_len;
     int split;
     (void)name_len;
-    return msg_sizes(event, payload, payload_len, &frame_len, &split) + ALLOC_OVERHEAD;
+    return sl_budget_size(msg_sizes(event, payload, payload_len, &frame_len, &split));
 }
 
 sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
@@ -169,11 +168,13 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
     size_t frame_max;
     int split;
     size_t size = msg_sizes(event, payload, payload_len, &frame_max, &split);
+    /* Charged by the caller (sl_hub_publish reserves the batch first); freed with its charge
+     * by the last sl_msg_unref. */
     sl_msg_t *m = sl_malloc(size);
     memset(m, 0, sizeof(*m));
     m->refs = 1;
     m->seq = seq;
-    m->charge = size + ALLOC_OVERHEAD;
+    m->charge = sl_budget_size(size);
     sl_list_init(&m->all);
     m->frame = (char *)(m + 1);
 
@@ -232,14 +233,8 @@ void sl_msg_unref(sl_msg_t *m)
         return;
     }
     assert(!sl_list_linked(&m->all));
-    if (m->multi_id != NULL) {
-        sl_budget_release(m->multi_id_len + ALLOC_OVERHEAD);
-        free(m->multi_id);
-    }
-    if (m->ws_json != NULL) {
-        sl_budget_release(m->ws_json_cap + ALLOC_OVERHEAD);
-        free(m->ws_json);
-    }
+    sl_bfree(m->multi_id, m->multi_id_cap);
+    sl_bfree(m->ws_json, m->ws_json_cap);
     sl_budget_release(m->charge);
     free(m);
 }
@@ -249,11 +244,11 @@ const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *l
     if (m->multi_id == NULL) {
         assert(m->topic != NULL);
         size_t cap = 4 + 16 + 1 + 20 + 1 + m->topic->name_len + 2;
-        m->multi_id = sl_malloc(cap);
+        m->multi_id = sl_balloc(cap);
+        m->multi_id_cap = (uint16_t)cap;
         int n = snprintf(m->multi_id, cap, "id: %s-%" PRIu64 ":%s\n", stream_epoch_hex, m->gseq,
                          m->topic->name);
         m->multi_id_len = (uint16_t)n;
-        sl_budget_charge(m->multi_id_len + ALLOC_OVERHEAD);
     }
     *len = m->multi_id_len;
     return m->multi_id;
@@ -295,7 +290,7 @@ const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *le
                           : json_inner_len(m->payload, m->payload_len) + 2;
         size_t cap = SL_WS_HDR_MAX + 160 + 2 * t->name_len + (m->event ? m->event_len + 2 : 4) +
                      data + (b64 ? 24 : 0);
-        char *body = sl_malloc(cap);
+        char *body = sl_balloc(cap);
         char *p = body + SL_WS_HDR_MAX;
         size_t room = cap - SL_WS_HDR_MAX, l = 0;
         l += (size_t)snprintf(p, room,
@@ -323,7 +318,6 @@ const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *le
         memmove(body, p - h, h + l);
         m->ws_json = body;
         m->ws_json_len = h + l;
-        sl_budget_charge(cap + ALLOC_OVERHEAD);
         m->ws_json_cap = cap;
     }
     *len = m->ws_json_len;
@@ -332,16 +326,13 @@ const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *le
 
 /* ---- the ring --------------------------------------------------------------------------- */
 
-static size_t ring_bytes(size_t cap)
-{
-    return cap * sizeof(sl_msg_t *) + ALLOC_OVERHEAD;
-}
-
 sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_t *conf,
                          uint64_t created_gseq)
 {
-    sl_topic_t *t = sl_calloc(1, sizeof(*t));
-    t->name = sl_strndup(name, name_len);
+    sl_topic_t *t = sl_bcalloc(sizeof(*t));
+    t->name = sl_balloc(name_len + 1);
+    memcpy(t->name, name, name_len);
+    t->name[name_len] = '\0';
     t->name_len = name_len;
     do {
         t->epoch = sl_random64();
@@ -353,7 +344,6 @@ sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_
     sl_list_init(&t->readers);
     sl_list_init(&t->all_link);
     sl_list_init(&t->dirty_link);
-    sl_budget_charge(sizeof(*t) + name_len + 1 + 2 * ALLOC_OVERHEAD);
     return t;
 }
 
@@ -365,12 +355,9 @@ void sl_topic_free(sl_topic_t *t)
         sl_msg_unlink(m);
         sl_msg_unref(m);
     }
-    if (t->ring != NULL)
-        sl_budget_release(ring_bytes(t->cap));
-    free(t->ring);
-    sl_budget_release(sizeof(*t) + t->name_len + 1 + 2 * ALLOC_OVERHEAD);
-    free(t->name);
-    free(t);
+    sl_bfree(t->ring, t->cap * sizeof(*t->ring));
+    sl_bfree(t->name, t->name_len + 1);
+    sl_bfree(t, sizeof(*t));
 }
 
 sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq)
@@ -384,13 +371,10 @@ sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq)
 static void ring_grow(sl_topic_t *t)
 {
     size_t ncap = t->cap ? t->cap * 2 : 16;
-    sl_msg_t **nr = sl_malloc(ncap * sizeof(*nr));
+    sl_msg_t **nr = sl_balloc(ncap * sizeof(*nr));
     for (size_t i = 0; i < t->count; i++)
         nr[i] = t->ring[(t->first + i) & (t->cap - 1)];
-    if (t->ring != NULL)
-        sl_budget_release(ring_bytes(t->cap));
-    free(t->ring);
-    sl_budget_charge(ring_bytes(ncap));
+    sl_bfree(t->ring, t->cap * sizeof(*t->ring));
     t->ring = nr;
     t->cap = ncap;
     t->first = 0;

@@ -34,7 +34,7 @@ struct sl_cursor;
 typedef struct sl_msg {
     uint32_t refs;
     uint16_t event_len;
-    uint16_t multi_id_len;
+    uint16_t multi_id_len, multi_id_cap;
     uint64_t seq;
     uint64_t gseq;          /* server-wide publish counter, for multi-topic ordering */
     uint64_t ts_ms;         /* monotonic publish time */

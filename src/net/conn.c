@@ -31,12 +31,11 @@
 #define STASH_MAX (64u << 10)
 /* How long a closing connection may linger to let the peer read our last bytes. */
 #define LINGER_MS 2000
-#define ALLOC_OVERHEAD 16
 
 /* A plain response write: owned by the write request, freed in its callback. */
 typedef struct resp_write {
     uv_write_t req;
-    size_t charge;
+    size_t size; /* of the allocation (sl_bfree) */
     char data[];
 } resp_write_t;
 
@@ -60,8 +59,7 @@ void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason)
     sl_sub_dispose(&c->srv->hub, &c->sub);
     if (c->req != NULL) {
         sl_http_req_dispose(c->req);
-        sl_budget_release(sizeof(*c->req) + ALLOC_OVERHEAD);
-        free(c->req);
+        sl_bfree(c->req, sizeof(*c->req));
         c->req = NULL;
     }
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -92,16 +90,12 @@ static void on_close(uv_handle_t *h)
         (*c->tp->connections)--;
     if (c->tp->free != NULL)
         c->tp->free(c);
-    if (c->stash != NULL) {
-        sl_budget_release(c->stash_len + ALLOC_OVERHEAD);
-        free(c->stash);
-    }
+    sl_bfree(c->stash, c->stash_len);
     sl_metrics.closed[c->reason]++;
     sl_list_remove(&c->link);
     srv->nconns--;
     ip_release(srv, c->ip);
-    sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
-    free(c);
+    sl_bfree(c, sizeof(*c));
     sl_server_conn_gone(srv);
 }
 
@@ -116,8 +110,7 @@ static uint64_t linger_ms(const sl_conn_t *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     sl_conn_t *c = req->data;
-    free(req);
-    sl_budget_release(sizeof(*req) + ALLOC_OVERHEAD);
+    sl_bfree(req, sizeof(*req));
     if (c->closing)
         return;
     if (status < 0) {
@@ -144,14 +137,12 @@ void sl_conn_finish(sl_conn_t *c)
         sl_sub_dispose(&c->srv->hub, &c->sub);
     c->state = SL_CONN_LINGER;
     sync_reading(c);
-    uv_shutdown_t *sr = sl_malloc(sizeof(*sr));
-    sl_budget_charge(sizeof(*sr) + ALLOC_OVERHEAD);
+    uv_shutdown_t *sr = sl_balloc(sizeof(*sr));
     sr->data = c;
     c->deadline_ms = sl_now_ms() + linger_ms(c);
     c->deadline_kind = c->reason;
     if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
-        free(sr);
-        sl_budget_release(sizeof(*sr) + ALLOC_OVERHEAD);
+        sl_bfree(sr, sizeof(*sr));
         sl_conn_close(c, c->reason);
     }
 }
@@ -162,8 +153,7 @@ static void on_resp_write(uv_write_t *req, int status)
 {
     resp_write_t *w = (resp_write_t *)req;
     sl_conn_t *c = req->data;
-    sl_budget_release(w->charge);
-    free(w);
+    sl_bfree(w, w->size);
     c->pending_writes--;
     if (c->closing)
         return;
@@ -202,19 +192,16 @@ static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
         free(bufs);
     if (rc != 0) {
         c->pending_writes--;
-        sl_budget_release(w->charge);
-        free(w);
+        sl_bfree(w, w->size);
         sl_conn_close(c, SL_CLOSE_ERROR);
     }
 }
 
 static resp_write_t *resp_alloc(size_t cap)
 {
-    size_t charge = sizeof(resp_write_t) + cap + ALLOC_OVERHEAD;
-    resp_write_t *w = sl_malloc(sizeof(resp_write_t) + cap);
     /* A response is owed once the request was taken; it is charged, never refused. */
-    sl_budget_charge(charge);
-    w->charge = charge;
+    resp_write_t *w = sl_balloc(sizeof(resp_write_t) + cap);
+    w->size = sizeof(resp_write_t) + cap;
     return w;
 }
 
@@ -301,11 +288,12 @@ static sub_write_t *sub_write_new(uint32_t max_msgs, uint32_t max_iov, size_t ct
 {
     size_t size =
         sizeof(sub_write_t) + max_msgs * sizeof(sl_msg_t *) + max_iov * sizeof(uv_buf_t) + ctrl_cap;
-    sub_write_t *w = sl_malloc(size);
+    sub_write_t *w = sl_balloc(size);
     memset(w, 0, sizeof(*w));
+    w->size = size;
     /* libuv keeps its own copy of an iov array longer than 4 while the write is queued. */
-    w->charge = size + ALLOC_OVERHEAD + (max_iov > 4 ? max_iov * sizeof(uv_buf_t) : 0);
-    sl_budget_charge(w->charge);
+    w->uv_copy = max_iov > 4 ? sl_budget_size(max_iov * sizeof(uv_buf_t)) : 0;
+    sl_budget_charge(w->uv_copy);
     w->msgs = (sl_msg_t **)(w + 1);
     w->iov = (uv_buf_t *)(w->msgs + max_msgs);
     w->ctrl = (char *)(w->iov + max_iov);
@@ -318,8 +306,8 @@ static void sub_write_free(sub_write_t *w)
 {
     for (uint32_t i = 0; i < w->nmsgs; i++)
         sl_msg_unref(w->msgs[i]);
-    sl_budget_release(w->charge);
-    free(w);
+    sl_budget_release(w->uv_copy);
+    sl_bfree(w, w->size);
 }
 
 /* Appends control bytes and an iov for them. The ctrl area never moves, so iovs may point in. */
@@ -720,8 +708,7 @@ void sl_conn_drain(sl_conn_t *c)
 static void drop_request(sl_conn_t *c)
 {
     sl_http_req_dispose(c->req);
-    sl_budget_release(sizeof(*c->req) + ALLOC_OVERHEAD);
-    free(c->req);
+    sl_bfree(c->req, sizeof(*c->req));
     c->req = NULL;
 }
 
@@ -761,12 +748,12 @@ void sl_conn_start_sub(sl_conn_t *c, const sl_transport_t *tp, int state, sl_top
 int sl_conn_reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
 {
     size_t rsize = n * sizeof(sl_reader_t) + extra;
-    if (sl_hub_reserve(&c->srv->hub, rsize + ALLOC_OVERHEAD) != 0) {
+    if (sl_hub_reserve(&c->srv->hub, sl_budget_size(rsize)) != 0) {
         sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
         sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
         return SL_EOVERLOAD;
     }
-    sl_budget_release(rsize + ALLOC_OVERHEAD);
+    sl_budget_release(sl_budget_size(rsize)); /* only a check: sl_sub_start charges them */
     return 0;
 }
 
@@ -850,9 +837,8 @@ static void stash_input(sl_conn_t *c, const char *data, size_t len)
 {
     if (len == 0)
         return;
-    c->stash = sl_realloc(c->stash, c->stash_len + len);
+    c->stash = sl_brealloc(c->stash, c->stash_len, c->stash_len + len);
     memcpy(c->stash + c->stash_len, data, len);
-    sl_budget_charge(len + (c->stash_len ? 0 : ALLOC_OVERHEAD));
     c->stash_len += len;
 }
 
@@ -894,10 +880,7 @@ void sl_conn_resume_input(sl_conn_t *c)
             c->tp->input_resumed(c, sl_now_ms());
         /* Also with nothing stashed: a WebSocket parser may hold buffered frames. */
         take_input(c, st != NULL ? st : "", n);
-        if (st != NULL) {
-            sl_budget_release(n + ALLOC_OVERHEAD);
-            free(st);
-        }
+        sl_bfree(st, n);
     }
     sync_reading(c);
 }

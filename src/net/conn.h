@@ -40,7 +40,8 @@ struct sl_ws;
  * one writev. Owned by the delivery path (conn.c); transports append to it. */
 typedef struct sl_sub_write {
     uv_write_t req;
-    size_t charge;
+    size_t size;    /* of the allocation (sl_bfree) */
+    size_t uv_copy; /* charged for libuv's copy of a long iov array while queued */
     uint32_t nmsgs, niov, max_iov;
     sl_msg_t **msgs;
     uv_buf_t *iov;

@@ -13,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ALLOC_OVERHEAD 16
-
 static const char *status_message(int status)
 {
     switch (status) {
@@ -59,8 +57,7 @@ static size_t process(sl_conn_t *c, const char *data, size_t len)
         if (c->close_after_write)
             return len; /* answered for good: what follows is discarded */
         if (c->req == NULL) {
-            c->req = sl_malloc(sizeof(*c->req));
-            sl_budget_charge(sizeof(*c->req) + ALLOC_OVERHEAD);
+            c->req = sl_balloc(sizeof(*c->req));
             sl_http_req_init(c->req, &srv->limits);
         }
         sl_http_req_t *req = c->req;

@@ -17,7 +17,8 @@
 #include <string.h>
 
 #define SWEEP_MS 250
-#define ALLOC_OVERHEAD 16
+/* A new connection is accepted only with room for its request state and first answer. */
+#define CONN_ROOM 4096
 
 static void on_flush(uv_check_t *h)
 {
@@ -112,10 +113,9 @@ static void on_connection(uv_stream_t *server, int status)
         SL_WARN("accept failed", "error=%s", uv_strerror(status));
         return;
     }
-    sl_conn_t *c = sl_calloc(1, sizeof(*c));
+    sl_conn_t *c = sl_bcalloc(sizeof(*c));
     c->srv = srv;
     uv_tcp_init(srv->loop, &c->tcp);
-    sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
     sl_list_init(&c->link);
     sl_list_init(&c->defer_link);
     sl_list_init(&c->sub.ready_link);
@@ -150,14 +150,14 @@ static void on_connection(uv_stream_t *server, int status)
         sl_metrics.conn_rejected[SL_REJECT_CONN_PER_IP]++;
         SL_WARN("connection refused", "reason=per_ip limit=%" PRIu64, cfg->max_connections_per_ip);
         sl_conn_reject(c, "too many connections from this address");
-    } else if (sl_hub_reserve(&srv->hub, 4096) != 0) {
+    } else if (sl_hub_reserve(&srv->hub, CONN_ROOM) != 0) {
         /* Room for the connection's request state and first answer must exist. */
         sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
         SL_WARN("connection refused", "reason=budget used=%" PRIu64 " limit=%" PRIu64,
                 sl_budget.used, sl_budget.limit);
         sl_conn_reject(c, "memory budget exhausted");
     } else {
-        sl_budget_release(4096);
+        sl_budget_release(CONN_ROOM); /* only a check: the connection charges as it goes */
         sl_conn_start(c);
     }
 }

@@ -23,7 +23,6 @@
 #include <string.h>
 #include <wslay/wslay.h>
 
-#define ALLOC_OVERHEAD 16
 /* wslay's frame context: its input buffer and a little state (charged, not measured). */
 #define WSLAY_CTX_CHARGE (4096 + 256)
 /* The buffer of a finished message is kept for the next one up to this size. */
@@ -83,8 +82,7 @@ static size_t ws_take_prefix(sl_conn_t *c, char *dst)
         n += ws->out_len;
         ws->out_len = 0;
         if (ws->out_cap > MSG_KEEP) {
-            sl_budget_release(ws->out_cap + ALLOC_OVERHEAD);
-            free(ws->out);
+            sl_bfree(ws->out, ws->out_cap);
             ws->out = NULL;
             ws->out_cap = 0;
         }
@@ -101,8 +99,7 @@ static void queue_text(sl_conn_t *c, const char *body, size_t len)
         size_t cap = ws->out_cap ? ws->out_cap : 512;
         while (cap < need)
             cap *= 2;
-        sl_budget_charge(cap - ws->out_cap + (ws->out_cap ? 0 : ALLOC_OVERHEAD));
-        ws->out = sl_realloc(ws->out, cap);
+        ws->out = sl_brealloc(ws->out, ws->out_cap, cap);
         ws->out_cap = cap;
     }
     ws->out_len += sl_ws_frame_header((uint8_t *)ws->out + ws->out_len, SL_WS_TEXT, len);
@@ -190,7 +187,7 @@ static void parser_free(sl_ws_t *ws)
     if (p == NULL)
         return;
     if (p->msg != NULL) {
-        sl_budget_release_pending(p->msg_cap + ALLOC_OVERHEAD);
+        sl_budget_release_pending(sl_budget_size(p->msg_cap));
         free(p->msg);
     }
     wslay_frame_context_free(p->ctx);
@@ -205,18 +202,10 @@ static void ws_free(sl_conn_t *c)
     if (ws == NULL)
         return;
     parser_free(ws);
-    if (ws->out != NULL)
-        sl_budget_release(ws->out_cap + ALLOC_OVERHEAD);
-    free(ws->out);
-    if (ws->topic != NULL)
-        sl_budget_release(ws->topic_len + 1 + ALLOC_OVERHEAD);
-    free(ws->topic);
-    if (ws->held != NULL) {
-        sl_budget_release(ws->held_charge);
-        free(ws->held);
-    }
-    sl_budget_release(sizeof(*ws) + ALLOC_OVERHEAD);
-    free(ws);
+    sl_bfree(ws->out, ws->out_cap);
+    sl_bfree(ws->topic, ws->topic_len + 1);
+    sl_bfree(ws->held, ws->held_size);
+    sl_bfree(ws, sizeof(*ws));
     c->ws = NULL;
 }
 
@@ -228,7 +217,7 @@ static int msg_append(sl_ws_parser_t *p, const uint8_t *data, size_t len)
         size_t cap = p->msg_cap ? p->msg_cap : 256;
         while (cap < need)
             cap *= 2;
-        size_t grow = cap - p->msg_cap + (p->msg_cap ? 0 : ALLOC_OVERHEAD);
+        size_t grow = p->msg_cap ? cap - p->msg_cap : sl_budget_size(cap);
         if (!sl_budget_try_pending(grow))
             return -1;
         p->msg = sl_realloc(p->msg, cap);
@@ -261,9 +250,8 @@ static void hold(sl_conn_t *c, sl_topic_t *t, const char *event, const char *pay
     sl_ws_t *ws = c->ws;
     size_t ev_len = event != NULL ? strlen(event) : 0;
     size_t size = len + t->name_len + ev_len + 1;
-    ws->held = sl_malloc(size);
-    ws->held_charge = size + ALLOC_OVERHEAD;
-    sl_budget_charge(ws->held_charge);
+    ws->held = sl_balloc(size);
+    ws->held_size = size;
     memcpy(ws->held, payload, len);
     memcpy(ws->held + len, t->name, t->name_len);
     memcpy(ws->held + len + t->name_len, event != NULL ? event : "", ev_len + 1);
@@ -538,7 +526,7 @@ static int on_piece(sl_conn_t *c, sl_ws_parser_t *p, const struct wslay_frame_io
     }
     p->msg_len = 0;
     if (p->msg_cap > MSG_KEEP) {
-        sl_budget_release_pending(p->msg_cap + ALLOC_OVERHEAD);
+        sl_budget_release_pending(sl_budget_size(p->msg_cap));
         free(p->msg);
         p->msg = NULL;
         p->msg_cap = 0;
@@ -598,11 +586,8 @@ static void ws_resume(sl_conn_t *c, int kind, int status)
     /* WebSocket publishers wait for room without a deadline (TCP pushes back on them), but
      * not for a log that cannot be written, nor longer than max_publish_wait for the disk. */
     if (status == SL_WAKE_FAILED || (kind == SL_WAIT_DURABLE && status == SL_WAKE_TIMEOUT)) {
-        if (ws->held != NULL) {
-            sl_budget_release(ws->held_charge);
-            free(ws->held);
-            ws->held = NULL;
-        }
+        sl_bfree(ws->held, ws->held_size);
+        ws->held = NULL;
         int timeout = status == SL_WAKE_TIMEOUT;
         sl_metrics.pub_rejected[timeout ? SL_REJECT_PUB_DISK_TIMEOUT : SL_REJECT_PUB_DISK_ERROR]++;
         send_error(c, timeout ? "disk_timeout" : "disk_error",
@@ -612,13 +597,12 @@ static void ws_resume(sl_conn_t *c, int kind, int status)
         queue_ack(c, c->wait.topic, c->wait.seq);
     } else if (ws->held != NULL) {
         char *held = ws->held;
-        size_t len = ws->held_len, charge = ws->held_charge;
+        size_t len = ws->held_len, size = ws->held_size;
         const char *topic = held + len, *event = topic + ws->held_topic_len;
         ws->held = NULL;
         publish_to(c, topic, ws->held_topic_len, ws->held_has_event ? event : NULL, held, len,
                    ws->held_text);
-        sl_budget_release(charge);
-        free(held);
+        sl_bfree(held, size);
     }
     /* The caller goes on with the input that waited (sl_conn_resume_input). */
     sl_conn_pump(c);
@@ -795,16 +779,16 @@ int sl_ws_upgrade(sl_conn_t *c, const char *accept, sl_topic_t **topics, const s
     sl_conn_write_raw(c, buf, len);
     if (c->closing)
         return 0;
-    sl_ws_t *ws = sl_calloc(1, sizeof(*ws));
-    sl_budget_charge(sizeof(*ws) + ALLOC_OVERHEAD);
+    sl_ws_t *ws = sl_bcalloc(sizeof(*ws));
     ws->mode = opts->mode;
     ws->json = opts->json;
     ws->ack = opts->ack;
     ws->last_ping_ms = sl_now_ms();
     if (pub_topic_len > 0) {
-        ws->topic = sl_strndup(pub_topic, pub_topic_len);
+        ws->topic = sl_balloc(pub_topic_len + 1);
+        memcpy(ws->topic, pub_topic, pub_topic_len);
+        ws->topic[pub_topic_len] = '\0';
         ws->topic_len = pub_topic_len;
-        sl_budget_charge(pub_topic_len + 1 + ALLOC_OVERHEAD);
     }
     c->ws = ws;
     sl_conn_start_sub(c, &sl_ws_transport, SL_CONN_DUPLEX, topics, starts,

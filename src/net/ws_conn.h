@@ -42,7 +42,7 @@ typedef struct sl_ws {
     /* A publish held while its lossless topic is full: one allocation holding the payload,
      * then the topic name, then the event type (NUL-terminated) if there is one. */
     char *held;
-    size_t held_len, held_topic_len, held_charge;
+    size_t held_len, held_topic_len, held_size;
     uint8_t held_text, held_has_event;
 } sl_ws_t;
 

@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ALLOC_OVERHEAD 16
 /* One write job writes at most this much; the rest waits for the next job. */
 #define WRITE_BATCH_BYTES (4u << 20)
 /* One read for a reader brings back at most this much. */
@@ -135,14 +134,13 @@ static int write_file_atomic(const char *dir, const char *name, const char *data
 
 static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
 {
-    sl_lossless_t *ll = sl_calloc(1, sizeof(*ll));
+    sl_lossless_t *ll = sl_bcalloc(sizeof(*ll));
     ll->topic = t;
     ll->dir = dir;
     ll->fd = -1;
     sl_list_init(&ll->cursors);
     sl_list_init(&ll->waiters);
     sl_list_insert_tail(&all_logs, &ll->link);
-    sl_budget_charge(sizeof(*ll) + ALLOC_OVERHEAD);
     t->ll = ll;
     t->backend = &sl_ll_backend;
     return ll;
@@ -362,13 +360,12 @@ sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int creat
     }
     if (!create)
         return NULL;
-    sl_cursor_t *c = sl_calloc(1, sizeof(*c));
+    sl_cursor_t *c = sl_bcalloc(sizeof(*c));
     memcpy(c->name, name, len);
     c->idle_since_ms = sl_now_ms();
     sl_list_insert_tail(&ll->cursors, &c->link);
     ll->ncursors++;
     sl_metrics.log.cursors++;
-    sl_budget_charge(sizeof(*c) + ALLOC_OVERHEAD);
     return c;
 }
 
@@ -462,8 +459,7 @@ void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c)
     sl_list_remove(&c->link);
     ll->ncursors--;
     sl_metrics.log.cursors--;
-    sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
-    free(c);
+    sl_bfree(c, sizeof(*c));
     save_cursors(ll);
     ll_update(ll);
 }
@@ -716,7 +712,8 @@ typedef struct write_job {
 
 static seg_update_t *job_seg(write_job_t *j, uint64_t base)
 {
-    j->ups = realloc(j->ups, (j->nups + 1) * sizeof(*j->ups));
+    /* On the thread pool: checked allocations, not charged (bounded by one batch). */
+    j->ups = sl_realloc(j->ups, (j->nups + 1) * sizeof(*j->ups));
     seg_update_t *u = &j->ups[j->nups++];
     memset(u, 0, sizeof(*u));
     u->base = base;
@@ -739,7 +736,7 @@ static void write_work(uv_work_t *req)
     u->len = j->seg_len;
     u->last = j->seg_last;
     size_t cap = WRITE_BATCH_BYTES + (64u << 10), used = 0;
-    uint8_t *buf = malloc(cap);
+    uint8_t *buf = sl_malloc(cap);
     uint64_t off = j->seg_len, buf_off = off;
     uint64_t last_idx = j->seg_last_idx;
     for (size_t i = 0; i < j->n && j->rc == 0; i++) {
@@ -771,7 +768,7 @@ static void write_work(uv_work_t *req)
             used = 0;
             if (size > cap) {
                 cap = size;
-                buf = realloc(buf, cap);
+                buf = sl_realloc(buf, cap);
             }
         }
         sl_rec_encode(buf + used, m->seq, m->ts_ms + j->mono_to_wall, m->event, m->event_len,
@@ -966,8 +963,7 @@ static void batch_free(sl_disk_batch_t *b)
 {
     for (uint32_t i = 0; i < b->n; i++)
         sl_msg_unref(b->v[i]);
-    sl_budget_release(b->charge);
-    free(b);
+    sl_bfree(b, b->size);
 }
 
 static void read_done(uv_work_t *req, int status)
@@ -992,12 +988,11 @@ static void read_done(uv_work_t *req, int status)
     } else if (j->rc > 0) {
         sl_metrics.log.read_bytes += j->len;
         /* Messages built from the records, charged like any message. */
-        size_t charge = sizeof(sl_disk_batch_t) + (size_t)j->rc * sizeof(sl_msg_t *);
-        sl_disk_batch_t *b = sl_malloc(charge);
+        size_t size = sizeof(sl_disk_batch_t) + (size_t)j->rc * sizeof(sl_msg_t *);
+        sl_disk_batch_t *b = sl_balloc(size);
         b->n = 0;
         b->pos = 0;
-        b->charge = charge + ALLOC_OVERHEAD;
-        sl_budget_charge(b->charge);
+        b->size = size;
         size_t pos = 0;
         while (pos < j->len) {
             sl_rec_t rec;
@@ -1220,9 +1215,8 @@ void sl_ll_free(sl_topic_t *t)
     while (!sl_list_empty(&ll->cursors)) {
         sl_cursor_t *c = sl_container_of(ll->cursors.next, sl_cursor_t, link);
         sl_list_remove(&c->link);
-        sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
         sl_metrics.log.cursors--;
-        free(c);
+        sl_bfree(c, sizeof(*c));
     }
     for (size_t i = 0; i < ll->nsegs; i++) {
         free(ll->segs[i].index.v);
@@ -1233,8 +1227,7 @@ void sl_ll_free(sl_topic_t *t)
     free(ll->segs);
     free(ll->dir);
     sl_list_remove(&ll->link);
-    sl_budget_release(sizeof(*ll) + ALLOC_OVERHEAD);
-    free(ll);
+    sl_bfree(ll, sizeof(*ll));
     t->ll = NULL;
 }
 

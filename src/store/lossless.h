@@ -55,7 +55,7 @@ typedef struct sl_waiter {
 /* Messages read back from disk for one reader, consumed in order. Owned by the reader. */
 typedef struct sl_disk_batch {
     uint32_t n, pos;
-    size_t charge;
+    size_t size; /* of the allocation (sl_bfree) */
     sl_msg_t *v[];
 } sl_disk_batch_t;
 
