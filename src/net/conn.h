@@ -127,15 +127,16 @@ typedef struct sl_conn {
     uint8_t peer_eof; /* the peer closed its side */
     uint8_t is_sub;   /* counted in its transport's subscribers gauge */
     uint32_t pending_writes;
-    uint64_t deadline_ms;     /* request header / idle / linger deadline; 0 = none */
-    uint8_t deadline_kind;    /* sl_close_reason_t to use when it passes */
-    uint64_t stall_since_ms;  /* when the write queue last made progress */
-    size_t stall_wq;          /* write queue size seen then */
-    uint64_t last_write_ms;   /* last time anything was queued (heartbeats) */
-    sl_http_req_t *req;       /* HTTP state only */
-    sl_sub_t sub;             /* subscribers (SSE, WebSocket) only */
-    const sl_transport_t *tp; /* the protocol spoken now */
-    struct sl_ws *ws;         /* WebSocket state (net/ws_conn.c) */
+    uint64_t deadline_ms;      /* request header / idle / linger deadline; 0 = none */
+    uint64_t body_deadline_ms; /* the request body in progress must be complete by then */
+    uint8_t deadline_kind;     /* sl_close_reason_t to use when it passes */
+    uint64_t stall_since_ms;   /* when the write queue last made progress */
+    size_t stall_wq;           /* write queue size seen then */
+    uint64_t last_write_ms;    /* last time anything was queued (heartbeats) */
+    sl_http_req_t *req;        /* HTTP state only */
+    sl_sub_t sub;              /* subscribers (SSE, WebSocket) only */
+    const sl_transport_t *tp;  /* the protocol spoken now */
+    struct sl_ws *ws;          /* WebSocket state (net/ws_conn.c) */
     /* A publish waiting on a lossless topic (for room, or to be on disk). While parked, or
      * while replies are backed up (out_blocked), no input is handled: the rest of the read
      * that was being handled, and what is read meanwhile, waits in `stash` (reading stops when

@@ -69,8 +69,15 @@ static size_t process(sl_conn_t *c, const char *data, size_t len)
         if (!was_started && req->started)
             sl_conn_set_deadline(c, now, cfg->header_timeout_ms, SL_CLOSE_HEADER_TIMEOUT);
         if (req->headers_done && !had_headers)
-            /* The body must be complete in time; trickling bytes does not extend it. */
-            sl_conn_set_deadline(c, now, cfg->body_timeout_ms, SL_CLOSE_BODY_TIMEOUT);
+            c->body_deadline_ms = now + cfg->body_timeout_ms;
+        if (req->headers_done && res == SL_HTTP_MORE) {
+            /* A body must keep coming (no byte for idle_timeout: gone) and be complete within
+             * body_timeout of its start, however it trickles. */
+            if (now + cfg->idle_timeout_ms < c->body_deadline_ms)
+                sl_conn_set_deadline(c, now, cfg->idle_timeout_ms, SL_CLOSE_IDLE_TIMEOUT);
+            else
+                sl_conn_set_deadline(c, now, c->body_deadline_ms - now, SL_CLOSE_BODY_TIMEOUT);
+        }
         if (res == SL_HTTP_MORE) {
             if (req->expect_continue && !c->continue_sent) {
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";

@@ -288,6 +288,16 @@ def test_trickled_body_times_out(sluice_factory):
     srv.wait_metric('sluice_connections_closed_total{reason="body_timeout"}', lambda v: v >= 1)
 
 
+def test_stopped_body_times_out_at_idle_timeout(sluice_factory):
+    """A body that stops arriving is closed at idle_timeout, well before body_timeout (the
+    limit on a body that keeps trickling)."""
+    srv = sluice_factory(server={"body_timeout": "60s", "idle_timeout": "1s"})
+    c = RawConn(srv.port)
+    c.send(b"POST /topics/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    assert c.wait_closed(15), "a stopped body was still open after 15 s"
+    srv.wait_metric('sluice_connections_closed_total{reason="idle_timeout"}', lambda v: v >= 1)
+
+
 def test_ws_message_that_never_completes_times_out(sluice_factory):
     """A frame header announcing a large payload, then nothing: closed with 1008 after
     body_timeout (it used to hold its parser until the ping timeout, if any)."""
