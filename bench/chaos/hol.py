@@ -31,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadkit as lk  # noqa: E402
+from kernel import tcp_sockets  # noqa: E402
 from proc import Server  # noqa: E402
 from report import out_dir, verdict  # noqa: E402
 from sampling import Sampler  # noqa: E402
@@ -75,7 +76,7 @@ def publisher(port, first_seq, n, rate, conn):
 def stuck_socket(port, local_port):
     if local_port is None:
         return {"state": "none", "tx_queue": 0}
-    s = lk.tcp_sockets(local_port=port, remote_port=local_port)
+    s = tcp_sockets(local_port=port, remote_port=local_port)
     return s[0] if s else {"state": "none", "tx_queue": 0}
 
 

@@ -23,19 +23,31 @@ TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FI
 def kernel_sockets(port, state):
     """Sockets whose local port is `port` in TCP `state` (hex code), from /proc/net/tcp{,6}:
     the server side of connections as the kernel sees them."""
-    n = 0
+    return sum(1 for s in tcp_sockets(local_port=port) if s["state"] == state)
+
+
+def tcp_sockets(local_port=None, remote_port=None):
+    """TCP sockets from /proc/net/tcp{,6} filtered by ports: dicts with state (hex), local_port,
+    remote_port, tx_queue and rx_queue (bytes)."""
+    out = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
                 next(f)
                 for line in f:
-                    parts = line.split()
-                    local, st = parts[1], parts[3]
-                    if st == state and int(local.rsplit(":", 1)[1], 16) == port:
-                        n += 1
+                    p = line.split()
+                    lp = int(p[1].rsplit(":", 1)[1], 16)
+                    rp = int(p[2].rsplit(":", 1)[1], 16)
+                    if local_port is not None and lp != local_port:
+                        continue
+                    if remote_port is not None and rp != remote_port:
+                        continue
+                    tx, rx = p[4].split(":")
+                    out.append({"state": p[3], "local_port": lp, "remote_port": rp,
+                                "tx_queue": int(tx, 16), "rx_queue": int(rx, 16)})
         except FileNotFoundError:
             pass
-    return n
+    return out
 
 
 def kernel_conn_table(port, proc_pid=None):

@@ -1,7 +1,7 @@
 """Load for the chaos scenarios: the C load tool, a keep-alive HTTP client that times each
 request, stalled readers, readers that check every id they receive, a paced publisher (ghosts,
-churn), the kernel's view of one socket, and the statistics and charts the pressure scenarios'
-verdicts use (stalled.py, flood.py, noreaders.py, hol.py).
+churn), and the statistics and charts the pressure scenarios' verdicts use (stalled.py,
+flood.py, noreaders.py, hol.py).
 
 Debian's /usr/bin/python3, standard library only.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clients import read_response
 from proc import LOAD_BIN, parse_metrics
-from report import has_cairo
+from report import has_cairo, run_gnuplot
 
 MiB = 2**20
 
@@ -222,32 +222,6 @@ class StalledReaders:
         self.socks = []
 
 
-# ---- the kernel's view of sockets ----------------------------------------------------------------
-
-def tcp_sockets(local_port=None, remote_port=None):
-    """TCP sockets from /proc/net/tcp{,6} filtered by ports: dicts with state (hex), local_port,
-    remote_port, tx_queue and rx_queue (bytes)."""
-    out = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    p = line.split()
-                    lp = int(p[1].rsplit(":", 1)[1], 16)
-                    rp = int(p[2].rsplit(":", 1)[1], 16)
-                    if local_port is not None and lp != local_port:
-                        continue
-                    if remote_port is not None and rp != remote_port:
-                        continue
-                    tx, rx = p[4].split(":")
-                    out.append({"state": p[3], "local_port": lp, "remote_port": rp,
-                                "tx_queue": int(tx, 16), "rx_queue": int(rx, 16)})
-        except FileNotFoundError:
-            pass
-    return out
-
-
 # ---- statistics ---------------------------------------------------------------------------------
 
 def percentile(values, p):
@@ -329,11 +303,7 @@ def plot_curves(png_path, title, curves, ylabel, hlines=(), logscale=False, y2la
          for x, label in vlines] + [
         "plot " + ", ".join(plots),
     ])
-    r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
-    if r.returncode != 0:
-        print("gnuplot failed: " + r.stderr, file=sys.stderr)
-        return False
-    return True
+    return run_gnuplot(script)
 
 
 def write_rows(path, rows, fields=None):

@@ -46,6 +46,11 @@ def plot(csv_path, png_path, title, series, ylabel="MB", limit_mb=None, y2=None)
         "set y2range [0:*]" if y2 else "",
         "plot " + ", ".join(plots),
     ])
+    return run_gnuplot(script)
+
+
+def run_gnuplot(script):
+    """Runs a gnuplot script; returns False (and says why) if gnuplot failed."""
     r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
     if r.returncode != 0:
         print("gnuplot failed: " + r.stderr, file=sys.stderr)
@@ -115,8 +120,4 @@ def plot_connections(csv_path, png_path, title, extra_y2=()):
         "set y2tics",
         "plot " + ", ".join(plots),
     ])
-    r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
-    if r.returncode != 0:
-        print("gnuplot failed: " + r.stderr, file=sys.stderr)
-        return False
-    return True
+    return run_gnuplot(script)

@@ -45,25 +45,31 @@ class Sampler:
         except Exception:
             self.errors += 1
         k2 = kernel_sockets(s.port, TCP_ESTABLISHED)
-        # Our own /metrics request is one of the established connections while it runs; sluice
-        # counts it too, so both sides include it (or neither, after it closed).
-        gauge = int(m.get("sluice_connections", -1)) - 1 if m else -1
-        row = {
-            "t": round(time.monotonic() - self._t0, 3),
-            "rss_mb": round(s.rss() / 2**20, 3),
-            "gauge": gauge,
-            "kernel_established": k2,
-            "close_wait": kernel_sockets(s.port, TCP_CLOSE_WAIT),
-            "fds": s.fds(),
-            "deliveries": int(m.get("sluice_deliveries_total", 0)),
-            "published": int(m.get("sluice_messages_published_total", 0)),
-        }
+        row = self._row(m, k2)
+        gauge = row["gauge"]
         if self.extra:
             row.update(self.extra())
         if m and k1 == k2 and gauge != k2:
             self.mismatches.append((row["t"], gauge, k2))
         self.rows.append(row)
         return row
+
+    def _row(self, m, established):
+        """The standard columns of a sample, from the scrape `m` (empty when it failed) and the
+        kernel's ESTABLISHED count."""
+        s = self.server
+        # Our own /metrics request is one of the established connections while it runs; sluice
+        # counts it too, so both sides include it (or neither, after it closed).
+        return {
+            "t": round(time.monotonic() - self._t0, 3),
+            "rss_mb": round(s.rss() / 2**20, 3),
+            "gauge": int(m.get("sluice_connections", -1)) - 1 if m else -1,
+            "kernel_established": established,
+            "close_wait": kernel_sockets(s.port, TCP_CLOSE_WAIT),
+            "fds": s.fds(),
+            "deliveries": int(m.get("sluice_deliveries_total", 0)),
+            "published": int(m.get("sluice_messages_published_total", 0)),
+        }
 
     def _run(self):
         while not self._stop.is_set():
@@ -146,17 +152,8 @@ class ManualSampler(Sampler):
         # scrape (equal counts are not enough under churn: an open and a close cancel out).
         k1, k2 = (0, 0) if e1 == e2 else (len(e1), -1)
         k2_count = len(e2)
-        gauge = int(m.get("sluice_connections", -1)) - 1 if m else -1
-        row = {
-            "t": round(time.monotonic() - self._t0, 3),
-            "rss_mb": round(s.rss() / 2**20, 3),
-            "gauge": gauge,
-            "kernel_established": k2_count,
-            "close_wait": kernel_sockets(s.port, TCP_CLOSE_WAIT),
-            "fds": s.fds(),
-            "deliveries": int(m.get("sluice_deliveries_total", 0)),
-            "published": int(m.get("sluice_messages_published_total", 0)),
-        }
+        row = self._row(m, k2_count)
+        gauge = row["gauge"]
         row["accounted_mb"] = round(m.get("sluice_memory_accounted_bytes", 0) / 2**20, 4)
         # What sluice itself holds: sockets on the port (any state) whose inode is in its fd
         # table, by state. ESTABLISHED is what the gauge is compared with; the others explain a
