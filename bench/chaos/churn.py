@@ -14,7 +14,7 @@ Two worker processes each keep 350 (full: 800) connections open and replace one 
 60 times a second (45% clean, 35% rst, 20% plain); they read everything and answer pings.
 Peak concurrency is about 1,010 (full: 2,110) connections; about 150 are accepted a second.
 
-The gauge is compared with the kernel on every sample (common.ManualSampler: only when the set
+The gauge is compared with the kernel on every sample (ManualSampler: only when the set
 of established connections is the same before and after the scrape, which under churn is
 rarely the case), and at checkpoints: every 5 s (full: 15 s) the workers pause and finish the
 closes they started, a victim still opening its connections is killed, and a sample is taken
@@ -48,7 +48,7 @@ end to end (40 s of churn, setup, cool-down and checks). --minutes also applies 
 
 Usage: bench/chaos/churn.py [--short] [--minutes M]
 Writes churn.csv (samples; phase, kills, held sockets by state, whether compared) and churn.png
-(RSS, gauge vs kernel, CLOSE_WAIT, fds) into common.out_dir("churn"). Exits 1 on FAIL.
+(RSS, gauge vs kernel, CLOSE_WAIT, fds) into out_dir("churn"). Exits 1 on FAIL.
 """
 
 import argparse
@@ -63,7 +63,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../test/integ"))
+from clients import WsReader, hard_close, read_head, read_response, ws_request  # noqa: E402
+from loadkit import Publisher  # noqa: E402
+from proc import Server, StdinLines, raise_nofile  # noqa: E402
+from report import out_dir, plot_connections, verdict  # noqa: E402
+from sampling import ManualSampler  # noqa: E402
+from ws_client import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame  # noqa: E402
 
 TOPICS = ["churn/a", "churn/b", "churn/c"]     # a, b carry traffic; c is idle
 PUB_RATE = 10          # messages/s on each of churn/a and churn/b
@@ -100,9 +106,9 @@ def open_conn(port, kind, path):
                        "Accept: text/event-stream\r\n\r\n").encode())
             want = 200
         else:
-            s.sendall(C.ws_request(path))
+            s.sendall(ws_request(path))
             want = 101
-        status, rest = C.read_head(s, 10)
+        status, rest = read_head(s, 10)
         if status != want:
             raise ConnectionError(f"status_{status}")
     except BaseException:
@@ -113,7 +119,7 @@ def open_conn(port, kind, path):
 
 
 def worker_main(spec, stdin):
-    C.raise_nofile()
+    raise_nofile()
     rng = random.Random(spec["seed"])
     port, target, rate = spec["port"], spec["target"], spec["rate"]
     ramp = spec.get("ramp", 400.0)
@@ -175,7 +181,7 @@ def worker_main(spec, stdin):
             st["errors"][k] = st["errors"].get(k, 0) + 1
             return
         fd = s.fileno()
-        conns[fd] = {"s": s, "kind": kind, "ws": C.WsReader(), "closing": None}
+        conns[fd] = {"s": s, "kind": kind, "ws": WsReader(), "closing": None}
         if kind == "ws" and rest:
             conns[fd]["ws"].feed(rest)
         sel.register(s, selectors.EVENT_READ, fd)
@@ -187,7 +193,7 @@ def worker_main(spec, stdin):
         s = c["s"]
         if mode == "rst":
             forget(fd)
-            C.hard_close(s)
+            hard_close(s)
             st["rst"] += 1
         elif mode == "plain":
             forget(fd)
@@ -196,7 +202,7 @@ def worker_main(spec, stdin):
         else:
             try:
                 if c["kind"] == "ws":
-                    s.send(C.ws_frame(C.WS_CLOSE, b"\x03\xe8"))
+                    s.send(encode_frame(OP_CLOSE, b"\x03\xe8"))
                 else:
                     s.shutdown(socket.SHUT_WR)
             except OSError:
@@ -275,14 +281,14 @@ def worker_main(spec, stdin):
             st["bytes"] += len(data)
             if c["kind"] == "ws":
                 for op, payload in c["ws"].feed(data):
-                    if op == C.WS_PING:
+                    if op == OP_PING:
                         st["pings"] += 1
                         if c["closing"] is None:
                             try:
-                                c["s"].send(C.ws_frame(C.WS_PONG, payload))
+                                c["s"].send(encode_frame(OP_PONG, payload))
                             except OSError:
                                 pass
-                    elif op in (C.WS_TEXT, C.WS_BINARY):
+                    elif op in (OP_TEXT, OP_BINARY):
                         st["frames"] += 1
         # Clean closes the server never completed.
         now = time.monotonic()
@@ -290,7 +296,7 @@ def worker_main(spec, stdin):
                    and now - c["closing"] > CLOSE_TIMEOUT]:
             c = forget(fd)
             st["stuck"] += 1
-            C.hard_close(c["s"])
+            hard_close(c["s"])
         closing = len(conns) - len(open_set)
         if paused and not reported_pause and closing == 0:
             reported_pause = True
@@ -357,7 +363,7 @@ def prefill(port):
         ctype = "application/x-ndjson" if t != "churn/c" else "application/octet-stream"
         s.sendall((f"POST /topics/{t} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
                    f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
-        status = C.read_response(s, 10)[0]
+        status = read_response(s, 10)[0]
         s.close()
         if status != 202:
             raise RuntimeError(f"prefill {t}: {status}")
@@ -387,9 +393,9 @@ def main():
         sample_every = 2.0
     n_workers = 2
     t_start = time.monotonic()
-    C.raise_nofile()
-    out = C.out_dir("churn")
-    server = C.Server(CONFIG)
+    raise_nofile()
+    out = out_dir("churn")
+    server = Server(CONFIG)
     workers = []
     victim = None
     steady = None
@@ -400,15 +406,15 @@ def main():
     try:
         prefill(server.port)
         phase = ["baseline"]
-        sampler = C.ManualSampler(server, interval=sample_every,
-                                  extra=lambda: {"phase": phase[0], "kills": counters["kills"]})
+        sampler = ManualSampler(server, interval=sample_every,
+                                extra=lambda: {"phase": phase[0], "kills": counters["kills"]})
         time.sleep(1.0)
         base0 = sampler.sample()          # no connection at all
         # The steady state the churn is measured against: the publishers, and one subscriber
         # of every kind (from=oldest), so that every message in the rings carries every
         # encoding sluice caches (WebSocket JSON envelopes, multi-topic ids) before the baseline
         # as after the churn.
-        pubs = [C.Publisher(server.port, t, PUB_RATE, PUB_SIZE) for t in TOPICS[:2]]
+        pubs = [Publisher(server.port, t, PUB_RATE, PUB_SIZE) for t in TOPICS[:2]]
         steady = Worker("steady", server.port, len(KINDS), 0, seed=2,
                         kinds=list(range(len(KINDS))), from_oldest=True)
         steady.expect("READY", 30)
@@ -581,10 +587,10 @@ def main():
         # ---- report ----
         csv = out / "churn.csv"
         sampler.write_csv(csv)
-        C.plot_connections(csv, out / "churn.png",
-                           f"churn: {churn_s / 60:.1f} min of connect/subscribe/close "
-                           f"({'short' if args.short else 'full'} profile)",
-                           extra_y2=[("fds", "sluice open fds")])
+        plot_connections(csv, out / "churn.png",
+                         f"churn: {churn_s / 60:.1f} min of connect/subscribe/close "
+                         f"({'short' if args.short else 'full'} profile)",
+                         extra_y2=[("fds", "sluice open fds")])
         r_delta = {k: v - reasons(m_base).get(k, 0) for k, v in reasons(m_after_pub).items()}
         churned = sum(s_["opened"] for s_ in stats)
         accepted_churn = (int(m_after_pub.get("sluice_connections_accepted_total", 0))
@@ -594,7 +600,7 @@ def main():
             print("FAIL:", f_)
         print("closed during the churn, by reason:", {k: v for k, v in r_delta.items() if v})
         ok = not failures
-        C.verdict(
+        verdict(
             "churn", ok, profile="short" if args.short else "full",
             churn_s=round(churn_s), accepted=accepted_churn, worker_opens=churned,
             clean=sum(s_["clean"] for s_ in stats), rst=sum(s_["rst"] for s_ in stats),
@@ -635,7 +641,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] == "--child":
         try:
             # The spec is the first line on stdin (commands follow), not argv: ps stays legible.
-            stdin = C.StdinLines()
+            stdin = StdinLines()
             worker_main(json.loads(stdin.first()), stdin)
         except (BrokenPipeError, KeyboardInterrupt):
             pass

@@ -55,8 +55,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
 import loadkit as lk  # noqa: E402
+from proc import Server, rss_bytes  # noqa: E402
+from report import out_dir, verdict  # noqa: E402
+from sampling import Sampler  # noqa: E402
 
 SIZE = 1_000_000
 TAG = 24  # bytes of tag at the start of every payload (a multiple of 4, see ws_publisher)
@@ -360,7 +362,7 @@ def health_probe(port, pids, stop, conn, every=0.2):
             st, body, rtt = k.request("GET", "/healthz")
         except (OSError, ConnectionError):
             st, rtt = -1, float("inf")
-        out.append((time.monotonic(), rtt, st, common.rss_bytes(pids)))
+        out.append((time.monotonic(), rtt, st, rss_bytes(pids)))
         d = nxt - time.monotonic()
         if d > 0:
             time.sleep(d)
@@ -469,13 +471,13 @@ def main():
     else:
         p1, stall_s, p3 = 40, 20, 20
     p2 = OPEN_S + stall_s + 2
-    out = common.out_dir("flood")
+    out = out_dir("flood")
     print(f"# flood: {len(HTTP_PUBS)} HTTP pipelining + 1 WebSocket publisher of {SIZE} B "
           f"messages; phases {p1}/{p2}/{p3} s; out {out}", flush=True)
     cfg = (f"write_stall_timeout = {stall_s}s\nlog_level = error\n"
            "[limits]\nmax_message_bytes = 1MiB\nmax_connections_per_ip = 100000\n"
            '[topic "*"]\nmax_messages = 4096\nmax_bytes = 48MiB\n')
-    srv = common.Server(cfg, memory_limit=f"{LIMIT_MB}MiB")
+    srv = Server(cfg, memory_limit=f"{LIMIT_MB}MiB")
     mk = lk.KeepAlive(srv.port)
     srv.metrics = mk.metrics
     lk.caching_metrics(srv)
@@ -497,7 +499,7 @@ def main():
         except (OSError, ConnectionError, ValueError):
             return -1
 
-    sampler = common.Sampler(srv, interval=0.5, extra=lambda: {
+    sampler = Sampler(srv, interval=0.5, extra=lambda: {
         "accounted_mb": round(lk.metric(srv.last_metrics, "sluice_memory_accounted_bytes")
                               / lk.MiB, 2),
         "ring_mb": ring_mb(),
@@ -556,7 +558,7 @@ def main():
     for r in rows:
         r["phase"] = 1 if r["t"] + sampler._t0 < t_p2 else (2 if r["t"] + sampler._t0 < t_p3
                                                               else 3)
-    lk.write_rows(out / "flood.csv", rows, common.Sampler.FIELDS)
+    lk.write_rows(out / "flood.csv", rows, Sampler.FIELDS)
     m = mk.metrics() if srv.alive() else {}
     alive = srv.alive()
     stalled.close_all()
@@ -708,7 +710,7 @@ def main():
                    vlines=[(round(t_p2 - sampler._t0, 1), "stalled readers join"),
                            (round(t_p3 - sampler._t0, 1), "stall timeout has closed them")])
     ok = not failed
-    common.verdict("flood", ok, **figures)
+    verdict("flood", ok, **figures)
     return 0 if ok else 1
 
 

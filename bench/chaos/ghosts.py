@@ -37,7 +37,7 @@ Pass criteria (each can fail; every one is printed with its figures on failure):
   * sluice_connections_closed_total{reason} grew by exactly the expected count for every reason
     (peer, write_stall, header_timeout, idle_timeout, ping_timeout; 0 for the others)
   * the connection gauge equals the kernel's count of established connections at every sample
-    (common.ManualSampler: compared when the set of established connections was the same
+    (ManualSampler: compared when the set of established connections was the same
     before and after the scrape, which it is for at least half the samples, else FAIL)
   * once the ghosts are gone: gauge == controls + publisher, CLOSE_WAIT on the port == 0
   * no control connection was closed; every control received data, heartbeats or pings
@@ -77,7 +77,7 @@ Usage: bench/chaos/ghosts.py [--short] [--no-netns]
   and the ": hb" class (about 100 s).
 Writes ghosts.csv (samples), ghosts.png (RSS, gauge vs kernel, CLOSE_WAIT, ghosts not yet
 freed) and ghosts-detail.csv (one line per ghost: bound, time to be freed, socket buffers,
-bytes accepted) into common.out_dir("ghosts"). Exits 1 on FAIL.
+bytes accepted) into out_dir("ghosts"). Exits 1 on FAIL.
 """
 
 import argparse
@@ -92,7 +92,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../test/integ"))
+from clients import WsReader, open_client  # noqa: E402
+from kernel import kernel_conn_table, ss_accepted, ss_skmem  # noqa: E402
+from loadkit import Publisher  # noqa: E402
+from netns import NetNS  # noqa: E402
+from proc import SWEEP_S, Server, ServerAt, StdinLines, raise_nofile, socket_inodes  # noqa: E402
+from report import out_dir, plot_connections, verdict  # noqa: E402
+from sampling import ManualSampler  # noqa: E402
+from ws_client import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame  # noqa: E402
 
 WRITE_STALL = 5.0
 PING = 2.0
@@ -146,7 +154,7 @@ HALF_BODY = ("POST /topics/{t} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10
 
 
 def child_main(spec, stdin):
-    C.raise_nofile()
+    raise_nofile()
     port = spec["port"]
     host = spec.get("host", "127.0.0.1")
     pong = spec.get("pong", True)
@@ -154,7 +162,7 @@ def child_main(spec, stdin):
     sel.register(stdin, selectors.EVENT_READ, -1)
     out = sys.stdout
     conns = [{"s": None, "kind": c["kind"], "topic": c["topic"], "rcvbuf": c.get("rcvbuf"),
-              "bytes": 0, "frames": 0, "pings": 0, "eof": None, "ws": C.WsReader(),
+              "bytes": 0, "frames": 0, "pings": 0, "eof": None, "ws": WsReader(),
               "sent_partial": False} for c in spec["conns"]]
 
     def ports():
@@ -176,14 +184,14 @@ def child_main(spec, stdin):
         c["bytes"] += len(data)
         if c["kind"] == "ws":
             for op, payload in c["ws"].feed(data):
-                if op == C.WS_PING:
+                if op == OP_PING:
                     c["pings"] += 1
                     if pong:
                         try:
-                            c["s"].send(C.ws_frame(C.WS_PONG, payload))
+                            c["s"].send(encode_frame(OP_PONG, payload))
                         except OSError:
                             pass
-                elif op in (C.WS_TEXT, C.WS_BINARY):
+                elif op in (OP_TEXT, OP_BINARY):
                     c["frames"] += 1
 
     # Subscriptions first, one by one; between two opens the ones already open are served, so
@@ -191,7 +199,7 @@ def child_main(spec, stdin):
     for i, c in enumerate(conns):
         if c["kind"] not in ("sse", "ws"):
             continue
-        s, rest = C.open_client(port, c["kind"], c["topic"], rcvbuf=c["rcvbuf"], host=host)
+        s, rest = open_client(port, c["kind"], c["topic"], rcvbuf=c["rcvbuf"], host=host)
         s.setblocking(False)
         c["s"] = s
         c["bytes"] = len(rest)
@@ -235,7 +243,7 @@ def child_main(spec, stdin):
                     continue
                 if c["eof"] is None and c["kind"] == "ws":
                     try:
-                        c["s"].send(C.ws_frame(C.WS_CLOSE, b"\x03\xe8"))
+                        c["s"].send(encode_frame(OP_CLOSE, b"\x03\xe8"))
                     except OSError:
                         pass
                 c["s"].close()
@@ -384,15 +392,15 @@ def main():
     # stopped) client processes and remove what was created.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t_start = time.monotonic()
-    C.raise_nofile()
-    out = C.out_dir("ghosts")
-    netns, why = (None, "disabled (--no-netns)") if args.no_netns else C.NetNS.create()
+    raise_nofile()
+    out = out_dir("ghosts")
+    netns, why = (None, "disabled (--no-netns)") if args.no_netns else NetNS.create()
     if netns is None:
         print(f"netns variant skipped: {why}", flush=True)
-        server = C.Server(CONFIG)
+        server = Server(CONFIG)
     else:
         # Reachable on loopback and from the namespace (the veth end 10.231.x.y).
-        server = C.ServerAt(CONFIG, host="0.0.0.0")
+        server = ServerAt(CONFIG, host="0.0.0.0")
     children = []
     sampler = None
     pub = None
@@ -400,12 +408,12 @@ def main():
     failures = []
     try:
         # Topics exist before anyone subscribes, and the live one has traffic from the start.
-        pub = C.Publisher(server.port, T_LIVE, PUB_RATE, PUB_SIZE)
+        pub = Publisher(server.port, T_LIVE, PUB_RATE, PUB_SIZE)
         state = {"open": 0}
         # Samples are taken from this thread only (ManualSampler), never overlapping another
         # /metrics request of this script.
-        sampler = C.ManualSampler(server, interval=1.0,
-                                  extra=lambda: {"ghosts_open": state["open"]})
+        sampler = ManualSampler(server, interval=1.0,
+                                extra=lambda: {"ghosts_open": state["open"]})
         sampler.sample()
 
         p = plan(args.short, netns=netns is not None)
@@ -423,7 +431,7 @@ def main():
             # accept them all.
             wanted = {p_ for p_ in ports if p_ is not None}
             for _ in range(100):
-                table = C.kernel_conn_table(server.port)
+                table = kernel_conn_table(server.port)
                 by_port = {rport: inode for (rip, rport), (st_, inode) in table.items()
                            if st_ == "01" and inode != 0}
                 if wanted <= set(by_port):
@@ -486,9 +494,9 @@ def main():
             for cls in ("net_sse_live", "net_sse_quiet", "net_ws"):
                 for ch in kids[cls]:
                     ch.t_ghost = t_cut
-        skmem_srv = C.ss_skmem(server.port, "sport")    # client port -> server socket memory
-        skmem_cli = C.ss_skmem(server.port, "dport")    # client port -> client socket memory
-        acc0 = C.ss_accepted(server.port)               # client port -> bytes accepted so far
+        skmem_srv = ss_skmem(server.port, "sport")    # client port -> server socket memory
+        skmem_cli = ss_skmem(server.port, "dport")    # client port -> client socket memory
+        acc0 = ss_accepted(server.port)               # client port -> bytes accepted so far
         for cls in ("ws_nopong",):
             for ch in kids[cls]:
                 ch.t_ghost = time.monotonic()
@@ -503,13 +511,13 @@ def main():
 
         # Heartbeats go out on sweeps: the gap between two is ceil(heartbeat/SWEEP) sweeps, or
         # one more when a sweep lands a hair early; the bound takes the slower rate.
-        hb_eff = (math.ceil(HEARTBEAT / C.SWEEP_S - 1e-9) + 1) * C.SWEEP_S
+        hb_eff = (math.ceil(HEARTBEAT / SWEEP_S - 1e-9) + 1) * SWEEP_S
         fixed = {
-            "ws_stopped": PING + PONG + 2 * C.SWEEP_S + SLACK,
-            "ws_nopong": PING + PONG + 2 * C.SWEEP_S + SLACK,
-            "net_ws": PING + PONG + 2 * C.SWEEP_S + SLACK,
-            "midreq_head": HEADER_TIMEOUT + 2 * C.SWEEP_S + SLACK,
-            "midreq_body": IDLE_TIMEOUT + 2 * C.SWEEP_S + SLACK,
+            "ws_stopped": PING + PONG + 2 * SWEEP_S + SLACK,
+            "ws_nopong": PING + PONG + 2 * SWEEP_S + SLACK,
+            "net_ws": PING + PONG + 2 * SWEEP_S + SLACK,
+            "midreq_head": HEADER_TIMEOUT + 2 * SWEEP_S + SLACK,
+            "midreq_body": IDLE_TIMEOUT + 2 * SWEEP_S + SLACK,
             "half_sse": SLACK, "half_ws": SLACK, "half_head": SLACK, "half_body": SLACK,
         }
         for g in ghosts:
@@ -529,7 +537,7 @@ def main():
                 if g["cls"] == "net_sse_quiet":
                     fill = (g["tb"] + HB_EVENT_BYTES) / (HB_EVENT_BYTES / hb_eff)
                     g["fill"] = fill
-                    g["deadline"] = g["t_ghost"] + fill + WRITE_STALL + 2 * C.SWEEP_S + SLACK
+                    g["deadline"] = g["t_ghost"] + fill + WRITE_STALL + 2 * SWEEP_S + SLACK
                 else:
                     g["capacity"] = g["tb"] + GSO_SLACK
             elif g["cls"] in ("sse_quiet", "sse_quiet_hb"):
@@ -538,7 +546,7 @@ def main():
                 hb = HB_EVENT_BYTES if g["cls"] == "sse_quiet" else HB_COMMENT_BYTES
                 fill = (g["tb"] + g["rb"] + hb) / (hb / hb_eff)
                 g["fill"] = fill
-                g["deadline"] = g["t_ghost"] + fill + WRITE_STALL + 2 * C.SWEEP_S + SLACK
+                g["deadline"] = g["t_ghost"] + fill + WRITE_STALL + 2 * SWEEP_S + SLACK
             elif g["cls"] == "sse_live":
                 if not g["tb"] or not g["rb"]:
                     raise RuntimeError(f"no socket memory for sse_live port {g['port']}")
@@ -564,7 +572,7 @@ def main():
         poll_max = 0.0
         while True:
             if any(g["t_freed"] is None for g in stall):
-                acc = C.ss_accepted(server.port)
+                acc = ss_accepted(server.port)
                 t_acc = time.monotonic()
                 for g in stall:
                     v = acc.get(g["port"])
@@ -573,7 +581,7 @@ def main():
                             g["t_last_accept"] = t_acc
                         g["acc"] = v
             t_poll = time.monotonic()
-            held = C.socket_inodes(server.proc.pid)
+            held = socket_inodes(server.proc.pid)
             now = time.monotonic()
             if t_prev_poll is not None:
                 poll_max = max(poll_max, now - t_prev_poll)
@@ -588,7 +596,7 @@ def main():
                     t_fill = pub.time_when_bytes_since(g["t_ghost"], g["capacity"])
                     if t_fill is not None:
                         g["fill"] = t_fill - g["t_ghost"]
-                        g["deadline"] = t_fill + WRITE_STALL + 2 * C.SWEEP_S + SLACK
+                        g["deadline"] = t_fill + WRITE_STALL + 2 * SWEEP_S + SLACK
             state["open"] = sum(1 for g in ghosts if g["t_freed"] is None)
             last_deadline_known = all(g["deadline"] is not None for g in ghosts)
             if last_deadline_known:
@@ -628,7 +636,7 @@ def main():
         # The write-stall promise itself: closed within write_stall_timeout (+ sweeps, slack)
         # of the last byte the kernel accepted.
         stall_late = [g for g in stall if g["t_seen_held"] is not None and
-                      g["t_seen_held"] > g["t_last_accept"] + WRITE_STALL + 2 * C.SWEEP_S + SLACK]
+                      g["t_seen_held"] > g["t_last_accept"] + WRITE_STALL + 2 * SWEEP_S + SLACK]
         for g in stall_late[:10]:
             failures.append(
                 f"{g['cls']} port {g['port']}: still open "
@@ -709,10 +717,10 @@ def main():
         # ---- report ----
         csv = out / "ghosts.csv"
         sampler.write_csv(csv)
-        C.plot_connections(csv, out / "ghosts.png",
-                           "ghosts: stopped, ping-deaf and half-closed peers "
-                           f"({'short' if args.short else 'full'} profile)",
-                           extra_y2=[("ghosts_open", "ghosts not yet freed")])
+        plot_connections(csv, out / "ghosts.png",
+                         "ghosts: stopped, ping-deaf and half-closed peers "
+                         f"({'short' if args.short else 'full'} profile)",
+                         extra_y2=[("ghosts_open", "ghosts not yet freed")])
         with open(out / "ghosts-detail.csv", "w") as f:
             f.write("class,kind,topic,client_port,rcvbuf_set,server_sndbuf,client_rcvbuf,"
                     "freed_after_s,bound_s,reason_expected,last_accept_s,accepted_bytes,"
@@ -745,7 +753,7 @@ def main():
         for f_ in failures:
             print("FAIL:", f_)
         ok = not failures
-        C.verdict(
+        verdict(
             "ghosts", ok,
             profile="short" if args.short else "full",
             ghosts=len(ghosts), freed_in_bound=len(ghosts) - len(late),
@@ -794,7 +802,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] == "--child":
         try:
             # The spec is the first line on stdin (commands follow), not argv: ps stays legible.
-            stdin = C.StdinLines()
+            stdin = StdinLines()
             child_main(json.loads(stdin.first()), stdin)
         except (BrokenPipeError, KeyboardInterrupt):
             pass

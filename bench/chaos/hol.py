@@ -30,8 +30,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
 import loadkit as lk  # noqa: E402
+from kernel import tcp_sockets  # noqa: E402
+from proc import Server  # noqa: E402
+from report import out_dir, verdict  # noqa: E402
+from sampling import Sampler  # noqa: E402
 
 LIVE_SSE, LIVE_WS = 25, 25
 RATE = 500
@@ -73,14 +76,14 @@ def publisher(port, first_seq, n, rate, conn):
 def stuck_socket(port, local_port):
     if local_port is None:
         return {"state": "none", "tx_queue": 0}
-    s = lk.tcp_sockets(local_port=port, remote_port=local_port)
+    s = tcp_sockets(local_port=port, remote_port=local_port)
     return s[0] if s else {"state": "none", "tx_queue": 0}
 
 
 def run(duration, with_stuck, out, label):
     """One run on a fresh server: the live readers, the stuck reader if `with_stuck`, the
     warm-up, then `duration` s of timed publishing."""
-    srv = common.Server("log_level = warn\nwrite_stall_timeout = 1h\n", memory_limit="64MiB")
+    srv = Server("log_level = warn\nwrite_stall_timeout = 1h\n", memory_limit="64MiB")
     specs = ([{"kind": "sse", "path": f"/topics/{TOPIC}"}] * LIVE_SSE +
              [{"kind": "ws", "path": f"/topics/{TOPIC}"}] * LIVE_WS)
     readers = lk.Readers(srv.port, specs, mode="seq", drain=3.0, nice=NICE)
@@ -100,7 +103,7 @@ def run(duration, with_stuck, out, label):
     time.sleep(1.0)
     s0 = stuck_socket(srv.port, stuck_port)
 
-    sampler = common.Sampler(srv, interval=1.0, extra=lambda: {
+    sampler = Sampler(srv, interval=1.0, extra=lambda: {
         "stuck_tx_queue_kib": round(stuck_socket(srv.port, stuck_port)["tx_queue"] / 1024, 1)})
     n = duration * RATE
     parent, child = mp.get_context("fork").Pipe(duplex=False)
@@ -126,7 +129,7 @@ def main():
     ap.add_argument("--short", action="store_true", help="20 s instead of 120 s")
     a = ap.parse_args()
     duration, base_s = (20, 10) if a.short else (120, 30)
-    out = common.out_dir("hol")
+    out = out_dir("hol")
     print(f"# hol: 1 stuck + {LIVE_SSE} SSE + {LIVE_WS} WS live readers, {RATE} msg/s x {SIZE} B "
           f"for {duration} s (baseline without the stuck reader: {base_s} s); out {out}",
           flush=True)
@@ -210,7 +213,7 @@ def main():
                    "milliseconds", hlines=[(1.0, "limit for p99: 1 ms", "red")],
                    y2label="KiB")
     ok = not failed
-    common.verdict("hol", ok, **figures)
+    verdict("hol", ok, **figures)
     return 0 if ok else 1
 
 

@@ -46,7 +46,7 @@ After every reproduction: the server must be alive (else the crash is charged to
 kept, and a new server started so the other reproductions still run) and no new sanitizer
 report ("AddressSanitizer", "runtime error", "LeakSanitizer") may have appeared in its stderr
 (else charged to it). Between reproductions the connection gauge is compared with the kernel's
-ESTABLISHED count for the port (common.ManualSampler; a difference must disappear within 3 s,
+ESTABLISHED count for the port (ManualSampler; a difference must disappear within 3 s,
 the time sluice needs to notice a peer's close).
 
 Pass (VERDICT hostile PASS):
@@ -83,7 +83,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "test" / "integ"))
-import common  # noqa: E402
+from proc import SLUICE_BIN, Server, parse_metrics, raise_nofile  # noqa: E402
+from report import out_dir, verdict  # noqa: E402
+from sampling import ManualSampler  # noqa: E402
 from sluice_client import (MULTI_ID_RE, Closed, Publisher, RawConn, SSEClient,  # noqa: E402
                            http)
 from ws_client import OP_PING, OP_TEXT, WSConn, encode_frame  # noqa: E402
@@ -140,7 +142,7 @@ MULTI = ("multi/a", "multi/b", "multi/c")
 
 def metrics(port, timeout=5.0):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-        return common.parse_metrics(r.read().decode())
+        return parse_metrics(r.read().decode())
 
 
 def accounted(port):
@@ -335,7 +337,7 @@ class Incarnation:
 
     def __init__(self, binary, n):
         self.n = n
-        self.srv = common.Server(CONFIG, binary=binary, memory_limit="16MiB")
+        self.srv = Server(CONFIG, binary=binary, memory_limit="16MiB")
         STARTED.append(self.srv)
         self.port = self.srv.port
         self.log = Log(self.srv.dir / "sluice.log")
@@ -348,7 +350,7 @@ class Incarnation:
         for t in NORMAL_TOPICS:
             ndjson(self.port, t, [Normal.payload(t, 0)] * 160)
         self.normal = Normal(self.port)
-        self.sampler = common.ManualSampler(self.srv, interval=1.0)
+        self.sampler = ManualSampler(self.srv, interval=1.0)
         time.sleep(1.0)
         self.baseline = accounted(self.port)
 
@@ -796,9 +798,9 @@ def main():
     duration = a.seconds or (40 if a.short else 300)
     repros = [f for f in REPROS if not a.only or
               any(f.__name__.startswith(p) for p in a.only.split(","))]
-    out = common.out_dir("hostile")
-    binary = common.SLUICE_BIN
-    common.raise_nofile()
+    out = out_dir("hostile")
+    binary = SLUICE_BIN
+    raise_nofile()
     print(f"# hostile: {len(repros)} reproductions round-robin for {duration} s beside normal "
           f"traffic on {', '.join(NORMAL_TOPICS)}; server {binary}; out {out}", flush=True)
 
@@ -950,7 +952,7 @@ def main():
         figures["failed"] = ",".join(failed)
     figures["out"] = out
     ok = not failed
-    common.verdict("hostile", ok, **figures)
+    verdict("hostile", ok, **figures)
     return 0 if ok else 1
 
 

@@ -1,12 +1,12 @@
-"""Pieces shared by the pressure scenarios (stalled.py, flood.py, noreaders.py, hol.py), on top
-of common.py: the C load tool, a keep-alive HTTP client that times each request, stalled
-readers, readers that check every id they receive, the kernel's view of one socket, and the
-statistics and charts the verdicts use.
+"""Load for the chaos scenarios: the C load tool, a keep-alive HTTP client that times each
+request, stalled readers, readers that check every id they receive, a paced publisher (ghosts,
+churn), and the statistics and charts the pressure scenarios' verdicts use (stalled.py,
+flood.py, noreaders.py, hol.py).
 
-Kept apart from common.py so that two people can extend the chaos suite at once; nothing here
-changes what common.py does. Debian's /usr/bin/python3, standard library only.
+Debian's /usr/bin/python3, standard library only.
 """
 
+import bisect
 import json
 import os
 import re
@@ -17,7 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-import common
+from clients import read_response
+from proc import LOAD_BIN, parse_metrics
+from report import has_cairo, run_gnuplot
 
 MiB = 2**20
 
@@ -42,14 +44,14 @@ def load_kv(text):
 
 def load_usage():
     """sluice-load's usage text (what options this build supports)."""
-    r = subprocess.run([common.LOAD_BIN], capture_output=True, text=True)
+    r = subprocess.run([LOAD_BIN], capture_output=True, text=True)
     return r.stdout + r.stderr
 
 
 def start_load(args, stdout_path):
     """Starts sluice-load with `args`; its output goes to `stdout_path`."""
     f = open(stdout_path, "w")
-    p = subprocess.Popen([common.LOAD_BIN] + [str(a) for a in args], stdout=f,
+    p = subprocess.Popen([LOAD_BIN] + [str(a) for a in args], stdout=f,
                          stderr=subprocess.STDOUT)
     p._out_file = f
     p._out_path = stdout_path
@@ -141,7 +143,7 @@ class KeepAlive:
         status, body, _ = self.request("GET", "/metrics")
         if status != 200:
             raise ConnectionError(f"/metrics: {status}")
-        return common.parse_metrics(body.decode())
+        return parse_metrics(body.decode())
 
     def close(self):
         if self.sock is not None:
@@ -220,32 +222,6 @@ class StalledReaders:
         self.socks = []
 
 
-# ---- the kernel's view of sockets ----------------------------------------------------------------
-
-def tcp_sockets(local_port=None, remote_port=None):
-    """TCP sockets from /proc/net/tcp{,6} filtered by ports: dicts with state (hex), local_port,
-    remote_port, tx_queue and rx_queue (bytes)."""
-    out = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    p = line.split()
-                    lp = int(p[1].rsplit(":", 1)[1], 16)
-                    rp = int(p[2].rsplit(":", 1)[1], 16)
-                    if local_port is not None and lp != local_port:
-                        continue
-                    if remote_port is not None and rp != remote_port:
-                        continue
-                    tx, rx = p[4].split(":")
-                    out.append({"state": p[3], "local_port": lp, "remote_port": rp,
-                                "tx_queue": int(tx, 16), "rx_queue": int(rx, 16)})
-        except FileNotFoundError:
-            pass
-    return out
-
-
 # ---- statistics ---------------------------------------------------------------------------------
 
 def percentile(values, p):
@@ -307,7 +283,7 @@ def plot_curves(png_path, title, curves, ylabel, hlines=(), logscale=False, y2la
     for value, label, colour in hlines:
         plots.append(f"{value} with lines dt 2 lw 2 lc rgb '{colour}' title '{label}'")
     script = "\n".join([
-        "set terminal pngcairo size 1000,600 font 'sans,11' noenhanced" if common._has_cairo()
+        "set terminal pngcairo size 1000,600 font 'sans,11' noenhanced" if has_cairo()
         else "set terminal png size 1000,600 noenhanced",
         f"set output '{png_path}'",
         "set datafile separator ','",
@@ -327,11 +303,7 @@ def plot_curves(png_path, title, curves, ylabel, hlines=(), logscale=False, y2la
          for x, label in vlines] + [
         "plot " + ", ".join(plots),
     ])
-    r = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
-    if r.returncode != 0:
-        print("gnuplot failed: " + r.stderr, file=sys.stderr)
-        return False
-    return True
+    return run_gnuplot(script)
 
 
 def write_rows(path, rows, fields=None):
@@ -685,3 +657,83 @@ def hist_pct(hist, p):
         if seen >= want:
             return i
     return len(hist) - 1
+
+
+# ---- a paced publisher on one raw keep-alive connection -------------------------------------
+
+class Publisher:
+    """A thread that publishes `rate` messages a second of `size` bytes to `topic` over one
+    keep-alive HTTP connection (raw socket), paced by schedule. `log` keeps (t, total payload
+    bytes) after every publish, so a scenario can tell when a given number of bytes had been
+    published since some moment. Counts `ok` (202) and `errors`; reconnects on failure."""
+
+    def __init__(self, port, topic, rate, size, host="127.0.0.1"):
+        self.port, self.topic, self.rate, self.size, self.host = port, topic, rate, size, host
+        self.ok = 0
+        self.errors = 0
+        self.bytes = 0
+        self.log = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _connect(self):
+        s = socket.create_connection((self.host, self.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def _run(self):
+        sock = None
+        period = 1.0 / self.rate
+        next_t = time.monotonic()
+        seq = 0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now < next_t:
+                self._stop.wait(next_t - now)
+                continue
+            next_t += period
+            if next_t < now - 1.0:  # far behind (machine busy): do not burst to catch up
+                next_t = now
+            seq += 1
+            body = (f"{seq} {time.time():.6f} ".encode() + b"x" * self.size)[:self.size]
+            req = (f"POST /topics/{self.topic} HTTP/1.1\r\nHost: {self.host}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            try:
+                if sock is None:
+                    sock = self._connect()
+                sock.sendall(req)
+                status = read_response(sock, 10)[0]
+                if status != 202:
+                    self.errors += 1
+                else:
+                    self.ok += 1
+                    self.bytes += len(body)
+                    self.log.append((time.monotonic(), self.bytes))
+            except (OSError, ConnectionError, ValueError, IndexError):
+                self.errors += 1
+                if sock is not None:
+                    sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
+    def bytes_since(self, t0):
+        """Payload bytes published after monotonic time t0 (so far)."""
+        log = self.log[:]
+        i = bisect.bisect_right(log, t0, key=lambda e: e[0])
+        base = log[i - 1][1] if i > 0 else 0
+        return (log[-1][1] if log else 0) - base
+
+    def time_when_bytes_since(self, t0, nbytes):
+        """The monotonic time at which `nbytes` payload bytes had been published after t0, or
+        None if that has not happened yet."""
+        log = self.log[:]
+        i = bisect.bisect_right(log, t0, key=lambda e: e[0])
+        base = log[i - 1][1] if i > 0 else 0
+        j = bisect.bisect_left(log, base + nbytes, lo=i, key=lambda e: e[1])
+        return log[j][0] if j < len(log) else None
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(15)

@@ -34,8 +34,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
 import loadkit as lk  # noqa: E402
+from proc import Server  # noqa: E402
+from report import out_dir, verdict  # noqa: E402
+from sampling import Sampler  # noqa: E402
 
 MSG = 32 * 1024
 RATE = 10
@@ -51,11 +53,11 @@ def main():
     ap.add_argument("--short", action="store_true", help="15 s instead of 30 s")
     a = ap.parse_args()
     duration = 15 if a.short else 30
-    out = common.out_dir("noreaders")
+    out = out_dir("noreaders")
     print(f"# noreaders: {MSG} B x {RATE}/s for {duration} s, ring max_bytes 2MiB, no readers; "
           f"out {out}", flush=True)
-    srv = common.Server("log_level = warn\n[topic \"*\"]\nmax_bytes = 2MiB\nmax_messages = 1024\n",
-                        memory_limit="64MiB")
+    srv = Server("log_level = warn\n[topic \"*\"]\nmax_bytes = 2MiB\nmax_messages = 1024\n",
+                 memory_limit="64MiB")
     lk.caching_metrics(srv)
     pub = lk.KeepAlive(srv.port)
     probe = lk.KeepAlive(srv.port)
@@ -75,7 +77,7 @@ def main():
                 "accounted_growth_mb": round(
                     (lk.metric(m, "sluice_memory_accounted_bytes") - acc0) / lk.MiB, 4)}
 
-    sampler = common.Sampler(srv, interval=0.5, extra=extra)
+    sampler = Sampler(srv, interval=0.5, extra=extra)
     ok_n = bad = 0
     last_id = None
     body = b"x" * MSG
@@ -151,7 +153,7 @@ def main():
                            ((BOUND + RSS_OVERHEAD) / lk.MiB, "RSS allowance (bound + 2 MiB)",
                             "orange")])
     ok = not failed
-    common.verdict("noreaders", ok, **figures)
+    verdict("noreaders", ok, **figures)
     return 0 if ok else 1
 
 

@@ -38,8 +38,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
 import loadkit as lk  # noqa: E402
+from proc import NchanServer, Server  # noqa: E402
+from report import out_dir, verdict  # noqa: E402
+from sampling import Sampler, slope_mb_per_min  # noqa: E402
 
 FAST, STALLED, RATE, SIZE = 50, 200, 2000, 1024
 LIMIT, LIMIT_MB = "64MiB", 64
@@ -61,17 +63,17 @@ def run(kind, duration, waves, out, label):
     """One run of the load against a fresh server. kind: "sluice" or "nchan"; waves: times (s
     after the load tool started) at which STALLED stalled readers are opened. Returns figures."""
     if kind == "sluice":
-        srv = common.Server(sluice_config(), memory_limit=LIMIT)
+        srv = Server(sluice_config(), memory_limit=LIMIT)
         sse, ws, pub = "/topics/st", "/topics/st", "/topics/st"
     else:
-        srv = common.NchanServer()
+        srv = NchanServer()
         sse, ws, pub = "/sub/st", "/ws/st", "/pub/st"
     opened = []  # one StalledReaders per wave
 
     def held():
         return sum(len(w.socks) for w in opened)
 
-    sampler = common.Sampler(srv, interval=2.0, extra=lambda: {"stalled_open_client_side": held()})
+    sampler = Sampler(srv, interval=2.0, extra=lambda: {"stalled_open_client_side": held()})
     args = ["stalled", "--port", srv.port, "-f", FAST, "-t", 0, "-r", RATE, "--size", SIZE,
             "-d", duration, "--sub-path", sse, "--pub-path", pub,
             "--server-pid", ",".join(map(str, srv.pids)), "--sample-ms", 2000,
@@ -146,7 +148,7 @@ def judge_sluice(res, base):
             f["failed"].append(name)
 
     rss_max = max([r["rss_mb"] for r in rows] + [kv.get("rss_max", 0) / 2**20])
-    slope = common.slope_mb_per_min(rows)
+    slope = slope_mb_per_min(rows)
     first, last = lk.thirds(rows)
     rise = lk.longest_rise([r for r in rows if r["t"] >= rows[-1]["t"] / 2])
     f.update(rss_max_mb=round(rss_max, 1), rss_slope_mb_per_min=round(slope, 3),
@@ -226,7 +228,7 @@ def main():
     while t + STALL_S + 15 <= duration:
         waves.append(t)
         t += every
-    out = common.out_dir("stalled")
+    out = out_dir("stalled")
     name = "stalled" + ("-soak" if a.minutes else "")
     print(f"# {name}: {FAST} fast + waves of {STALLED} stalled at {waves} s, {RATE} msg/s x "
           f"{SIZE} B, {duration:.0f} s; baseline {base_s} s; out {out}", flush=True)
@@ -262,7 +264,7 @@ def main():
         nk = nres["kv"]
         figures.update(
             nchan_rss_max_mb=round(max(r["rss_mb"] for r in nrows), 1),
-            nchan_rss_slope_mb_per_min=round(common.slope_mb_per_min(nrows), 1),
+            nchan_rss_slope_mb_per_min=round(slope_mb_per_min(nrows), 1),
             nchan_published=nk.get("published", "n/a"), nchan_pub_ok=nk.get("pub_ok", "n/a"),
             nchan_pub_blocked=nk.get("pub_blocked", "n/a"),
             nchan_fast_missing=nk.get("fast_missing", "n/a"),
@@ -278,7 +280,7 @@ def main():
     if failed:
         figures["failed"] = ",".join(failed)
     figures["out"] = out
-    common.verdict(name, ok, **figures)
+    verdict(name, ok, **figures)
     return 0 if ok else 1
 
 

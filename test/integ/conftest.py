@@ -7,7 +7,6 @@ Binary: $SLUICE_BIN, else <repo>/build/sluice.
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,36 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from sluice_client import RawConn, SSEClient, http  # noqa: E402
+from sluice_proc import SLUICE_BIN, free_port, render_config, spawn  # noqa: E402, F401
 
-REPO = Path(__file__).resolve().parents[2]
-SLUICE_BIN = os.environ.get("SLUICE_BIN", str(REPO / "build" / "sluice"))
 CRASH_MARKERS = ("AddressSanitizer", "runtime error", "LeakSanitizer", "Segmentation fault")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def render_config(server=None, limits=None, topics=None):
-    """INI text from dicts. `topics` is a list of (glob, {key: value}) or a dict glob -> dict
-    (in order). Values are written as given (strings like '2s', '64MiB', 'true')."""
-    out = []
-    if server:
-        out.append("[server]")
-        out += [f"{k} = {v}" for k, v in server.items()]
-    if limits:
-        out.append("[limits]")
-        out += [f"{k} = {v}" for k, v in limits.items()]
-    if topics:
-        items = topics.items() if isinstance(topics, dict) else topics
-        for glob, kv in items:
-            out.append(f'[topic "{glob}"]')
-            out += [f"{k} = {v}" for k, v in kv.items()]
-    return "\n".join(out) + "\n"
 
 
 def parse_metrics(text):
@@ -221,14 +193,8 @@ def sluice_factory(tmp_path):
             cfg_path = workdir / "sluice.ini"
             cfg_path.write_text(cfg_text)
             stderr_path = workdir / "stderr.log"
-            argv = [SLUICE_BIN, "--config", str(cfg_path)]
-            if listen_arg:
-                argv += ["--listen", f"127.0.0.1:{p}"]
-            argv += list(args)
-            errf = open(stderr_path, "wb")
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
-                                    cwd=workdir)
-            errf.close()
+            argv = ["--listen", f"127.0.0.1:{p}"] if listen_arg else []
+            proc = spawn(cfg_path, stderr_path, args=argv + list(args), cwd=workdir)
             drain = _duration_s(srv_conf.get("shutdown_drain", "5s"))
             srv = Sluice(proc, p, workdir, cfg_path, stderr_path, drain)
             servers.append(srv)

@@ -111,6 +111,43 @@ class Frame:
         return f"<Frame op={self.opcode:#x} fin={int(self.fin)} rsv={self.rsv} len={len(self.payload)} {p!r}>"
 
 
+def parse_frame(buf, pos=0):
+    """The frame that starts at `pos` in `buf` (bytes or bytearray), unmasked if it was masked:
+    (Frame, offset just after it), or (None, pos) when the frame is not complete yet. Nothing is
+    checked here; read_frame() checks what a server frame must be."""
+    b = buf
+    if len(b) < pos + 2:
+        return None, pos
+    fin = bool(b[pos] & 0x80)
+    rsv = (b[pos] >> 4) & 7
+    opcode = b[pos] & 0xF
+    masked = bool(b[pos + 1] & 0x80)
+    n = b[pos + 1] & 0x7F
+    at = pos + 2
+    if n == 126:
+        if len(b) < at + 2:
+            return None, pos
+        n = struct.unpack_from("!H", b, at)[0]
+        at += 2
+    elif n == 127:
+        if len(b) < at + 8:
+            return None, pos
+        n = struct.unpack_from("!Q", b, at)[0]
+        at += 8
+    key = None
+    if masked:
+        if len(b) < at + 4:
+            return None, pos
+        key = bytes(b[at:at + 4])
+        at += 4
+    if len(b) < at + n:
+        return None, pos
+    payload = bytes(b[at:at + n])
+    if masked:
+        payload = mask_bytes(payload, key)
+    return Frame(fin, rsv, opcode, masked, payload), at + n
+
+
 class Message:
     """A complete data message (text or binary)."""
     __slots__ = ("opcode", "payload")
@@ -202,38 +239,10 @@ class WSConn(RawConn):
     # -- receiving -------------------------------------------------------------------------
     def parse_buffered_frame(self):
         """A whole frame from the front of buf (consumed), or None when it is incomplete."""
-        b = self.buf
-        if len(b) < 2:
-            return None
-        fin = bool(b[0] & 0x80)
-        rsv = (b[0] >> 4) & 7
-        opcode = b[0] & 0xF
-        masked = bool(b[1] & 0x80)
-        n = b[1] & 0x7F
-        pos = 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n = struct.unpack("!H", b[2:4])[0]
-            pos = 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n = struct.unpack("!Q", b[2:10])[0]
-            pos = 10
-        key = None
-        if masked:
-            if len(b) < pos + 4:
-                return None
-            key = b[pos:pos + 4]
-            pos += 4
-        if len(b) < pos + n:
-            return None
-        payload = b[pos:pos + n]
-        self.buf = b[pos + n:]
-        if masked:
-            payload = mask_bytes(payload, key)
-        return Frame(fin, rsv, opcode, masked, payload)
+        f, end = parse_frame(self.buf)
+        if f is not None:
+            self.buf = self.buf[end:]
+        return f
 
     def read_frame(self, timeout=5.0):
         """The next frame, checked as a server frame must be. Raises Closed at EOF,
