@@ -64,7 +64,8 @@ typedef struct sl_breg_entry {
     struct sl_breg_entry *hnext;
     sl_list_t lru; /* most recently used at the tail */
     uint64_t last_used_ms;
-    uint32_t users; /* streams sending or waiting on it; evictable only at 0 */
+    uint32_t users;    /* streams sending or waiting on it; evictable only at 0 */
+    uint32_t inflight; /* requests in flight to this endpoint (its sink counts them) */
     sl_breaker_t b;
     size_t key_len;
     char key[]; /* the origin, "scheme://host:port" */

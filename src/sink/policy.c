@@ -3,6 +3,7 @@
  */
 #include "sink/policy.h"
 
+#include <netinet/in.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -132,4 +133,30 @@ const char *sl_status_class_name(sl_status_class_t c)
         return "gone";
     }
     return "?";
+}
+
+static int v4_private(const uint8_t a[4])
+{
+    return a[0] == 0 || a[0] == 10 || a[0] == 127 || (a[0] == 169 && a[1] == 254) ||
+           (a[0] == 172 && (a[1] & 0xf0) == 16) || (a[0] == 192 && a[1] == 168) ||
+           (a[0] == 100 && (a[1] & 0xc0) == 64) || a[0] >= 224;
+}
+
+int sl_addr_private(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return v4_private((const uint8_t *)&in->sin_addr);
+    }
+    if (sa->sa_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        static const uint8_t zero[15] = {0};
+        if (memcmp(a, mapped, 12) == 0)
+            return v4_private(a + 12);
+        if (memcmp(a, zero, 15) == 0)
+            return 1; /* :: and ::1 */
+        return a[0] == 0xff || (a[0] & 0xfe) == 0xfc || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80);
+    }
+    return 1;
 }

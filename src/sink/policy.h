@@ -36,4 +36,10 @@ typedef enum {
 sl_status_class_t sl_status_class(long status);
 const char *sl_status_class_name(sl_status_class_t c);
 
+struct sockaddr;
+/* 1 if a sink must not connect to this address unless allowed: loopback, private (RFC 1918,
+ * unique-local), link-local, carrier-grade NAT, unspecified, multicast and broadcast, also when
+ * written as an IPv4-mapped IPv6 address; 0 for a public address. Unknown families are 1. */
+int sl_addr_private(const struct sockaddr *sa);
+
 #endif
