@@ -16,6 +16,8 @@
 #include "sink/policy.h"
 #include "sink/sign.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,12 +203,48 @@ static void test_url_templates(void **state)
     assert_int_equal(sl_url_origin("ws://h/x", out, sizeof(out)), -1);
 }
 
+static int private4(const char *a)
+{
+    struct sockaddr_in in = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, a, &in.sin_addr), 1);
+    return sl_addr_private((struct sockaddr *)&in);
+}
+
+static int private6(const char *a)
+{
+    struct sockaddr_in6 in = {.sin6_family = AF_INET6};
+    assert_int_equal(inet_pton(AF_INET6, a, &in.sin6_addr), 1);
+    return sl_addr_private((struct sockaddr *)&in);
+}
+
+static void test_private_addresses(void **state)
+{
+    (void)state;
+    const char *priv4[] = {"127.0.0.1",   "10.1.2.3",        "172.16.0.1", "172.31.255.255",
+                           "192.168.1.1", "169.254.169.254", "0.0.0.0",    "100.64.0.1",
+                           "224.0.0.1",   "255.255.255.255"};
+    for (size_t i = 0; i < sizeof(priv4) / sizeof(priv4[0]); i++)
+        assert_true(private4(priv4[i]));
+    const char *pub4[] = {"8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1", "1.1.1.1"};
+    for (size_t i = 0; i < sizeof(pub4) / sizeof(pub4[0]); i++)
+        assert_false(private4(pub4[i]));
+    const char *priv6[] = {"::1",     "::",      "fe80::1",          "fc00::1",
+                           "fd12::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"};
+    for (size_t i = 0; i < sizeof(priv6) / sizeof(priv6[0]); i++)
+        assert_true(private6(priv6[i]));
+    assert_false(private6("2001:4860:4860::8888"));
+    assert_false(private6("::ffff:8.8.8.8"));
+    struct sockaddr other = {.sa_family = AF_UNIX};
+    assert_true(sl_addr_private(&other));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_backoff_bounds), cmocka_unit_test(test_retry_after),
-        cmocka_unit_test(test_status_classes), cmocka_unit_test(test_sign_vector),
-        cmocka_unit_test(test_batch_formats),  cmocka_unit_test(test_url_templates),
+        cmocka_unit_test(test_backoff_bounds),    cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_status_classes),    cmocka_unit_test(test_sign_vector),
+        cmocka_unit_test(test_batch_formats),     cmocka_unit_test(test_url_templates),
+        cmocka_unit_test(test_private_addresses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
