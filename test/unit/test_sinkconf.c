@@ -37,7 +37,7 @@ static void test_full(void **state)
                  "max_in_flight = 4\nstream_in_flight = 1\nconnect_timeout = 2s\ntimeout = 3s\n"
                  "retry_initial = 100ms\nretry_max = 10m\ndead_letter = dlq/billing\n"
                  "header = Authorization: Bearer x\nheader = X-A: b\nbreaker_failures = 2\n"
-                 "breaker_open = 1s\nbreaker_open_max = 1m\non_max_backlog = skip\n"
+                 "breaker_open = 1s\nbreaker_open_max = 1m\non_max_backlog = block\n"
                  "allow_private = true\n",
                  errs, sizeof(errs));
     assert_int_equal(n, 0);
@@ -62,7 +62,7 @@ static void test_full(void **state)
     assert_int_equal(c->nheaders, 2);
     assert_string_equal(c->headers[1], "X-A: b");
     assert_int_equal(c->breaker_failures, 2);
-    assert_int_equal(c->skip_on_backlog, 1);
+    assert_int_equal(c->skip_on_backlog, 0);
     assert_int_equal(c->allow_private, 1);
     assert_true(sl_sinkconf_matches(c, "billing/eu"));
     assert_true(sl_sinkconf_matches(c, "audit"));
@@ -96,6 +96,7 @@ static void test_errors(void **state)
          "retry_max = 1m\n",
          "retry_initial is above retry_max"},
         {"[sink \"ok\"]\ntype = file\ntopics = x\n", "type = file is not available"},
+        {"[sink \"ok\"]\non_max_backlog = skip\n", "on_max_backlog = skip is not available"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char errs[2048];
