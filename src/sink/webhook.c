@@ -494,15 +494,17 @@ static void drop_front(stream_t *st, uint32_t n)
     st->nmsgs -= n;
 }
 
-/* The batch (or its front part) was delivered: acknowledge and go on. */
-static void delivered(stream_t *st, uint32_t n)
+/* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
+ * acknowledge and go on. */
+static void passed(stream_t *st, uint32_t n, int ok)
 {
     sink_t *k = st->sink;
     if (n > 0) {
         uint64_t last = st->msgs[n - 1]->seq;
         if (st->cursor != NULL)
             sl_ll_ack(st->topic, st->cursor, last);
-        k->delivered += n;
+        if (ok)
+            k->delivered += n;
         drop_front(st, n);
     }
     if (st->gap) {
@@ -621,7 +623,7 @@ static void request_done(stream_t *st, CURLcode res)
     if (s->stopping) {
         /* Draining: keep what was delivered, send nothing more. */
         if (cls == SL_STATUS_OK)
-            delivered(st, st->send_n);
+            passed(st, st->send_n, 1);
         release_breaker(st);
         st->state = ST_IDLE;
         return;
@@ -629,7 +631,7 @@ static void request_done(stream_t *st, CURLcode res)
     switch (cls) {
     case SL_STATUS_OK:
         k->requests_ok++;
-        delivered(st, st->send_n);
+        passed(st, st->send_n, 1);
         if (st->nmsgs > 0) {
             /* The rest of a split batch. */
             st->send_n = st->nmsgs;
@@ -655,7 +657,7 @@ static void request_done(stream_t *st, CURLcode res)
         }
         if (st->send_n == 0) {
             /* The gap envelope alone was refused: drop it (it was counted) and go on. */
-            delivered(st, 0);
+            passed(st, 0, 1);
             to_idle(st);
             break;
         }
@@ -673,7 +675,7 @@ static void request_done(stream_t *st, CURLcode res)
         k->dead_letters++;
         SL_WARN("sink message dead-lettered", "sink=%s topic=%s seq=%" PRIu64 " status=%ld",
                 c->name, st->topic->name, st->msgs[0]->seq, status);
-        delivered(st, 1);
+        passed(st, 1, 0);
         if (st->nmsgs > 0) {
             st->send_n = st->nmsgs;
             try_send(st);
@@ -890,6 +892,112 @@ static void on_topic(void *arg, sl_topic_t *t)
     }
 }
 
+/* ---- metrics -------------------------------------------------------------------------- */
+
+/* The sinks' series for /metrics. Labels are sink names (never URLs) and fixed words. */
+static char *render_metrics(void *arg, size_t *len)
+{
+    sl_sinks_t *s = arg;
+    sl_bbuf_t b = {0};
+    char line[256];
+#define LINE(...)                                                                                  \
+    do {                                                                                           \
+        int n_ = snprintf(line, sizeof(line), __VA_ARGS__);                                        \
+        if (n_ > 0)                                                                                \
+            sl_bbuf_put(&b, line, (size_t)n_ < sizeof(line) ? (size_t)n_ : sizeof(line) - 1);      \
+    } while (0)
+    static const struct {
+        const char *name, *type, *help;
+    } series[] = {
+        {"sluice_sink_delivered_messages_total", "counter", "Messages acknowledged by a 2xx."},
+        {"sluice_sink_requests_total", "counter", "Sink requests by outcome."},
+        {"sluice_sink_retries_total", "counter", "Requests retried after a failure."},
+        {"sluice_sink_in_flight", "gauge", "Sink requests in flight."},
+        {"sluice_sink_backlog_messages", "gauge", "Messages not yet acknowledged."},
+        {"sluice_sink_dead_letters_total", "counter", "Messages sent to the dead-letter topic."},
+        {"sluice_sink_gap_messages_total", "counter", "Messages a lossy stream missed."},
+        {"sluice_sink_streams_stopped", "gauge", "Streams stopped (poison, 410)."},
+        {"sluice_sink_disabled", "gauge", "1 when the sink got 410 Gone."},
+    };
+    for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++) {
+        LINE("# HELP %s %s\n# TYPE %s %s\n", series[i].name, series[i].help, series[i].name,
+             series[i].type);
+        for (size_t j = 0; j < s->n; j++) {
+            sink_t *k = &s->v[j];
+            const char *nm = k->conf->name;
+            switch (i) {
+            case 0:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->delivered);
+                break;
+            case 1:
+                LINE("%s{outcome=\"ok\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_ok);
+                LINE("%s{outcome=\"failed\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_failed);
+                LINE("%s{outcome=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_rejected);
+                break;
+            case 2:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->retries);
+                break;
+            case 3:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->inflight);
+                break;
+            case 4: {
+                uint64_t backlog = 0;
+                sl_list_t *it;
+                sl_list_each(it, &k->streams)
+                {
+                    stream_t *st = sl_container_of(it, stream_t, link);
+                    const sl_reader_t *r = &st->sub.readers[0];
+                    backlog += st->nmsgs;
+                    if (r->next <= st->topic->head_seq)
+                        backlog += st->topic->head_seq - r->next + 1;
+                }
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, backlog);
+                break;
+            }
+            case 5:
+                LINE("%s{reason=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->dead_letters);
+                break;
+            case 6:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->gap_messages);
+                break;
+            case 7:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->stopped_streams);
+                break;
+            case 8:
+                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
+                break;
+            }
+        }
+    }
+    size_t by[3];
+    sl_breg_count(&s->breg, by);
+    LINE("# HELP sluice_sink_breakers Circuit breakers in the registry, by state.\n"
+         "# TYPE sluice_sink_breakers gauge\n");
+    for (int i = 0; i < 3; i++)
+        LINE("sluice_sink_breakers{state=\"%s\"} %zu\n",
+             sl_breaker_state_name((sl_breaker_state_t)i), by[i]);
+    LINE("# HELP sluice_sink_breaker_evictions_total Breakers evicted, by reason.\n"
+         "# TYPE sluice_sink_breaker_evictions_total counter\n"
+         "sluice_sink_breaker_evictions_total{reason=\"lru\"} %" PRIu64 "\n"
+         "sluice_sink_breaker_evictions_total{reason=\"ttl\"} %" PRIu64 "\n",
+         s->breg.evictions, s->breg.ttl_evictions);
+    LINE("# HELP sluice_sink_breaker_registry_full_total Streams that waited for a slot.\n"
+         "# TYPE sluice_sink_breaker_registry_full_total counter\n"
+         "sluice_sink_breaker_registry_full_total %" PRIu64 "\n",
+         s->breg.full);
+#undef LINE
+    /* The block is handed over in plain malloc memory (the caller frees it with free()). */
+    char *out = sl_malloc(b.len + 1);
+    memcpy(out, b.p, b.len);
+    *len = b.len;
+    sl_bbuf_free(&b);
+    return out;
+}
+
 /* ---- start, stop ------------------------------------------------------------------------ */
 
 static void on_sweep(uv_timer_t *h)
@@ -954,6 +1062,7 @@ static void finish(sl_sinks_t *s)
     }
     if (s->hub->on_topic_arg == s)
         s->hub->on_topic = NULL;
+    sl_metrics_set_extra(NULL, NULL);
     curl_multi_cleanup(s->multi);
     s->multi = NULL;
     for (size_t i = 0; i < s->nbyfd; i++)
@@ -1082,6 +1191,7 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     /* Topics that exist now (recovered lossless logs), then every topic created later. */
     hub->on_topic = on_topic;
     hub->on_topic_arg = s;
+    sl_metrics_set_extra(render_metrics, s);
     sl_list_t *it;
     sl_list_each(it, &hub->topics)
     {

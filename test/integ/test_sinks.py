@@ -332,3 +332,21 @@ def test_missing_secret_file_fails_start(tmp_path):
                        timeout=10)
     assert p.returncode == 1
     assert "cannot read signing_secret_file" in p.stderr + p.stdout
+
+
+def test_metrics_series_by_sink_name(sluice_factory, tmp_path, receiver):
+    receiver.set("reject_id", reject="bad")
+    srv = start(sluice_factory, tmp_path, {
+        "m1": webhook(receiver.url("/secret-path-x"), dead_letter="dlq/m1")})
+    srv.publish_batch("t/a", ["good", "bad", "good2"])
+    assert receiver.wait(lambda r: r.delivered_payloads("t/a") == ["good", "good2"])
+    m = srv.wait_metric('sluice_sink_dead_letters_total{reason="rejected",sink="m1"}',
+                        lambda v: v == 1)
+    assert m.v('sluice_sink_delivered_messages_total{sink="m1"}') == 2
+    assert m.v('sluice_sink_requests_total{outcome="rejected",sink="m1"}') >= 1
+    assert m.v('sluice_sink_in_flight{sink="m1"}') == 0
+    assert m.v('sluice_sink_backlog_messages{sink="m1"}') == 0
+    assert m.v('sluice_sink_breakers{state="closed"}') + \
+        m.v('sluice_sink_breakers{state="open"}') <= 1
+    text = srv.get("/metrics").body.decode()
+    assert "secret-path-x" not in text and "127.0.0.1:%d" % receiver.port not in text
