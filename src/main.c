@@ -7,6 +7,7 @@
 #include "lib/log.h"
 #include "net/api.h"
 #include "net/server.h"
+#include "sink/sink.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,7 +94,15 @@ int main(int argc, char **argv)
     int rc = sl_server_start(srv, &loop, &cfg);
     /* The one place the layers are wired: the API answers the server's requests. */
     sl_api_install(srv);
+    /* Sinks read the hub beside the server and stop on the same signals. */
+    int sink_err = 0;
+    sl_sinks_t *sinks = rc == 0 ? sl_sinks_start(&loop, &srv->hub, &cfg, &sink_err) : NULL;
+    if (sink_err != 0) {
+        rc = sink_err;
+        sl_server_shutdown(srv);
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
+    sl_sinks_free(sinks);
     sl_server_dispose(srv);
     free(srv);
     int close_rc = uv_loop_close(&loop);

@@ -143,6 +143,8 @@ sl_topic_t *sl_hub_topic(sl_hub_t *hub, const char *name, size_t len, int create
     if (create != SL_TOPIC_CREATE_BARE && hub->storage != NULL)
         hub->storage->attach(t);
     SL_DEBUG("topic created", "topic=%s epoch=%s", t->name, t->epoch_hex);
+    if (create != SL_TOPIC_CREATE_BARE && hub->on_topic != NULL)
+        hub->on_topic(hub->on_topic_arg, t);
     return t;
 }
 

@@ -21,6 +21,10 @@ typedef struct sl_sub_ops {
      * overflow marker and close if sub->overflow is set. Called only when the sub is not
      * writing. Must not call back into sl_hub_flush. Returns the bytes it wrote or queued. */
     size_t (*deliver)(struct sl_sub *sub);
+    /* Optional: a disk read for one of the sub's readers completed (lossless topics). Without
+     * it the store's global callback (sl_ll_set_ready_cb) is used. Lets readers other than
+     * connections (sinks) read back from a log. */
+    void (*disk_ready)(struct sl_sub *sub);
 } sl_sub_ops_t;
 
 /* A subscriber: the transport-independent delivery state of one connection. Embedded in its
@@ -67,6 +71,10 @@ typedef struct sl_hub {
     uint64_t unflushed; /* messages published since the last flush pass */
     uint64_t epoch;     /* names this process's multi-topic id space */
     char epoch_hex[17];
+    /* Told about every topic created (after its storage attached), so that server-side readers
+     * (sinks) can follow topics matching their patterns; NULL when nobody listens. */
+    void (*on_topic)(void *arg, sl_topic_t *t);
+    void *on_topic_arg;
 } sl_hub_t;
 
 void sl_hub_init(sl_hub_t *hub, const sl_config_t *cfg);

@@ -72,6 +72,15 @@ static void one(out_t *o, const char *name, const char *type, const char *help, 
     put(o, "%s %" PRIu64 "\n", name, v);
 }
 
+static char *(*extra_render)(void *arg, size_t *len);
+static void *extra_arg;
+
+void sl_metrics_set_extra(char *(*render)(void *arg, size_t *len), void *arg)
+{
+    extra_render = render;
+    extra_arg = arg;
+}
+
 static uint64_t resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -196,6 +205,13 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         m->http_codes[SL_HTTP_CODES - 1]);
     one(&o, "process_resident_memory_bytes", "gauge", "Resident set size.", resident_bytes());
     one(&o, "process_open_fds", "gauge", "Open file descriptors.", open_fds());
+    if (extra_render != NULL) {
+        size_t elen = 0;
+        char *e = extra_render(extra_arg, &elen);
+        if (e != NULL)
+            put(&o, "%.*s", (int)elen, e);
+        free(e);
+    }
     *len = o.len;
     return o.buf;
 }

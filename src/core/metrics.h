@@ -105,4 +105,9 @@ struct sl_hub;
  * Returns the buffer and sets *len. */
 char *sl_metrics_render(const struct sl_hub *hub, size_t *len);
 
+/* Series of a module above the core (the sinks), rendered after the built-in ones: `render`
+ * returns a malloc'ed block of complete Prometheus lines (and sets *len), which the caller
+ * frees. One renderer; NULL removes it. */
+void sl_metrics_set_extra(char *(*render)(void *arg, size_t *len), void *arg);
+
 #endif

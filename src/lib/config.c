@@ -61,6 +61,7 @@ void sl_config_init(sl_config_t *cfg)
     t->fsync_interval_ms = 100;
     t->segment_bytes = 16 << 20;
     t->disk_quota = 1ull << 30;
+    sl_sinks_conf_init(&cfg->sinks);
 }
 
 void sl_config_dispose(sl_config_t *cfg)
@@ -75,6 +76,7 @@ void sl_config_dispose(sl_config_t *cfg)
     cfg->listen_host = cfg->data_dir = NULL;
     cfg->rules = NULL;
     cfg->nrules = 0;
+    sl_sinks_conf_dispose(&cfg->sinks);
 }
 
 /* ---- value parsers ---------------------------------------------------------------------- */
@@ -310,10 +312,17 @@ static void check_section(parse_ctx_t *p, const char *line)
         rule_for(p, name);
         return;
     }
+    const char *why = NULL;
+    int sk = sl_sinkconf_section(&p->cfg->sinks, name, p->line, &why);
+    if (sk > 0)
+        return;
     free(p->section);
     p->section = sl_strdup(name);
     p->rule = -1;
-    error_at(p, p->line, "unknown section [%s]", name);
+    if (sk < 0)
+        error_at(p, p->line, "malformed section [%s]: %s", name, why);
+    else
+        error_at(p, p->line, "unknown section [%s]", name);
 }
 
 /* inih reads lines through this, so the count of lines read is the current line number. */
@@ -630,11 +639,23 @@ static int on_entry(void *user, const char *section, const char *key, const char
         sl_topic_rule_t *r = rule_for(p, section);
         if (r != NULL)
             topic_key(p, r, key, val);
+    } else if (strcmp(section, "sinks") == 0 ||
+               (strncmp(section, "sink", 4) == 0 && (section[4] == ' ' || section[4] == '"'))) {
+        char err[256];
+        const char *why;
+        if (sl_sinkconf_section(&cfg->sinks, section, p->line, &why) > 0 &&
+            sl_sinkconf_key(&cfg->sinks, section, key, val, err, sizeof(err)) != 0)
+            error_at(p, p->line, "%s", err);
     } else if (section[0] == '\0') {
         error_at(p, p->line, "key '%s' outside of any section", key);
     }
     /* Keys of an unknown section: its header was reported by check_section(). */
     return 1;
+}
+
+static void report_sink(void *arg, int line, const char *msg)
+{
+    error_at(arg, line, "%s", msg);
 }
 
 static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, FILE *errs)
@@ -653,6 +674,7 @@ static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, F
     if (cfg->max_pending_bytes >= cfg->memory_limit / 2)
         error_at(&p, p.line, "max_pending_bytes (%llu) must be below half of memory_limit (%llu)",
                  (unsigned long long)cfg->max_pending_bytes, (unsigned long long)cfg->memory_limit);
+    sl_sinkconf_check(&cfg->sinks, report_sink, &p);
     free(p.section);
     return p.errors;
 }

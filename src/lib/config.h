@@ -6,6 +6,8 @@
 #ifndef SL_CONFIG_H
 #define SL_CONFIG_H
 
+#include "lib/sinkconf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -116,6 +118,8 @@ typedef struct sl_config {
     sl_topic_rule_t *rules;
     size_t nrules;
     sl_topic_conf_t topic_defaults;
+    /* [sinks] and [sink "NAME"] sections (lib/sinkconf.h). */
+    sl_sinks_conf_t sinks;
 } sl_config_t;
 
 /* Fills *cfg with the built-in defaults. The caller owns the result; free with

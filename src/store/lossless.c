@@ -52,6 +52,16 @@ void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r))
     ll_on_ready = on_ready;
 }
 
+/* A read for r completed (or the write it waited for): its sub's own callback if it has one
+ * (a sink), else the global one (connections). */
+static void notify_ready(sl_reader_t *r)
+{
+    if (r->sub != NULL && r->sub->ops->disk_ready != NULL)
+        r->sub->ops->disk_ready(r->sub);
+    else if (ll_on_ready)
+        ll_on_ready(r);
+}
+
 /* ---- directories and files ------------------------------------------------------------ */
 
 /* A topic's directory name under data_dir/topics: "t-", a readable part, '-' and 32 hex
@@ -855,8 +865,7 @@ static void write_done(uv_work_t *req, int status)
         sl_reader_t *r = sl_container_of(it, sl_reader_t, link);
         if (r->disk_wait && r->disk_job == NULL) {
             r->disk_wait = 0;
-            if (ll_on_ready)
-                ll_on_ready(r);
+            notify_ready(r);
         }
     }
     ll_update(ll);
@@ -1018,8 +1027,7 @@ static void read_done(uv_work_t *req, int status)
     }
     free(j->buf);
     free(j);
-    if (ll_on_ready)
-        ll_on_ready(r);
+    notify_ready(r);
 }
 
 sl_msg_t *sl_ll_next(sl_reader_t *r)

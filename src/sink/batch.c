@@ -1,0 +1,152 @@
+/*
+ * Batch bodies and URL templates (see batch.h).
+ */
+#include "sink/batch.h"
+
+#include "lib/budget.h"
+#include "lib/sse.h"
+#include "lib/ws.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+int sl_sink_format_parse(const char *s, sl_sink_format_t *out)
+{
+    if (strcmp(s, "ndjson") == 0)
+        *out = SL_FMT_NDJSON;
+    else if (strcmp(s, "json") == 0)
+        *out = SL_FMT_JSON;
+    else if (strcmp(s, "raw") == 0)
+        *out = SL_FMT_RAW;
+    else
+        return -1;
+    return 0;
+}
+
+void sl_bbuf_reserve(sl_bbuf_t *b, size_t more)
+{
+    if (b->cap - b->len >= more)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < more)
+        cap *= 2;
+    b->p = sl_brealloc(b->p, b->cap, cap);
+    b->cap = cap;
+}
+
+void sl_bbuf_put(sl_bbuf_t *b, const void *s, size_t n)
+{
+    sl_bbuf_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+void sl_bbuf_free(sl_bbuf_t *b)
+{
+    sl_bfree(b->p, b->cap);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+void sl_batch_begin(sl_bbuf_t *b, sl_sink_format_t fmt)
+{
+    b->len = 0;
+    if (fmt == SL_FMT_JSON)
+        sl_bbuf_put(b, "[", 1);
+}
+
+static void sep(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n)
+{
+    if (fmt == SL_FMT_JSON && n > 0)
+        sl_bbuf_put(b, ",", 1);
+}
+
+static void put_str(sl_bbuf_t *b, const char *s, size_t n)
+{
+    /* A JSON string takes at most 6 bytes per byte and its quotes. */
+    sl_bbuf_reserve(b, n * 6 + 2);
+    size_t len = b->len;
+    int rc = sl_json_put_string(b->p, &len, b->cap, s, n);
+    (void)rc;
+    b->len = len;
+}
+
+static void put_id(sl_bbuf_t *b, const char *epoch_hex, uint64_t seq)
+{
+    char id[64];
+    int n = snprintf(id, sizeof(id), "\"%s-%" PRIu64 "\"", epoch_hex, seq);
+    sl_bbuf_put(b, id, (size_t)n);
+}
+
+void sl_batch_add(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,
+                  size_t topic_len, const char *epoch_hex, uint64_t seq, const char *event,
+                  const char *payload, size_t len)
+{
+    if (fmt == SL_FMT_RAW) {
+        sl_bbuf_put(b, payload, len);
+        return;
+    }
+    sep(b, fmt, n);
+    sl_bbuf_put(b, "{\"id\":", 6);
+    put_id(b, epoch_hex, seq);
+    sl_bbuf_put(b, ",\"topic\":", 9);
+    put_str(b, topic, topic_len);
+    if (event != NULL) {
+        sl_bbuf_put(b, ",\"event\":", 9);
+        put_str(b, event, strlen(event));
+    }
+    sl_bbuf_put(b, ",\"data\":", 8);
+    if (sl_utf8_valid(payload, len)) {
+        put_str(b, payload, len);
+        sl_bbuf_put(b, "}", 1);
+    } else {
+        sl_bbuf_reserve(b, 4 * ((len + 2) / 3) + 2);
+        b->p[b->len++] = '"';
+        b->len += sl_base64_encode(b->p + b->len, payload, len);
+        b->p[b->len++] = '"';
+        sl_bbuf_put(b, ",\"encoding\":\"base64\"}", 21);
+    }
+    if (fmt == SL_FMT_NDJSON)
+        sl_bbuf_put(b, "\n", 1);
+}
+
+void sl_batch_add_gap(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,
+                      size_t topic_len, const char *epoch_hex, uint64_t from, uint64_t to,
+                      uint64_t missed)
+{
+    sep(b, fmt, n);
+    sl_bbuf_put(b, "{\"sluice\":\"gap\",\"topic\":", 24);
+    put_str(b, topic, topic_len);
+    sl_bbuf_put(b, ",\"from\":", 8);
+    put_id(b, epoch_hex, from);
+    sl_bbuf_put(b, ",\"to\":", 6);
+    put_id(b, epoch_hex, to);
+    char tail[48];
+    int l = missed ? snprintf(tail, sizeof(tail), ",\"missed\":%" PRIu64 "}", missed)
+                   : snprintf(tail, sizeof(tail), ",\"missed\":null}");
+    sl_bbuf_put(b, tail, (size_t)l);
+    if (fmt != SL_FMT_JSON)
+        sl_bbuf_put(b, "\n", 1);
+}
+
+void sl_batch_end(sl_bbuf_t *b, sl_sink_format_t fmt)
+{
+    if (fmt == SL_FMT_JSON)
+        sl_bbuf_put(b, "]", 1);
+}
+
+const char *sl_batch_content_type(sl_sink_format_t fmt)
+{
+    switch (fmt) {
+    case SL_FMT_NDJSON:
+        return "application/x-ndjson";
+    case SL_FMT_JSON:
+        return "application/json";
+    case SL_FMT_RAW:
+        return "application/octet-stream";
+    }
+    return "application/octet-stream";
+}

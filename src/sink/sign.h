@@ -1,0 +1,45 @@
+/*
+ * Standard Webhooks signatures (https://www.standardwebhooks.com): the `webhook-signature`
+ * header is a space-separated list of `v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`,
+ * one per secret, so that a receiver can verify with either the old or the new secret while
+ * they are rotated. Secrets are given as in the spec, `whsec_<base64>` (or raw base64). Pure:
+ * OpenSSL's EVP_MAC, no libuv.
+ */
+#ifndef SL_SINK_SIGN_H
+#define SL_SINK_SIGN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_SIGN_MAX_SECRETS 4
+#define SL_SIGN_SECRET_MAX 128
+
+typedef struct sl_signer {
+    size_t n;
+    size_t len[SL_SIGN_MAX_SECRETS];
+    unsigned char key[SL_SIGN_MAX_SECRETS][SL_SIGN_SECRET_MAX];
+} sl_signer_t;
+
+/* Adds a secret ("whsec_…" or bare base64, 1..128 decoded bytes). Returns 0, or -1 when it is
+ * malformed or there are already SL_SIGN_MAX_SECRETS. */
+int sl_signer_add(sl_signer_t *s, const char *secret, size_t len);
+
+/* Parses a secrets file: one secret per line, blank lines and '#' comments ignored. Returns the
+ * number added, or -1 on a malformed line (with *bad_line set to its number). */
+int sl_signer_parse(sl_signer_t *s, const char *text, size_t len, int *bad_line);
+
+/* The bytes the value of `webhook-signature` needs for s's secrets. */
+static inline size_t sl_signer_value_cap(const sl_signer_t *s)
+{
+    return s->n * 48 + 1;
+}
+
+/* Writes the header value for message id, timestamp (seconds) and body into out (at least
+ * sl_signer_value_cap bytes), NUL-terminated. Returns its length, or -1 if the HMAC failed. */
+int sl_signer_sign(const sl_signer_t *s, const char *id, uint64_t ts, const void *body,
+                   size_t body_len, char *out);
+
+/* Base64 decoding (standard alphabet, padding optional). Returns the decoded length or -1. */
+int sl_base64_decode(const char *in, size_t n, unsigned char *out, size_t cap);
+
+#endif

@@ -1,0 +1,1214 @@
+/*
+ * Webhook sinks (see sink.h): libcurl's multi interface driven by the libuv loop, one stream
+ * per (sink, matching topic) as a reader on the hub's delivery path.
+ *
+ * A stream's states, and what wakes it from each (nothing parks without a wake-up):
+ *
+ *   IDLE ──hub deliver: messages owed──► (LINGER ──timer──► IDLE: deliver again) ──batch taken──►
+ *   WAIT_BREG   registry full of busy breakers      ── a breaker became idle or was swept
+ *   WAIT_SLOT   in-flight cap (all, sink, endpoint) ── a request finished
+ *   WAIT_BREAKER its endpoint's breaker is open     ── timer at sl_breaker_next_ms
+ *   SENDING     a request in flight                 ── its completion (bounded by `timeout`)
+ *   BACKOFF     after a failure                     ── timer (full jitter / Retry-After)
+ *   SENDING ──2xx──► cursor acknowledged, batch dropped, breaker released ──► IDLE (hub ready)
+ *   SENDING ──400/413/422──► half the batch again … one message left: dead letter, go on
+ *   STOPPED     poison without a dead-letter topic, or the sink got 410 (disabled): stays
+ *
+ * While a stream holds a batch its sub is `writing`, so the hub's flush pass leaves it alone;
+ * it becomes deliverable again only through sl_hub_sub_ready() when the batch is done.
+ * Sockets are ours (open/close callbacks): a socket is closed only after its uv_poll is.
+ */
+#include "sink/sink.h"
+
+#include "lib/budget.h"
+#include "lib/log.h"
+#include "lib/sse.h"
+#include "lib/util.h"
+#include "core/hub.h"
+#include "core/metrics.h"
+#include "store/lossless.h"
+#include "sink/batch.h"
+#include "sink/breaker.h"
+#include "sink/policy.h"
+#include "sink/sign.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ANSWER_MAX 512
+#define URL_MAX 4096
+#define ORIGIN_MAX 600
+/* A 2xx whose body has not finished this long after the headers counts as delivered and the
+ * connection is dropped (a receiver that answers and then hangs must not cost a retry). */
+#define BODY_GRACE_MS 1000
+#define SWEEP_MS 1000
+
+enum {
+    ST_IDLE = 0,
+    ST_LINGER,
+    ST_WAIT_BREG,
+    ST_WAIT_SLOT,
+    ST_WAIT_BREAKER,
+    ST_SENDING,
+    ST_BACKOFF,
+    ST_STOPPED,
+};
+
+typedef struct sink sink_t;
+typedef struct stream stream_t;
+
+/* One request in flight. Owned by its stream; freed in finish_request(). */
+typedef struct req {
+    CURL *easy;
+    stream_t *st;
+    sl_bbuf_t body;
+    struct curl_slist *hdrs;
+    int got_2xx;
+    int refused_private;
+    uint64_t headers_at;
+    char answer[ANSWER_MAX];
+    size_t alen;
+    char retry_after[64];
+    size_t ralen;
+    char errbuf[CURL_ERROR_SIZE];
+} req_t;
+
+/* One topic of one sink: a reader (the sub) and at most one batch. Owned by its sink; freed
+ * in its timer's close callback. */
+struct stream {
+    sl_sub_t sub;
+    sink_t *sink;
+    sl_topic_t *topic;
+    sl_list_t link;      /* sink->streams */
+    sl_list_t wait_link; /* a wait list of the sinks (WAIT_BREG, WAIT_SLOT) */
+    int state;
+    int lingered;
+    uv_timer_t timer;
+    sl_breg_entry_t *brk;
+    char *url;
+    char origin[ORIGIN_MAX];
+    size_t origin_len;
+    sl_cursor_t *cursor;
+    sl_msg_t **msgs; /* the batch: references held until delivered */
+    uint32_t nmsgs, send_n;
+    int gap;
+    uint64_t gap_from, gap_to, gap_missed;
+    unsigned attempt;
+    req_t *req;
+};
+
+struct sink {
+    sl_sinks_t *all;
+    const sl_sink_conf_t *conf;
+    sl_signer_t signer;
+    char cursor_name[64];
+    sl_list_t streams;
+    size_t nstreams;
+    uint64_t inflight;
+    int disabled;
+    /* Counters (logged at stop; labels would be sink names, never URLs). */
+    uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
+        gap_messages, stopped_streams;
+};
+
+typedef struct sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    sl_sinks_t *all;
+    int close_fd; /* curl closed it while the poll was live: close in the close callback */
+} sock_t;
+
+struct sl_sinks {
+    uv_loop_t *loop;
+    sl_hub_t *hub;
+    const sl_config_t *cfg;
+    CURLM *multi;
+    uv_timer_t curl_timer, sweep_timer, drain_timer;
+    uv_signal_t sigterm, sigint;
+    sl_breg_t breg;
+    sink_t *v;
+    size_t n;
+    uint64_t inflight;
+    sl_list_t wait_breg, wait_slot, wait_breaker;
+    sock_t **byfd;
+    size_t nbyfd;
+    int stopping, finished;
+    int handles; /* open handles of ours (streams' timers, polls, the rest) */
+};
+
+static void try_send(stream_t *st);
+static void finish(sl_sinks_t *s);
+
+/* ---- sockets and timers for curl ---------------------------------------------------- */
+
+static void check_done(sl_sinks_t *s);
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    sl_sinks_t *s = h->data;
+    s->handles--;
+}
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    sock_t *sk = (sock_t *)h;
+    sl_sinks_t *s = sk->all;
+    if (sk->fd >= 0 && (size_t)sk->fd < s->nbyfd && s->byfd[sk->fd] == sk)
+        s->byfd[sk->fd] = NULL;
+    if (sk->close_fd)
+        close(sk->fd);
+    s->handles--;
+    free(sk);
+}
+
+static void sock_close(sock_t *sk)
+{
+    if (!uv_is_closing((uv_handle_t *)&sk->poll))
+        uv_close((uv_handle_t *)&sk->poll, on_sock_closed);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    sock_t *sk = (sock_t *)h;
+    sl_sinks_t *s = sk->all;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    curl_multi_socket_action(s->multi, sk->fd, flags, &running);
+    check_done(s);
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    sl_sinks_t *s = userp;
+    sock_t *sk = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (sk != NULL) {
+            curl_multi_assign(s->multi, fd, NULL);
+            uv_poll_stop(&sk->poll);
+            sock_close(sk);
+        }
+        return 0;
+    }
+    if (sk == NULL) {
+        sk = sl_calloc(1, sizeof(*sk));
+        sk->fd = fd;
+        sk->all = s;
+        if (uv_poll_init_socket(s->loop, &sk->poll, fd) != 0) {
+            free(sk);
+            return -1;
+        }
+        sk->poll.data = s;
+        s->handles++;
+        if ((size_t)fd >= s->nbyfd) {
+            size_t n = s->nbyfd ? s->nbyfd : 64;
+            while (n <= (size_t)fd)
+                n *= 2;
+            s->byfd = sl_realloc(s->byfd, n * sizeof(*s->byfd));
+            memset(s->byfd + s->nbyfd, 0, (n - s->nbyfd) * sizeof(*s->byfd));
+            s->nbyfd = n;
+        }
+        s->byfd[fd] = sk;
+        curl_multi_assign(s->multi, fd, sk);
+    }
+    int ev = 0;
+    if (what & CURL_POLL_IN)
+        ev |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        ev |= UV_WRITABLE;
+    uv_poll_start(&sk->poll, ev, on_poll);
+    return 0;
+}
+
+static void on_curl_timeout(uv_timer_t *h)
+{
+    sl_sinks_t *s = h->data;
+    int running;
+    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(s);
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    sl_sinks_t *s = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&s->curl_timer);
+    else
+        uv_timer_start(&s->curl_timer, on_curl_timeout, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* SSRF protection after DNS: the address curl is about to connect to. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    req_t *rq = clientp;
+    (void)purpose;
+    if (!rq->st->sink->conf->allow_private && sl_addr_private(&addr->addr)) {
+        rq->refused_private = 1;
+        return CURL_SOCKET_BAD;
+    }
+    return socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+}
+
+static int on_close_socket(void *clientp, curl_socket_t fd)
+{
+    sl_sinks_t *s = clientp;
+    sock_t *sk = (size_t)fd < s->nbyfd ? s->byfd[fd] : NULL;
+    if (sk != NULL) {
+        /* Never close a socket under a live poll: the poll's close callback does it. */
+        sk->close_fd = 1;
+        if (!uv_is_closing((uv_handle_t *)&sk->poll)) {
+            uv_poll_stop(&sk->poll);
+            sock_close(sk);
+        }
+        return 0;
+    }
+    close(fd);
+    return 0;
+}
+
+/* ---- a request ---------------------------------------------------------------------- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    req_t *rq = ud;
+    size_t len = size * n;
+    size_t take = len < ANSWER_MAX - rq->alen ? len : ANSWER_MAX - rq->alen;
+    memcpy(rq->answer + rq->alen, p, take);
+    rq->alen += take;
+    return len; /* the rest is read and dropped: only the start goes into a dead letter */
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    req_t *rq = ud;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
+        size_t v = len - 12;
+        if (v >= sizeof(rq->retry_after))
+            v = sizeof(rq->retry_after) - 1;
+        memcpy(rq->retry_after, p + 12, v);
+        rq->ralen = v;
+    } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+        long code = 0;
+        curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &code);
+        if (code >= 200 && code <= 299) {
+            rq->got_2xx = 1;
+            rq->headers_at = sl_now_ms();
+        }
+    }
+    return len;
+}
+
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    req_t *rq = ud;
+    /* Delivered: do not wait for a body that hangs. */
+    return rq->got_2xx && sl_now_ms() - rq->headers_at >= BODY_GRACE_MS;
+}
+
+static void add_header(req_t *rq, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_header(req_t *rq, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    rq->hdrs = curl_slist_append(rq->hdrs, line);
+}
+
+static void build_body(stream_t *st, sl_bbuf_t *b)
+{
+    sink_t *k = st->sink;
+    sl_sink_format_t fmt = (sl_sink_format_t)k->conf->format;
+    sl_topic_t *t = st->topic;
+    sl_batch_begin(b, fmt);
+    uint32_t n = 0;
+    if (st->gap) {
+        sl_batch_add_gap(b, fmt == SL_FMT_RAW ? SL_FMT_NDJSON : fmt, n++, t->name, t->name_len,
+                         t->epoch_hex, st->gap_from, st->gap_to, st->gap_missed);
+        if (fmt == SL_FMT_RAW) {
+            b->len--; /* no newline in a request of its own */
+            return;
+        }
+    }
+    for (uint32_t i = 0; i < st->send_n; i++) {
+        sl_msg_t *m = st->msgs[i];
+        sl_batch_add(b, fmt, n++, t->name, t->name_len, t->epoch_hex, m->seq, m->event, m->payload,
+                     m->payload_len);
+    }
+    sl_batch_end(b, fmt);
+}
+
+static void start_request(stream_t *st)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    req_t *rq = sl_bcalloc(sizeof(*rq));
+    rq->st = st;
+    build_body(st, &rq->body);
+    char id[128];
+    sl_topic_t *t = st->topic;
+    int raw_gap = st->gap && c->format == SL_FMT_RAW;
+    if (st->send_n > 0 && !raw_gap)
+        snprintf(id, sizeof(id), "msg_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex, st->msgs[0]->seq,
+                 st->msgs[st->send_n - 1]->seq);
+    else
+        snprintf(id, sizeof(id), "gap_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex, st->gap_from,
+                 st->gap_to);
+    uint64_t ts = sl_wall_ms() / 1000;
+    add_header(rq, "Content-Type: %s",
+               raw_gap ? "application/json" : sl_batch_content_type(c->format));
+    add_header(rq, "webhook-id: %s", id);
+    add_header(rq, "webhook-timestamp: %" PRIu64, ts);
+    if (k->signer.n > 0) {
+        char sig[SL_SIGN_MAX_SECRETS * 48 + 1];
+        if (sl_signer_sign(&k->signer, id, ts, rq->body.p, rq->body.len, sig) > 0)
+            add_header(rq, "webhook-signature: %s", sig);
+    }
+    add_header(rq, "sluice-topic: %s", t->name);
+    if (st->send_n > 0 && !raw_gap)
+        add_header(rq, "sluice-id: %s-%" PRIu64, t->epoch_hex, st->msgs[0]->seq);
+    if (raw_gap)
+        add_header(rq, "sluice-control: gap");
+    add_header(rq, "Expect:");
+    for (size_t i = 0; i < c->nheaders; i++)
+        rq->hdrs = curl_slist_append(rq->hdrs, c->headers[i]);
+
+    CURL *e = curl_easy_init();
+    rq->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, st->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body.p ? rq->body.p : "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body.len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, rq->hdrs);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((c->timeout_ms + 999) / 1000));
+    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 60L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, rq);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, rq);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, rq);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    st->req = rq;
+    st->state = ST_SENDING;
+    s->inflight++;
+    k->inflight++;
+    st->brk->inflight++;
+    curl_multi_add_handle(s->multi, e);
+}
+
+/* Releases a request's resources and its in-flight slots (not its outcome). */
+static void free_request(stream_t *st)
+{
+    req_t *rq = st->req;
+    sink_t *k = st->sink;
+    curl_multi_remove_handle(k->all->multi, rq->easy);
+    curl_easy_cleanup(rq->easy);
+    curl_slist_free_all(rq->hdrs);
+    sl_bbuf_free(&rq->body);
+    sl_bfree(rq, sizeof(*rq));
+    st->req = NULL;
+    k->all->inflight--;
+    k->inflight--;
+    st->brk->inflight--;
+}
+
+/* ---- the stream ----------------------------------------------------------------------- */
+
+static void wake_list(sl_list_t *list)
+{
+    /* Everyone waiting gets another try, in order; those still blocked queue again. */
+    sl_list_t tmp;
+    sl_list_init(&tmp);
+    if (sl_list_empty(list))
+        return;
+    tmp.next = list->next;
+    tmp.prev = list->prev;
+    tmp.next->prev = &tmp;
+    tmp.prev->next = &tmp;
+    sl_list_init(list);
+    while (!sl_list_empty(&tmp)) {
+        stream_t *st = sl_container_of(tmp.next, stream_t, wait_link);
+        sl_list_remove(&st->wait_link);
+        try_send(st);
+    }
+}
+
+static void release_breaker(stream_t *st)
+{
+    if (st->brk == NULL)
+        return;
+    sl_sinks_t *s = st->sink->all;
+    int idle = sl_breg_release(&s->breg, st->brk, sl_now_ms());
+    st->brk = NULL;
+    if (idle)
+        wake_list(&s->wait_breg);
+}
+
+static void drop_front(stream_t *st, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        sl_msg_unref(st->msgs[i]);
+    memmove(st->msgs, st->msgs + n, (st->nmsgs - n) * sizeof(*st->msgs));
+    st->nmsgs -= n;
+}
+
+/* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
+ * acknowledge and go on. */
+static void passed(stream_t *st, uint32_t n, int ok)
+{
+    sink_t *k = st->sink;
+    if (n > 0) {
+        uint64_t last = st->msgs[n - 1]->seq;
+        if (st->cursor != NULL)
+            sl_ll_ack(st->topic, st->cursor, last);
+        if (ok)
+            k->delivered += n;
+        drop_front(st, n);
+    }
+    if (st->gap) {
+        k->gap_messages += st->gap_missed;
+        st->gap = 0;
+    }
+    st->attempt = 0;
+}
+
+static void to_idle(stream_t *st)
+{
+    release_breaker(st);
+    st->state = ST_IDLE;
+    st->sub.writing = 0;
+    if (!st->sink->all->stopping)
+        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+}
+
+static void on_stream_timer(uv_timer_t *h)
+{
+    stream_t *st = h->data;
+    if (st->state == ST_LINGER) {
+        st->state = ST_IDLE;
+        st->sub.writing = 0;
+        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+        return;
+    }
+    if (st->state == ST_BACKOFF || st->state == ST_WAIT_BREAKER)
+        try_send(st);
+}
+
+static void stop_stream(stream_t *st, const char *why)
+{
+    st->state = ST_STOPPED;
+    st->sink->stopped_streams++;
+    release_breaker(st);
+    SL_ERROR("sink stream stopped", "sink=%s topic=%s reason=%s", st->sink->conf->name,
+             st->topic->name, why);
+}
+
+/* Publishes the poison message to the dead-letter topic. Returns 0 or a negative code. */
+static int dead_letter(stream_t *st, long status, const char *answer, size_t alen)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const char *name = k->conf->dead_letter;
+    int err;
+    sl_topic_t *dt = sl_hub_topic(s->hub, name, strlen(name), SL_TOPIC_CREATE, &err);
+    if (dt == NULL)
+        return err;
+    sl_msg_t *m = st->msgs[0];
+    sl_bbuf_t b = {0};
+    char head[256];
+    int hl = snprintf(head, sizeof(head),
+                      "{\"sluice\":\"dead_letter\",\"sink\":\"%s\",\"status\":%ld,\"attempts\":%u,"
+                      "\"answer\":",
+                      k->conf->name, status, st->attempt + 1);
+    sl_bbuf_put(&b, head, (size_t)hl);
+    /* The answer is the endpoint's bytes: keep printable ASCII only, so it is always JSON. */
+    char clean[ANSWER_MAX];
+    for (size_t i = 0; i < alen; i++)
+        clean[i] = answer[i] >= 0x20 && answer[i] < 0x7f ? answer[i] : '?';
+    sl_bbuf_reserve(&b, alen * 6 + 2);
+    size_t len = b.len;
+    sl_json_put_string(b.p, &len, b.cap, clean, alen);
+    b.len = len;
+    sl_bbuf_put(&b, ",\"message\":", 11);
+    sl_batch_add(&b, SL_FMT_JSON, 0, st->topic->name, st->topic->name_len, st->topic->epoch_hex,
+                 m->seq, m->event, m->payload, m->payload_len);
+    sl_bbuf_put(&b, "}", 1);
+    const char *payloads[1] = {b.p};
+    size_t lens[1] = {b.len};
+    uint64_t seq;
+    int rc = b.len <= s->cfg->max_message_bytes
+                 ? sl_hub_publish(s->hub, dt, NULL, payloads, lens, 1, &seq)
+                 : SL_ETOOBIG;
+    sl_bbuf_free(&b);
+    return rc;
+}
+
+static void backoff(stream_t *st, uint64_t delay)
+{
+    st->state = ST_BACKOFF;
+    uv_timer_start(&st->timer, on_stream_timer, delay ? delay : 1, 0);
+}
+
+static void request_done(stream_t *st, CURLcode res)
+{
+    req_t *rq = st->req;
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    long status = 0;
+    if (res == CURLE_OK || rq->got_2xx)
+        curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
+    sl_status_class_t cls = sl_status_class(status);
+    uint64_t now = sl_now_ms();
+    sl_breaker_state_t before = st->brk->b.state;
+    sl_breaker_report(&st->brk->b, &s->breg.conf, cls != SL_STATUS_RETRY, now);
+    /* A probe that closed its breaker frees the streams that waited on it (they re-check). */
+    int reopened = before != SL_BREAKER_CLOSED && st->brk->b.state == SL_BREAKER_CLOSED;
+    char answer[ANSWER_MAX];
+    size_t alen = rq->alen;
+    memcpy(answer, rq->answer, alen);
+    uint64_t ra_ms = 0;
+    int has_ra = rq->ralen > 0 && sl_retry_after_parse(rq->retry_after, rq->ralen, sl_wall_ms(),
+                                                       c->retry_max_ms, &ra_ms) == 0;
+    if (rq->refused_private)
+        SL_WARN("sink endpoint refused: private address (allow_private = false)",
+                "sink=%s topic=%s", c->name, st->topic->name);
+    else if (cls == SL_STATUS_RETRY)
+        SL_DEBUG("sink request failed", "sink=%s topic=%s status=%ld error=%s", c->name,
+                 st->topic->name, status, res != CURLE_OK ? curl_easy_strerror(res) : "-");
+    free_request(st);
+
+    if (s->stopping) {
+        /* Draining: keep what was delivered, send nothing more. */
+        if (cls == SL_STATUS_OK)
+            passed(st, st->send_n, 1);
+        release_breaker(st);
+        st->state = ST_IDLE;
+        return;
+    }
+    switch (cls) {
+    case SL_STATUS_OK:
+        k->requests_ok++;
+        passed(st, st->send_n, 1);
+        if (st->nmsgs > 0) {
+            /* The rest of a split batch. */
+            st->send_n = st->nmsgs;
+            try_send(st);
+        } else {
+            to_idle(st);
+        }
+        break;
+    case SL_STATUS_RETRY:
+        k->requests_failed++;
+        k->retries++;
+        st->attempt++;
+        backoff(st, has_ra ? ra_ms
+                           : sl_backoff_ms(c->retry_initial_ms, c->retry_max_ms, st->attempt,
+                                           sl_random64()));
+        break;
+    case SL_STATUS_REJECT:
+        k->requests_rejected++;
+        if (st->send_n > 1) {
+            st->send_n /= 2;
+            try_send(st);
+            break;
+        }
+        if (st->send_n == 0) {
+            /* The gap envelope alone was refused: drop it (it was counted) and go on. */
+            passed(st, 0, 1);
+            to_idle(st);
+            break;
+        }
+        if (c->dead_letter == NULL) {
+            stop_stream(st, "poison message and no dead_letter topic");
+            break;
+        }
+        if (dead_letter(st, status, answer, alen) != 0) {
+            /* The dead-letter topic pushes back: try the whole thing again later. */
+            st->attempt++;
+            backoff(st, sl_backoff_ms(c->retry_initial_ms, c->retry_max_ms, st->attempt,
+                                      sl_random64()));
+            break;
+        }
+        k->dead_letters++;
+        SL_WARN("sink message dead-lettered", "sink=%s topic=%s seq=%" PRIu64 " status=%ld",
+                c->name, st->topic->name, st->msgs[0]->seq, status);
+        passed(st, 1, 0);
+        if (st->nmsgs > 0) {
+            st->send_n = st->nmsgs;
+            try_send(st);
+        } else {
+            to_idle(st);
+        }
+        break;
+    case SL_STATUS_GONE:
+        SL_ERROR("sink disabled: the endpoint answered 410 Gone", "sink=%s topic=%s", c->name,
+                 st->topic->name);
+        k->disabled = 1;
+        stop_stream(st, "410 gone");
+        break;
+    }
+    if (reopened)
+        wake_list(&s->wait_breaker);
+    wake_list(&s->wait_slot);
+}
+
+static void check_done(sl_sinks_t *s)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        req_t *rq = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&rq);
+        CURLcode res = msg->data.result;
+        request_done(rq->st, res);
+    }
+    if (s->stopping && s->inflight == 0)
+        finish(s);
+}
+
+static void try_send(stream_t *st)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    uint64_t now = sl_now_ms();
+    sl_list_remove(&st->wait_link);
+    uv_timer_stop(&st->timer);
+    if (s->stopping || k->disabled) {
+        if (k->disabled && st->state != ST_STOPPED)
+            stop_stream(st, "sink disabled");
+        return;
+    }
+    if (st->brk == NULL) {
+        st->brk = sl_breg_acquire(&s->breg, st->origin, st->origin_len, now);
+        if (st->brk == NULL) {
+            st->state = ST_WAIT_BREG;
+            sl_list_insert_tail(&s->wait_breg, &st->wait_link);
+            return;
+        }
+    }
+    /* Slots before the breaker: a half-open probe must go as soon as it is allowed. */
+    if (s->inflight >= s->cfg->sinks.max_in_flight || k->inflight >= k->conf->max_in_flight ||
+        st->brk->inflight >= s->cfg->sinks.max_host_connections) {
+        st->state = ST_WAIT_SLOT;
+        sl_list_insert_tail(&s->wait_slot, &st->wait_link);
+        return;
+    }
+    if (!sl_breaker_allow(&st->brk->b, &s->breg.conf, now)) {
+        uint64_t at = sl_breaker_next_ms(&st->brk->b, &s->breg.conf);
+        st->state = ST_WAIT_BREAKER;
+        sl_list_insert_tail(&s->wait_breaker, &st->wait_link);
+        uv_timer_start(&st->timer, on_stream_timer, at > now ? at - now : 1, 0);
+        return;
+    }
+    if (st->send_n == 0 && !st->gap) {
+        to_idle(st);
+        return;
+    }
+    start_request(st);
+}
+
+/* The hub's deliver: takes a batch from the cursor when the stream is idle. */
+static size_t stream_deliver(sl_sub_t *sub)
+{
+    stream_t *st = sl_container_of(sub, stream_t, sub);
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    if (s->stopping || st->state != ST_IDLE || k->disabled)
+        return 0;
+    sl_reader_t *r = &sub->readers[0];
+    uint64_t now = sl_now_ms();
+    if (sl_hub_check_reader(s->hub, r, now) || sub->overflow) {
+        /* A topic whose policy is `disconnect` cannot disconnect a sink: it is a gap. */
+        sub->overflow = 0;
+        uint64_t tail = sl_reader_floor(r);
+        r->mark |= SL_MARK_GAP;
+        r->gap_from = r->next;
+        r->gap_to = tail - 1;
+        r->gap_missed = tail - r->next;
+        r->next = tail;
+    }
+    if (r->mark & (SL_MARK_GAP | SL_MARK_RESET)) {
+        if (!st->gap) {
+            st->gap = 1;
+            st->gap_from = r->gap_from;
+            st->gap_missed = 0;
+        }
+        st->gap_to = r->gap_to;
+        st->gap_missed += r->gap_missed;
+        r->mark = SL_MARK_NONE;
+    }
+    uint64_t owed = r->next <= st->topic->head_seq ? st->topic->head_seq - r->next + 1 : 0;
+    if (owed == 0 && !st->gap)
+        return 0;
+    if (c->batch_linger_ms > 0 && !st->lingered && owed < c->batch_max_messages &&
+        c->format != SL_FMT_RAW && !st->gap) {
+        st->lingered = 1;
+        st->state = ST_LINGER;
+        sub->writing = 1;
+        uv_timer_start(&st->timer, on_stream_timer, c->batch_linger_ms, 0);
+        return 0;
+    }
+    st->lingered = 0;
+    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
+    size_t bytes = 0;
+    while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
+        if (r->next > st->topic->head_seq)
+            break;
+        sl_msg_t *m = sl_topic_get(st->topic, r->next);
+        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
+            (void)sl_ll_fetch(r); /* disk_ready wakes us */
+            break;
+        }
+        if (m == NULL)
+            break;
+        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
+            break;
+        sl_msg_ref(m);
+        st->msgs[st->nmsgs++] = m;
+        bytes += m->payload_len;
+        r->next++;
+    }
+    if (st->nmsgs == 0 && !st->gap)
+        return 0;
+    sub->writing = 1;
+    st->send_n = st->nmsgs;
+    st->attempt = 0;
+    sl_metrics.deliveries += st->nmsgs;
+    try_send(st);
+    return bytes;
+}
+
+static void stream_disk_ready(sl_sub_t *sub)
+{
+    stream_t *st = sl_container_of(sub, stream_t, sub);
+    if (st->state == ST_IDLE && !st->sink->all->stopping)
+        sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
+}
+
+static const sl_sub_ops_t stream_ops = {.deliver = stream_deliver, .disk_ready = stream_disk_ready};
+
+static void stream_new(sink_t *k, sl_topic_t *t)
+{
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    char url[URL_MAX];
+    if (sl_url_expand(c->url, t->name, t->name_len, c->name, url, sizeof(url)) < 0) {
+        SL_ERROR("sink url too long for topic", "sink=%s topic=%s", c->name, t->name);
+        return;
+    }
+    stream_t *st = sl_bcalloc(sizeof(*st));
+    st->sink = k;
+    st->topic = t;
+    st->sub.ops = &stream_ops;
+    st->url = sl_strdup(url);
+    int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
+    st->origin_len = ol > 0 ? (size_t)ol : 0;
+    st->msgs = sl_balloc(c->batch_max_messages * sizeof(*st->msgs));
+    sl_list_init(&st->wait_link);
+    sl_start_t start = {.kind = c->start_oldest ? SL_START_OLDEST : SL_START_NEW};
+    sl_cursor_t *cu = NULL;
+    if (t->ll != NULL) {
+        size_t nl = strlen(k->cursor_name);
+        cu = sl_ll_cursor(t, k->cursor_name, nl, 0);
+        if (cu == NULL) {
+            cu = sl_ll_cursor(t, k->cursor_name, nl, 1);
+            cu->checkpoint = c->start_oldest ? sl_ll_floor(t) - 1 : t->head_seq;
+            sl_ll_cursor_created(t);
+        }
+        start.kind = SL_START_SINCE;
+        start.epoch = t->epoch;
+        start.seq = cu->checkpoint;
+        start.disk = 1;
+    }
+    uv_timer_init(s->loop, &st->timer);
+    st->timer.data = st;
+    s->handles++;
+    sl_list_insert_tail(&k->streams, &st->link);
+    k->nstreams++;
+    sl_sub_start(s->hub, &st->sub, &t, &start, 1);
+    if (cu != NULL) {
+        st->cursor = cu;
+        st->sub.readers[0].cursor = cu;
+        sl_ll_cursor_use(cu, 1);
+    }
+    SL_INFO("sink stream started", "sink=%s topic=%s", c->name, t->name);
+}
+
+static void on_topic(void *arg, sl_topic_t *t)
+{
+    sl_sinks_t *s = arg;
+    if (s->stopping)
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        if (k->conf->type == SL_SINK_WEBHOOK && sl_sinkconf_matches(k->conf, t->name))
+            stream_new(k, t);
+    }
+}
+
+/* ---- metrics -------------------------------------------------------------------------- */
+
+/* The sinks' series for /metrics. Labels are sink names (never URLs) and fixed words. */
+static char *render_metrics(void *arg, size_t *len)
+{
+    sl_sinks_t *s = arg;
+    sl_bbuf_t b = {0};
+    char line[256];
+#define LINE(...)                                                                                  \
+    do {                                                                                           \
+        int n_ = snprintf(line, sizeof(line), __VA_ARGS__);                                        \
+        if (n_ > 0)                                                                                \
+            sl_bbuf_put(&b, line, (size_t)n_ < sizeof(line) ? (size_t)n_ : sizeof(line) - 1);      \
+    } while (0)
+    static const struct {
+        const char *name, *type, *help;
+    } series[] = {
+        {"sluice_sink_delivered_messages_total", "counter", "Messages acknowledged by a 2xx."},
+        {"sluice_sink_requests_total", "counter", "Sink requests by outcome."},
+        {"sluice_sink_retries_total", "counter", "Requests retried after a failure."},
+        {"sluice_sink_in_flight", "gauge", "Sink requests in flight."},
+        {"sluice_sink_backlog_messages", "gauge", "Messages not yet acknowledged."},
+        {"sluice_sink_dead_letters_total", "counter", "Messages sent to the dead-letter topic."},
+        {"sluice_sink_gap_messages_total", "counter", "Messages a lossy stream missed."},
+        {"sluice_sink_streams_stopped", "gauge", "Streams stopped (poison, 410)."},
+        {"sluice_sink_disabled", "gauge", "1 when the sink got 410 Gone."},
+    };
+    for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++) {
+        LINE("# HELP %s %s\n# TYPE %s %s\n", series[i].name, series[i].help, series[i].name,
+             series[i].type);
+        for (size_t j = 0; j < s->n; j++) {
+            sink_t *k = &s->v[j];
+            const char *nm = k->conf->name;
+            switch (i) {
+            case 0:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->delivered);
+                break;
+            case 1:
+                LINE("%s{outcome=\"ok\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_ok);
+                LINE("%s{outcome=\"failed\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_failed);
+                LINE("%s{outcome=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->requests_rejected);
+                break;
+            case 2:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->retries);
+                break;
+            case 3:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->inflight);
+                break;
+            case 4: {
+                uint64_t backlog = 0;
+                sl_list_t *it;
+                sl_list_each(it, &k->streams)
+                {
+                    stream_t *st = sl_container_of(it, stream_t, link);
+                    const sl_reader_t *r = &st->sub.readers[0];
+                    backlog += st->nmsgs;
+                    if (r->next <= st->topic->head_seq)
+                        backlog += st->topic->head_seq - r->next + 1;
+                }
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, backlog);
+                break;
+            }
+            case 5:
+                LINE("%s{reason=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->dead_letters);
+                break;
+            case 6:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->gap_messages);
+                break;
+            case 7:
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->stopped_streams);
+                break;
+            case 8:
+                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
+                break;
+            }
+        }
+    }
+    size_t by[3];
+    sl_breg_count(&s->breg, by);
+    LINE("# HELP sluice_sink_breakers Circuit breakers in the registry, by state.\n"
+         "# TYPE sluice_sink_breakers gauge\n");
+    for (int i = 0; i < 3; i++)
+        LINE("sluice_sink_breakers{state=\"%s\"} %zu\n",
+             sl_breaker_state_name((sl_breaker_state_t)i), by[i]);
+    LINE("# HELP sluice_sink_breaker_evictions_total Breakers evicted, by reason.\n"
+         "# TYPE sluice_sink_breaker_evictions_total counter\n"
+         "sluice_sink_breaker_evictions_total{reason=\"lru\"} %" PRIu64 "\n"
+         "sluice_sink_breaker_evictions_total{reason=\"ttl\"} %" PRIu64 "\n",
+         s->breg.evictions, s->breg.ttl_evictions);
+    LINE("# HELP sluice_sink_breaker_registry_full_total Streams that waited for a slot.\n"
+         "# TYPE sluice_sink_breaker_registry_full_total counter\n"
+         "sluice_sink_breaker_registry_full_total %" PRIu64 "\n",
+         s->breg.full);
+#undef LINE
+    /* The block is handed over in plain malloc memory (the caller frees it with free()). */
+    char *out = sl_malloc(b.len + 1);
+    memcpy(out, b.p, b.len);
+    *len = b.len;
+    sl_bbuf_free(&b);
+    return out;
+}
+
+/* ---- start, stop ------------------------------------------------------------------------ */
+
+static void on_sweep(uv_timer_t *h)
+{
+    sl_sinks_t *s = h->data;
+    if (sl_breg_sweep(&s->breg, sl_now_ms()) > 0)
+        wake_list(&s->wait_breg);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    sl_sinks_t *s = h->data;
+    (void)signum;
+    /* A second signal cancels what is still in flight. */
+    sl_sinks_stop(s, s->stopping);
+}
+
+static void on_drain_deadline(uv_timer_t *h)
+{
+    sl_sinks_t *s = h->data;
+    SL_INFO("sink drain deadline reached, cancelling", "in_flight=%" PRIu64, s->inflight);
+    finish(s);
+}
+
+static void on_stream_timer_closed(uv_handle_t *h)
+{
+    stream_t *st = h->data;
+    sl_sinks_t *s = st->sink->all;
+    s->handles--;
+    free(st->url);
+    sl_bfree(st->msgs, st->sink->conf->batch_max_messages * sizeof(*st->msgs));
+    sl_bfree(st, sizeof(*st));
+}
+
+/* Cancels what is in flight (nothing acknowledged: sent again after a restart), detaches every
+ * stream and closes every handle. */
+static void finish(sl_sinks_t *s)
+{
+    if (s->finished)
+        return;
+    s->finished = 1;
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        sl_list_t *it, *tmp;
+        sl_list_each_safe(it, tmp, &k->streams)
+        {
+            stream_t *st = sl_container_of(it, stream_t, link);
+            if (st->req != NULL)
+                free_request(st);
+            release_breaker(st);
+            sl_list_remove(&st->wait_link);
+            drop_front(st, st->nmsgs);
+            sl_sub_dispose(s->hub, &st->sub);
+            sl_list_remove(&st->link);
+            uv_close((uv_handle_t *)&st->timer, on_stream_timer_closed);
+        }
+        SL_INFO("sink stopped",
+                "sink=%s delivered=%" PRIu64 " requests_ok=%" PRIu64 " failed=%" PRIu64
+                " rejected=%" PRIu64 " dead_letters=%" PRIu64 " gap_messages=%" PRIu64,
+                k->conf->name, k->delivered, k->requests_ok, k->requests_failed,
+                k->requests_rejected, k->dead_letters, k->gap_messages);
+    }
+    if (s->hub->on_topic_arg == s)
+        s->hub->on_topic = NULL;
+    sl_metrics_set_extra(NULL, NULL);
+    curl_multi_cleanup(s->multi);
+    s->multi = NULL;
+    for (size_t i = 0; i < s->nbyfd; i++)
+        if (s->byfd[i] != NULL)
+            sock_close(s->byfd[i]);
+    uv_close((uv_handle_t *)&s->curl_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sweep_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->drain_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sigint, on_handle_closed);
+}
+
+void sl_sinks_stop(sl_sinks_t *s, int now)
+{
+    if (s == NULL || s->finished)
+        return;
+    if (!s->stopping) {
+        s->stopping = 1;
+        SL_INFO("sinks draining", "in_flight=%" PRIu64, s->inflight);
+        for (size_t i = 0; i < s->n; i++) {
+            sl_list_t *it;
+            sl_list_each(it, &s->v[i].streams)
+            {
+                stream_t *st = sl_container_of(it, stream_t, link);
+                uv_timer_stop(&st->timer);
+            }
+        }
+        uv_timer_stop(&s->sweep_timer);
+    }
+    if (now || s->inflight == 0) {
+        finish(s);
+        return;
+    }
+    uv_timer_start(&s->drain_timer, on_drain_deadline, s->cfg->shutdown_drain_ms, 0);
+}
+
+static int load_secrets(sink_t *k)
+{
+    const char *path = k->conf->signing_secret_file;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        SL_ERROR("cannot read signing_secret_file", "sink=%s path=%s error=%s", k->conf->name, path,
+                 strerror(errno));
+        return -EINVAL;
+    }
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    int bad = 0;
+    int rc = sl_signer_parse(&k->signer, buf, n, &bad);
+    if (rc <= 0) {
+        SL_ERROR("bad signing secret", "sink=%s path=%s line=%d", k->conf->name, path, bad);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, int *err)
+{
+    *err = 0;
+    const sl_sinks_conf_t *sc = &cfg->sinks;
+    if (sc->n == 0)
+        return NULL;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        SL_ERROR("libcurl failed to initialise", NULL);
+        *err = -EINVAL;
+        return NULL;
+    }
+    sl_sinks_t *s = sl_calloc(1, sizeof(*s));
+    s->loop = loop;
+    s->hub = hub;
+    s->cfg = cfg;
+    s->n = sc->n;
+    s->v = sl_calloc(s->n, sizeof(*s->v));
+    sl_list_init(&s->wait_breg);
+    sl_list_init(&s->wait_slot);
+    sl_list_init(&s->wait_breaker);
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        k->all = s;
+        k->conf = &sc->v[i];
+        sl_list_init(&k->streams);
+        snprintf(k->cursor_name, sizeof(k->cursor_name), "sink.%s", k->conf->name);
+        if (k->conf->signing_secret_file != NULL && load_secrets(k) != 0)
+            *err = -EINVAL;
+    }
+    if (*err != 0) {
+        free(s->v);
+        free(s);
+        curl_global_cleanup();
+        return NULL;
+    }
+    /* One breaker setting for the registry: the strictest of the sinks (endpoints are shared
+     * by origin, whichever sink reaches them). */
+    sl_breaker_conf_t bc = {.failures = UINT32_MAX, .open_ms = 0, .open_max_ms = 0};
+    for (size_t i = 0; i < s->n; i++) {
+        const sl_sink_conf_t *c = s->v[i].conf;
+        if (c->breaker_failures < bc.failures)
+            bc.failures = (uint32_t)c->breaker_failures;
+        if (c->breaker_open_ms > bc.open_ms)
+            bc.open_ms = c->breaker_open_ms;
+        if (c->breaker_open_max_ms > bc.open_max_ms)
+            bc.open_max_ms = c->breaker_open_max_ms;
+        if (c->timeout_ms + c->connect_timeout_ms > bc.probe_timeout)
+            bc.probe_timeout = c->timeout_ms + c->connect_timeout_ms;
+    }
+    sl_breg_init(&s->breg, sc->breaker_registry_max, sc->breaker_idle_ttl_ms, &bc);
+    s->multi = curl_multi_init();
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)sc->max_host_connections);
+    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)sc->max_in_flight);
+    uv_timer_init(loop, &s->curl_timer);
+    uv_timer_init(loop, &s->sweep_timer);
+    uv_timer_init(loop, &s->drain_timer);
+    uv_signal_init(loop, &s->sigterm);
+    uv_signal_init(loop, &s->sigint);
+    s->curl_timer.data = s->sweep_timer.data = s->drain_timer.data = s;
+    s->sigterm.data = s->sigint.data = s;
+    s->handles += 5;
+    uv_timer_start(&s->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    /* Topics that exist now (recovered lossless logs), then every topic created later. */
+    hub->on_topic = on_topic;
+    hub->on_topic_arg = s;
+    sl_metrics_set_extra(render_metrics, s);
+    sl_list_t *it;
+    sl_list_each(it, &hub->topics)
+    {
+        on_topic(s, sl_container_of(it, sl_topic_t, all_link));
+    }
+    for (size_t i = 0; i < s->n; i++)
+        SL_INFO("sink started", "sink=%s streams=%zu", s->v[i].conf->name, s->v[i].nstreams);
+    return s;
+}
+
+void sl_sinks_free(sl_sinks_t *s)
+{
+    if (s == NULL)
+        return;
+    sl_breg_dispose(&s->breg);
+    free(s->byfd);
+    free(s->v);
+    free(s);
+    curl_global_cleanup();
+}
