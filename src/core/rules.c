@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static sl_verdict_t refuse(int status, const char *code, const char *message, int reason)
 {
@@ -24,10 +25,37 @@ sl_verdict_t sl_rule_topic(const sl_config_t *cfg, const char *name, size_t len)
     return SL_VERDICT_OK;
 }
 
+/* An event type is 1..64 bytes of [A-Za-z0-9._:-] (so nothing the SSE `event:` line cannot
+ * carry: no CR, LF, NUL, space or other byte), and not in the reserved namespace `sluice.` (any
+ * case), which would let a publisher forge control events. */
+static int event_check(const char *s, size_t len, const char **code, const char **msg)
+{
+    static const char prefix[] = SL_EVENT_RESERVED_PREFIX;
+    if (len == 0 || len > 64)
+        goto bad;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == ':' || c == '-';
+        if (!ok)
+            goto bad;
+    }
+    if (len >= sizeof(prefix) - 1 && strncasecmp(s, prefix, sizeof(prefix) - 1) == 0) {
+        *code = "reserved_event";
+        *msg = "event types beginning with sluice. are sluice's own control events";
+        return SL_ERESERVED;
+    }
+    return 0;
+bad:
+    *code = "bad_event";
+    *msg = "event type must be 1..64 of [A-Za-z0-9._:-]";
+    return SL_EINVAL;
+}
+
 sl_verdict_t sl_rule_event(const char *ev, size_t len)
 {
     const char *code, *msg;
-    int rc = sl_event_check(ev, len, &code, &msg);
+    int rc = event_check(ev, len, &code, &msg);
     if (rc != 0)
         return refuse(400, code, msg,
                       rc == SL_ERESERVED ? SL_REJECT_PUB_CTL_EVENT : SL_REJECT_PUB_BAD_EVENT);

@@ -17,6 +17,7 @@
 #define SL_TOPIC_H
 
 #include "lib/config.h"
+#include "core/msg.h"
 #include "lib/budget.h"
 #include "lib/util.h"
 
@@ -28,35 +29,6 @@ struct sl_sub;
 struct sl_lossless;
 struct sl_disk_batch;
 struct sl_cursor;
-
-/* An immutable published message. Owned by its references: the ring's and each in-flight
- * write's; freed by the last sl_msg_unref(). Its budget charge is released when freed. */
-typedef struct sl_msg {
-    uint32_t refs;
-    uint16_t event_len;
-    uint16_t multi_id_len, multi_id_cap;
-    uint64_t seq;
-    uint64_t gseq;          /* server-wide publish counter, for multi-topic ordering */
-    uint64_t ts_ms;         /* monotonic publish time */
-    uint64_t cum_bytes;     /* topic's payload bytes published up to and including this one */
-    struct sl_topic *topic; /* valid only while the message is in its topic's ring */
-    sl_list_t all;          /* hub publish-order list, while in a ring */
-    size_t charge;          /* bytes charged to the memory budget */
-    const char *payload;    /* may point inside `frame` */
-    size_t payload_len;
-    const char *event; /* NUL-terminated, or NULL */
-    char *frame;       /* the SSE event: "id: ...\n" then the rest */
-    size_t frame_len;
-    size_t id_line_len; /* length of the leading "id: ...\n" line */
-    char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
-    /* WebSocket encodings, built on first use by a WebSocket reader and shared from then on:
-     * the header of the raw frame (text if the payload is UTF-8, else binary), and the whole
-     * format=json frame (header and envelope). */
-    uint8_t ws_hdr_len; /* 0 until built */
-    uint8_t ws_hdr[10];
-    char *ws_json;
-    size_t ws_json_len, ws_json_cap;
-} sl_msg_t;
 
 /* Why a reader missed messages (gap and overflow reasons; also metrics labels). */
 typedef enum {
@@ -173,42 +145,6 @@ static inline uint64_t sl_topic_tail(const sl_topic_t *t)
 /* The retained message with sequence `seq`, or NULL if it is outside tail..head. */
 sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq);
 
-/* Builds a message for topic `t` (not yet appended): encodes its SSE frame once. The payload
- * and event are copied. `charge` is set; the caller must have reserved it in the budget.
- * Returns the message with one reference (the caller's, which sl_topic_append takes over). */
-sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
-                     size_t payload_len);
-
-/* The number of bytes sl_msg_new will charge for this message. */
-size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);
-
-/* A reference for a write or a disk job. A ring message that such a reference holds is not
- * evictable (budget.h): evicting it would free nothing until the reference is dropped. */
-static inline void sl_msg_ref(sl_msg_t *m)
-{
-    if (m->refs++ == 1 && sl_list_linked(&m->all))
-        sl_budget.evictable -= m->charge;
-}
-void sl_msg_unref(sl_msg_t *m);
-
-/* Puts a new message (one reference, the ring's) on the hub's eviction list, or takes it off
- * (when it leaves its ring), keeping sl_budget.evictable. */
-void sl_msg_link(sl_list_t *list, sl_msg_t *m);
-void sl_msg_unlink(sl_msg_t *m);
-
-/* The lazily built multi-topic id line of `m` ("id: <stream_epoch>-<gseq>:<topic>\n"). The
- * message must still be in its ring the first time (it needs the topic name); later calls
- * return the cached line. Its bytes are charged to the budget. */
-const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
-
-/* The header of m's raw WebSocket frame (the payload follows it unchanged); *len is set. */
-const uint8_t *sl_msg_ws_header(sl_msg_t *m, size_t *len);
-
-/* m's format=json WebSocket frame: header and envelope
- * {"id","sid","topic","event","data"[,"encoding":"base64"]}. Like sl_msg_multi_id, the message
- * must be in its ring the first time; the frame is charged to the budget and cached. */
-const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
-
 /* Appends `m` (taking over the caller's reference) as seq head+1. The caller links m->all.
  * Then evicts from the tail to honour max_messages and max_bytes; evicted messages are passed
  * to `on_evict` (which must unlink m->all and drop the ring's reference). */
@@ -292,14 +228,5 @@ int sl_id_parse(const char *s, size_t len, int allow_suffix, uint64_t *epoch, ui
 int sl_topic_name_valid(const char *s, size_t len, size_t max);
 /* The prefix of sluice's own SSE events (sluice.gap, sluice.reset, sluice.overflow …). */
 #define SL_EVENT_RESERVED_PREFIX "sluice."
-
-/* Checks an event type a publisher asked for, for every transport: 1..64 bytes of
- * [A-Za-z0-9._:-] (so nothing the SSE `event:` line cannot carry: no CR, LF, NUL, space or
- * other byte), and not in the reserved namespace `sluice.` (any case), which would let a
- * publisher forge control events. Returns 0, SL_EINVAL or SL_ERESERVED, and on failure sets
- * *code and *msg (static strings) to the error code and message the publisher gets. */
-int sl_event_check(const char *s, size_t len, const char **code, const char **msg);
-/* sl_event_check() == 0. */
-int sl_event_name_valid(const char *s, size_t len);
 
 #endif

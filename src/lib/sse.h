@@ -6,6 +6,8 @@
 #ifndef SL_SSE_H
 #define SL_SSE_H
 
+#include "lib/json.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,10 +20,6 @@ char *sl_sse_put_data(char *dst, const char *payload, size_t len);
 
 /* 1 if the payload contains CR or LF (its data lines differ from the payload bytes). */
 int sl_sse_needs_split(const char *payload, size_t len);
-
-/* Appends `s` as a JSON string (quoted, escaped) to buf[*len..cap); returns -1 if it did not
- * fit. Used for control-event bodies. */
-int sl_json_put_string(char *buf, size_t *len, size_t cap, const char *s, size_t n);
 
 /* The opening of every stream: "retry: <ms>\n\n". Returns bytes written (buf >= 48). */
 size_t sl_sse_retry(char *buf, uint64_t retry_ms);

@@ -7,6 +7,9 @@
 #ifndef SL_WS_H
 #define SL_WS_H
 
+#include "lib/base64.h"
+#include "lib/utf8.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,14 +45,6 @@ int sl_ws_accept_key(const char *key, size_t len, char out[29]);
  * Returns its length (2, 4 or 10). */
 size_t sl_ws_frame_header(uint8_t *buf, int opcode, uint64_t len);
 
-/* Incremental UTF-8 validation (RFC 3629: no overlongs, no surrogates, nothing past U+10FFFF).
- * Start with *state = 0; feed pieces in order. Returns -1 as soon as the input cannot be UTF-8,
- * else 0. At the end of a message the input is complete only if *state is 0 again. */
-int sl_utf8_feed(uint32_t *state, const uint8_t *s, size_t n);
-
-/* 1 if s[0..n) is complete, valid UTF-8. */
-int sl_utf8_valid(const void *s, size_t n);
-
 /* 1 if a peer may send this code in a close frame (1000-1003, 1007-1014, 3000-4999). */
 int sl_ws_close_code_ok(unsigned code);
 
@@ -65,9 +60,5 @@ typedef struct sl_ws_envelope {
  * Decoded strings are written to `scratch`, which must hold n bytes (decoding never grows).
  * `data` is required. Returns 0, or -1 for anything else. */
 int sl_ws_parse_envelope(const char *s, size_t n, char *scratch, sl_ws_envelope_t *env);
-
-/* Standard base64 (with padding) of src into dst, which must hold 4 * ((n + 2) / 3) bytes.
- * Returns the length written. */
-size_t sl_base64_encode(char *dst, const void *src, size_t n);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "lib/budget.h"
 #include "core/hub.h"
+#include "core/rules.h"
 #include "core/topic.h"
 
 #include <stdio.h>
@@ -417,35 +418,33 @@ static void test_names(void **state)
     assert_false(sl_topic_name_valid("a%b", 3, 256));
     assert_true(sl_topic_name_valid("abcd", 4, 4));
     assert_false(sl_topic_name_valid("abcde", 5, 4));
-    assert_true(sl_event_name_valid("price.update:v2", 15));
-    assert_false(sl_event_name_valid("", 0));
-    assert_false(sl_event_name_valid("a\nb", 3));
-    assert_false(sl_event_name_valid("a b", 3));
+    assert_true(sl_rule_event("price.update:v2", 15).status == 0);
+    assert_false(sl_rule_event("", 0).status == 0);
+    assert_false(sl_rule_event("a\nb", 3).status == 0);
+    assert_false(sl_rule_event("a b", 3).status == 0);
     char long_name[65];
     memset(long_name, 'e', sizeof(long_name));
-    assert_true(sl_event_name_valid(long_name, 64));
-    assert_false(sl_event_name_valid(long_name, 65));
+    assert_true(sl_rule_event(long_name, 64).status == 0);
+    assert_false(sl_rule_event(long_name, 65).status == 0);
 
     /* The sluice. namespace is sluice's own, in any case; only the prefix is reserved. */
-    const char *code = NULL, *msg = NULL;
-    assert_int_equal(sl_event_check("sluice.reset", 12, &code, &msg), SL_ERESERVED);
-    assert_string_equal(code, "reserved_event");
-    assert_non_null(msg);
-    assert_int_equal(sl_event_check("SLUICE.gap", 10, &code, &msg), SL_ERESERVED);
-    assert_int_equal(sl_event_check("sluice.", 7, &code, &msg), SL_ERESERVED);
-    assert_int_equal(sl_event_check("sluice", 6, &code, &msg), 0);
-    assert_int_equal(sl_event_check("sluicex.gap", 11, &code, &msg), 0);
-    assert_int_equal(sl_event_check("my.sluice.gap", 13, &code, &msg), 0);
-    assert_false(sl_event_name_valid("sluice.gap", 10));
+    sl_verdict_t v;
+    assert_string_equal((v = sl_rule_event("sluice.reset", 12)).code, "reserved_event");
+    assert_int_equal(v.status, 400);
+    assert_non_null(v.message);
+    assert_string_equal((v = sl_rule_event("SLUICE.gap", 10)).code, "reserved_event");
+    assert_string_equal((v = sl_rule_event("sluice.", 7)).code, "reserved_event");
+    assert_int_equal(sl_rule_event("sluice", 6).status, 0);
+    assert_int_equal(sl_rule_event("sluicex.gap", 11).status, 0);
+    assert_int_equal(sl_rule_event("my.sluice.gap", 13).status, 0);
+    assert_false(sl_rule_event("sluice.gap", 10).status == 0);
     /* Nothing the SSE event line cannot carry, and a check before the namespace. */
     static const char *const bad[] = {"a\rb", "a\nb", "a\r\nb", " a", "a:\x7f", "\xc3\xa9"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        code = NULL;
-        assert_int_equal(sl_event_check(bad[i], strlen(bad[i]), &code, &msg), SL_EINVAL);
-        assert_string_equal(code, "bad_event");
+        assert_string_equal((v = sl_rule_event(bad[i], strlen(bad[i]))).code, "bad_event");
     }
-    assert_int_equal(sl_event_check("sluice.a\0b", 9, &code, &msg), SL_EINVAL);
-    assert_int_equal(sl_event_check("sluice.a\nb", 9, &code, &msg), SL_EINVAL);
+    assert_string_equal((v = sl_rule_event("sluice.a\0b", 9)).code, "bad_event");
+    assert_string_equal((v = sl_rule_event("sluice.a\nb", 9)).code, "bad_event");
 }
 
 int main(void)

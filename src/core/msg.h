@@ -1,0 +1,82 @@
+/*
+ * Messages: immutable once published, reference-counted (the ring holds one reference, each
+ * in-flight write or disk job another), encoded once for every reader: the SSE frame at
+ * publish, the WebSocket encodings on first use. Loop thread only.
+ */
+#ifndef SL_MSG_H
+#define SL_MSG_H
+
+#include "lib/budget.h"
+#include "lib/util.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sl_topic;
+
+/* An immutable published message. Owned by its references: the ring's and each in-flight
+ * write's; freed by the last sl_msg_unref(). Its budget charge is released when freed. */
+typedef struct sl_msg {
+    uint32_t refs;
+    uint16_t event_len;
+    uint16_t multi_id_len, multi_id_cap;
+    uint64_t seq;
+    uint64_t gseq;          /* server-wide publish counter, for multi-topic ordering */
+    uint64_t ts_ms;         /* monotonic publish time */
+    uint64_t cum_bytes;     /* topic's payload bytes published up to and including this one */
+    struct sl_topic *topic; /* valid only while the message is in its topic's ring */
+    sl_list_t all;          /* hub publish-order list, while in a ring */
+    size_t charge;          /* bytes charged to the memory budget */
+    const char *payload;    /* may point inside `frame` */
+    size_t payload_len;
+    const char *event; /* NUL-terminated, or NULL */
+    char *frame;       /* the SSE event: "id: ...\n" then the rest */
+    size_t frame_len;
+    size_t id_line_len; /* length of the leading "id: ...\n" line */
+    char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
+    /* WebSocket encodings, built on first use by a WebSocket reader and shared from then on:
+     * the header of the raw frame (text if the payload is UTF-8, else binary), and the whole
+     * format=json frame (header and envelope). */
+    uint8_t ws_hdr_len; /* 0 until built */
+    uint8_t ws_hdr[10];
+    char *ws_json;
+    size_t ws_json_len, ws_json_cap;
+} sl_msg_t;
+
+/* Builds a message for topic `t` (not yet appended): encodes its SSE frame once. The payload
+ * and event are copied. `charge` is set; the caller must have reserved it in the budget.
+ * Returns the message with one reference (the caller's, which sl_topic_append takes over). */
+sl_msg_t *sl_msg_new(const struct sl_topic *t, uint64_t seq, const char *event, const char *payload,
+                     size_t payload_len);
+
+/* The number of bytes sl_msg_new will charge for this message. */
+size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);
+
+/* A reference for a write or a disk job. A ring message that such a reference holds is not
+ * evictable (budget.h): evicting it would free nothing until the reference is dropped. */
+static inline void sl_msg_ref(sl_msg_t *m)
+{
+    if (m->refs++ == 1 && sl_list_linked(&m->all))
+        sl_budget.evictable -= m->charge;
+}
+void sl_msg_unref(sl_msg_t *m);
+
+/* Puts a new message (one reference, the ring's) on the hub's eviction list, or takes it off
+ * (when it leaves its ring), keeping sl_budget.evictable. */
+void sl_msg_link(sl_list_t *list, sl_msg_t *m);
+void sl_msg_unlink(sl_msg_t *m);
+
+/* The lazily built multi-topic id line of `m` ("id: <stream_epoch>-<gseq>:<topic>\n"). The
+ * message must still be in its ring the first time (it needs the topic name); later calls
+ * return the cached line. Its bytes are charged to the budget. */
+const char *sl_msg_multi_id(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
+
+/* The header of m's raw WebSocket frame (the payload follows it unchanged); *len is set. */
+const uint8_t *sl_msg_ws_header(sl_msg_t *m, size_t *len);
+
+/* m's format=json WebSocket frame: header and envelope
+ * {"id","sid","topic","event","data"[,"encoding":"base64"]}. Like sl_msg_multi_id, the message
+ * must be in its ring the first time; the frame is charged to the budget and cached. */
+const char *sl_msg_ws_json(sl_msg_t *m, const char *stream_epoch_hex, size_t *len);
+
+#endif

@@ -1,0 +1,14 @@
+/*
+ * JSON output: strings quoted and escaped for the bodies sluice writes (control events,
+ * errors, listings). Pure.
+ */
+#ifndef SL_JSON_H
+#define SL_JSON_H
+
+#include <stddef.h>
+
+/* Appends `s` as a JSON string (quoted, escaped) to buf[*len..cap); returns -1 if it did not
+ * fit (then *len is unchanged). */
+int sl_json_put_string(char *buf, size_t *len, size_t cap, const char *s, size_t n);
+
+#endif
