@@ -3,6 +3,7 @@
  * the parsers every request's target goes through.
  */
 #include "lib/http.h"
+#include "core/rules.h"
 #include "core/topic.h"
 
 #include <stdint.h>
@@ -24,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     (void)sl_topic_name_valid(s, size, 1024);
-    (void)sl_event_name_valid(s, size);
+    (void)sl_rule_event(s, size);
     char *out = malloc(size + 1);
     int n = sl_url_decode(out, s, size);
     if (n > (int)size)
