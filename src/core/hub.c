@@ -257,8 +257,8 @@ int sl_hub_check_reader(sl_hub_t *hub, sl_reader_t *r, uint64_t now_ms)
     return 0;
 }
 
-void sl_sub_start(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_start_t *starts,
-                  uint32_t n)
+void sl_sub_init(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_start_t *starts,
+                 uint32_t n)
 {
     uint64_t now = sl_now_ms();
     sl_list_init(&sub->ready_link);

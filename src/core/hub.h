@@ -112,8 +112,8 @@ int sl_hub_reserve(sl_hub_t *hub, size_t n);
 /* Starts a subscription on `sub` to topics[i] from starts[i]: allocates and charges its readers
  * (the caller has checked the budget), applies start points and policies, and queues the sub
  * if it is owed anything. */
-void sl_sub_start(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_start_t *starts,
-                  uint32_t n);
+void sl_sub_init(sl_hub_t *hub, sl_sub_t *sub, sl_topic_t **topics, const sl_start_t *starts,
+                 uint32_t n);
 
 /* Detaches every reader and takes the sub off the ready list; frees the readers array.
  * Idempotent. */

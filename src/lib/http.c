@@ -293,7 +293,7 @@ sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, 
             break;
         if (err == HPE_OK) {
             if (check_head(req, p, end) != 0)
-                goto error;
+                goto refuse;
             break;
         }
         if (err != HPE_PAUSED || !req->headers_done || req->complete)
@@ -301,7 +301,7 @@ sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, 
         /* Paused by on_headers_complete: the head ends here. */
         const char *stop = llhttp_get_error_pos(&req->parser);
         if (check_head(req, p, stop) != 0)
-            goto error;
+            goto refuse;
         llhttp_resume(&req->parser);
         p = stop;
     }
@@ -315,7 +315,7 @@ sl_http_result_t sl_http_feed(sl_http_req_t *req, const char *data, size_t len, 
             llhttp_resume_after_upgrade(&req->parser);
         return SL_HTTP_DONE;
     }
-error:
+refuse:
     *consumed = len;
     if (req->status == 0) {
         req->status = 400;

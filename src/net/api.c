@@ -773,13 +773,13 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     int is_get = method == HTTP_GET;
     if (plen < 0 || qrc < 0) {
         sl_conn_error(c, 400, "bad_query", "malformed percent-encoding");
-        goto out;
+        goto out_free_query;
     }
     path[plen] = '\0';
     int admin = admin_path(path, (size_t)plen);
     req->cors_admin = (uint8_t)admin;
     if (origin_refused(c, req, method, path, admin))
-        goto out;
+        goto out_free_query;
     if (method == HTTP_OPTIONS) {
         /* A CORS preflight; the allowed origin is added by the response itself. */
         sl_conn_respond(c, 204, NULL,
@@ -843,7 +843,7 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     } else {
         sl_conn_error(c, 404, "not_found", "no such endpoint");
     }
-out:
+out_free_query:
     free(q.buf);
     free(path);
 }

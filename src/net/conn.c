@@ -740,7 +740,7 @@ void sl_conn_start_sub(sl_conn_t *c, const sl_transport_t *tp, int state, sl_top
         c->is_sub = 1;
         if (tp->subscribers != NULL)
             (*tp->subscribers)++;
-        sl_sub_start(&c->srv->hub, sub, topics, starts, n);
+        sl_sub_init(&c->srv->hub, sub, topics, starts, n);
     }
     sl_server_kick(c->srv);
 }
@@ -753,7 +753,7 @@ int sl_conn_reserve_readers(sl_conn_t *c, uint32_t n, size_t extra)
         sl_conn_error(c, 503, "over_capacity", "memory budget exhausted");
         return SL_EOVERLOAD;
     }
-    sl_budget_release(sl_budget_size(rsize)); /* only a check: sl_sub_start charges them */
+    sl_budget_release(sl_budget_size(rsize)); /* only a check: sl_sub_init charges them */
     return 0;
 }
 

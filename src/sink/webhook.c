@@ -871,7 +871,7 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     s->handles++;
     sl_list_insert_tail(&k->streams, &st->link);
     k->nstreams++;
-    sl_sub_start(s->hub, &st->sub, &t, &start, 1);
+    sl_sub_init(s->hub, &st->sub, &t, &start, 1);
     if (cu != NULL) {
         st->cursor = cu;
         st->sub.readers[0].cursor = cu;

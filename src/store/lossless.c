@@ -183,7 +183,7 @@ static void update_floor(sl_lossless_t *ll)
     ll->topic->disk_floor = f;
 }
 
-int sl_ll_create(sl_topic_t *t)
+int sl_ll_new(sl_topic_t *t)
 {
     sl_lossless_t *ll = ll_new(t, topic_dir(t->name));
     seg_add(ll, t->head_seq + 1);
@@ -1521,7 +1521,7 @@ const sl_backend_t sl_ll_backend = {
 static void ll_attach(sl_topic_t *t)
 {
     if (t->conf.lossless)
-        (void)sl_ll_create(t);
+        (void)sl_ll_new(t);
 }
 
 const sl_storage_t sl_ll_storage = {

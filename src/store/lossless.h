@@ -119,7 +119,7 @@ int sl_ll_recover(struct sl_hub *hub);
 /* Gives a newly created lossless topic its log, in memory only: its directory and meta file
  * (name, epoch) are made on disk by the first publish or durable cursor, so subscribing alone
  * leaves nothing on disk. Returns 0. */
-int sl_ll_create(sl_topic_t *t);
+int sl_ll_new(sl_topic_t *t);
 
 /* The directory name of a topic's log under data_dir/topics (see lossless.c); out must hold
  * SL_LL_DIR_NAME_CAP bytes. */

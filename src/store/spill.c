@@ -287,7 +287,7 @@ int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t fro
                     uint32_t len = get32(buf);
                     if ((uint64_t)len + SL_REC_HDR > limit - off) {
                         rc = -EBADMSG;
-                        goto done;
+                        goto out_close;
                     }
                     cap = SL_REC_HDR + (size_t)len;
                     buf = sl_realloc(buf, cap);
@@ -297,12 +297,12 @@ int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t fro
             }
             if (s == SL_REC_CORRUPT) {
                 rc = -EBADMSG;
-                goto done;
+                goto out_close;
             }
             if (rec.seq >= from) {
                 if (out_len + rec.size > cap) {
                     if (count > 0)
-                        goto done;
+                        goto out_close;
                     out = sl_realloc(out, out_len + rec.size);
                 }
                 memcpy(out + out_len, buf + pos, rec.size);
@@ -314,7 +314,7 @@ int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t fro
         }
         off += pos;
     }
-done:
+out_close:
     free(buf);
     close(fd);
     if (rc < 0 && count == 0) {

@@ -197,8 +197,8 @@ static void test_flush_contract(void **state)
     s1.ops = s2.ops = &fake_ops;
     sl_topic_t *ts[2] = {a, b};
     sl_start_t st[2] = {{.kind = SL_START_NEW}, {.kind = SL_START_NEW}};
-    sl_sub_start(&hub, &s1, ts, st, 2);
-    sl_sub_start(&hub, &s2, ts + 1, st, 1);
+    sl_sub_init(&hub, &s1, ts, st, 2);
+    sl_sub_init(&hub, &s2, ts + 1, st, 1);
     delivered = 0;
     sl_hub_flush(&hub, 0);
     assert_int_equal(delivered, 0); /* nothing owed yet */
