@@ -136,6 +136,8 @@ void sl_conn_finish(sl_conn_t *c)
     if (c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX)
         sl_sub_dispose(&c->srv->hub, &c->sub);
     c->state = SL_CONN_LINGER;
+    /* Whatever input was held back will never be handled now. */
+    c->input_held = 0;
     sync_reading(c);
     uv_shutdown_t *sr = sl_balloc(sizeof(*sr));
     sr->data = c;
@@ -929,6 +931,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             sl_conn_close(c, nread == UV_EOF || nread == UV_ECONNRESET ? SL_CLOSE_PEER
                                                                        : SL_CLOSE_ERROR);
         }
+        return;
+    }
+    if (c->state == SL_CONN_LINGER || c->tp->input == NULL) {
+        sync_reading(c); /* discarded: only the peer's FIN matters now */
         return;
     }
     if (c->input_held) {
