@@ -155,6 +155,7 @@ static void on_resp_write(uv_write_t *req, int status)
 {
     resp_write_t *w = (resp_write_t *)req;
     sl_conn_t *c = req->data;
+    c->resp_bytes -= w->size;
     sl_bfree(w, w->size);
     c->pending_writes--;
     if (c->closing)
@@ -186,6 +187,7 @@ static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
     }
     w->req.data = c;
     c->pending_writes++;
+    c->resp_bytes += w->size;
     c->last_write_ms = sl_now_ms();
     if (c->tcp.write_queue_size == 0)
         c->stall_since_ms = c->last_write_ms;
@@ -194,6 +196,7 @@ static void queue_bytes(sl_conn_t *c, resp_write_t *w, size_t len)
         free(bufs);
     if (rc != 0) {
         c->pending_writes--;
+        c->resp_bytes -= w->size;
         sl_bfree(w, w->size);
         sl_conn_close(c, SL_CLOSE_ERROR);
     }
@@ -243,20 +246,27 @@ void sl_conn_respond(sl_conn_t *c, int status, const char *content_type, const c
     size_t extra_len = extra ? strlen(extra) : 0;
     char cors[SL_CORS_MAX];
     sl_conn_cors(c, cors, sizeof(cors));
-    size_t cap = 256 + SL_CORS_MAX + extra_len + body_len;
-    resp_write_t *w = resp_alloc(cap);
+    /* The head is formatted first, so the write holds exactly what goes out: a pipelining peer's
+     * answers cost their bytes, not a worst case each. */
+    char small[1024];
+    size_t hcap = 256 + SL_CORS_MAX + extra_len;
+    char *head = hcap <= sizeof(small) ? small : sl_malloc(hcap);
     int n;
     if (status == 204)
-        n = snprintf(w->data, cap, "HTTP/1.1 204 No Content\r\nServer: sluice\r\n%s%s%s\r\n",
+        n = snprintf(head, hcap, "HTTP/1.1 204 No Content\r\nServer: sluice\r\n%s%s%s\r\n",
                      c->close_after_write ? "Connection: close\r\n" : "", cors, extra ? extra : "");
     else
-        n = snprintf(w->data, cap,
+        n = snprintf(head, hcap,
                      "HTTP/1.1 %d %s\r\nServer: sluice\r\nContent-Type: %s\r\n"
                      "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s%s\r\n",
                      status, sl_http_reason(status), content_type ? content_type : "text/plain",
                      body_len, c->close_after_write ? "Connection: close\r\n" : "", cors,
                      extra ? extra : "");
+    resp_write_t *w = resp_alloc((size_t)n + body_len);
+    memcpy(w->data, head, (size_t)n);
     memcpy(w->data + n, body, body_len);
+    if (head != small)
+        free(head);
     queue_bytes(c, w, (size_t)n + body_len);
 }
 
@@ -798,7 +808,9 @@ int sl_conn_input_wanted(const sl_conn_t *c)
 /* Bytes of replies queued for the peer and not yet taken by its socket. */
 static size_t out_backlog(const sl_conn_t *c)
 {
-    return c->tcp.write_queue_size + prefix_len(c);
+    /* Responses count until libuv has called them back, also when the kernel took their bytes
+     * at once: a loop turn's worth of answers to a pipelining peer is memory until then. */
+    return c->resp_bytes + c->tcp.write_queue_size + prefix_len(c);
 }
 
 int sl_conn_input_blocked(sl_conn_t *c)

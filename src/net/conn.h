@@ -127,6 +127,7 @@ typedef struct sl_conn {
     uint8_t peer_eof; /* the peer closed its side */
     uint8_t is_sub;   /* counted in its transport's subscribers gauge */
     uint32_t pending_writes;
+    size_t resp_bytes;         /* responses allocated and not yet called back (the input gate) */
     uint64_t deadline_ms;      /* request header / idle / linger deadline; 0 = none */
     uint64_t body_deadline_ms; /* the request body in progress must be complete by then */
     uint8_t deadline_kind;     /* sl_close_reason_t to use when it passes */
