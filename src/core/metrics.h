@@ -49,8 +49,12 @@ typedef enum {
     SL_REJECT_PUB_DISK_TIMEOUT,  /* not on disk within max_publish_wait (503) */
     SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
     SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
+    SL_REJECT_PUB_AUTH,          /* no valid token, or one that does not grant it (401/403) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
+
+/* Refusal reasons of core/auth.h (SL_AUTH_R__COUNT); here so metrics need not include it. */
+#define SL_AUTH_REASONS 14
 
 typedef enum {
     SL_REJECT_CURSOR_PER_TOPIC = 0, /* max_cursors_per_topic */
@@ -58,7 +62,7 @@ typedef enum {
     SL_REJECT_CURSOR__COUNT,
 } sl_cursor_reject_t;
 
-#define SL_HTTP_CODES 21
+#define SL_HTTP_CODES 22
 
 /* Totals of the lossless topics' logs (kept by store/lossless.c). */
 typedef struct sl_log_stats {
@@ -81,6 +85,9 @@ typedef struct sl_metrics {
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
     uint64_t cursors_rejected[SL_REJECT_CURSOR__COUNT]; /* new durable cursors refused */
     uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
+    uint64_t auth_rejected[SL_AUTH_REASONS];     /* by SL_AUTH_R_* (core/auth.h) */
+    uint64_t auth_accepted;                      /* tokens that verified */
+    uint64_t auth_reloads, auth_reload_failures; /* SIGHUP key reloads */
     uint64_t deliveries;
     uint64_t delivered_bytes;
     uint64_t writes; /* write syscalls batches issued to subscribers */

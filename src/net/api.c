@@ -35,7 +35,7 @@ typedef struct query {
     char *buf;
     qval_t topics[MAX_QUERY_TOPICS];
     uint32_t ntopics;
-    qval_t since, last_event_id, from, event, mode, format, ack, durable, wait;
+    qval_t since, last_event_id, from, event, mode, format, ack, durable, wait, access_token;
     int too_many;
 } query_t;
 
@@ -76,6 +76,8 @@ static int parse_query(query_t *q, const char *s, size_t len)
             q->durable = val;
         } else if (klen == 4 && memcmp(k, "wait", 4) == 0) {
             q->wait = val;
+        } else if (klen == 12 && memcmp(k, "access_token", 12) == 0) {
+            q->access_token = val;
         }
         /* Other parameters (cache busters and the like) are ignored. */
     }
@@ -157,6 +159,70 @@ static void get_metrics(sl_conn_t *c)
     char *body = sl_metrics_render(&c->srv->hub, &len);
     sl_conn_respond(c, 200, "text/plain; version=0.0.4", NULL, body, len);
     free(body);
+}
+
+/* ---- authorization ---------------------------------------------------------------------- */
+
+static int auth_on(const sl_conn_t *c)
+{
+    return c->srv->auth != NULL && c->srv->cfg->auth;
+}
+
+/* Answers a refusal of core/auth.h: 401 or 403 with its WWW-Authenticate challenge, counted by
+ * reason and logged once (never with the token). */
+static void refuse_auth(sl_conn_t *c, sl_verdict_t v, const char *what, const char *topic)
+{
+    char extra[256];
+    sl_auth_challenge(&v, extra, sizeof(extra));
+    if (v.reason > 0 && v.reason < SL_AUTH_R__COUNT)
+        sl_metrics.auth_rejected[v.reason]++;
+    const char *sub = c->claims != NULL ? c->claims->subject : "";
+    SL_INFO("auth refused", "reason=%s what=%s topic=\"%.*s\" subject=\"%.*s\"",
+            sl_auth_reason_name(v.reason), what, topic ? 200 : 0, topic ? topic : "", 200, sub);
+    sl_conn_respond_error(c, v.status, v.code, v.message, extra);
+}
+
+/* Verifies the token a request carries, if any, and keeps its claims in c->claims. A bad token
+ * is refused wherever it is sent, also where no token is needed, so a client learns that its
+ * token is wrong instead of being served as anonymous. Returns 0, or -1 when answered. */
+static int authenticate(sl_conn_t *c, sl_http_req_t *req, const query_t *q, sl_auth_cred_t *cred)
+{
+    *cred = (sl_auth_cred_t){NULL, 0, NULL};
+    sl_jwt_claims_free(c->claims);
+    c->claims = NULL;
+    if (!auth_on(c))
+        return 0;
+    size_t alen, clen;
+    const char *authz = sl_http_header(req, SL_H_AUTHORIZATION, &alen);
+    const char *cookie = sl_http_header(req, SL_H_COOKIE, &clen);
+    *cred = sl_auth_find(c->srv->cfg, authz, alen, q->access_token.s, q->access_token.len, cookie,
+                         clen);
+    if (cred->token == NULL || sl_auth_is_admin_token(c->srv->auth, cred))
+        return 0;
+    sl_verdict_t v = sl_auth_verify(c->srv->auth, cred, (int64_t)(sl_wall_ms() / 1000), &c->claims);
+    if (v.status != 0) {
+        refuse_auth(c, v, cred->where, NULL);
+        return -1;
+    }
+    sl_metrics.auth_accepted++;
+    return 0;
+}
+
+/* Checks `action` on every topic of names (NUL-terminated); answers the first refusal. */
+static int authorize(sl_conn_t *c, int action, const qval_t *names, uint32_t n)
+{
+    if (!auth_on(c))
+        return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        sl_verdict_t v = sl_auth_topic(c->srv->cfg, c->claims, action, names[i].s);
+        if (v.status != 0) {
+            if (action == SL_AUTH_PUBLISH)
+                sl_metrics.pub_rejected[SL_REJECT_PUB_AUTH]++;
+            refuse_auth(c, v, action == SL_AUTH_PUBLISH ? "publish" : "subscribe", names[i].s);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- publishing ------------------------------------------------------------------------- */
@@ -504,7 +570,8 @@ static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
                       const query_t *q)
 {
     sl_start_t start;
-    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+    if (check_names(c, names, n, q) != 0 || authorize(c, SL_AUTH_SUBSCRIBE, names, n) != 0 ||
+        parse_start(c, req, q, multi, &start) != 0)
         return;
     sl_topic_t **topics = lookup_topics(c, names, n);
     if (topics == NULL)
@@ -612,7 +679,15 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
         }
     }
     sl_start_t start;
-    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+    if (check_names(c, names, n, q) != 0)
+        return;
+    /* Refused before the upgrade: subscribing needs every topic; a raw publisher publishes to
+     * the first topic only, a json one names a topic per message (checked then). */
+    if ((opts.mode & SL_WS_SUB) && authorize(c, SL_AUTH_SUBSCRIBE, names, n) != 0)
+        return;
+    if ((opts.mode & SL_WS_PUB) && !opts.json && authorize(c, SL_AUTH_PUBLISH, names, 1) != 0)
+        return;
+    if (parse_start(c, req, q, multi, &start) != 0)
         return;
     uint32_t nsub = (opts.mode & SL_WS_SUB) ? n : 0;
     sl_topic_t **topics = NULL;
@@ -780,13 +855,27 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     req->cors_admin = (uint8_t)admin;
     if (origin_refused(c, req, method, path, admin))
         goto out;
+    /* Preflights carry no credentials, and /healthz stays open to probes. */
+    sl_auth_cred_t cred;
+    if (method != HTTP_OPTIONS && strcmp(path, "/healthz") != 0) {
+        if (authenticate(c, req, &q, &cred) != 0)
+            goto out;
+        if (admin && auth_on(c)) {
+            sl_verdict_t v = sl_auth_admin(c->srv->auth, &cred, c->claims);
+            if (v.status != 0) {
+                refuse_auth(c, v, "admin", NULL);
+                goto out;
+            }
+        }
+    }
     if (method == HTTP_OPTIONS) {
         /* A CORS preflight; the allowed origin is added by the response itself. */
-        sl_conn_respond(c, 204, NULL,
-                        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                        "Access-Control-Allow-Headers: Content-Type, Last-Event-ID\r\n"
-                        "Access-Control-Max-Age: 600\r\n",
-                        "", 0);
+        sl_conn_respond(
+            c, 204, NULL,
+            "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+            "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"
+            "Access-Control-Max-Age: 600\r\n",
+            "", 0);
     } else if (strcmp(path, "/healthz") == 0) {
         if (is_get)
             sl_conn_respond(c, 200, "text/plain", NULL, "ok\n", 3);
@@ -810,9 +899,10 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
             cursors(c, req, method, name, tlen, cname, clen);
         } else if (method == HTTP_POST) {
             sl_verdict_t v = sl_rule_topic(c->srv->cfg, name, nlen);
+            qval_t one = {(char *)name, nlen};
             if (v.status != 0)
                 refuse_publish(c, v);
-            else
+            else if (authorize(c, SL_AUTH_PUBLISH, &one, 1) == 0)
                 publish(c, req, name, nlen, &q);
         } else if (method == HTTP_GET && tries_websocket(req)) {
             qval_t one = {(char *)name, nlen};
@@ -844,6 +934,11 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
         sl_conn_error(c, 404, "not_found", "no such endpoint");
     }
 out:
+    /* Claims stay only with a connection that now subscribes or speaks WebSocket. */
+    if (c->state == SL_CONN_HTTP && !c->parked) {
+        sl_jwt_claims_free(c->claims);
+        c->claims = NULL;
+    }
     free(q.buf);
     free(path);
 }

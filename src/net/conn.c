@@ -101,6 +101,7 @@ static void on_close(uv_handle_t *h)
     srv->nconns--;
     ip_release(srv, c->ip);
     sl_budget_release(sizeof(*c) + ALLOC_OVERHEAD);
+    sl_jwt_claims_free(c->claims);
     free(c);
     sl_server_conn_gone(srv);
 }

@@ -144,6 +144,10 @@ typedef struct sl_conn {
     uint64_t park_deadline_ms; /* ?wait= of the request, kept across retries */
     uint64_t park_first;       /* waiting to be durable: the ids to answer with */
     uint32_t park_n;
+    /* The claims of the token the connection was authorized with (NULL: none): kept while it
+     * subscribes or publishes over WebSocket, for expiry, cursor ownership and the topics of
+     * later publishes; freed in the close callback. */
+    sl_jwt_claims_t *claims;
 } sl_conn_t;
 
 /* The transport a connection starts with: HTTP/1 requests (net/http1.c). */

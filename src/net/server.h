@@ -9,6 +9,7 @@
 
 #include "lib/config.h"
 #include "lib/http.h"
+#include "core/auth.h"
 #include "core/hub.h"
 #include "core/metrics.h"
 
@@ -54,6 +55,7 @@ typedef struct sl_server {
     char *rbuf; /* the shared read buffer: reads are handled before the next */
     size_t rbuf_size;
     const struct sl_handler *handler; /* what requests are handed to (set by the API) */
+    sl_auth_t *auth; /* the keys of [auth] (set by main; its keys swap on SIGHUP) */
 } sl_server_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.

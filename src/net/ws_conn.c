@@ -383,6 +383,21 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
     if ((v = sl_rule_topic(cfg, topic, topic_len)).status != 0 ||
         (v = sl_rule_payload(cfg, payload, payload_len)).status != 0)
         goto out_refuse;
+    if (srv->auth != NULL && cfg->auth) {
+        /* The token the connection opened with (or last refreshed) must grant this topic. */
+        char name[1025];
+        memcpy(name, topic, topic_len); /* a valid name is at most max_topic_name <= 1024 */
+        name[topic_len] = '\0';
+        v = sl_auth_topic(cfg, c->claims, SL_AUTH_PUBLISH, name);
+        if (v.status != 0) {
+            sl_metrics.pub_rejected[SL_REJECT_PUB_AUTH]++;
+            sl_metrics.auth_rejected[v.reason]++;
+            SL_INFO("auth refused", "reason=%s what=ws_publish topic=\"%s\"",
+                    sl_auth_reason_name(v.reason), name);
+            send_error(c, v.code, v.message);
+            goto out_free;
+        }
+    }
     publish_to(c, topic, topic_len, event, payload, payload_len, text);
     goto out_free;
 out_refuse:
