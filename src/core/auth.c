@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -250,6 +251,20 @@ sl_verdict_t sl_auth_topic(const sl_config_t *cfg, const sl_jwt_claims_t *claims
                           action == SL_AUTH_PUBLISH ? "the token does not grant publishing here"
                                                     : "the token does not grant subscribing here",
                           SL_AUTH_R_SCOPE};
+}
+
+int sl_auth_owner(const sl_jwt_claims_t *claims, char out[65])
+{
+    out[0] = '\0';
+    if (claims == NULL || claims->subject[0] == '\0')
+        return -1;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(claims->subject, strlen(claims->subject), md, &mdlen, EVP_sha256(), NULL) != 1)
+        abort();
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
 }
 
 int sl_auth_is_admin_token(const sl_auth_t *a, const sl_auth_cred_t *cred)

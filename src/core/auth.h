@@ -79,6 +79,11 @@ sl_verdict_t sl_auth_admin(const sl_auth_t *a, const sl_auth_cred_t *cred,
  * bytes), "\r\n" included; returns its length (0 for other verdicts). */
 size_t sl_auth_challenge(const sl_verdict_t *v, char *buf, size_t cap);
 
+/* The owner key of a durable cursor created with these claims: the SHA-256 of the subject in
+ * hex (so any subject fits a fixed-size, file-safe field). Returns 0, or -1 (out "") when
+ * there is no subject. */
+int sl_auth_owner(const sl_jwt_claims_t *claims, char out[65]);
+
 /* 1 if cred is exactly the admin token. */
 int sl_auth_is_admin_token(const sl_auth_t *a, const sl_auth_cred_t *cred);
 

@@ -163,7 +163,7 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         ls->cursors_expired);
     head(&o, "sluice_cursors_rejected_total", "counter",
          "New durable cursors refused by a limit, by reason.");
-    static const char *const crej[] = {"per_topic", "total"};
+    static const char *const crej[] = {"per_topic", "total", "per_subject"};
     for (int i = 0; i < SL_REJECT_CURSOR__COUNT; i++)
         put(&o, "sluice_cursors_rejected_total{reason=\"%s\"} %" PRIu64 "\n", crej[i],
             m->cursors_rejected[i]);

@@ -59,6 +59,7 @@ typedef enum {
 typedef enum {
     SL_REJECT_CURSOR_PER_TOPIC = 0, /* max_cursors_per_topic */
     SL_REJECT_CURSOR_TOTAL,         /* max_cursors */
+    SL_REJECT_CURSOR_SUBJECT,       /* [auth] max_cursors_per_subject */
     SL_REJECT_CURSOR__COUNT,
 } sl_cursor_reject_t;
 

@@ -41,6 +41,7 @@ void sl_config_init(sl_config_t *cfg)
     cfg->auth_claim = sl_strdup("sluice");
     cfg->auth_leeway_ms = 5000;
     cfg->auth_max_token_bytes = 8192;
+    cfg->auth_max_cursors_per_subject = 100;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
     cfg->max_header_bytes = 16 << 10;
@@ -655,6 +656,7 @@ int sl_config_origin_allowed(const sl_config_t *cfg, const char *origin, size_t 
 static const key_def_t auth_keys[] = {
     {"leeway", K_DURATION, CFG_OFF(auth_leeway_ms), 0, 3600000},
     {"max_token_bytes", K_SIZE, CFG_OFF(auth_max_token_bytes), 256, 64u << 10},
+    {"max_cursors_per_subject", K_COUNT, CFG_OFF(auth_max_cursors_per_subject), 0, UINT64_MAX},
 };
 
 /* String keys of [auth]: where each is kept. An empty value clears it. */

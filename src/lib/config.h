@@ -131,6 +131,8 @@ typedef struct sl_config {
     char *auth_cookie;             /* cookie that may carry the token; NULL: none */
     uint64_t auth_leeway_ms;       /* clock skew allowed on exp and nbf; default 5 s */
     uint64_t auth_max_token_bytes; /* longer tokens are refused unread; default 8 KiB */
+    uint64_t auth_max_cursors_per_subject; /* durable cursors one subject owns; 0 = no limit;
+                                              default 100 */
     /* [topic "glob"] sections in file order; later matching sections override earlier ones
      * for the keys they set. */
     sl_topic_rule_t *rules;

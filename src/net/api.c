@@ -533,6 +533,29 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
         return -1;
     }
     sl_cursor_t *cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 0);
+    char owner[65] = "";
+    if (auth_on(c)) {
+        sl_auth_owner(c->claims, owner);
+        /* Reading a cursor consumes it (and over WebSocket acknowledges it): only its owner
+         * or an admin may. */
+        if (cu != NULL && cu->owner[0] != '\0' && strcmp(cu->owner, owner) != 0 &&
+            (c->claims == NULL || !c->claims->admin)) {
+            refuse_auth(c,
+                        (sl_verdict_t){403, "insufficient_scope",
+                                       "the cursor belongs to another subject", SL_AUTH_R_SCOPE},
+                        "cursor", t->name);
+            return -1;
+        }
+        uint64_t limit = c->srv->cfg->auth_max_cursors_per_subject;
+        if (cu == NULL && owner[0] != '\0' && limit > 0 && sl_ll_cursors_owned(owner) >= limit) {
+            sl_metrics.cursors_rejected[SL_REJECT_CURSOR_SUBJECT]++;
+            SL_WARN("durable cursor refused",
+                    "reason=per_subject topic=%s subject=\"%.200s\" limit=%" PRIu64, t->name,
+                    c->claims->subject, limit);
+            sl_conn_error(c, 409, "too_many_cursors", "the subject has max_cursors_per_subject");
+            return -1;
+        }
+    }
     if (cu == NULL && refuse_cursor(c, t) != 0)
         return -1;
     if (cu == NULL) {
@@ -548,6 +571,7 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
             ck = start->seq;
         cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
         cu->checkpoint = ck;
+        memcpy(cu->owner, owner, sizeof(cu->owner));
         sl_ll_cursor_created(t);
     }
     start->kind = SL_START_SINCE;
@@ -710,7 +734,7 @@ static void not_allowed(sl_conn_t *c, const char *allow);
 /* ---- durable cursors ------------------------------------------------------------------- */
 
 static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *name, size_t nlen,
-                    const char *cname, size_t clen)
+                    const char *cname, size_t clen, int admin)
 {
     int err;
     sl_topic_t *t = sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)
@@ -743,6 +767,21 @@ static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *na
     if (cu == NULL) {
         sl_conn_error(c, 404, "not_found", "no such cursor");
         return;
+    }
+    if (auth_on(c) && !admin) {
+        /* Acknowledging or deleting: the owner's, or an admin's. */
+        char owner[65];
+        sl_auth_owner(c->claims, owner);
+        if (cu->owner[0] == '\0' || strcmp(cu->owner, owner) != 0) {
+            sl_verdict_t v =
+                c->claims == NULL
+                    ? (sl_verdict_t){401, "token_required", "a token is required",
+                                     SL_AUTH_R_MISSING}
+                    : (sl_verdict_t){403, "insufficient_scope",
+                                     "the cursor belongs to another subject", SL_AUTH_R_SCOPE};
+            refuse_auth(c, v, "cursor", t->name);
+            return;
+        }
     }
     if (method == HTTP_DELETE) {
         SL_INFO("durable cursor deleted", "topic=%s cursor=%s", t->name, cu->name);
@@ -857,15 +896,23 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
         goto out;
     /* Preflights carry no credentials, and /healthz stays open to probes. */
     sl_auth_cred_t cred;
+    int is_admin = 1;
     if (method != HTTP_OPTIONS && strcmp(path, "/healthz") != 0) {
         if (authenticate(c, req, &q, &cred) != 0)
             goto out;
-        if (admin && auth_on(c)) {
-            sl_verdict_t v = sl_auth_admin(c->srv->auth, &cred, c->claims);
-            if (v.status != 0) {
-                refuse_auth(c, v, "admin", NULL);
-                goto out;
-            }
+        sl_verdict_t v = SL_VERDICT_OK;
+        if (auth_on(c))
+            v = sl_auth_admin(c->srv->auth, &cred, c->claims);
+        is_admin = v.status == 0;
+        /* A cursor's owner may acknowledge and delete it (checked there); the rest of the
+         * admin endpoints are the admin's. */
+        size_t tl, cl;
+        const char *cn = NULL;
+        int owner_op = admin && (method == HTTP_POST || method == HTTP_DELETE) &&
+                       cursor_path(path + 8, (size_t)plen - 8, &tl, &cn, &cl) && cn != NULL;
+        if (admin && !is_admin && !owner_op) {
+            refuse_auth(c, v, "admin", NULL);
+            goto out;
         }
     }
     if (method == HTTP_OPTIONS) {
@@ -896,7 +943,7 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
         size_t nlen = (size_t)plen - 8, tlen, clen;
         const char *cname;
         if (cursor_path(name, nlen, &tlen, &cname, &clen)) {
-            cursors(c, req, method, name, tlen, cname, clen);
+            cursors(c, req, method, name, tlen, cname, clen, is_admin);
         } else if (method == HTTP_POST) {
             sl_verdict_t v = sl_rule_topic(c->srv->cfg, name, nlen);
             qval_t one = {(char *)name, nlen};

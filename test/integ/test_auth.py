@@ -272,3 +272,63 @@ def test_check_config(tmp_path):
     assert r.returncode == 1 and "needs an [auth] section" in r.stderr, r.stderr
     r = check(f'[auth]\nhmac_secret_file = {tmp_path}/secret\n[topic "x"]\nsubscribe = maybe\n')
     assert r.returncode == 1 and "anyone, token" in r.stderr, r.stderr
+
+
+# ---- durable cursors are owned ------------------------------------------------------------
+
+LL = [("ll/*", {"durability": "lossless"})]
+LLG = {"pub": ["ll/*"], "sub": ["ll/*"]}
+
+
+def test_cursor_ownership(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, topics=LL,
+                     auth={"max_cursors_per_subject": "2"})
+    alice, bob = token(grants=LLG, sub="alice"), token(grants=LLG, sub="bob")
+    boss = token(grants={"admin": True, **LLG}, sub="boss")
+    s = SSEClient(srv.port, f"/topics/ll/a?durable=c1&access_token={alice}")
+    assert s.status == 200, s.response
+    r = post(srv, "/topics/ll/a", b"m1", headers=bearer(alice))
+    assert r.status == 202
+    mid = r.json()["id"]
+    assert s.read_event()["id"] == mid
+    s.close()
+    # another subject can neither read it, nor acknowledge or delete it
+    b = SSEClient(srv.port, f"/topics/ll/a?durable=c1&access_token={bob}")
+    assert_403(b.response)
+    b.close()
+    assert_403(post(srv, "/topics/ll/a/cursors/c1", mid.encode(), headers=bearer(bob)))
+    assert_403(http(srv.port, "DELETE", "/topics/ll/a/cursors/c1", headers=bearer(bob)))
+    assert_401(post(srv, "/topics/ll/a/cursors/c1", mid.encode()), "token_required")
+    # listing is the admin's
+    assert_403(http(srv.port, "GET", "/topics/ll/a/cursors", headers=bearer(alice)))
+    lst = http(srv.port, "GET", "/topics/ll/a/cursors", headers=bearer(boss)).json()["cursors"]
+    assert lst[0]["name"] == "c1"
+    assert lst[0]["owner"] == hashlib.sha256(b"alice").hexdigest()
+    # the owner acknowledges; an admin may too
+    assert post(srv, "/topics/ll/a/cursors/c1", mid.encode(), headers=bearer(alice)).status == 204
+    assert post(srv, "/topics/ll/a/cursors/c1", mid.encode(),
+                headers=bearer(ADMIN_TOKEN)).status == 204
+    # the limit per subject: alice has c1; c2 is the second, c3 one too many; bob is not affected
+    s2 = SSEClient(srv.port, f"/topics/ll/a?durable=c2&access_token={alice}")
+    assert s2.status == 200
+    s2.close()
+    s3 = SSEClient(srv.port, f"/topics/ll/b?durable=c3&access_token={alice}")
+    assert s3.status == 409 and s3.response.json()["error"] == "too_many_cursors"
+    s3.close()
+    sb = SSEClient(srv.port, f"/topics/ll/b?durable=c3&access_token={bob}")
+    assert sb.status == 200
+    sb.close()
+    m = admin_metrics(srv)
+    assert m['sluice_cursors_rejected_total{reason="per_subject"}'] == 1
+    # ownership survives a restart
+    srv.signal(15)
+    assert srv.wait_exit(15) == 0
+    srv2 = start_auth(sluice_factory, tmp_path, topics=LL)
+    b = SSEClient(srv2.port, f"/topics/ll/a?durable=c1&access_token={bob}")
+    assert_403(b.response)
+    b.close()
+    a = SSEClient(srv2.port, f"/topics/ll/a?durable=c1&access_token={alice}")
+    assert a.status == 200
+    a.close()
+    assert http(srv2.port, "DELETE", "/topics/ll/a/cursors/c1",
+                headers=bearer(alice)).status == 204
