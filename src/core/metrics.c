@@ -36,8 +36,8 @@ void sl_metrics_http(int code)
 const char *sl_close_reason_name(sl_close_reason_t r)
 {
     static const char *const names[] = {
-        "peer",  "write_stall", "header_timeout", "idle_timeout", "overflow",    "shutdown",
-        "error", "protocol",    "ping_timeout",   "ws_close",     "body_timeout"};
+        "peer",  "write_stall", "header_timeout", "idle_timeout", "overflow",     "shutdown",
+        "error", "protocol",    "ping_timeout",   "ws_close",     "body_timeout", "token_expired"};
     return r < SL_CLOSE__COUNT ? names[r] : "unknown";
 }
 
@@ -145,6 +145,10 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
             m->auth_rejected[i]);
     one(&o, "sluice_auth_tokens_accepted_total", "counter", "Tokens that verified.",
         m->auth_accepted);
+    one(&o, "sluice_auth_expired_total", "counter",
+        "Subscriber and WebSocket connections closed when their token expired.", m->auth_expired);
+    one(&o, "sluice_auth_refreshed_total", "counter",
+        "WebSocket tokens replaced with {\"sluice\":\"token\"}.", m->auth_refreshed);
     one(&o, "sluice_auth_key_reloads_total", "counter", "Key sets loaded on SIGHUP.",
         m->auth_reloads);
     one(&o, "sluice_auth_key_reload_failures_total", "counter",

@@ -19,11 +19,12 @@ typedef enum {
     SL_CLOSE_IDLE_TIMEOUT,
     SL_CLOSE_OVERFLOW, /* overflow policy disconnect */
     SL_CLOSE_SHUTDOWN,
-    SL_CLOSE_ERROR,        /* a socket error */
-    SL_CLOSE_PROTOCOL,     /* bad request, or `Connection: close` / an answered limit */
-    SL_CLOSE_PING_TIMEOUT, /* WebSocket: no pong within ws_pong_timeout */
-    SL_CLOSE_WS_CLOSE,     /* WebSocket: a close handshake ended the connection */
-    SL_CLOSE_BODY_TIMEOUT, /* a request body or WebSocket message not complete in time */
+    SL_CLOSE_ERROR,         /* a socket error */
+    SL_CLOSE_PROTOCOL,      /* bad request, or `Connection: close` / an answered limit */
+    SL_CLOSE_PING_TIMEOUT,  /* WebSocket: no pong within ws_pong_timeout */
+    SL_CLOSE_WS_CLOSE,      /* WebSocket: a close handshake ended the connection */
+    SL_CLOSE_BODY_TIMEOUT,  /* a request body or WebSocket message not complete in time */
+    SL_CLOSE_TOKEN_EXPIRED, /* the connection's token expired */
     SL_CLOSE__COUNT,
 } sl_close_reason_t;
 const char *sl_close_reason_name(sl_close_reason_t r);
@@ -88,6 +89,8 @@ typedef struct sl_metrics {
     uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
     uint64_t auth_rejected[SL_AUTH_REASONS];     /* by SL_AUTH_R_* (core/auth.h) */
     uint64_t auth_accepted;                      /* tokens that verified */
+    uint64_t auth_expired;                       /* connections closed at their token's exp */
+    uint64_t auth_refreshed;                     /* WebSocket tokens replaced in place */
     uint64_t auth_reloads, auth_reload_failures; /* SIGHUP key reloads */
     uint64_t deliveries;
     uint64_t delivered_bytes;

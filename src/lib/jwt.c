@@ -1126,6 +1126,20 @@ out_free:
     return r;
 }
 
+long sl_jwt_json_string(const char *json, size_t len, const char *key, char *out, size_t cap)
+{
+    if (len > (1u << 24))
+        return -1;
+    uint32_t tcap = (uint32_t)len + 1;
+    jtok_t *t = sl_malloc(tcap * sizeof(*t));
+    jdoc_t d;
+    long r = -1, i;
+    if (json_parse(&d, json, len, t, tcap) == 0 && (i = jget(&d, 0, key)) >= 0)
+        r = jstr(&d, (uint32_t)i, out, cap);
+    free(t);
+    return r;
+}
+
 void sl_jwt_claims_free(sl_jwt_claims_t *c)
 {
     if (c != NULL)

@@ -110,6 +110,10 @@ void sl_jwt_claims_free(sl_jwt_claims_t *c);
 /* 1 if one of the n packed globs in list matches name. */
 int sl_jwt_globs_match(const char *list, uint16_t n, const char *name);
 
+/* Reads the string member `key` of the JSON object text (strictly parsed, the member present
+ * once) into out (cap bytes, NUL-terminated, escapes decoded). Returns its length, or -1. */
+long sl_jwt_json_string(const char *json, size_t len, const char *key, char *out, size_t cap);
+
 /* Strict base64url (RFC 4648 §5, no padding, no whitespace, unused bits zero). out must hold
  * len * 3 / 4 bytes. Returns the decoded length or -1. */
 long sl_b64url_decode(const char *in, size_t len, unsigned char *out);

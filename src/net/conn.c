@@ -1031,6 +1031,21 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         if (c->closing)
             return;
     }
+    /* A subscriber or WebSocket lives no longer than its token (plus the leeway the token was
+     * accepted with). */
+    if (c->claims != NULL && c->claims->exp != 0 && !c->expired && c->srv->auth != NULL &&
+        (c->state == SL_CONN_SSE || c->state == SL_CONN_WS) &&
+        (int64_t)(sl_wall_ms() / 1000) > c->claims->exp + c->srv->auth->opts.leeway_s) {
+        c->expired = 1;
+        sl_metrics.auth_expired++;
+        SL_INFO("token expired, closing", "transport=%s subject=\"%.200s\"", c->tp->name,
+                c->claims->subject);
+        if (c->tp->expired != NULL)
+            c->tp->expired(c);
+        else
+            sl_conn_close(c, SL_CLOSE_TOKEN_EXPIRED);
+        return;
+    }
     if ((c->state == SL_CONN_SSE || c->state == SL_CONN_WS) && c->is_sub && !c->sub.writing &&
         !c->draining && c->sub.heartbeat_ms && now - c->last_write_ms >= c->sub.heartbeat_ms)
         heartbeat(c);

@@ -85,6 +85,8 @@ typedef struct sl_transport {
     size_t (*closing)(struct sl_conn *c, char *buf);
     /* A heartbeat into buf (>= 96 bytes); returns its length, 0 for none. */
     size_t (*heartbeat)(struct sl_conn *c, char *buf);
+    /* The connection's token expired: end it the transport's way (NULL: close at once). */
+    void (*expired)(struct sl_conn *c);
     /* How long a closing connection waits for its peer (NULL: 2 s). */
     uint64_t (*linger_ms)(const struct sl_conn *c);
     /* Gauges the transport keeps: its connections, and those of them that subscribe (moved
@@ -148,6 +150,7 @@ typedef struct sl_conn {
      * subscribes or publishes over WebSocket, for expiry, cursor ownership and the topics of
      * later publishes; freed in the close callback. */
     sl_jwt_claims_t *claims;
+    uint8_t expired; /* closing because the token expired (the final frame says so) */
 } sl_conn_t;
 
 /* The transport a connection starts with: HTTP/1 requests (net/http1.c). */

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -332,3 +333,74 @@ def test_cursor_ownership(sluice_factory, tmp_path):
     a.close()
     assert http(srv2.port, "DELETE", "/topics/ll/a/cursors/c1",
                 headers=bearer(alice)).status == 204
+
+
+# ---- expiry of live connections, WebSocket refresh --------------------------------------------
+
+
+def test_sse_subscriber_closed_at_exp_with_an_expired_event(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, auth={"leeway": "0s"})
+    t = token(grants=CHAT, exp_in=2)
+    s = SSEClient(srv.port, f"/topics/chat/1?access_token={t}")
+    assert s.status == 200, s.response
+    exp = jwt_exp(t)
+    ev = s.read_event(timeout=15)
+    assert ev["event"] == "sluice.expired", ev
+    assert json.loads(ev["data"]) == {"reason": "token_expired", "exp": exp}
+    assert s.wait_closed(10)
+    assert time.time() >= exp
+    s.close()
+    assert admin_metrics(srv)["sluice_auth_expired_total"] == 1
+    wait_until(lambda: admin_metrics(srv).get(
+        'sluice_connections_closed_total{reason="token_expired"}') == 1, timeout=10,
+        msg="the connection counted as closed for token_expired")
+    # a token that expired is refused at the door
+    wait_until(lambda: time.time() > exp + 1, timeout=5)
+    s = SSEClient(srv.port, f"/topics/chat/1?access_token={t}")
+    assert_401(s.response)
+    s.close()
+
+
+def test_websocket_closed_at_exp_with_4401(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, auth={"leeway": "0s"})
+    t = token(grants=CHAT, exp_in=2)
+    c = WSConn(srv.port, f"/topics/chat/1?access_token={t}")
+    assert c.status == 101
+    code, reason, _ = c.expect_close(timeout=15)
+    assert code == 4401 and reason == b"token expired", (code, reason)
+    c.close()
+
+
+def test_websocket_token_refresh(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, topics=TOPICS, auth={"leeway": "0s"})
+    t = token(grants=CHAT, exp_in=3)
+    c = WSConn(srv.port, f"/ws?topic=chat/1&topic=news&access_token={t}")
+    assert c.status == 101
+    # refused refreshes leave the old token in force
+    bad = [(token(grants=CHAT, sub="mallory"), "insufficient_scope"),
+           (token(grants={"sub": ["news"]}), "insufficient_scope"),
+           (token(grants=CHAT, exp_in=-10), "invalid_token"),
+           ("garbage", "invalid_token")]
+    for tok, err in bad:
+        c.send_text(json.dumps({"sluice": "token", "token": tok}, separators=(",", ":")))
+        m = c.read_json()
+        assert m["sluice"] == "error" and m["error"] == err, (m, err)
+    c.send_text('{"sluice":"token"}')
+    assert c.read_json()["error"] == "bad_envelope"
+    fresh = token(grants=CHAT, exp_in=300)
+    c.send_text(json.dumps({"sluice": "token", "token": fresh}, separators=(",", ":")))
+    m = c.read_json()
+    assert m == {"sluice": "token", "exp": jwt_exp(fresh)}, m
+    # past the first token's exp the connection still receives
+    old = jwt_exp(t)
+    wait_until(lambda: time.time() > old + 1.5, timeout=10)
+    assert post(srv, "/topics/chat/1", b"still here", headers=bearer(fresh)).status == 202
+    assert c.read_json(timeout=5)["data"] == "still here"
+    m = admin_metrics(srv)
+    assert m["sluice_auth_refreshed_total"] == 1 and m["sluice_auth_expired_total"] == 0
+    c.close()
+
+
+def jwt_exp(t):
+    import jwt
+    return jwt.decode(t, options={"verify_signature": False})["exp"]
