@@ -162,6 +162,40 @@ static void on_connection(uv_stream_t *server, int status)
     }
 }
 
+/* SIGHUP: reads the key files of [auth] again. Connections keep their claims (they were
+ * verified when they were made); new requests use the new keys. A file that cannot be read or
+ * used refuses the whole reload, and the keys in force stay. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    sl_server_t *srv = h->data;
+    (void)signum;
+    if (srv->auth == NULL) {
+        SL_INFO("SIGHUP: no [auth] section, nothing to reload", NULL);
+        return;
+    }
+    char *errs = NULL;
+    size_t errs_len = 0;
+    FILE *f = open_memstream(&errs, &errs_len);
+    int n = sl_auth_load(srv->auth, srv->cfg, f);
+    if (f != NULL)
+        fclose(f);
+    if (n == 0) {
+        sl_metrics.auth_reloads++;
+        SL_INFO("keys reloaded", "keys=%zu admin_token=%s",
+                srv->auth->keys != NULL ? srv->auth->keys->n : (size_t)0,
+                srv->auth->admin_token != NULL ? "yes" : "no");
+    } else {
+        sl_metrics.auth_reload_failures++;
+        for (char *line = errs, *nl; line != NULL && *line != '\0'; line = nl ? nl + 1 : NULL) {
+            nl = strchr(line, '\n');
+            if (nl != NULL)
+                *nl = '\0';
+            SL_ERROR("key reload refused, the old keys stay", "error=\"%s\"", line);
+        }
+    }
+    free(errs);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     sl_server_t *srv = h->data;
@@ -241,6 +275,8 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     srv->sigint.data = srv;
     uv_signal_init(loop, &srv->sigpipe);
     srv->sigpipe.data = srv;
+    uv_signal_init(loop, &srv->sighup);
+    srv->sighup.data = srv;
     srv->listening = 1;
 
     rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
@@ -262,6 +298,7 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
     uv_signal_start(&srv->sigpipe, on_signal, SIGPIPE);
+    uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
     if (strchr(cfg->listen_host, ':') != NULL)
         SL_INFO("listening", "addr=[%s]:%d memory_limit=%" PRIu64, cfg->listen_host, srv->port,
                 cfg->memory_limit);
@@ -305,6 +342,7 @@ void sl_server_shutdown(sl_server_t *srv)
     close_handle((uv_handle_t *)&srv->sigterm);
     close_handle((uv_handle_t *)&srv->sigint);
     close_handle((uv_handle_t *)&srv->sigpipe);
+    close_handle((uv_handle_t *)&srv->sighup);
 }
 
 void sl_server_dispose(sl_server_t *srv)

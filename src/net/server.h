@@ -45,6 +45,7 @@ typedef struct sl_server {
     uv_timer_t drain_timer; /* shutdown deadline */
     uv_signal_t sigterm, sigint;
     uv_signal_t sigpipe; /* ignored: a dead peer must never kill the process */
+    uv_signal_t sighup;  /* reloads the keys of [auth] */
     sl_list_t conns;
     sl_list_t deferred; /* connections that had their read this loop turn (conn.c) */
     size_t nconns;

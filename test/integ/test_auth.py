@@ -404,3 +404,41 @@ def test_websocket_token_refresh(sluice_factory, tmp_path):
 def jwt_exp(t):
     import jwt
     return jwt.decode(t, options={"verify_signature": False})["exp"]
+
+
+# ---- SIGHUP key rotation ---------------------------------------------------------------------
+
+
+def test_sighup_rotates_keys_and_keeps_connections(sluice_factory, tmp_path):
+    import signal as sig
+    srv = start_auth(sluice_factory, tmp_path)
+    old = token(grants=CHAT)
+    sse = SSEClient(srv.port, f"/topics/chat/1?access_token={old}")
+    assert sse.status == 200
+    ws = WSConn(srv.port, f"/topics/chat/1?access_token={old}")
+    assert ws.status == 101
+    new_secret = b"a-brand-new-secret-after-rotation-0123456789"
+    (tmp_path / "secret").write_bytes(new_secret + b"\n")
+    srv.signal(sig.SIGHUP)
+    wait_until(lambda: "keys reloaded" in srv.logs(), timeout=10, msg="reload logged")
+    srv.killed_by_us = None
+    assert_401(post(srv, "/topics/chat/1", headers=bearer(old)))
+    new = token(grants=CHAT, key=new_secret)
+    assert post(srv, "/topics/chat/1", b"after", headers=bearer(new)).status == 202
+    # live connections were kept and still receive
+    assert sse.read_event(timeout=5)["data"] == "after"
+    assert ws.read_message(timeout=5).payload == b"after"
+    # a bad file is refused with a log line, and the keys in force stay
+    (tmp_path / "secret").write_bytes(b"too short\n")
+    srv.signal(sig.SIGHUP)
+    wait_until(lambda: "key reload refused" in srv.logs(), timeout=10, msg="refusal logged")
+    srv.killed_by_us = None
+    assert "shorter than 32 bytes" in srv.logs()
+    assert post(srv, "/topics/chat/1", b"still", headers=bearer(new)).status == 202
+    assert sse.read_event(timeout=5)["data"] == "still"
+    m = admin_metrics(srv)
+    assert m["sluice_auth_key_reloads_total"] == 1
+    assert m["sluice_auth_key_reload_failures_total"] == 1
+    assert srv.alive()
+    sse.close()
+    ws.close()
