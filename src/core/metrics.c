@@ -129,9 +129,9 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
     static const char *const prej[] = {
-        "budget",           "too_large",      "bad_topic",          "max_topics",  "bad_event",
-        "reserved_payload", "bad_envelope",   "not_publisher",      "topic_full",  "disk_error",
-        "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized"};
+        "budget",           "too_large",      "bad_topic",          "max_topics",   "bad_event",
+        "reserved_payload", "bad_envelope",   "not_publisher",      "topic_full",   "disk_error",
+        "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized", "rate_limited"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
@@ -149,6 +149,14 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         "Subscriber and WebSocket connections closed when their token expired.", m->auth_expired);
     one(&o, "sluice_auth_refreshed_total", "counter",
         "WebSocket tokens replaced with {\"sluice\":\"token\"}.", m->auth_refreshed);
+    head(&o, "sluice_rate_limited_total", "counter",
+         "Publishes and connections refused by a rate limit, by what and key.");
+    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"subject\"} %" PRIu64 "\n",
+        m->rate_limited[0]);
+    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"ip\"} %" PRIu64 "\n",
+        m->rate_limited[1]);
+    put(&o, "sluice_rate_limited_total{what=\"connection\",key=\"ip\"} %" PRIu64 "\n",
+        m->rate_limited[2]);
     one(&o, "sluice_auth_key_reloads_total", "counter", "Key sets loaded on SIGHUP.",
         m->auth_reloads);
     one(&o, "sluice_auth_key_reload_failures_total", "counter",

@@ -51,6 +51,7 @@ typedef enum {
     SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
     SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
     SL_REJECT_PUB_AUTH,          /* no valid token, or one that does not grant it (401/403) */
+    SL_REJECT_PUB_RATE,          /* over publish_rate or publish_bytes_rate (429) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 
@@ -87,10 +88,11 @@ typedef struct sl_metrics {
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
     uint64_t cursors_rejected[SL_REJECT_CURSOR__COUNT]; /* new durable cursors refused */
     uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
-    uint64_t auth_rejected[SL_AUTH_REASONS];     /* by SL_AUTH_R_* (core/auth.h) */
-    uint64_t auth_accepted;                      /* tokens that verified */
-    uint64_t auth_expired;                       /* connections closed at their token's exp */
-    uint64_t auth_refreshed;                     /* WebSocket tokens replaced in place */
+    uint64_t auth_rejected[SL_AUTH_REASONS]; /* by SL_AUTH_R_* (core/auth.h) */
+    uint64_t auth_accepted;                  /* tokens that verified */
+    uint64_t auth_expired;                   /* connections closed at their token's exp */
+    uint64_t rate_limited[3]; /* publishes by subject, publishes by address, connections */
+    uint64_t auth_refreshed;  /* WebSocket tokens replaced in place */
     uint64_t auth_reloads, auth_reload_failures; /* SIGHUP key reloads */
     uint64_t deliveries;
     uint64_t delivered_bytes;

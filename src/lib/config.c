@@ -41,6 +41,7 @@ void sl_config_init(sl_config_t *cfg)
     cfg->auth_claim = sl_strdup("sluice");
     cfg->auth_leeway_ms = 5000;
     cfg->auth_max_token_bytes = 8192;
+    cfg->rate_limit_keys = 100000;
     cfg->auth_max_cursors_per_subject = 100;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
@@ -572,6 +573,13 @@ static const key_def_t limit_keys[] = {
     {"max_cursors_per_topic", K_COUNT, CFG_OFF(max_cursors_per_topic), 1, UINT64_MAX},
     {"max_cursors", K_COUNT, CFG_OFF(max_cursors), 1, UINT64_MAX},
     {"ipv6_prefix", K_COUNT, CFG_OFF(ipv6_prefix), 0, 128},
+    {"publish_rate", K_COUNT, CFG_OFF(publish_rate), 0, UINT32_MAX},
+    {"publish_burst", K_COUNT, CFG_OFF(publish_burst), 0, UINT32_MAX},
+    {"publish_bytes_rate", K_SIZE, CFG_OFF(publish_bytes_rate), 0, UINT64_MAX},
+    {"publish_bytes_burst", K_SIZE, CFG_OFF(publish_bytes_burst), 0, UINT64_MAX},
+    {"connection_rate", K_COUNT, CFG_OFF(connection_rate), 0, UINT32_MAX},
+    {"connection_burst", K_COUNT, CFG_OFF(connection_burst), 0, UINT32_MAX},
+    {"rate_limit_keys", K_COUNT, CFG_OFF(rate_limit_keys), 1, 10000000},
 };
 
 /* Sets a numeric key from the table; returns 1 if the key was found there. */

@@ -119,6 +119,12 @@ typedef struct sl_config {
     uint64_t max_cursors_per_topic;     /* durable cursors on one topic; default 1024 */
     uint64_t max_cursors;               /* durable cursors on all topics; default 65536 */
     uint64_t ipv6_prefix; /* per-IP limits key IPv6 peers by this prefix, 0..128; default 64 */
+    /* Token buckets (0 = off): publishes per subject (a token's sub) or, without one, per
+     * address; new connections per address. A burst of 0 is one second's worth. */
+    uint64_t publish_rate, publish_burst;             /* messages/s */
+    uint64_t publish_bytes_rate, publish_bytes_burst; /* payload bytes/s */
+    uint64_t connection_rate, connection_burst;       /* new connections/s */
+    uint64_t rate_limit_keys; /* subjects and addresses tracked at once; default 100000 */
     /* [auth]: present when `auth` is set; every file is read at start and on SIGHUP */
     int auth;
     char *auth_hmac_secret_file;   /* raw secret (one trailing line end dropped), >= 32 bytes */

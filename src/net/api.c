@@ -336,6 +336,25 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
         refuse_publish(c, v);
         return;
     }
+    /* A retry after waiting for room was admitted already. */
+    if (c->park_deadline_ms == 0) {
+        size_t bytes = 0;
+        for (size_t i = 0; i < n; i++)
+            bytes += lens[i];
+        uint64_t ms = sl_conn_rate_publish(c, n, bytes);
+        if (ms != 0) {
+            free(payloads);
+            free(lens);
+            if (ms == UINT64_MAX) {
+                sl_conn_error(c, 413, "too_large", "larger than the publish rate's burst allows");
+            } else {
+                char extra[48];
+                snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", (ms + 999) / 1000);
+                sl_conn_respond_error(c, 429, "rate_limited", "publish rate limit", extra);
+            }
+            return;
+        }
+    }
     uint64_t wait_ms = 0;
     if (q->wait.s != NULL) {
         if (sl_parse_duration_ms(q->wait.s, &wait_ms) != 0) {

@@ -175,6 +175,11 @@ void sl_conn_respond_error(sl_conn_t *c, int status, const char *code, const cha
 /* Queues raw bytes (a response head the caller formatted). */
 void sl_conn_write_raw(sl_conn_t *c, const char *data, size_t len);
 
+/* Takes n messages of `bytes` payload bytes from the publish buckets of c's subject (or, with
+ * no subject, its address). Returns 0, or the ms until they would fit (UINT64_MAX: larger than
+ * a burst, never), counting and logging the refusal. */
+uint64_t sl_conn_rate_publish(sl_conn_t *c, size_t n, size_t bytes);
+
 /* The CORS header lines for the current request (docs/protocol.md) into buf (>= SL_CORS_MAX);
  * returns their length. */
 #define SL_CORS_MAX 320
@@ -242,6 +247,9 @@ void sl_conn_start(sl_conn_t *c);
 
 /* Answers a connection over a limit with 503 and closes it after the answer. */
 void sl_conn_reject(sl_conn_t *c, const char *why);
+/* The same with another answer (429 rate_limited with a Retry-After). */
+void sl_conn_reject_status(sl_conn_t *c, int status, const char *code, const char *why,
+                           const char *extra);
 
 /* Per-connection deadlines, write-stall detection and heartbeats; called by the sweep. */
 void sl_conn_tick(sl_conn_t *c, uint64_t now_ms);

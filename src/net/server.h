@@ -11,6 +11,7 @@
 #include "lib/http.h"
 #include "core/auth.h"
 #include "core/hub.h"
+#include "core/ratelimit.h"
 #include "core/metrics.h"
 
 #include <uv.h>
@@ -56,7 +57,8 @@ typedef struct sl_server {
     char *rbuf; /* the shared read buffer: reads are handled before the next */
     size_t rbuf_size;
     const struct sl_handler *handler; /* what requests are handed to (set by the API) */
-    sl_auth_t *auth; /* the keys of [auth] (set by main; its keys swap on SIGHUP) */
+    sl_auth_t *auth;   /* the keys of [auth] (set by main; its keys swap on SIGHUP) */
+    sl_ratelimit_t rl; /* publish and connection rates ([limits] *_rate) */
 } sl_server_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.

@@ -456,6 +456,17 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
             goto out_free;
         }
     }
+    uint64_t ms = sl_conn_rate_publish(c, 1, payload_len);
+    if (ms != 0) {
+        /* The connection is kept: the client slows down. */
+        char msg[80];
+        if (ms == UINT64_MAX)
+            snprintf(msg, sizeof(msg), "larger than the publish rate's burst allows");
+        else
+            snprintf(msg, sizeof(msg), "publish rate limit: retry after %" PRIu64 " ms", ms);
+        send_error(c, "rate_limited", msg);
+        goto out_free;
+    }
     publish_to(c, topic, topic_len, event, payload, payload_len, text);
     goto out_free;
 out_refuse:

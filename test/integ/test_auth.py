@@ -442,3 +442,76 @@ def test_sighup_rotates_keys_and_keeps_connections(sluice_factory, tmp_path):
     assert srv.alive()
     sse.close()
     ws.close()
+
+
+# ---- rate limits ---------------------------------------------------------------------------
+
+
+def until_limited(fn, limit=20):
+    """Calls fn() until it answers 429; returns (successes before it, the 429 response)."""
+    ok = 0
+    for _ in range(limit):
+        r = fn()
+        if r.status == 429:
+            return ok, r
+        assert r.status == 202, r
+        ok += 1
+    raise AssertionError(f"no 429 after {limit} publishes")
+
+
+def test_publish_rate_per_subject_and_per_ip(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, topics=TOPICS,
+                     limits={"publish_rate": "1", "publish_burst": "3",
+                             "publish_bytes_rate": "64KiB", "publish_bytes_burst": "64KiB",
+                             "max_message_bytes": "64KiB"})
+    alice, bob = token(grants=CHAT, sub="alice"), token(grants=CHAT, sub="bob")
+    ok, r = until_limited(lambda: post(srv, "/topics/chat/1", headers=bearer(alice)))
+    assert 3 <= ok <= 5, ok  # the burst, plus what refilled at 1/s meanwhile
+    assert r.json()["error"] == "rate_limited"
+    assert 1 <= int(r.headers["retry-after"]) <= 2, r.headers
+    # another subject has its own bucket
+    assert post(srv, "/topics/chat/1", headers=bearer(bob)).status == 202
+    # without a token, publishes count against the address
+    ok, r = until_limited(lambda: post(srv, "/topics/public/x"))
+    assert 3 <= ok <= 5, ok
+    # bytes: 40 KiB twice in a 64 KiB bucket (bob has used 1 byte)
+    carol = token(grants=CHAT, sub="carol")
+    assert post(srv, "/topics/chat/2", b"x" * 40960, headers=bearer(carol)).status == 202
+    r = post(srv, "/topics/chat/2", b"x" * 40960, headers=bearer(carol))
+    assert r.status == 429, r
+    # over WebSocket: an error message, and the connection stays
+    dave = token(grants=CHAT, sub="dave")
+    c = WSConn(srv.port, f"/topics/chat/3?mode=pub&ack=1&access_token={dave}")
+    assert c.status == 101
+    errors = acks = 0
+    for i in range(8):
+        c.send_text(f"m{i}")
+        m = c.read_json()
+        if m["sluice"] == "ack":
+            acks += 1
+        else:
+            assert m["error"] == "rate_limited", m
+            errors += 1
+    assert acks >= 3 and errors >= 1, (acks, errors)
+    m = admin_metrics(srv)
+    assert m['sluice_rate_limited_total{key="subject",what="publish"}'] >= 3
+    assert m['sluice_rate_limited_total{key="ip",what="publish"}'] == 1
+    assert m['sluice_publish_rejected_total{reason="rate_limited"}'] >= 4
+    c.close()
+
+
+def test_connection_rate_per_ip(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path,
+                     limits={"connection_rate": "1", "connection_burst": "4"})
+    # start_auth's health check used one connection already
+    statuses = [http(srv.port, "GET", "/healthz").status for _ in range(8)]
+    assert statuses.count(200) >= 3, statuses
+    assert 429 in statuses, statuses
+    first = statuses.index(429)
+    r = None
+    while r is None or r.status != 429:
+        r = http(srv.port, "GET", "/healthz")
+    assert r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    wait_until(lambda: http(srv.port, "GET", "/healthz").status == 200, timeout=10,
+               msg="the bucket refills")
+    assert first >= 2
