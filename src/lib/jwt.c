@@ -454,6 +454,9 @@ struct sl_jwt_key {
     EVP_PKEY *pkey; /* public keys */
     unsigned char *secret;
     size_t secret_len;
+    /* HS256/384/512 contexts keyed once with the secret: a verification duplicates one
+     * instead of fetching the algorithm and keying it again (most of an HMAC's cost). */
+    EVP_MAC_CTX *mac[3];
 };
 
 static int alg_kind(int alg)
@@ -517,6 +520,8 @@ void sl_jwt_keyset_free(sl_jwt_keyset_t *ks)
         sl_jwt_key_t *k = &ks->keys[i];
         free(k->kid);
         EVP_PKEY_free(k->pkey);
+        for (int m = 0; m < 3; m++)
+            EVP_MAC_CTX_free(k->mac[m]);
         if (k->secret != NULL)
             OPENSSL_clear_free(k->secret, k->secret_len);
     }
@@ -554,6 +559,18 @@ int sl_jwt_keyset_add_secret(sl_jwt_keyset_t *ks, const char *kid, const void *s
         abort();
     memcpy(k->secret, secret, len);
     k->secret_len = len;
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    for (int m = 0; mac != NULL && m < 3; m++) {
+        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(
+                                   OSSL_MAC_PARAM_DIGEST, (char *)alg_digest(SL_JWT_HS256 + m), 0),
+                               OSSL_PARAM_construct_end()};
+        k->mac[m] = EVP_MAC_CTX_new(mac);
+        if (k->mac[m] != NULL && EVP_MAC_init(k->mac[m], secret, len, params) != 1) {
+            EVP_MAC_CTX_free(k->mac[m]);
+            k->mac[m] = NULL;
+        }
+    }
+    EVP_MAC_free(mac);
     ks->n++;
     return 0;
 }
@@ -881,9 +898,18 @@ static int verify_hmac(const sl_jwt_key_t *k, int alg, const unsigned char *in, 
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
     size_t maclen = 0;
-    if (EVP_Q_mac(NULL, "HMAC", NULL, alg_digest(alg), NULL, k->secret, k->secret_len, in, inlen,
-                  mac, sizeof(mac), &maclen) == NULL)
+    EVP_MAC_CTX *ctx = k->mac[alg - SL_JWT_HS256];
+    if (ctx != NULL) {
+        EVP_MAC_CTX *c = EVP_MAC_CTX_dup(ctx);
+        int ok = c != NULL && EVP_MAC_update(c, in, inlen) == 1 &&
+                 EVP_MAC_final(c, mac, &maclen, sizeof(mac)) == 1;
+        EVP_MAC_CTX_free(c);
+        if (!ok)
+            return 0;
+    } else if (EVP_Q_mac(NULL, "HMAC", NULL, alg_digest(alg), NULL, k->secret, k->secret_len, in,
+                         inlen, mac, sizeof(mac), &maclen) == NULL) {
         return 0;
+    }
     return maclen == siglen && CRYPTO_memcmp(mac, sig, siglen) == 0;
 }
 
