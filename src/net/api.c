@@ -182,6 +182,25 @@ static void refuse_auth(sl_conn_t *c, sl_verdict_t v, const char *what, const ch
     sl_conn_respond_error(c, v.status, v.code, v.message, extra);
 }
 
+static int tries_websocket(const sl_http_req_t *req);
+
+/* A browser attaches cookies to requests that any page makes, so a token in a cookie does not
+ * show that the page chose to send it. A read is safe (CORS keeps the answer from a foreign
+ * page), but a publish, a cursor change or a WebSocket (which CORS does not cover) from a
+ * browser is taken on a cookie only when its Origin is in the `origins` allow-list, as Mercure
+ * does for its cookie. Requests without Origin are not a browser's. Returns 1 to ignore it. */
+static int cookie_forged(sl_conn_t *c, sl_http_req_t *req)
+{
+    int method = llhttp_get_method(&req->parser);
+    if ((method == HTTP_GET || method == HTTP_HEAD) && !tries_websocket(req))
+        return 0;
+    size_t olen;
+    const char *origin = sl_http_header(req, SL_H_ORIGIN, &olen);
+    if (origin == NULL)
+        return 0;
+    return c->srv->cfg->origins == NULL || !sl_config_origin_allowed(c->srv->cfg, origin, olen);
+}
+
 /* Verifies the token a request carries, if any, and keeps its claims in c->claims. A bad token
  * is refused wherever it is sent, also where no token is needed, so a client learns that its
  * token is wrong instead of being served as anonymous. Returns 0, or -1 when answered. */
@@ -197,6 +216,11 @@ static int authenticate(sl_conn_t *c, sl_http_req_t *req, const query_t *q, sl_a
     const char *cookie = sl_http_header(req, SL_H_COOKIE, &clen);
     *cred = sl_auth_find(c->srv->cfg, authz, alen, q->access_token.s, q->access_token.len, cookie,
                          clen);
+    if (cred->token != NULL && strcmp(cred->where, "cookie") == 0 && cookie_forged(c, req)) {
+        /* Not this page's to use: as if no token was sent. */
+        SL_INFO("cookie token ignored", "reason=cross_site_request");
+        *cred = (sl_auth_cred_t){NULL, 0, NULL};
+    }
     if (cred->token == NULL || sl_auth_is_admin_token(c->srv->auth, cred))
         return 0;
     sl_verdict_t v = sl_auth_verify(c->srv->auth, cred, (int64_t)(sl_wall_ms() / 1000), &c->claims);

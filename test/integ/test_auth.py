@@ -515,3 +515,32 @@ def test_connection_rate_per_ip(sluice_factory, tmp_path):
     wait_until(lambda: http(srv.port, "GET", "/healthz").status == 200, timeout=10,
                msg="the bucket refills")
     assert first >= 2
+
+
+def test_cookie_token_not_taken_from_cross_site_writes(sluice_factory, tmp_path):
+    srv = start_auth(sluice_factory, tmp_path, auth={"cookie": "tk"},
+                     server={"origins": "https://app.example"})
+    t = token(grants=CHAT)
+    ck = {"Cookie": f"tk={t}"}
+    # no Origin: not a browser's request, the cookie is a token like any other
+    assert post(srv, "/topics/chat/1", headers=ck).status == 202
+    # the listed origin may publish on its cookie
+    assert post(srv, "/topics/chat/1", headers={**ck, "Origin": "https://app.example"}).status \
+        == 202
+    # with an allow-list a foreign origin is refused for the origin itself; the cookie rule
+    # matters where `origins` is empty: any origin may be served, but not on a cookie
+    (tmp_path / "b").mkdir()
+    open_srv = start_auth(sluice_factory, tmp_path / "b", auth={"cookie": "tk"})
+    evil = {**ck, "Origin": "https://evil.example"}
+    assert_401(post(open_srv, "/topics/chat/1", headers=evil), "token_required")
+    c = WSConn(open_srv.port, "/topics/chat/1", extra=list(evil.items()))
+    assert c.status == 401, c.response
+    c.close()
+    # reads stay possible: CORS keeps the answer from a foreign page
+    s = SSEClient(open_srv.port, "/topics/chat/1", headers=evil)
+    assert s.status == 200, s.response
+    s.close()
+    # a header token from any origin is the page's own choice
+    assert post(open_srv, "/topics/chat/1",
+                headers={**bearer(t), "Origin": "https://evil.example"}).status == 202
+    assert "cookie token ignored" in open_srv.logs()
