@@ -1,7 +1,8 @@
 /*
  * libFuzzer target: JWT verification and JWKS parsing. The first byte picks the mode: a token
  * checked against fixed key sets (an HMAC secret, the RFC 7515 RSA and EC keys, an Ed25519 key,
- * with a kid each), or a JWKS document loaded into a fresh set. What must hold: no crash or
+ * with a kid each), a JWKS document loaded into a fresh set, or a WebSocket token-refresh
+ * message read for its "token" member. What must hold: no crash or
  * leak, a refusal for anything not signed by these keys, and the budget back where it began.
  */
 #include "lib/budget.h"
@@ -41,7 +42,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t used = sl_budget.used;
     const char *s = (const char *)data + 1;
     size_t n = size - 1;
-    if (data[0] & 1) {
+    if (data[0] & 2) {
+        /* The reader behind {"sluice":"token","token":…} refreshes. */
+        char out[256];
+        long r = sl_jwt_json_string(s, n, "token", out, sizeof(out));
+        if (r >= (long)sizeof(out) || (r >= 0 && out[r] != '\0'))
+            abort();
+    } else if (data[0] & 1) {
         sl_jwt_keyset_t *ks = sl_jwt_keyset_new();
         const char *why = NULL;
         if (sl_jwt_keyset_add_jwks(ks, s, n, &why) != 0 && why == NULL)

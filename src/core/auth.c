@@ -267,6 +267,16 @@ int sl_auth_owner(const sl_jwt_claims_t *claims, char out[65])
     return 0;
 }
 
+const char *sl_auth_subject_log(const sl_jwt_claims_t *claims, char *buf)
+{
+    size_t i = 0;
+    /* The subject comes from a signed token, but a log line must never be forged by it. */
+    for (const char *s = claims != NULL ? claims->subject : ""; *s != '\0' && i < 64; s++, i++)
+        buf[i] = (*s >= 0x20 && *s < 0x7f && *s != '"' && *s != '\\') ? *s : '?';
+    buf[i] = '\0';
+    return buf;
+}
+
 int sl_auth_is_admin_token(const sl_auth_t *a, const sl_auth_cred_t *cred)
 {
     return a->admin_token != NULL && cred->token != NULL && cred->len == a->admin_len &&

@@ -84,6 +84,10 @@ size_t sl_auth_challenge(const sl_verdict_t *v, char *buf, size_t cap);
  * there is no subject. */
 int sl_auth_owner(const sl_jwt_claims_t *claims, char out[65]);
 
+/* The subject of claims (NULL: none) as it may appear in a log line: at most 64 bytes, every
+ * byte outside printable ASCII, and '"' and '\\', written '?'. Returns buf (>= 65 bytes). */
+const char *sl_auth_subject_log(const sl_jwt_claims_t *claims, char *buf);
+
 /* 1 if cred is exactly the admin token. */
 int sl_auth_is_admin_token(const sl_auth_t *a, const sl_auth_cred_t *cred);
 

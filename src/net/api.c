@@ -176,9 +176,10 @@ static void refuse_auth(sl_conn_t *c, sl_verdict_t v, const char *what, const ch
     sl_auth_challenge(&v, extra, sizeof(extra));
     if (v.reason > 0 && v.reason < SL_AUTH_R__COUNT)
         sl_metrics.auth_rejected[v.reason]++;
-    const char *sub = c->claims != NULL ? c->claims->subject : "";
+    char sub[65];
+    sl_auth_subject_log(c->claims, sub);
     SL_INFO("auth refused", "reason=%s what=%s topic=\"%.*s\" subject=\"%.*s\"",
-            sl_auth_reason_name(v.reason), what, topic ? 200 : 0, topic ? topic : "", 200, sub);
+            sl_auth_reason_name(v.reason), what, topic ? 200 : 0, topic ? topic : "", 64, sub);
     sl_conn_respond_error(c, v.status, v.code, v.message, extra);
 }
 
@@ -590,11 +591,12 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
             return -1;
         }
         uint64_t limit = c->srv->cfg->auth_max_cursors_per_subject;
+        char subj[65];
         if (cu == NULL && owner[0] != '\0' && limit > 0 && sl_ll_cursors_owned(owner) >= limit) {
             sl_metrics.cursors_rejected[SL_REJECT_CURSOR_SUBJECT]++;
             SL_WARN("durable cursor refused",
-                    "reason=per_subject topic=%s subject=\"%.200s\" limit=%" PRIu64, t->name,
-                    c->claims->subject, limit);
+                    "reason=per_subject topic=%s subject=\"%s\" limit=%" PRIu64, t->name,
+                    sl_auth_subject_log(c->claims, subj), limit);
             sl_conn_error(c, 409, "too_many_cursors", "the subject has max_cursors_per_subject");
             return -1;
         }

@@ -1027,13 +1027,14 @@ uint64_t sl_conn_rate_publish(sl_conn_t *c, size_t n, size_t bytes)
         memcpy(key.k, c->ip->addr, 16);
     }
     double want[SL_RL__COUNT] = {(double)n, (double)bytes, 0};
+    char subj[65];
     uint64_t ms = sl_rl_take(rl, &key, want, sl_now_ms());
     if (ms != 0) {
         sl_metrics.rate_limited[by_subject ? 0 : 1]++;
         sl_metrics.pub_rejected[SL_REJECT_PUB_RATE]++;
         SL_INFO("publish refused",
                 "reason=rate_limited key=%s subject=\"%.200s\" retry_ms=%" PRIu64,
-                by_subject ? "subject" : "ip", by_subject ? c->claims->subject : "",
+                by_subject ? "subject" : "ip", sl_auth_subject_log(c->claims, subj),
                 ms == UINT64_MAX ? 0 : ms);
     }
     return ms;
@@ -1073,8 +1074,9 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         (int64_t)(sl_wall_ms() / 1000) > c->claims->exp + c->srv->auth->opts.leeway_s) {
         c->expired = 1;
         sl_metrics.auth_expired++;
-        SL_INFO("token expired, closing", "transport=%s subject=\"%.200s\"", c->tp->name,
-                c->claims->subject);
+        char subj[65];
+        SL_INFO("token expired, closing", "transport=%s subject=\"%s\"", c->tp->name,
+                sl_auth_subject_log(c->claims, subj));
         if (c->tp->expired != NULL)
             c->tp->expired(c);
         else

@@ -171,6 +171,21 @@ static void test_config_keys(void **state)
     assert_int_equal(count_errors("[topic \"x\"]\nsubscribe = anyone\n"), 0);
 }
 
+static void test_subject_in_logs(void **state)
+{
+    (void)state;
+    char buf[65];
+    assert_string_equal(sl_auth_subject_log(NULL, buf), "");
+    sl_jwt_claims_t *cl = calloc(1, sizeof(*cl) + 200);
+    strcpy(cl->data, "eve\" level=error msg=\"forged\n\\x");
+    cl->subject = cl->data;
+    assert_string_equal(sl_auth_subject_log(cl, buf), "eve? level=error msg=?forged??x");
+    memset(cl->data, 'a', 150);
+    cl->data[150] = '\0';
+    assert_int_equal(strlen(sl_auth_subject_log(cl, buf)), 64);
+    free(cl);
+}
+
 static void test_reload_keeps_old_keys(void **state)
 {
     (void)state;
@@ -211,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_find_token),
         cmocka_unit_test(test_policies),
         cmocka_unit_test(test_config_keys),
+        cmocka_unit_test(test_subject_in_logs),
         cmocka_unit_test(test_reload_keeps_old_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
