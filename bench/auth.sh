@@ -51,20 +51,31 @@ for mode in ${MODES:-none hs256 es256 rs256}; do
         printf '[auth]\nhmac_secret_file = %s/secret\njwks_file = %s/jwks.json\n' "$out" "$out" >>"$cfg"
         tok=(--token-file "$out/$mode.token")
     fi
-    build/sluice --config "$cfg" 2>"$out/$mode.stderr" &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.05
+    # Storms on one server; each idle measurement on a fresh one, so that memory freed by
+    # earlier connections (kept by malloc) does not hide what the idle ones take.
+    for part in storm sse ws; do
+        build/sluice --config "$cfg" 2>>"$out/$mode.stderr" &
+        pid=$!
+        for _ in $(seq 100); do
+            curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+            sleep 0.05
+        done
+        if [ "$part" = storm ]; then
+            for r in $(seq "$ROUNDS"); do
+                line=$(build/sluice-handshake storm -n "$N" -c "$C" --port "$port" \
+                    --server-pid "$pid" "${tok[@]}")
+                echo "mode=$mode round=$r $line" | tee -a "$results"
+            done
+        else
+            ws=0
+            [ "$part" = ws ] && ws=1
+            line=$(build/sluice-handshake idle -n "$IDLE" --ws "$ws" --port "$port" \
+                --server-pid "$pid" "${tok[@]}")
+            echo "mode=$mode $line" | tee -a "$results"
+        fi
+        kill -TERM "$pid"
+        wait "$pid" || true
     done
-    for r in $(seq "$ROUNDS"); do
-        line=$(build/sluice-handshake storm -n "$N" -c "$C" --port "$port" --server-pid "$pid" "${tok[@]}")
-        echo "mode=$mode round=$r $line" | tee -a "$results"
-    done
-    line=$(build/sluice-handshake idle -n "$IDLE" --port "$port" --server-pid "$pid" "${tok[@]}")
-    echo "mode=$mode $line" | tee -a "$results"
-    kill -TERM "$pid"
-    wait "$pid" || true
     port=$((port + 1))
 done
 echo "written to $out"

@@ -6,8 +6,9 @@
  *       the GET with the token (Authorization: Bearer), read the response head, check for 200,
  *       reset the connection (no TIME_WAIT). Reports handshakes/s and handshakes per server
  *       CPU-second.
- *   handshake idle -n N [--token-file F] [--server-pid PID]
- *       N subscribers that stay connected after their 200: server RSS per connection.
+ *   handshake idle -n N [--token-file F] [--server-pid PID] [--ws 1]
+ *       N subscribers that stay connected after their 200 (101 with --ws 1: WebSocket
+ *       handshakes instead of SSE): server RSS per connection.
  *
  * Topics are /topics/bench/<i % 64>. Ends with one line of key=value pairs.
  */
@@ -26,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int opt_port = 8080, opt_pid;
+static int opt_port = 8080, opt_pid, opt_ws;
 static long opt_n = 10000, opt_c = 200;
 static char *token;
 
@@ -94,11 +95,14 @@ static void start(client_t *c, long id)
         perror("connect");
         exit(1);
     }
-    int n = snprintf(c->req, sizeof(c->req),
-                     "GET /topics/bench/%ld HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Accept: text/event-stream\r\n%s%s%s\r\n",
-                     id % 64, token ? "Authorization: Bearer " : "", token ? token : "",
-                     token ? "\r\n" : "");
+    int n =
+        snprintf(c->req, sizeof(c->req),
+                 "GET /topics/bench/%ld HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s%s\r\n", id % 64,
+                 opt_ws ? "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n"
+                        : "Accept: text/event-stream\r\n",
+                 token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "");
     c->reqlen = (size_t)n;
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
@@ -128,7 +132,7 @@ static int step(client_t *c, int keep)
         if (strstr(c->head, "\r\n\r\n") != NULL || c->got == sizeof(c->head) - 1)
             break;
     }
-    int ok = strncmp(c->head, "HTTP/1.1 200", 12) == 0;
+    int ok = strncmp(c->head, opt_ws ? "HTTP/1.1 101" : "HTTP/1.1 200", 12) == 0;
     if (ok)
         done++;
     else
@@ -180,6 +184,8 @@ int main(int argc, char **argv)
             opt_c = atol(argv[i + 1]);
         else if (strcmp(argv[i], "--port") == 0)
             opt_port = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--ws") == 0)
+            opt_ws = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--server-pid") == 0)
             opt_pid = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--token-file") == 0) {
@@ -221,8 +227,9 @@ int main(int argc, char **argv)
         usleep(1000000);
         double rss1 = server_rss();
         printf("scenario=idle n=%ld ok=%ld failed=%ld rss_before=%.0f rss_after=%.0f "
-               "rss_per_conn=%.0f\n",
-               opt_n, done, failed, rss0, rss1, (rss1 - rss0) / (double)(done ? done : 1));
+               "rss_per_conn=%.0f transport=%s\n",
+               opt_n, done, failed, rss0, rss1, (rss1 - rss0) / (double)(done ? done : 1),
+               opt_ws ? "ws" : "sse");
         return failed != 0;
     }
 usage:
