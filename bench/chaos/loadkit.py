@@ -280,6 +280,11 @@ def longest_rise(rows, key="rss_mb"):
 
 # ---- charts ------------------------------------------------------------------------------------
 
+def _q(text):
+    """A gnuplot string literal."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def plot_curves(png_path, title, curves, ylabel, hlines=(), logscale=False, y2label=None,
                 xlabel="seconds", vlines=()):
     """One gnuplot chart of several CSV columns, possibly from several files. `curves`: list of
@@ -303,27 +308,27 @@ def plot_curves(png_path, title, curves, ylabel, hlines=(), logscale=False, y2la
             continue
         xi, yi = header.index(xc) + 1, header.index(yc) + 1
         plots.append(f"'{csv}' using {xi}:{yi} with lines {style} "
-                     f"{'axes x1y2 ' if axis else ''}title '{label}'")
+                     f"{'axes x1y2 ' if axis else ''}title {_q(label)}")
     for value, label, colour in hlines:
-        plots.append(f"{value} with lines dt 2 lw 2 lc rgb '{colour}' title '{label}'")
+        plots.append(f"{value} with lines dt 2 lw 2 lc rgb '{colour}' title {_q(label)}")
     script = "\n".join([
         "set terminal pngcairo size 1000,600 font 'sans,11' noenhanced" if common._has_cairo()
         else "set terminal png size 1000,600 noenhanced",
         f"set output '{png_path}'",
         "set datafile separator ','",
         "set key below",
-        f"set title '{title}'",
-        f"set xlabel '{xlabel}'",
-        f"set ylabel '{ylabel}'",
+        f"set title {_q(title)}",
+        f"set xlabel {_q(xlabel)}",
+        f"set ylabel {_q(ylabel)}",
         "set grid",
         "set autoscale xfix",
         "set logscale y" if logscale else "set yrange [0:*]\nset offsets 0, 0, graph 0.08, 0",
-        f"set y2label '{y2label}'" if y2label else "",
+        f"set y2label {_q(y2label)}" if y2label else "",
         "set y2tics" if any_y2 else "",
         "set ytics nomirror" if any_y2 else "",
         "set y2range [0:*]" if any_y2 else "",
     ] + [f"set arrow from {x}, graph 0 to {x}, graph 1 nohead dt 3 lc rgb 'gray40'\n"
-         f"set label '{label}' at {x}, graph 0.97 left offset 0.5, 0 tc rgb 'gray30'"
+         f"set label {_q(label)} at {x}, graph 0.97 left offset 0.5, 0 tc rgb 'gray30'"
          for x, label in vlines] + [
         "plot " + ", ".join(plots),
     ])
@@ -685,3 +690,64 @@ def hist_pct(hist, p):
         if seen >= want:
             return i
     return len(hist) - 1
+
+
+def plot_panels(png_path, title, panels, xlabel="seconds", width=1000, panel_height=440):
+    """Several charts stacked on one x axis (gnuplot multiplot). Each panel is a dict with
+    "curves" and optional "hlines", "vlines", "ylabel", "y2label", "logscale" as in plot_curves,
+    and "title". Returns False if gnuplot is missing or failed."""
+    import shutil
+    import sys
+    if shutil.which("gnuplot") is None:
+        print("plot skipped: gnuplot is not installed", file=sys.stderr)
+        return False
+    n = len(panels)
+    lines = [
+        f"set terminal pngcairo size {width},{panel_height * n + 60} font 'sans,11' noenhanced"
+        if common._has_cairo() else
+        f"set terminal png size {width},{panel_height * n + 60} noenhanced",
+        f"set output '{png_path}'",
+        "set datafile separator ','",
+        f"set multiplot layout {n},1 title {_q(title)}",
+    ]
+    for p in panels:
+        lines += ["reset", "set datafile separator ','", "set grid", "set autoscale xfix",
+                  "set key below", "set lmargin at screen 0.08", "set rmargin at screen 0.91",
+                  f"set xlabel {_q(xlabel)}", f"set ylabel {_q(p.get('ylabel', ''))}",
+                  f"set title {_q(p.get('title', ''))}"]
+        lines.append("set logscale y" if p.get("logscale") else
+                     "set yrange [0:*]\nset offsets 0, 0, graph 0.08, 0")
+        plots = []
+        any_y2 = False
+        for c in p["curves"]:
+            csv, xc, yc, label = c[:4]
+            axis = len(c) > 4 and c[4] == "y2"
+            style = c[5] if len(c) > 5 else "lw 2"
+            any_y2 |= axis
+            try:
+                header = Path(csv).read_text().splitlines()[0].split(",")
+            except (OSError, IndexError):
+                continue
+            if xc not in header or yc not in header:
+                continue
+            xi, yi = header.index(xc) + 1, header.index(yc) + 1
+            plots.append(f"'{csv}' using {xi}:{yi} with lines {style} "
+                         f"{'axes x1y2 ' if axis else ''}title {_q(label)}")
+        for value, label, colour in p.get("hlines", ()):
+            plots.append(f"{value} with lines dt 2 lw 2 lc rgb '{colour}' title {_q(label)}")
+        for x, label in p.get("vlines", ()):
+            lines.append(f"set arrow from {x}, graph 0 to {x}, graph 1 nohead dt 3 "
+                         f"lc rgb 'gray40'")
+            lines.append(f"set label {_q(label)} at {x}, graph 0.95 left offset 0.5, 0 "
+                         f"tc rgb 'gray30'")
+        if any_y2:
+            lines += ["set y2tics", "set ytics nomirror", "set y2range [0:*]",
+                      f"set y2label {_q(p.get('y2label', ''))}"]
+        if plots:
+            lines.append("plot " + ", ".join(plots))
+    lines.append("unset multiplot")
+    r = subprocess.run(["gnuplot"], input="\n".join(lines), text=True, capture_output=True)
+    if r.returncode != 0:
+        print("gnuplot failed: " + r.stderr, file=sys.stderr)
+        return False
+    return True
