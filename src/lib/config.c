@@ -687,8 +687,8 @@ static int auth_string_key(parse_ctx_t *p, const char *key, const char *val)
         if (strcmp(key, keys[i].name) != 0)
             continue;
         char **f = (char **)((char *)p->cfg + keys[i].offset);
-        if (strcmp(key, "claim") == 0 && *val == '\0') {
-            error_at(p, p->line, "claim must not be empty");
+        if (strcmp(key, "claim") == 0 && (*val == '\0' || strlen(val) > 255)) {
+            error_at(p, p->line, "claim must be 1..255 bytes");
             return 1;
         }
         if (strcmp(key, "cookie") == 0 && strpbrk(val, " \t;,=\"") != NULL) {

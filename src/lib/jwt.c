@@ -399,10 +399,10 @@ static long jstr(const jdoc_t *d, uint32_t i, char *out, size_t cap)
     return (long)o;
 }
 
-/* 1 if string token i equals the plain ASCII s (no escapes needed in s). */
+/* 1 if string token i equals s (at most 255 bytes: member names, the configured claim). */
 static int jstr_is(const jdoc_t *d, uint32_t i, const char *s)
 {
-    char buf[64];
+    char buf[256];
     long n = jstr(d, i, buf, sizeof(buf));
     return n >= 0 && strcmp(buf, s) == 0;
 }

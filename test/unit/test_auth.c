@@ -167,6 +167,10 @@ static void test_config_keys(void **state)
     assert_int_equal(count_errors("[auth]\njwks_file = /j\nmax_token_bytes = 1\n"), 1);
     assert_int_equal(count_errors("[auth]\njwks_file = /j\ncookie = a;b\n"), 1);
     assert_int_equal(count_errors("[auth]\njwks_file = /j\nclaim =\n"), 1);
+    char longclaim[400] = "[auth]\njwks_file = /j\nclaim = ";
+    memset(longclaim + strlen(longclaim), 'c', 256);
+    strcat(longclaim, "\n");
+    assert_int_equal(count_errors(longclaim), 1);
     assert_int_equal(count_errors("[topic \"x\"]\nsubscribe = token\n"), 1);
     assert_int_equal(count_errors("[topic \"x\"]\nsubscribe = anyone\n"), 0);
 }

@@ -481,6 +481,17 @@ static void test_times_and_claims(void **state)
     assert_string_equal(c->subject, "");
     sl_jwt_claims_free(c);
     free(t);
+    /* A long claim name (a URL-style namespace) is found too. */
+    char name[120], payload[200];
+    memset(name, 'n', 100);
+    name[100] = '\0';
+    snprintf(payload, sizeof(payload), "{\"%s\":{\"pub\":[\"x\"]}}", name);
+    o.claim = name;
+    t = sign(SL_JWT_HS256, NULL, s, 32, h, payload);
+    assert_int_equal(sl_jwt_verify(ks, &o, t, strlen(t), 0, &c), 0);
+    assert_int_equal(c->npub, 1);
+    sl_jwt_claims_free(c);
+    free(t);
     sl_jwt_keyset_free(ks);
 }
 
