@@ -953,7 +953,8 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
          * admin endpoints are the admin's. */
         size_t tl, cl;
         const char *cn = NULL;
-        int owner_op = admin && (method == HTTP_POST || method == HTTP_DELETE) &&
+        int owner_op = admin && (method == HTTP_POST || method == HTTP_DELETE) && plen > 8 &&
+                       strncmp(path, "/topics/", 8) == 0 &&
                        cursor_path(path + 8, (size_t)plen - 8, &tl, &cn, &cl) && cn != NULL;
         if (admin && !is_admin && !owner_op) {
             refuse_auth(c, v, "admin", NULL);

@@ -543,3 +543,17 @@ def test_cookie_token_not_taken_from_cross_site_writes(sluice_factory, tmp_path)
     assert post(open_srv, "/topics/chat/1",
                 headers={**bearer(t), "Origin": "https://evil.example"}).status == 202
     assert "cookie token ignored" in open_srv.logs()
+
+
+@pytest.mark.parametrize("with_auth", [False, True])
+def test_writes_to_admin_listings_are_405_not_a_crash(sluice_factory, tmp_path, with_auth):
+    # /metrics and /topics are admin paths shorter than "/topics/": a POST or DELETE on them
+    # must not be taken for a cursor acknowledgement.
+    srv = start_auth(sluice_factory, tmp_path) if with_auth else sluice_factory()
+    hdr = bearer(ADMIN_TOKEN) if with_auth else {}
+    for method, path in (("DELETE", "/topics"), ("POST", "/topics"), ("POST", "/metrics"),
+                         ("DELETE", "/metrics"), ("DELETE", "/topics/")):
+        r = http(srv.port, method, path, headers=hdr, body=b"" if method == "POST" else None)
+        assert r.status == 405, (method, path, r)
+    assert srv.alive()
+    assert http(srv.port, "GET", "/healthz").status == 200
