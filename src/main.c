@@ -2,6 +2,7 @@
  * The sluice binary: command line, configuration, and the loop. Everything else lives in the
  * modules; main only wires them and checks that the loop closes cleanly.
  */
+#include "core/auth.h"
 #include "lib/budget.h"
 #include "lib/config.h"
 #include "lib/log.h"
@@ -9,6 +10,7 @@
 #include "net/server.h"
 #include "sink/sink.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,18 @@ static void raise_fd_limit(void)
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             SL_WARN("cannot raise the descriptor limit", NULL);
     }
+}
+
+/* Whether the listen address is reachable only from this machine. */
+static int loopback_only(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
+    return strcmp(host, "localhost") == 0;
 }
 
 static void usage(FILE *f)
@@ -77,15 +91,36 @@ int main(int argc, char **argv)
         fprintf(stderr, "--listen: invalid address '%s' (want ADDR:PORT)\n", listen);
         errors++;
     }
+    sl_auth_t auth = {0};
+    if (!errors && cfg.auth) {
+        int n = sl_auth_load(&auth, &cfg, stderr);
+        if (n != 0) {
+            fprintf(stderr, "%s: [auth]: %d key file error%s\n",
+                    config_path ? config_path : "sluice", n, n == 1 ? "" : "s");
+            errors += n;
+        }
+    }
+    /* Anyone who reaches the port may then publish, subscribe and read every metric. */
+    int open_to_all = !cfg.auth && !loopback_only(cfg.listen_host);
+    if (open_to_all && check_only)
+        fprintf(stderr,
+                "warning: listening on %s without an [auth] section: anyone who can reach it "
+                "may publish, subscribe and use the admin endpoints\n",
+                cfg.listen_host);
     if (check_only || errors) {
         if (errors)
             fprintf(stderr, "sluice: %d configuration error%s\n", errors, errors == 1 ? "" : "s");
         else
             printf("configuration ok\n");
+        sl_auth_dispose(&auth);
         sl_config_dispose(&cfg);
         return errors ? 1 : 0;
     }
     sl_log_level = cfg.log_level;
+    if (open_to_all)
+        SL_WARN("no [auth] section on a non-loopback address: anyone may publish, subscribe and "
+                "use the admin endpoints",
+                "listen=%s", cfg.listen_host);
     raise_fd_limit();
 
     uv_loop_t loop;
@@ -101,6 +136,7 @@ int main(int argc, char **argv)
         rc = sink_err;
         sl_server_shutdown(srv);
     }
+    srv->auth = cfg.auth ? &auth : NULL;
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_sinks_free(sinks);
     sl_server_dispose(srv);
@@ -112,6 +148,7 @@ int main(int argc, char **argv)
     }
     if (rc == 0)
         SL_INFO("stopped", "memory_accounted=%llu", (unsigned long long)sl_budget.used);
+    sl_auth_dispose(&auth);
     sl_config_dispose(&cfg);
     return rc == 0 ? 0 : 1;
 }

@@ -41,6 +41,13 @@ The reproductions, and the safe behaviour each must get:
   r9b_ws_header      a header with 200 KB of leading whitespace: 431.
   r9c_upgrade_pipe   POST with Upgrade: websocket, then a pipelined GET /healthz: the second
                      answer is a correct 200, or the connection is closed; never garbage.
+  r10_tokens         the server has [auth] (an HMAC secret; `sec/*` needs tokens, every other
+                     topic is open): to a reader of sec/t holding a valid token, POSTs with a
+                     forged token (signed with another secret), an `alg: none` token, a token
+                     replayed after its expiry, one over max_token_bytes, one whose payload
+                     was altered after signing, and none at all: 401 each, with the
+                     WWW-Authenticate challenge, and the reader sees nothing; /metrics without
+                     the admin token: 401; the valid token still publishes (202).
 
 After every reproduction: the server must be alive (else the crash is charged to it, its log
 kept, and a new server started so the other reproductions still run) and no new sanitizer
@@ -91,6 +98,14 @@ from sluice_client import (MULTI_ID_RE, Closed, Publisher, RawConn, SSEClient,  
 from ws_client import OP_PING, OP_TEXT, WSConn, encode_frame  # noqa: E402
 
 MARKERS = ("AddressSanitizer", "runtime error", "LeakSanitizer")
+
+# [auth] for r10_tokens: a secret and an admin token in a directory of their own.
+AUTH_DIR = Path(__import__("tempfile").mkdtemp(prefix="sluice-chaos-auth-"))
+SECRET = b"chaos-secret-0123456789-0123456789-abcdef"
+ADMIN_TOKEN = "chaos-admin-0123456789-0123456789-abcdef"
+(AUTH_DIR / "secret").write_bytes(SECRET)
+(AUTH_DIR / "admin").write_text(ADMIN_TOKEN)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MiB = 1 << 20
 GOOD_ORIGIN = "http://good.example"
 
@@ -105,6 +120,17 @@ origins = {GOOD_ORIGIN}
 max_publish_wait = 30s
 [limits]
 max_topic_name = 1024
+[auth]
+hmac_secret_file = {AUTH_DIR}/secret
+admin_token_file = {AUTH_DIR}/admin
+max_token_bytes = 2KiB
+leeway = 0s
+[topic "*"]
+publish = anyone
+subscribe = anyone
+[topic "sec/*"]
+publish = token
+subscribe = token
 [topic "ok/*"]
 max_messages = 128
 [topic "ok/lossless"]
@@ -141,7 +167,8 @@ MULTI = ("multi/a", "multi/b", "multi/c")
 # ---- the server, its log and its figures ----------------------------------------------------
 
 def metrics(port, timeout=5.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=ADMIN)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return parse_metrics(r.read().decode())
 
 
@@ -150,7 +177,7 @@ def accounted(port):
 
 
 def topics(port):
-    r = http(port, "GET", "/topics")
+    r = http(port, "GET", "/topics", headers=ADMIN)
     return {t["name"]: t for t in r.json()["topics"]}
 
 
@@ -337,7 +364,8 @@ class Incarnation:
 
     def __init__(self, binary, n):
         self.n = n
-        self.srv = Server(CONFIG, binary=binary, memory_limit="16MiB")
+        self.srv = Server(CONFIG, binary=binary, memory_limit="16MiB",
+                          admin_token=ADMIN_TOKEN)
         STARTED.append(self.srv)
         self.port = self.srv.port
         self.log = Log(self.srv.dir / "sluice.log")
@@ -755,9 +783,66 @@ def r9c_upgrade_pipe(inc):
         c.close()
 
 
+def _jwt(claims, key=SECRET, alg="HS256"):
+    import jwt
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def r10_tokens(inc):
+    import base64
+    now = int(time.time())
+    grants = {"pub": ["sec/*"], "sub": ["sec/*"]}
+    good = _jwt({"sub": "chaos", "exp": now + 600, "sluice": grants})
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    h, p, s = good.split(".")
+    bad = {
+        "forged": _jwt({"sub": "chaos", "sluice": grants}, key=b"x" * 40),
+        "none": b64(b'{"alg":"none"}') + "." + p + ".",
+        "replayed": _jwt({"sub": "chaos", "exp": now - 30, "sluice": grants}),
+        "oversized": _jwt({"sub": "chaos", "pad": "x" * 3000, "sluice": grants}),
+        "altered": h + "." + b64(json.dumps({"sub": "root", "sluice": {"pub": ["*"]}}).encode())
+                   + "." + s,
+        "missing": None,
+    }
+    sub = SSEClient(inc.port, f"/topics/sec/t?access_token={good}", timeout=5)
+    try:
+        if sub.status != 200:
+            return UNEXPECTED, f"reader status={sub.status}"
+        wrong = []
+        for name, tok in bad.items():
+            hdr = {"Authorization": f"Bearer {tok}"} if tok else {}
+            r = http(inc.port, "POST", "/topics/sec/t", hdr, f"bad-{name}".encode())
+            if r.status != 401 or not r.headers.get("www-authenticate", "").startswith("Bearer"):
+                wrong.append(f"{name}={r.status}")
+        r = http(inc.port, "GET", "/metrics")
+        if r.status != 401:
+            wrong.append(f"metrics={r.status}")
+        r = http(inc.port, "POST", "/topics/sec/t", {"Authorization": f"Bearer {good}"}, b"good")
+        if r.status != 202:
+            wrong.append(f"good={r.status}")
+        got = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and (not got or got[-1] != "good"):
+            try:
+                b = sub.read_block(max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            if b["data"] is not None:
+                got.append(b["data"])
+        if got != ["good"]:
+            wrong.append(f"reader_saw={got}")
+        log = (inc.srv.dir / "sluice.log").read_text(errors="replace")
+        if any(t and t in log for t in [good, *bad.values()]):
+            wrong.append("token_in_log")
+        return (UNEXPECTED, ",".join(wrong)) if wrong else (SAFE, "")
+    finally:
+        sub.close()
+
+
 REPROS = [r1_pipeline_full, r2_ws_pub_held, r3_ws_held_long, r4_multi_markers,
           r5a_ndjson_budget, r5b_trickle, r5c_ws_unread, r5c_http_unread, r6_forged_control,
-          r7_cross_origin, r8_long_lossless, r9a_obs_fold, r9b_ws_header, r9c_upgrade_pipe]
+          r7_cross_origin, r8_long_lossless, r9a_obs_fold, r9b_ws_header, r9c_upgrade_pipe,
+          r10_tokens]
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -963,6 +1048,7 @@ def _cleanup():
             srv.proc.kill()
             srv.proc.wait()
         srv.cleanup()
+    shutil.rmtree(AUTH_DIR, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ class Server:
 
     kind = "sluice"
 
-    def __init__(self, config="", binary=SLUICE_BIN, memory_limit=None, host="127.0.0.1"):
+    def __init__(self, config="", binary=SLUICE_BIN, memory_limit=None, host="127.0.0.1",
+                 admin_token=None):
+        self.admin_token = admin_token  # sent to /metrics when the config has [auth]
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-chaos-"))
         self.port = free_port()
         self.memory_limit = memory_limit
@@ -119,7 +121,10 @@ class Server:
         return open_fds(self.proc.pid)
 
     def metrics(self, timeout=5.0):
-        with urllib.request.urlopen(self.url + "/metrics", timeout=timeout) as r:
+        req = urllib.request.Request(self.url + "/metrics")
+        if getattr(self, "admin_token", None):
+            req.add_header("Authorization", f"Bearer {self.admin_token}")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return parse_metrics(r.read().decode())
 
     def gauge(self):

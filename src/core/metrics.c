@@ -3,6 +3,8 @@
  */
 #include "core/metrics.h"
 
+#include "core/auth.h"
+
 #include "lib/budget.h"
 #include "core/hub.h"
 #include "lib/util.h"
@@ -17,8 +19,8 @@
 
 sl_metrics_t sl_metrics;
 
-static const int http_codes[SL_HTTP_CODES] = {100, 101, 200, 202, 204, 400, 403, 404, 405, 406, 408,
-                                              409, 413, 414, 417, 426, 429, 431, 500, 503, 0};
+static const int http_codes[SL_HTTP_CODES] = {100, 101, 200, 202, 204, 400, 401, 403, 404, 405, 406,
+                                              408, 409, 413, 414, 417, 426, 429, 431, 500, 503, 0};
 
 void sl_metrics_http(int code)
 {
@@ -34,8 +36,8 @@ void sl_metrics_http(int code)
 const char *sl_close_reason_name(sl_close_reason_t r)
 {
     static const char *const names[] = {
-        "peer",  "write_stall", "header_timeout", "idle_timeout", "overflow",    "shutdown",
-        "error", "protocol",    "ping_timeout",   "ws_close",     "body_timeout"};
+        "peer",  "write_stall", "header_timeout", "idle_timeout", "overflow",     "shutdown",
+        "error", "protocol",    "ping_timeout",   "ws_close",     "body_timeout", "token_expired"};
     return r < SL_CLOSE__COUNT ? names[r] : "unknown";
 }
 
@@ -136,15 +138,38 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
     static const char *const prej[] = {
-        "budget",           "too_large",      "bad_topic",         "max_topics", "bad_event",
-        "reserved_payload", "bad_envelope",   "not_publisher",     "topic_full", "disk_error",
-        "disk_timeout",     "reserved_event", "origin_not_allowed"};
+        "budget",           "too_large",      "bad_topic",          "max_topics",   "bad_event",
+        "reserved_payload", "bad_envelope",   "not_publisher",      "topic_full",   "disk_error",
+        "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized", "rate_limited"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
     one(&o, "sluice_origin_rejected_total", "counter",
         "Requests and WebSocket handshakes refused for an Origin not in the allow-list.",
         m->origin_rejected);
+    head(&o, "sluice_auth_rejected_total", "counter",
+         "Requests, handshakes and WebSocket publishes refused by authorization, by reason.");
+    for (int i = 1; i < SL_AUTH_R__COUNT; i++)
+        put(&o, "sluice_auth_rejected_total{reason=\"%s\"} %" PRIu64 "\n", sl_auth_reason_name(i),
+            m->auth_rejected[i]);
+    one(&o, "sluice_auth_tokens_accepted_total", "counter", "Tokens that verified.",
+        m->auth_accepted);
+    one(&o, "sluice_auth_expired_total", "counter",
+        "Subscriber and WebSocket connections closed when their token expired.", m->auth_expired);
+    one(&o, "sluice_auth_refreshed_total", "counter",
+        "WebSocket tokens replaced with {\"sluice\":\"token\"}.", m->auth_refreshed);
+    head(&o, "sluice_rate_limited_total", "counter",
+         "Publishes and connections refused by a rate limit, by what and key.");
+    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"subject\"} %" PRIu64 "\n",
+        m->rate_limited[0]);
+    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"ip\"} %" PRIu64 "\n",
+        m->rate_limited[1]);
+    put(&o, "sluice_rate_limited_total{what=\"connection\",key=\"ip\"} %" PRIu64 "\n",
+        m->rate_limited[2]);
+    one(&o, "sluice_auth_key_reloads_total", "counter", "Key sets loaded on SIGHUP.",
+        m->auth_reloads);
+    one(&o, "sluice_auth_key_reload_failures_total", "counter",
+        "SIGHUP reloads refused (the old keys stayed).", m->auth_reload_failures);
     const sl_log_stats_t *ls = &m->log;
     one(&o, "sluice_spill_bytes", "gauge", "Bytes of lossless topics' logs on disk.",
         ls->disk_bytes);
@@ -159,7 +184,7 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         ls->cursors_expired);
     head(&o, "sluice_cursors_rejected_total", "counter",
          "New durable cursors refused by a limit, by reason.");
-    static const char *const crej[] = {"per_topic", "total"};
+    static const char *const crej[] = {"per_topic", "total", "per_subject"};
     for (int i = 0; i < SL_REJECT_CURSOR__COUNT; i++)
         put(&o, "sluice_cursors_rejected_total{reason=\"%s\"} %" PRIu64 "\n", crej[i],
             m->cursors_rejected[i]);

@@ -19,11 +19,12 @@ typedef enum {
     SL_CLOSE_IDLE_TIMEOUT,
     SL_CLOSE_OVERFLOW, /* overflow policy disconnect */
     SL_CLOSE_SHUTDOWN,
-    SL_CLOSE_ERROR,        /* a socket error */
-    SL_CLOSE_PROTOCOL,     /* bad request, or `Connection: close` / an answered limit */
-    SL_CLOSE_PING_TIMEOUT, /* WebSocket: no pong within ws_pong_timeout */
-    SL_CLOSE_WS_CLOSE,     /* WebSocket: a close handshake ended the connection */
-    SL_CLOSE_BODY_TIMEOUT, /* a request body or WebSocket message not complete in time */
+    SL_CLOSE_ERROR,         /* a socket error */
+    SL_CLOSE_PROTOCOL,      /* bad request, or `Connection: close` / an answered limit */
+    SL_CLOSE_PING_TIMEOUT,  /* WebSocket: no pong within ws_pong_timeout */
+    SL_CLOSE_WS_CLOSE,      /* WebSocket: a close handshake ended the connection */
+    SL_CLOSE_BODY_TIMEOUT,  /* a request body or WebSocket message not complete in time */
+    SL_CLOSE_TOKEN_EXPIRED, /* the connection's token expired */
     SL_CLOSE__COUNT,
 } sl_close_reason_t;
 const char *sl_close_reason_name(sl_close_reason_t r);
@@ -49,16 +50,22 @@ typedef enum {
     SL_REJECT_PUB_DISK_TIMEOUT,  /* not on disk within max_publish_wait (503) */
     SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
     SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
+    SL_REJECT_PUB_AUTH,          /* no valid token, or one that does not grant it (401/403) */
+    SL_REJECT_PUB_RATE,          /* over publish_rate or publish_bytes_rate (429) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
+
+/* Refusal reasons of core/auth.h (SL_AUTH_R__COUNT); here so metrics need not include it. */
+#define SL_AUTH_REASONS 14
 
 typedef enum {
     SL_REJECT_CURSOR_PER_TOPIC = 0, /* max_cursors_per_topic */
     SL_REJECT_CURSOR_TOTAL,         /* max_cursors */
+    SL_REJECT_CURSOR_SUBJECT,       /* [auth] max_cursors_per_subject */
     SL_REJECT_CURSOR__COUNT,
 } sl_cursor_reject_t;
 
-#define SL_HTTP_CODES 21
+#define SL_HTTP_CODES 22
 
 /* Totals of the lossless topics' logs (kept by store/lossless.c). */
 typedef struct sl_log_stats {
@@ -81,6 +88,12 @@ typedef struct sl_metrics {
     uint64_t pub_rejected[SL_REJECT_PUB__COUNT];
     uint64_t cursors_rejected[SL_REJECT_CURSOR__COUNT]; /* new durable cursors refused */
     uint64_t origin_rejected; /* requests and handshakes refused for their Origin (403) */
+    uint64_t auth_rejected[SL_AUTH_REASONS]; /* by SL_AUTH_R_* (core/auth.h) */
+    uint64_t auth_accepted;                  /* tokens that verified */
+    uint64_t auth_expired;                   /* connections closed at their token's exp */
+    uint64_t rate_limited[3]; /* publishes by subject, publishes by address, connections */
+    uint64_t auth_refreshed;  /* WebSocket tokens replaced in place */
+    uint64_t auth_reloads, auth_reload_failures; /* SIGHUP key reloads */
     uint64_t deliveries;
     uint64_t delivered_bytes;
     uint64_t writes; /* write syscalls batches issued to subscribers */

@@ -38,6 +38,11 @@ void sl_config_init(sl_config_t *cfg)
     cfg->disk_quota = 8ull << 30;
     cfg->max_publish_wait_ms = 30000;
     cfg->body_timeout_ms = 30000;
+    cfg->auth_claim = sl_strdup("sluice");
+    cfg->auth_leeway_ms = 5000;
+    cfg->auth_max_token_bytes = 8192;
+    cfg->rate_limit_keys = 100000;
+    cfg->auth_max_cursors_per_subject = 100;
     cfg->max_connections = 100000;
     cfg->max_connections_per_ip = 10000;
     cfg->max_header_bytes = 16 << 10;
@@ -73,6 +78,18 @@ void sl_config_dispose(sl_config_t *cfg)
     for (size_t i = 0; i < cfg->nrules; i++)
         free(cfg->rules[i].glob);
     free(cfg->rules);
+    char **auth_strings[] = {&cfg->auth_hmac_secret_file,
+                             &cfg->auth_public_key_file,
+                             &cfg->auth_jwks_file,
+                             &cfg->auth_admin_token_file,
+                             &cfg->auth_issuer,
+                             &cfg->auth_audience,
+                             &cfg->auth_claim,
+                             &cfg->auth_cookie};
+    for (size_t i = 0; i < sizeof(auth_strings) / sizeof(auth_strings[0]); i++) {
+        free(*auth_strings[i]);
+        *auth_strings[i] = NULL;
+    }
     cfg->listen_host = cfg->data_dir = NULL;
     cfg->rules = NULL;
     cfg->nrules = 0;
@@ -250,8 +267,32 @@ void sl_config_topic(const sl_config_t *cfg, const char *name, sl_topic_conf_t *
         TAKE(SL_TK_SEGMENT_BYTES, segment_bytes);
         TAKE(SL_TK_DISK_QUOTA, disk_quota);
         TAKE(SL_TK_CURSOR_TTL, cursor_ttl_ms);
+        TAKE(SL_TK_PUBLISH, publish_auth);
+        TAKE(SL_TK_SUBSCRIBE, subscribe_auth);
 #undef TAKE
     }
+    uint8_t dflt = cfg->auth ? SL_POLICY_TOKEN : SL_POLICY_ANYONE;
+    if (out->publish_auth == SL_POLICY_DEFAULT)
+        out->publish_auth = dflt;
+    if (out->subscribe_auth == SL_POLICY_DEFAULT)
+        out->subscribe_auth = dflt;
+}
+
+void sl_config_topic_policy(const sl_config_t *cfg, const char *name, int *publish, int *subscribe)
+{
+    int pub = SL_POLICY_DEFAULT, sub = SL_POLICY_DEFAULT;
+    for (size_t i = 0; i < cfg->nrules; i++) {
+        const sl_topic_rule_t *r = &cfg->rules[i];
+        if ((r->set & (SL_TK_PUBLISH | SL_TK_SUBSCRIBE)) == 0 || !sl_glob_match(r->glob, name))
+            continue;
+        if (r->set & SL_TK_PUBLISH)
+            pub = r->conf.publish_auth;
+        if (r->set & SL_TK_SUBSCRIBE)
+            sub = r->conf.subscribe_auth;
+    }
+    int dflt = cfg->auth ? SL_POLICY_TOKEN : SL_POLICY_ANYONE;
+    *publish = pub == SL_POLICY_DEFAULT ? dflt : pub;
+    *subscribe = sub == SL_POLICY_DEFAULT ? dflt : sub;
 }
 
 /* ---- the INI file ----------------------------------------------------------------------- */
@@ -270,6 +311,8 @@ typedef struct parse_ctx {
     /* The last [topic "…"] section header seen, and its rule index (-1 if malformed). */
     char *section;
     long rule;
+    int auth_line;   /* the first [auth] header */
+    int policy_line; /* the last `publish = token` or `subscribe = token` */
 } parse_ctx_t;
 
 static void error_at(parse_ctx_t *p, int line, const char *fmt, ...)
@@ -308,6 +351,12 @@ static void check_section(parse_ctx_t *p, const char *line)
     name[len] = '\0';
     if (strcmp(name, "server") == 0 || strcmp(name, "limits") == 0)
         return;
+    if (strcmp(name, "auth") == 0) {
+        p->cfg->auth = 1;
+        if (p->auth_line == 0)
+            p->auth_line = p->line;
+        return;
+    }
     if (strncmp(name, "topic", 5) == 0 && (name[5] == ' ' || name[5] == '\t' || name[5] == '"')) {
         rule_for(p, name);
         return;
@@ -466,6 +515,19 @@ static int topic_key(parse_ctx_t *p, sl_topic_rule_t *r, const char *key, const 
     } else if (strcmp(key, "cursor_ttl") == 0) {
         bit = SL_TK_CURSOR_TTL;
         rc = sl_parse_duration_ms(val, &c->cursor_ttl_ms);
+    } else if (strcmp(key, "publish") == 0 || strcmp(key, "subscribe") == 0) {
+        int pub = key[0] == 'p';
+        bit = pub ? SL_TK_PUBLISH : SL_TK_SUBSCRIBE;
+        uint8_t *f = pub ? &c->publish_auth : &c->subscribe_auth;
+        if (strcmp(val, "anyone") == 0) {
+            *f = SL_POLICY_ANYONE;
+        } else if (strcmp(val, "token") == 0) {
+            *f = SL_POLICY_TOKEN;
+            p->policy_line = p->line;
+        } else {
+            error_at(p, p->line, "invalid value '%s' for %s (anyone, token)", val, key);
+            return 0;
+        }
     } else {
         error_at(p, p->line, "unknown key '%s' in [topic \"%s\"]", key, r->glob);
         return 0;
@@ -520,6 +582,13 @@ static const key_def_t limit_keys[] = {
     {"max_cursors_per_topic", K_COUNT, CFG_OFF(max_cursors_per_topic), 1, UINT64_MAX},
     {"max_cursors", K_COUNT, CFG_OFF(max_cursors), 1, UINT64_MAX},
     {"ipv6_prefix", K_COUNT, CFG_OFF(ipv6_prefix), 0, 128},
+    {"publish_rate", K_COUNT, CFG_OFF(publish_rate), 0, UINT32_MAX},
+    {"publish_burst", K_COUNT, CFG_OFF(publish_burst), 0, UINT32_MAX},
+    {"publish_bytes_rate", K_SIZE, CFG_OFF(publish_bytes_rate), 0, UINT64_MAX},
+    {"publish_bytes_burst", K_SIZE, CFG_OFF(publish_bytes_burst), 0, UINT64_MAX},
+    {"connection_rate", K_COUNT, CFG_OFF(connection_rate), 0, UINT32_MAX},
+    {"connection_burst", K_COUNT, CFG_OFF(connection_burst), 0, UINT32_MAX},
+    {"rate_limit_keys", K_COUNT, CFG_OFF(rate_limit_keys), 1, 10000000},
 };
 
 /* Sets a numeric key from the table; returns 1 if the key was found there. */
@@ -601,6 +670,47 @@ int sl_config_origin_allowed(const sl_config_t *cfg, const char *origin, size_t 
     return 0;
 }
 
+static const key_def_t auth_keys[] = {
+    {"leeway", K_DURATION, CFG_OFF(auth_leeway_ms), 0, 3600000},
+    {"max_token_bytes", K_SIZE, CFG_OFF(auth_max_token_bytes), 256, 64u << 10},
+    {"max_cursors_per_subject", K_COUNT, CFG_OFF(auth_max_cursors_per_subject), 0, UINT64_MAX},
+};
+
+/* String keys of [auth]: where each is kept. An empty value clears it. */
+static int auth_string_key(parse_ctx_t *p, const char *key, const char *val)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } keys[] = {
+        {"hmac_secret_file", CFG_OFF(auth_hmac_secret_file)},
+        {"public_key_file", CFG_OFF(auth_public_key_file)},
+        {"jwks_file", CFG_OFF(auth_jwks_file)},
+        {"admin_token_file", CFG_OFF(auth_admin_token_file)},
+        {"issuer", CFG_OFF(auth_issuer)},
+        {"audience", CFG_OFF(auth_audience)},
+        {"claim", CFG_OFF(auth_claim)},
+        {"cookie", CFG_OFF(auth_cookie)},
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (strcmp(key, keys[i].name) != 0)
+            continue;
+        char **f = (char **)((char *)p->cfg + keys[i].offset);
+        if (strcmp(key, "claim") == 0 && (*val == '\0' || strlen(val) > 255)) {
+            error_at(p, p->line, "claim must be 1..255 bytes");
+            return 1;
+        }
+        if (strcmp(key, "cookie") == 0 && strpbrk(val, " \t;,=\"") != NULL) {
+            error_at(p, p->line, "invalid cookie name '%s'", val);
+            return 1;
+        }
+        free(*f);
+        *f = *val != '\0' ? sl_strdup(val) : NULL;
+        return 1;
+    }
+    return 0;
+}
+
 static int on_entry(void *user, const char *section, const char *key, const char *val)
 {
     parse_ctx_t *p = user;
@@ -631,6 +741,10 @@ static int on_entry(void *user, const char *section, const char *key, const char
         } else {
             error_at(p, p->line, "unknown key '%s' in [server]", key);
         }
+    } else if (strcmp(section, "auth") == 0) {
+        if (!table_key(p, auth_keys, sizeof(auth_keys) / sizeof(auth_keys[0]), key, val) &&
+            !auth_string_key(p, key, val))
+            error_at(p, p->line, "unknown key '%s' in [auth]", key);
     } else if (strcmp(section, "limits") == 0) {
         if (!table_key(p, limit_keys, sizeof(limit_keys) / sizeof(limit_keys[0]), key, val))
             error_at(p, p->line, "unknown key '%s' in [limits]", key);
@@ -671,6 +785,12 @@ static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, F
                  (unsigned long long)cfg->max_body_bytes);
     if (cfg->max_pending_bytes == 0)
         cfg->max_pending_bytes = cfg->memory_limit / 8;
+    if (cfg->auth && cfg->auth_hmac_secret_file == NULL && cfg->auth_public_key_file == NULL &&
+        cfg->auth_jwks_file == NULL && cfg->auth_admin_token_file == NULL)
+        error_at(&p, p.auth_line,
+                 "[auth] needs hmac_secret_file, public_key_file, jwks_file or admin_token_file");
+    if (!cfg->auth && p.policy_line > 0)
+        error_at(&p, p.policy_line, "a token policy needs an [auth] section to verify tokens");
     if (cfg->max_pending_bytes >= cfg->memory_limit / 2)
         error_at(&p, p.line, "max_pending_bytes (%llu) must be below half of memory_limit (%llu)",
                  (unsigned long long)cfg->max_pending_bytes, (unsigned long long)cfg->memory_limit);

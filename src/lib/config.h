@@ -44,7 +44,13 @@ typedef struct sl_topic_conf {
     uint64_t segment_bytes;     /* log segments rotate at this size; default 16 MiB */
     uint64_t disk_quota;        /* this topic's log; 0 = only the server's; default 1 GiB */
     uint64_t cursor_ttl_ms;     /* an unused durable cursor expires after; 0 = never */
+    uint8_t publish_auth;       /* SL_POLICY_*: who may publish; default: token with [auth] */
+    uint8_t subscribe_auth;     /* SL_POLICY_*: who may subscribe; default: token with [auth] */
 } sl_topic_conf_t;
+
+/* Who may publish to or subscribe to a topic. DEFAULT resolves to TOKEN when an [auth] section
+ * is configured and to ANYONE otherwise (sl_config_topic does it). */
+enum { SL_POLICY_DEFAULT = 0, SL_POLICY_ANYONE, SL_POLICY_TOKEN };
 
 /* One `[topic "glob"]` section: the keys it set (bit per field, SL_TK_*) and their values. */
 typedef struct sl_topic_rule {
@@ -72,6 +78,8 @@ enum {
     SL_TK_SEGMENT_BYTES = 1u << 15,
     SL_TK_DISK_QUOTA = 1u << 16,
     SL_TK_CURSOR_TTL = 1u << 17,
+    SL_TK_PUBLISH = 1u << 18,
+    SL_TK_SUBSCRIBE = 1u << 19,
 };
 
 typedef struct sl_config {
@@ -113,6 +121,26 @@ typedef struct sl_config {
     uint64_t max_cursors_per_topic;     /* durable cursors on one topic; default 1024 */
     uint64_t max_cursors;               /* durable cursors on all topics; default 65536 */
     uint64_t ipv6_prefix; /* per-IP limits key IPv6 peers by this prefix, 0..128; default 64 */
+    /* Token buckets (0 = off): publishes per subject (a token's sub) or, without one, per
+     * address; new connections per address. A burst of 0 is one second's worth. */
+    uint64_t publish_rate, publish_burst;             /* messages/s */
+    uint64_t publish_bytes_rate, publish_bytes_burst; /* payload bytes/s */
+    uint64_t connection_rate, connection_burst;       /* new connections/s */
+    uint64_t rate_limit_keys; /* subjects and addresses tracked at once; default 100000 */
+    /* [auth]: present when `auth` is set; every file is read at start and on SIGHUP */
+    int auth;
+    char *auth_hmac_secret_file;   /* raw secret (one trailing line end dropped), >= 32 bytes */
+    char *auth_public_key_file;    /* PEM public key */
+    char *auth_jwks_file;          /* JWKS document */
+    char *auth_admin_token_file;   /* a static bearer token for the admin endpoints */
+    char *auth_issuer;             /* NULL: iss not checked */
+    char *auth_audience;           /* NULL: aud not checked */
+    char *auth_claim;              /* the claim holding pub/sub/admin; default "sluice" */
+    char *auth_cookie;             /* cookie that may carry the token; NULL: none */
+    uint64_t auth_leeway_ms;       /* clock skew allowed on exp and nbf; default 5 s */
+    uint64_t auth_max_token_bytes; /* longer tokens are refused unread; default 8 KiB */
+    uint64_t auth_max_cursors_per_subject; /* durable cursors one subject owns; 0 = no limit;
+                                              default 100 */
     /* [topic "glob"] sections in file order; later matching sections override earlier ones
      * for the keys they set. */
     sl_topic_rule_t *rules;
@@ -144,6 +172,10 @@ int sl_config_set_listen(sl_config_t *cfg, const char *addr_port);
 /* Resolves the settings for topic `name`: the defaults, then every rule whose glob matches,
  * in order. */
 void sl_config_topic(const sl_config_t *cfg, const char *name, sl_topic_conf_t *out);
+
+/* Only the publish and subscribe policies of topic `name` (SL_POLICY_ANYONE or _TOKEN),
+ * without resolving the rest: checked on every request. */
+void sl_config_topic_policy(const sl_config_t *cfg, const char *name, int *publish, int *subscribe);
 
 /* Size with optional suffix: b, k/kb/kib, m/mb/mib, g/gb/gib (case-insensitive; k = 1024).
  * Returns 0 or -EINVAL (empty, junk, overflow). */

@@ -14,7 +14,8 @@
 
 static const char *const known_headers[SL_H__COUNT] = {
     "accept",  "content-type",      "last-event-id",         "expect",     "origin",
-    "upgrade", "sec-websocket-key", "sec-websocket-version", "connection",
+    "upgrade", "sec-websocket-key", "sec-websocket-version", "connection", "authorization",
+    "cookie",
 };
 
 static sl_http_req_t *req_of(llhttp_t *p)

@@ -31,6 +31,8 @@ enum {
     SL_H_SEC_WS_KEY,
     SL_H_SEC_WS_VERSION,
     SL_H_CONNECTION,
+    SL_H_AUTHORIZATION,
+    SL_H_COOKIE,
     SL_H__COUNT,
     SL_H_OTHER = 255,
 };

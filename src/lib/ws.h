@@ -31,6 +31,7 @@ enum {
     SL_WS_CLOSE_POLICY = 1008,
     SL_WS_CLOSE_TOO_BIG = 1009,
     SL_WS_CLOSE_OVERFLOW = 4001,
+    SL_WS_CLOSE_TOKEN_EXPIRED = 4401, /* the token's exp passed (mirrors HTTP 401) */
 };
 
 /* The longest server frame header: 2 bytes, then a 64-bit length. */

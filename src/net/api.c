@@ -35,7 +35,7 @@ typedef struct query {
     char *buf;
     qval_t topics[MAX_QUERY_TOPICS];
     uint32_t ntopics;
-    qval_t since, last_event_id, from, event, mode, format, ack, durable, wait;
+    qval_t since, last_event_id, from, event, mode, format, ack, durable, wait, access_token;
     int too_many;
 } query_t;
 
@@ -76,6 +76,8 @@ static int parse_query(query_t *q, const char *s, size_t len)
             q->durable = val;
         } else if (klen == 4 && memcmp(k, "wait", 4) == 0) {
             q->wait = val;
+        } else if (klen == 12 && memcmp(k, "access_token", 12) == 0) {
+            q->access_token = val;
         }
         /* Other parameters (cache busters and the like) are ignored. */
     }
@@ -157,6 +159,95 @@ static void get_metrics(sl_conn_t *c)
     char *body = sl_metrics_render(&c->srv->hub, &len);
     sl_conn_respond(c, 200, "text/plain; version=0.0.4", NULL, body, len);
     free(body);
+}
+
+/* ---- authorization ---------------------------------------------------------------------- */
+
+static int auth_on(const sl_conn_t *c)
+{
+    return c->srv->auth != NULL && c->srv->cfg->auth;
+}
+
+/* Answers a refusal of core/auth.h: 401 or 403 with its WWW-Authenticate challenge, counted by
+ * reason and logged once (never with the token). */
+static void refuse_auth(sl_conn_t *c, sl_verdict_t v, const char *what, const char *topic)
+{
+    char extra[256];
+    sl_auth_challenge(&v, extra, sizeof(extra));
+    if (v.reason > 0 && v.reason < SL_AUTH_R__COUNT)
+        sl_metrics.auth_rejected[v.reason]++;
+    char sub[65];
+    sl_auth_subject_log(c->claims, sub);
+    SL_INFO("auth refused", "reason=%s what=%s topic=\"%.*s\" subject=\"%.*s\"",
+            sl_auth_reason_name(v.reason), what, topic ? 200 : 0, topic ? topic : "", 64, sub);
+    sl_conn_respond_error(c, v.status, v.code, v.message, extra);
+}
+
+static int tries_websocket(const sl_http_req_t *req);
+
+/* A browser attaches cookies to requests that any page makes, so a token in a cookie does not
+ * show that the page chose to send it. A read is safe (CORS keeps the answer from a foreign
+ * page), but a publish, a cursor change or a WebSocket (which CORS does not cover) from a
+ * browser is taken on a cookie only when its Origin is in the `origins` allow-list, as Mercure
+ * does for its cookie. Requests without Origin are not a browser's. Returns 1 to ignore it. */
+static int cookie_forged(sl_conn_t *c, sl_http_req_t *req)
+{
+    int method = llhttp_get_method(&req->parser);
+    if ((method == HTTP_GET || method == HTTP_HEAD) && !tries_websocket(req))
+        return 0;
+    size_t olen;
+    const char *origin = sl_http_header(req, SL_H_ORIGIN, &olen);
+    if (origin == NULL)
+        return 0;
+    return c->srv->cfg->origins == NULL || !sl_config_origin_allowed(c->srv->cfg, origin, olen);
+}
+
+/* Verifies the token a request carries, if any, and keeps its claims in c->claims. A bad token
+ * is refused wherever it is sent, also where no token is needed, so a client learns that its
+ * token is wrong instead of being served as anonymous. Returns 0, or -1 when answered. */
+static int authenticate(sl_conn_t *c, sl_http_req_t *req, const query_t *q, sl_auth_cred_t *cred)
+{
+    *cred = (sl_auth_cred_t){NULL, 0, NULL};
+    sl_jwt_claims_free(c->claims);
+    c->claims = NULL;
+    if (!auth_on(c))
+        return 0;
+    size_t alen, clen;
+    const char *authz = sl_http_header(req, SL_H_AUTHORIZATION, &alen);
+    const char *cookie = sl_http_header(req, SL_H_COOKIE, &clen);
+    *cred = sl_auth_find(c->srv->cfg, authz, alen, q->access_token.s, q->access_token.len, cookie,
+                         clen);
+    if (cred->token != NULL && strcmp(cred->where, "cookie") == 0 && cookie_forged(c, req)) {
+        /* Not this page's to use: as if no token was sent. */
+        SL_INFO("cookie token ignored", "reason=cross_site_request");
+        *cred = (sl_auth_cred_t){NULL, 0, NULL};
+    }
+    if (cred->token == NULL || sl_auth_is_admin_token(c->srv->auth, cred))
+        return 0;
+    sl_verdict_t v = sl_auth_verify(c->srv->auth, cred, (int64_t)(sl_wall_ms() / 1000), &c->claims);
+    if (v.status != 0) {
+        refuse_auth(c, v, cred->where, NULL);
+        return -1;
+    }
+    sl_metrics.auth_accepted++;
+    return 0;
+}
+
+/* Checks `action` on every topic of names (NUL-terminated); answers the first refusal. */
+static int authorize(sl_conn_t *c, int action, const qval_t *names, uint32_t n)
+{
+    if (!auth_on(c))
+        return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        sl_verdict_t v = sl_auth_topic(c->srv->cfg, c->claims, action, names[i].s);
+        if (v.status != 0) {
+            if (action == SL_AUTH_PUBLISH)
+                sl_metrics.pub_rejected[SL_REJECT_PUB_AUTH]++;
+            refuse_auth(c, v, action == SL_AUTH_PUBLISH ? "publish" : "subscribe", names[i].s);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- publishing ------------------------------------------------------------------------- */
@@ -269,6 +360,25 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     if (v.status != 0) {
         refuse_publish(c, v);
         return;
+    }
+    /* A retry after waiting for room was admitted already. */
+    if (c->park_deadline_ms == 0) {
+        size_t bytes = 0;
+        for (size_t i = 0; i < n; i++)
+            bytes += lens[i];
+        uint64_t ms = sl_conn_rate_publish(c, n, bytes);
+        if (ms != 0) {
+            free(payloads);
+            free(lens);
+            if (ms == UINT64_MAX) {
+                sl_conn_error(c, 413, "too_large", "larger than the publish rate's burst allows");
+            } else {
+                char extra[48];
+                snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", (ms + 999) / 1000);
+                sl_conn_respond_error(c, 429, "rate_limited", "publish rate limit", extra);
+            }
+            return;
+        }
     }
     uint64_t wait_ms = 0;
     if (q->wait.s != NULL) {
@@ -467,6 +577,30 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
         return -1;
     }
     sl_cursor_t *cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 0);
+    char owner[65] = "";
+    if (auth_on(c)) {
+        sl_auth_owner(c->claims, owner);
+        /* Reading a cursor consumes it (and over WebSocket acknowledges it): only its owner
+         * or an admin may. */
+        if (cu != NULL && cu->owner[0] != '\0' && strcmp(cu->owner, owner) != 0 &&
+            (c->claims == NULL || !c->claims->admin)) {
+            refuse_auth(c,
+                        (sl_verdict_t){403, "insufficient_scope",
+                                       "the cursor belongs to another subject", SL_AUTH_R_SCOPE},
+                        "cursor", t->name);
+            return -1;
+        }
+        uint64_t limit = c->srv->cfg->auth_max_cursors_per_subject;
+        char subj[65];
+        if (cu == NULL && owner[0] != '\0' && limit > 0 && sl_ll_cursors_owned(owner) >= limit) {
+            sl_metrics.cursors_rejected[SL_REJECT_CURSOR_SUBJECT]++;
+            SL_WARN("durable cursor refused",
+                    "reason=per_subject topic=%s subject=\"%s\" limit=%" PRIu64, t->name,
+                    sl_auth_subject_log(c->claims, subj), limit);
+            sl_conn_error(c, 409, "too_many_cursors", "the subject has max_cursors_per_subject");
+            return -1;
+        }
+    }
     if (cu == NULL && refuse_cursor(c, t) != 0)
         return -1;
     if (cu == NULL) {
@@ -482,6 +616,7 @@ static int durable_start(sl_conn_t *c, const query_t *q, sl_topic_t *t, int mult
             ck = start->seq;
         cu = sl_ll_cursor(t, q->durable.s, q->durable.len, 1);
         cu->checkpoint = ck;
+        memcpy(cu->owner, owner, sizeof(cu->owner));
         sl_ll_cursor_created(t);
     }
     start->kind = SL_START_SINCE;
@@ -504,7 +639,8 @@ static void subscribe(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
                       const query_t *q)
 {
     sl_start_t start;
-    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+    if (check_names(c, names, n, q) != 0 || authorize(c, SL_AUTH_SUBSCRIBE, names, n) != 0 ||
+        parse_start(c, req, q, multi, &start) != 0)
         return;
     sl_topic_t **topics = lookup_topics(c, names, n);
     if (topics == NULL)
@@ -612,7 +748,15 @@ static void websocket(sl_conn_t *c, sl_http_req_t *req, const qval_t *names, uin
         }
     }
     sl_start_t start;
-    if (check_names(c, names, n, q) != 0 || parse_start(c, req, q, multi, &start) != 0)
+    if (check_names(c, names, n, q) != 0)
+        return;
+    /* Refused before the upgrade: subscribing needs every topic; a raw publisher publishes to
+     * the first topic only, a json one names a topic per message (checked then). */
+    if ((opts.mode & SL_WS_SUB) && authorize(c, SL_AUTH_SUBSCRIBE, names, n) != 0)
+        return;
+    if ((opts.mode & SL_WS_PUB) && !opts.json && authorize(c, SL_AUTH_PUBLISH, names, 1) != 0)
+        return;
+    if (parse_start(c, req, q, multi, &start) != 0)
         return;
     uint32_t nsub = (opts.mode & SL_WS_SUB) ? n : 0;
     sl_topic_t **topics = NULL;
@@ -635,7 +779,7 @@ static void not_allowed(sl_conn_t *c, const char *allow);
 /* ---- durable cursors ------------------------------------------------------------------- */
 
 static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *name, size_t nlen,
-                    const char *cname, size_t clen)
+                    const char *cname, size_t clen, int admin)
 {
     int err;
     sl_topic_t *t = sl_topic_name_valid(name, nlen, c->srv->cfg->max_topic_name)
@@ -668,6 +812,21 @@ static void cursors(sl_conn_t *c, sl_http_req_t *req, int method, const char *na
     if (cu == NULL) {
         sl_conn_error(c, 404, "not_found", "no such cursor");
         return;
+    }
+    if (auth_on(c) && !admin) {
+        /* Acknowledging or deleting: the owner's, or an admin's. */
+        char owner[65];
+        sl_auth_owner(c->claims, owner);
+        if (cu->owner[0] == '\0' || strcmp(cu->owner, owner) != 0) {
+            sl_verdict_t v =
+                c->claims == NULL
+                    ? (sl_verdict_t){401, "token_required", "a token is required",
+                                     SL_AUTH_R_MISSING}
+                    : (sl_verdict_t){403, "insufficient_scope",
+                                     "the cursor belongs to another subject", SL_AUTH_R_SCOPE};
+            refuse_auth(c, v, "cursor", t->name);
+            return;
+        }
     }
     if (method == HTTP_DELETE) {
         SL_INFO("durable cursor deleted", "topic=%s cursor=%s", t->name, cu->name);
@@ -780,13 +939,36 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     req->cors_admin = (uint8_t)admin;
     if (origin_refused(c, req, method, path, admin))
         goto out_free_query;
+    /* Preflights carry no credentials, and /healthz stays open to probes. */
+    sl_auth_cred_t cred;
+    int is_admin = 1;
+    if (method != HTTP_OPTIONS && strcmp(path, "/healthz") != 0) {
+        if (authenticate(c, req, &q, &cred) != 0)
+            goto out_free_query;
+        sl_verdict_t v = SL_VERDICT_OK;
+        if (auth_on(c))
+            v = sl_auth_admin(c->srv->auth, &cred, c->claims);
+        is_admin = v.status == 0;
+        /* A cursor's owner may acknowledge and delete it (checked there); the rest of the
+         * admin endpoints are the admin's. */
+        size_t tl, cl;
+        const char *cn = NULL;
+        int owner_op = admin && (method == HTTP_POST || method == HTTP_DELETE) && plen > 8 &&
+                       strncmp(path, "/topics/", 8) == 0 &&
+                       cursor_path(path + 8, (size_t)plen - 8, &tl, &cn, &cl) && cn != NULL;
+        if (admin && !is_admin && !owner_op) {
+            refuse_auth(c, v, "admin", NULL);
+            goto out_free_query;
+        }
+    }
     if (method == HTTP_OPTIONS) {
         /* A CORS preflight; the allowed origin is added by the response itself. */
-        sl_conn_respond(c, 204, NULL,
-                        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                        "Access-Control-Allow-Headers: Content-Type, Last-Event-ID\r\n"
-                        "Access-Control-Max-Age: 600\r\n",
-                        "", 0);
+        sl_conn_respond(
+            c, 204, NULL,
+            "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+            "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"
+            "Access-Control-Max-Age: 600\r\n",
+            "", 0);
     } else if (strcmp(path, "/healthz") == 0) {
         if (is_get)
             sl_conn_respond(c, 200, "text/plain", NULL, "ok\n", 3);
@@ -807,12 +989,13 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
         size_t nlen = (size_t)plen - 8, tlen, clen;
         const char *cname;
         if (cursor_path(name, nlen, &tlen, &cname, &clen)) {
-            cursors(c, req, method, name, tlen, cname, clen);
+            cursors(c, req, method, name, tlen, cname, clen, is_admin);
         } else if (method == HTTP_POST) {
             sl_verdict_t v = sl_rule_topic(c->srv->cfg, name, nlen);
+            qval_t one = {(char *)name, nlen};
             if (v.status != 0)
                 refuse_publish(c, v);
-            else
+            else if (authorize(c, SL_AUTH_PUBLISH, &one, 1) == 0)
                 publish(c, req, name, nlen, &q);
         } else if (method == HTTP_GET && tries_websocket(req)) {
             qval_t one = {(char *)name, nlen};
@@ -844,6 +1027,11 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
         sl_conn_error(c, 404, "not_found", "no such endpoint");
     }
 out_free_query:
+    /* Claims stay only with a connection that now subscribes or speaks WebSocket. */
+    if (c->state == SL_CONN_REQUEST && !c->parked) {
+        sl_jwt_claims_free(c->claims);
+        c->claims = NULL;
+    }
     free(q.buf);
     free(path);
 }

@@ -15,6 +15,7 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,7 @@ static void on_close(uv_handle_t *h)
     sl_list_remove(&c->link);
     srv->nconns--;
     ip_release(srv, c->ip);
+    sl_jwt_claims_free(c->claims);
     sl_bfree(c, sizeof(*c));
     sl_server_conn_gone(srv);
 }
@@ -995,13 +997,48 @@ void sl_conn_start(sl_conn_t *c)
 
 void sl_conn_reject(sl_conn_t *c, const char *why)
 {
+    sl_conn_reject_status(c, 503, "over_capacity", why, NULL);
+}
+
+void sl_conn_reject_status(sl_conn_t *c, int status, const char *code, const char *why,
+                           const char *extra)
+{
     c->tp = &sl_http1_transport;
     c->rejected = 1;
     c->close_after_write = 1;
     c->reason = SL_CLOSE_PROTOCOL;
     sl_conn_set_deadline(c, sl_now_ms(), LINGER_MS, SL_CLOSE_PROTOCOL);
-    sl_conn_error(c, 503, "over_capacity", why);
+    sl_conn_respond_error(c, status, code, why, extra);
     sync_reading(c);
+}
+
+uint64_t sl_conn_rate_publish(sl_conn_t *c, size_t n, size_t bytes)
+{
+    sl_ratelimit_t *rl = &c->srv->rl;
+    if (rl->rates[SL_RL_MSGS].rate <= 0 && rl->rates[SL_RL_BYTES].rate <= 0)
+        return 0;
+    sl_rl_key_t key = {.kind = 'i'};
+    int by_subject = c->claims != NULL && c->claims->subject[0] != '\0';
+    if (by_subject) {
+        unsigned int mdlen = 0;
+        key.kind = 's';
+        EVP_Digest(c->claims->subject, strlen(c->claims->subject), key.k, &mdlen, EVP_sha256(),
+                   NULL);
+    } else {
+        memcpy(key.k, c->ip->addr, 16);
+    }
+    double want[SL_RL__COUNT] = {(double)n, (double)bytes, 0};
+    char subj[65];
+    uint64_t ms = sl_rl_take(rl, &key, want, sl_now_ms());
+    if (ms != 0) {
+        sl_metrics.rate_limited[by_subject ? 0 : 1]++;
+        sl_metrics.pub_rejected[SL_REJECT_PUB_RATE]++;
+        SL_INFO("publish refused",
+                "reason=rate_limited key=%s subject=\"%.200s\" retry_ms=%" PRIu64,
+                by_subject ? "subject" : "ip", sl_auth_subject_log(c->claims, subj),
+                ms == UINT64_MAX ? 0 : ms);
+    }
+    return ms;
 }
 
 void sl_conn_tick(sl_conn_t *c, uint64_t now)
@@ -1030,6 +1067,22 @@ void sl_conn_tick(sl_conn_t *c, uint64_t now)
         c->tp->tick(c, now);
         if (c->closing)
             return;
+    }
+    /* A subscriber or WebSocket lives no longer than its token (plus the leeway the token was
+     * accepted with). */
+    if (c->claims != NULL && c->claims->exp != 0 && !c->expired && c->srv->auth != NULL &&
+        (c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX) &&
+        (int64_t)(sl_wall_ms() / 1000) > c->claims->exp + c->srv->auth->opts.leeway_s) {
+        c->expired = 1;
+        sl_metrics.auth_expired++;
+        char subj[65];
+        SL_INFO("token expired, closing", "transport=%s subject=\"%s\"", c->tp->name,
+                sl_auth_subject_log(c->claims, subj));
+        if (c->tp->expired != NULL)
+            c->tp->expired(c);
+        else
+            sl_conn_close(c, SL_CLOSE_TOKEN_EXPIRED);
+        return;
     }
     if ((c->state == SL_CONN_STREAM || c->state == SL_CONN_DUPLEX) && c->is_sub &&
         !c->sub.writing && !c->draining && c->sub.heartbeat_ms &&

@@ -88,6 +88,8 @@ typedef struct sl_transport {
     size_t (*closing)(struct sl_conn *c, char *buf);
     /* A heartbeat into buf (>= 96 bytes); returns its length, 0 for none. */
     size_t (*heartbeat)(struct sl_conn *c, char *buf);
+    /* The connection's token expired: end it the transport's way (NULL: close at once). */
+    void (*expired)(struct sl_conn *c);
     /* How long a closing connection waits for its peer (NULL: 2 s). */
     uint64_t (*linger_ms)(const struct sl_conn *c);
     /* Gauges the transport keeps: its connections, and those of them that subscribe (moved
@@ -149,6 +151,11 @@ typedef struct sl_conn {
     uint64_t park_deadline_ms; /* ?wait= of the request, kept across retries */
     uint64_t park_first;       /* waiting to be durable: the ids to answer with */
     uint32_t park_n;
+    /* The claims of the token the connection was authorized with (NULL: none): kept while it
+     * subscribes or publishes over WebSocket, for expiry, cursor ownership and the topics of
+     * later publishes; freed in the close callback. */
+    sl_jwt_claims_t *claims;
+    uint8_t expired; /* closing because the token expired (the final frame says so) */
 } sl_conn_t;
 
 /* The transport a connection starts with: HTTP/1 requests (net/http1.c). */
@@ -172,6 +179,11 @@ void sl_conn_respond_error(sl_conn_t *c, int status, const char *code, const cha
 
 /* Queues raw bytes (a response head the caller formatted). */
 void sl_conn_write_raw(sl_conn_t *c, const char *data, size_t len);
+
+/* Takes n messages of `bytes` payload bytes from the publish buckets of c's subject (or, with
+ * no subject, its address). Returns 0, or the ms until they would fit (UINT64_MAX: larger than
+ * a burst, never), counting and logging the refusal. */
+uint64_t sl_conn_rate_publish(sl_conn_t *c, size_t n, size_t bytes);
 
 /* The CORS header lines for the current request (docs/protocol.md) into buf (>= SL_CORS_MAX);
  * returns their length. */
@@ -240,6 +252,9 @@ void sl_conn_start(sl_conn_t *c);
 
 /* Answers a connection over a limit with 503 and closes it after the answer. */
 void sl_conn_reject(sl_conn_t *c, const char *why);
+/* The same with another answer (429 rate_limited with a Retry-After). */
+void sl_conn_reject_status(sl_conn_t *c, int status, const char *code, const char *why,
+                           const char *extra);
 
 /* Per-connection deadlines, write-stall detection and heartbeats; called by the sweep. */
 void sl_conn_tick(sl_conn_t *c, uint64_t now_ms);

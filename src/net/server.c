@@ -55,8 +55,10 @@ static void on_sweep(uv_timer_t *h)
         sl_conn_tick(c, now);
     }
     /* Topic maintenance needs no finer grain than a second. */
-    if (++sweep_count % 4 == 0)
+    if (++sweep_count % 4 == 0) {
         sl_hub_sweep(&srv->hub, now);
+        sl_rl_sweep(&srv->rl, now);
+    }
     sl_hub_sweep_storage(&srv->hub, now);
     if (sl_hub_pending(&srv->hub))
         sl_server_kick(srv);
@@ -106,6 +108,17 @@ static sl_ipent_t *ip_acquire(sl_server_t *srv, const struct sockaddr_storage *s
     return e;
 }
 
+/* The connection-rate bucket of c's address: 0, or the ms until a new connection fits. */
+static uint64_t conn_rate(sl_server_t *srv, const sl_conn_t *c)
+{
+    if (srv->rl.rates[SL_RL_CONNS].rate <= 0)
+        return 0;
+    sl_rl_key_t key = {.kind = 'i'};
+    memcpy(key.k, c->ip->addr, 16);
+    double want[SL_RL__COUNT] = {0, 0, 1};
+    return sl_rl_take(&srv->rl, &key, want, sl_now_ms());
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     sl_server_t *srv = server->data;
@@ -139,6 +152,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     uv_tcp_keepalive(&c->tcp, 1, 60);
     const sl_config_t *cfg = srv->cfg;
+    uint64_t retry_ms;
     if (srv->shutting_down) {
         sl_conn_close(c, SL_CLOSE_SHUTDOWN);
     } else if (srv->nconns > cfg->max_connections) {
@@ -150,6 +164,13 @@ static void on_connection(uv_stream_t *server, int status)
         sl_metrics.conn_rejected[SL_REJECT_CONN_PER_IP]++;
         SL_WARN("connection refused", "reason=per_ip limit=%" PRIu64, cfg->max_connections_per_ip);
         sl_conn_reject(c, "too many connections from this address");
+    } else if ((retry_ms = conn_rate(srv, c)) != 0) {
+        sl_metrics.rate_limited[2]++;
+        SL_INFO("connection refused", "reason=connection_rate retry_ms=%" PRIu64, retry_ms);
+        char extra[48];
+        snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", (retry_ms + 999) / 1000);
+        sl_conn_reject_status(c, 429, "rate_limited", "too many new connections from this address",
+                              extra);
     } else if (sl_hub_reserve(&srv->hub, CONN_ROOM) != 0) {
         /* Room for the connection's request state and first answer must exist. */
         sl_metrics.conn_rejected[SL_REJECT_CONN_BUDGET]++;
@@ -160,6 +181,40 @@ static void on_connection(uv_stream_t *server, int status)
         sl_budget_release(CONN_ROOM); /* only a check: the connection charges as it goes */
         sl_conn_start(c);
     }
+}
+
+/* SIGHUP: reads the key files of [auth] again. Connections keep their claims (they were
+ * verified when they were made); new requests use the new keys. A file that cannot be read or
+ * used refuses the whole reload, and the keys in force stay. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    sl_server_t *srv = h->data;
+    (void)signum;
+    if (srv->auth == NULL) {
+        SL_INFO("SIGHUP: no [auth] section, nothing to reload", NULL);
+        return;
+    }
+    char *errs = NULL;
+    size_t errs_len = 0;
+    FILE *f = open_memstream(&errs, &errs_len);
+    int n = sl_auth_load(srv->auth, srv->cfg, f);
+    if (f != NULL)
+        fclose(f);
+    if (n == 0) {
+        sl_metrics.auth_reloads++;
+        SL_INFO("keys reloaded", "keys=%zu admin_token=%s",
+                srv->auth->keys != NULL ? srv->auth->keys->n : (size_t)0,
+                srv->auth->admin_token != NULL ? "yes" : "no");
+    } else {
+        sl_metrics.auth_reload_failures++;
+        for (char *line = errs, *nl; line != NULL && *line != '\0'; line = nl ? nl + 1 : NULL) {
+            nl = strchr(line, '\n');
+            if (nl != NULL)
+                *nl = '\0';
+            SL_ERROR("key reload refused, the old keys stay", "error=\"%s\"", line);
+        }
+    }
+    free(errs);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -204,6 +259,17 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     srv->limits.max_message = cfg->max_message_bytes;
     srv->limits.max_body = cfg->max_body_bytes;
     srv->rbuf_size = 64 * 1024;
+    /* A bytes burst below max_message_bytes would refuse a legal message for ever. */
+    uint64_t bytes_burst = cfg->publish_bytes_burst;
+    if (bytes_burst == 0)
+        bytes_burst = cfg->publish_bytes_rate > cfg->max_message_bytes ? cfg->publish_bytes_rate
+                                                                       : cfg->max_message_bytes;
+    sl_rl_rate_t rates[SL_RL__COUNT] = {
+        {(double)cfg->publish_rate, (double)cfg->publish_burst},
+        {(double)cfg->publish_bytes_rate, (double)bytes_burst},
+        {(double)cfg->connection_rate, (double)cfg->connection_burst},
+    };
+    sl_rl_init(&srv->rl, rates, cfg->rate_limit_keys);
     srv->rbuf = sl_malloc(srv->rbuf_size);
     /* Requests and WebSocket messages still arriving get a pool of their own inside the
      * limit, so they never evict published messages (budget.h). */
@@ -241,6 +307,8 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     srv->sigint.data = srv;
     uv_signal_init(loop, &srv->sigpipe);
     srv->sigpipe.data = srv;
+    uv_signal_init(loop, &srv->sighup);
+    srv->sighup.data = srv;
     srv->listening = 1;
 
     rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
@@ -262,6 +330,7 @@ int sl_server_start(sl_server_t *srv, uv_loop_t *loop, const sl_config_t *cfg)
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
     uv_signal_start(&srv->sigpipe, on_signal, SIGPIPE);
+    uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
     if (strchr(cfg->listen_host, ':') != NULL)
         SL_INFO("listening", "addr=[%s]:%d memory_limit=%" PRIu64, cfg->listen_host, srv->port,
                 cfg->memory_limit);
@@ -305,11 +374,13 @@ void sl_server_shutdown(sl_server_t *srv)
     close_handle((uv_handle_t *)&srv->sigterm);
     close_handle((uv_handle_t *)&srv->sigint);
     close_handle((uv_handle_t *)&srv->sigpipe);
+    close_handle((uv_handle_t *)&srv->sighup);
 }
 
 void sl_server_dispose(sl_server_t *srv)
 {
     sl_hub_dispose(&srv->hub);
+    sl_rl_dispose(&srv->rl);
     for (size_t i = 0; i < SL_IP_BUCKETS; i++) {
         sl_ipent_t *e = srv->ips[i], *next;
         for (; e != NULL; e = next) {

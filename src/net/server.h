@@ -9,7 +9,9 @@
 
 #include "lib/config.h"
 #include "lib/http.h"
+#include "core/auth.h"
 #include "core/hub.h"
+#include "core/ratelimit.h"
 #include "core/metrics.h"
 
 #include <uv.h>
@@ -44,6 +46,7 @@ typedef struct sl_server {
     uv_timer_t drain_timer; /* shutdown deadline */
     uv_signal_t sigterm, sigint;
     uv_signal_t sigpipe; /* ignored: a dead peer must never kill the process */
+    uv_signal_t sighup;  /* reloads the keys of [auth] */
     sl_list_t conns;
     sl_list_t deferred; /* connections that had their read this loop turn (conn.c) */
     size_t nconns;
@@ -54,6 +57,8 @@ typedef struct sl_server {
     char *rbuf; /* the shared read buffer: reads are handled before the next */
     size_t rbuf_size;
     const struct sl_handler *handler; /* what requests are handed to (set by the API) */
+    sl_auth_t *auth;   /* the keys of [auth] (set by main; its keys swap on SIGHUP) */
+    sl_ratelimit_t rl; /* publish and connection rates ([limits] *_rate) */
 } sl_server_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.

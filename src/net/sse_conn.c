@@ -42,6 +42,15 @@ static size_t sse_marker(char *buf, size_t cap, const sl_sub_t *sub, const sl_re
 
 static size_t sse_closing(sl_conn_t *c, char *buf)
 {
+    if (c->expired) {
+        /* The client reconnects with a fresh token; EventSource would reconnect by itself
+         * with the old one, so the event tells the page to fetch a new token first. */
+        c->reason = SL_CLOSE_TOKEN_EXPIRED;
+        return (size_t)snprintf(buf, 160,
+                                "event: sluice.expired\ndata: {\"reason\":\"token_expired\","
+                                "\"exp\":%lld}\n\n",
+                                (long long)(c->claims != NULL ? c->claims->exp : 0));
+    }
     size_t n = sl_sse_retry(buf, c->srv->cfg->sse_retry_ms);
     n -= 1; /* "retry: N\n" then the comment ends the block */
     memcpy(buf + n, ": shutdown\n\n", 12);
@@ -63,6 +72,7 @@ const sl_transport_t sl_sse_transport = {
     .put_msg = sse_put_msg,
     .marker = sse_marker,
     .closing = sse_closing,
+    .expired = sl_conn_drain,
     .heartbeat = sse_heartbeat,
     .subscribers = &sl_metrics.subscribers_sse,
 };

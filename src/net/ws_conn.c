@@ -321,6 +321,58 @@ static void client_ack(sl_conn_t *c, const char *data, size_t len)
         send_error(c, code, "cannot acknowledge this id");
 }
 
+/* {"sluice":"token","token":"…"}: replaces the connection's token without reconnecting. The
+ * new token must verify, name the same subject, and grant every topic the connection
+ * subscribes to; otherwise it is refused with an error message and the old one stays (and the
+ * connection still closes at the old one's exp). */
+static void refresh_token(sl_conn_t *c, const char *data, size_t len)
+{
+    sl_server_t *srv = c->srv;
+    const sl_config_t *cfg = srv->cfg;
+    if (srv->auth == NULL || !cfg->auth) {
+        send_error(c, "bad_envelope", "tokens are not used by this server");
+        return;
+    }
+    if (len > cfg->auth_max_token_bytes + 64) {
+        sl_metrics.auth_rejected[SL_JWT_E_TOO_LARGE]++;
+        send_error(c, "invalid_token", "token too large");
+        return;
+    }
+    char *tok = sl_malloc(len + 1);
+    sl_jwt_claims_t *nc = NULL;
+    long n = sl_jwt_json_string(data, len, "token", tok, len + 1);
+    if (n <= 0) {
+        send_error(c, "bad_envelope", "want {\"sluice\":\"token\",\"token\":\"<jwt>\"}");
+        goto out_free;
+    }
+    sl_auth_cred_t cred = {tok, (size_t)n, "ws"};
+    sl_verdict_t v = sl_auth_verify(srv->auth, &cred, (int64_t)(sl_wall_ms() / 1000), &nc);
+    if (v.status == 0 && c->claims != NULL && strcmp(c->claims->subject, nc->subject) != 0)
+        v = (sl_verdict_t){403, "insufficient_scope", "a new token must name the same subject",
+                           SL_AUTH_R_SCOPE};
+    for (uint32_t i = 0; v.status == 0 && i < c->sub.nreaders; i++)
+        v = sl_auth_topic(cfg, nc, SL_AUTH_SUBSCRIBE, c->sub.readers[i].topic->name);
+    if (v.status != 0) {
+        sl_metrics.auth_rejected[v.reason]++;
+        SL_INFO("auth refused", "reason=%s what=ws_token", sl_auth_reason_name(v.reason));
+        send_error(c, v.code, v.message);
+        goto out_free;
+    }
+    sl_jwt_claims_free(c->claims);
+    c->claims = nc;
+    nc = NULL;
+    sl_metrics.auth_refreshed++;
+    char body[96];
+    size_t bl = (size_t)snprintf(body, sizeof(body), "{\"sluice\":\"token\",\"exp\":%lld}",
+                                 (long long)c->claims->exp);
+    if (c->claims->exp == 0)
+        bl = (size_t)snprintf(body, sizeof(body), "{\"sluice\":\"token\",\"exp\":null}");
+    queue_text(c, body, bl);
+out_free:
+    sl_jwt_claims_free(nc);
+    free(tok);
+}
+
 static void publish(sl_conn_t *c, const char *data, size_t len, int text)
 {
     sl_ws_t *ws = c->ws;
@@ -331,6 +383,12 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
         len >= sizeof(ack_prefix) - 1 && memcmp(data, ack_prefix, sizeof(ack_prefix) - 1) == 0) {
         /* On a durable connection this is an acknowledgement; elsewhere a refused publish. */
         client_ack(c, data, len);
+        return;
+    }
+    static const char token_prefix[] = "{\"sluice\":\"token\"";
+    if (text && len >= sizeof(token_prefix) - 1 &&
+        memcmp(data, token_prefix, sizeof(token_prefix) - 1) == 0) {
+        refresh_token(c, data, len);
         return;
     }
     sl_metrics.ws_messages_in++;
@@ -371,6 +429,32 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
     if ((v = sl_rule_topic(cfg, topic, topic_len)).status != 0 ||
         (v = sl_rule_payload(cfg, payload, payload_len)).status != 0)
         goto out_refuse;
+    if (srv->auth != NULL && cfg->auth) {
+        /* The token the connection opened with (or last refreshed) must grant this topic. */
+        char name[1025];
+        memcpy(name, topic, topic_len); /* a valid name is at most max_topic_name <= 1024 */
+        name[topic_len] = '\0';
+        v = sl_auth_topic(cfg, c->claims, SL_AUTH_PUBLISH, name);
+        if (v.status != 0) {
+            sl_metrics.pub_rejected[SL_REJECT_PUB_AUTH]++;
+            sl_metrics.auth_rejected[v.reason]++;
+            SL_INFO("auth refused", "reason=%s what=ws_publish topic=\"%s\"",
+                    sl_auth_reason_name(v.reason), name);
+            send_error(c, v.code, v.message);
+            goto out_free;
+        }
+    }
+    uint64_t ms = sl_conn_rate_publish(c, 1, payload_len);
+    if (ms != 0) {
+        /* The connection is kept: the client slows down. */
+        char msg[80];
+        if (ms == UINT64_MAX)
+            snprintf(msg, sizeof(msg), "larger than the publish rate's burst allows");
+        else
+            snprintf(msg, sizeof(msg), "publish rate limit: retry after %" PRIu64 " ms", ms);
+        send_error(c, "rate_limited", msg);
+        goto out_free;
+    }
     publish_to(c, topic, topic_len, event, payload, payload_len, text);
     goto out_free;
 out_refuse:
@@ -708,6 +792,11 @@ static size_t ws_closing(sl_conn_t *c, char *buf)
     return ws_close_frame(buf, ws->close_code, ws->close_msg, ws->close_msg_len);
 }
 
+static void ws_expired(sl_conn_t *c)
+{
+    sl_ws_fail(c, SL_WS_CLOSE_TOKEN_EXPIRED, "token expired", SL_CLOSE_TOKEN_EXPIRED);
+}
+
 static size_t ws_heartbeat(sl_conn_t *c, char *buf)
 {
     /* Pings keep WebSocket connections alive; a visible heartbeat only when asked for. */
@@ -751,6 +840,7 @@ const sl_transport_t sl_ws_transport = {
     .marker = ws_marker,
     .overflow_end = ws_overflow_end,
     .closing = ws_closing,
+    .expired = ws_expired,
     .heartbeat = ws_heartbeat,
     .linger_ms = ws_linger_ms,
     .connections = &sl_metrics.ws_connections,

@@ -379,6 +379,22 @@ sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int creat
     return c;
 }
 
+size_t sl_ll_cursors_owned(const char *owner)
+{
+    size_t n = 0;
+    const sl_list_t *it, *ct;
+    sl_list_each(it, &all_logs)
+    {
+        const sl_lossless_t *ll = sl_container_of(it, sl_lossless_t, link);
+        sl_list_each(ct, &ll->cursors)
+        {
+            if (strcmp(sl_container_of(ct, sl_cursor_t, link)->owner, owner) == 0)
+                n++;
+        }
+    }
+    return n;
+}
+
 void sl_ll_cursor_use(sl_cursor_t *c, int delta)
 {
     c->nconn = (uint32_t)((int)c->nconn + delta);
@@ -477,7 +493,7 @@ void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c)
 char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len)
 {
     const sl_lossless_t *ll = t->ll;
-    size_t cap = 64 + ll->ncursors * 200, l = 0;
+    size_t cap = 64 + ll->ncursors * 280, l = 0;
     char *buf = sl_malloc(cap);
     l += (size_t)snprintf(buf, cap, "{\"cursors\":[");
     uint64_t now = sl_now_ms();
@@ -495,9 +511,10 @@ char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len)
         }
         l += (size_t)snprintf(buf + l, cap - l,
                               "%s{\"name\":\"%s\",\"checkpoint\":%s,\"connected\":%u,"
-                              "\"idle_ms\":%" PRIu64 "}",
+                              "\"idle_ms\":%" PRIu64 ",\"owner\":%s%s%s}",
                               first ? "" : ",", c->name, id, c->nconn,
-                              c->nconn ? 0 : now - c->idle_since_ms);
+                              c->nconn ? 0 : now - c->idle_since_ms, c->owner[0] ? "\"" : "",
+                              c->owner[0] ? c->owner : "null", c->owner[0] ? "\"" : "");
         first = 0;
     }
     l += (size_t)snprintf(buf + l, cap - l, "]}\n");
@@ -518,13 +535,15 @@ typedef struct cursor_job {
 
 static char *cursors_text(const sl_lossless_t *ll, size_t *len)
 {
-    size_t cap = 16 + ll->ncursors * 100, l = 0;
+    size_t cap = 16 + ll->ncursors * 170, l = 0;
     char *buf = sl_malloc(cap);
     const sl_list_t *it;
     sl_list_each(it, &ll->cursors)
     {
+        /* name (<= 64), checkpoint (<= 20 digits), owner (64 hex, only when owned) */
         const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
-        l += (size_t)snprintf(buf + l, cap - l, "%s %" PRIu64 "\n", c->name, c->checkpoint);
+        l += (size_t)snprintf(buf + l, cap - l, "%s %" PRIu64 "%s%s\n", c->name, c->checkpoint,
+                              c->owner[0] ? " " : "", c->owner);
     }
     *len = l;
     return buf;
@@ -1267,15 +1286,17 @@ static void read_cursors(sl_topic_t *t)
         return;
     char line[256];
     while (fgets(line, sizeof(line), f) != NULL) {
-        char name[128];
+        char name[128], owner[128] = "";
         unsigned long long ck;
-        if (sscanf(line, "%100s %llu", name, &ck) != 2 ||
-            !sl_ll_cursor_name_valid(name, strlen(name))) {
+        int n = sscanf(line, "%100s %llu %100s", name, &ck, owner);
+        if (n < 2 || !sl_ll_cursor_name_valid(name, strlen(name)) ||
+            (n == 3 && strspn(owner, "0123456789abcdef") != 64) || strlen(owner) > 64) {
             SL_WARN("bad line in cursor file ignored", "path=%s", path);
             continue;
         }
         sl_cursor_t *c = sl_ll_cursor(t, name, strlen(name), 1);
         c->checkpoint = ck > t->head_seq ? t->head_seq : ck;
+        memcpy(c->owner, owner, strlen(owner) + 1);
     }
     fclose(f);
 }

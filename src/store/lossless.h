@@ -32,6 +32,7 @@ typedef struct sl_cursor {
     uint64_t checkpoint;    /* last acknowledged seq; 0 = nothing yet */
     uint32_t nconn;         /* readers using it now */
     uint64_t idle_since_ms; /* when the last reader left; 0 while in use */
+    char owner[65];         /* SHA-256 (hex) of the subject that created it; "" = nobody's */
 } sl_cursor_t;
 
 enum { SL_WAIT_ROOM = 1, SL_WAIT_DURABLE = 2 };
@@ -160,6 +161,9 @@ void sl_ll_reader_gone(sl_reader_t *r);
 /* Durable cursors. NAME must be valid (sl_ll_cursor_name_valid). */
 int sl_ll_cursor_name_valid(const char *s, size_t len);
 sl_cursor_t *sl_ll_cursor(sl_topic_t *t, const char *name, size_t len, int create);
+
+/* The durable cursors owned by `owner` (an sl_cursor_t.owner value) on every lossless topic. */
+size_t sl_ll_cursors_owned(const char *owner);
 /* Moves the checkpoint forward to seq (never back); 0, or SL_EBADID if seq > head. */
 int sl_ll_ack(sl_topic_t *t, sl_cursor_t *c, uint64_t seq);
 void sl_ll_cursor_delete(sl_topic_t *t, sl_cursor_t *c);

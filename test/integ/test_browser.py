@@ -154,3 +154,37 @@ def _server_logs(servers):
     for s in servers:
         out.append(f"\n--- sluice pid {s.pid} port {s.port} stderr (tail) ---\n{s.logs()[-3000:]}")
     return "".join(out)
+
+
+AUTH_SCRIPT = BROWSER_DIR / "auth_test.mjs"
+
+
+def test_browser_subscribes_with_access_token(sluice_factory, tmp_path):
+    """The page subscribes with ?access_token= (EventSource and WebSocket cannot send an
+    Authorization header): refused without it, served with it, and told when it expires."""
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    from auth_util import start_auth, token
+    srv = start_auth(sluice_factory, tmp_path, auth={"leeway": "0s"})
+    topic = "room/browser"
+    sub = token(grants={"sub": ["room/*"]}, sub="page")
+    pub = token(grants={"pub": ["room/*"]}, sub="backend")
+    # long enough for the page to open its subscribers, short enough to see it expire
+    short = token(grants={"sub": ["room/*"]}, sub="page", exp_in=6)
+    node = shutil.which("node") or "/usr/bin/node"
+    errf = tmp_path / "auth_test.stderr"
+    with open(errf, "wb") as err:
+        p = subprocess.Popen([node, str(AUTH_SCRIPT), srv.base_url, topic, sub, pub, short],
+                             cwd=BROWSER_DIR, stdout=subprocess.PIPE, stderr=err,
+                             start_new_session=True, text=True)
+        try:
+            out, _ = p.communicate(timeout=OVERALL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+    log = Path(errf).read_text(errors="replace")
+    assert p.returncode == 0 and out.strip().endswith("PASS"), \
+        f"auth browser script failed (exit {p.returncode})\n{out}\n{log}\n{srv.logs()[-3000:]}"
+    # the token in the URL never reached the server's logs
+    assert sub not in srv.logs() and short not in srv.logs()
