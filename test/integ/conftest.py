@@ -311,3 +311,14 @@ def _wait_healthy(srv, timeout=10.0):
         time.sleep(0.05)
     return False
 
+
+
+@pytest.fixture
+def kafka_mock():
+    """A librdkafka mock cluster (test/integ/kafka_mock.py); destroyed at teardown."""
+    from kafka_mock import KafkaMock, mock_bin
+    if not os.access(mock_bin(), os.X_OK):
+        pytest.skip(f"sluice-kafka-mock not found at {mock_bin()}")
+    mock = KafkaMock()
+    yield mock
+    mock.close()
