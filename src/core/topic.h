@@ -129,6 +129,9 @@ typedef struct sl_backend {
     int (*idle)(const struct sl_topic *t);
     /* Frees the backend's state (the topic is being freed). */
     void (*free)(struct sl_topic *t);
+    /* The topic, still empty, is being renumbered by sl_topic_rebase: 0 if the storage can
+     * follow (it holds nothing yet), else SL_EBUSY. Optional (NULL: always possible). */
+    int (*rebase)(struct sl_topic *t, uint64_t head);
 } sl_backend_t;
 
 /* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
@@ -160,6 +163,13 @@ typedef struct sl_topic {
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */
 sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_t *conf,
                          uint64_t created_gseq);
+
+/* Renumbers an empty topic: its epoch becomes `epoch` and its next message gets seq head+1.
+ * This is how a topic fed by an external log (Kafka) takes that log's coordinates, so that ids
+ * name the same message on every node. Only a topic whose ring is empty and whose storage holds
+ * nothing can be renumbered; its readers (all waiting for new messages) move with it.
+ * Returns 0 or SL_EBUSY. */
+int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head);
 
 /* Frees the topic, dropping the ring's references. It must have no readers. The caller must
  * already have unlinked it from every hub list; ring messages are unlinked from msg->all here. */

@@ -1504,6 +1504,16 @@ static void ll_free_backend(sl_topic_t *t)
     t->backend = NULL;
 }
 
+/* A log can follow a renumbering only while nothing of it exists: no file, nothing pending. */
+static int ll_rebase(sl_topic_t *t, uint64_t head)
+{
+    sl_lossless_t *ll = t->ll;
+    if (ll->on_disk || ll->npending != 0 || ll->job != NULL || ll->ncursors != 0)
+        return SL_EBUSY;
+    ll->written_seq = ll->durable_seq = head;
+    return 0;
+}
+
 const sl_backend_t sl_ll_backend = {
     .name = "lossless",
     .reads_back = 1,
@@ -1513,6 +1523,7 @@ const sl_backend_t sl_ll_backend = {
     .reader_gone = ll_reader_gone,
     .idle = sl_ll_idle,
     .free = ll_free_backend,
+    .rebase = ll_rebase,
 };
 
 /* A new topic whose settings say lossless gets a log (in memory until something must be
