@@ -5,6 +5,7 @@
 #include "lib/budget.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "kafka/source.h"
 #include "net/api.h"
 #include "net/server.h"
 
@@ -36,6 +37,17 @@ static void usage(FILE *f)
                "  --check-config    validate the configuration, report every error, and exit\n"
                "  --version         print the version and exit\n"
                "  --help            this text\n");
+}
+
+static void kick_server(void *arg)
+{
+    sl_server_kick(arg);
+}
+
+static void stop_sources(void *arg)
+{
+    (void)arg;
+    sl_kafka_stop();
 }
 
 int main(int argc, char **argv)
@@ -76,6 +88,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "--listen: invalid address '%s' (want ADDR:PORT)\n", listen);
         errors++;
     }
+    if (errors == 0)
+        errors += sl_kafka_check_config(&cfg, config_path, stderr);
     if (check_only || errors) {
         if (errors)
             fprintf(stderr, "sluice: %d configuration error%s\n", errors, errors == 1 ? "" : "s");
@@ -93,7 +107,16 @@ int main(int argc, char **argv)
     int rc = sl_server_start(srv, &loop, &cfg);
     /* The one place the layers are wired: the API answers the server's requests. */
     sl_api_install(srv);
+    /* Kafka sources publish into the server's hub and stop when it shuts down. */
+    if (rc == 0 && cfg.nsources > 0) {
+        srv->on_shutdown = stop_sources;
+        if (sl_kafka_start(&loop, &srv->hub, &cfg, kick_server, srv) != 0) {
+            rc = SL_EINVAL;
+            sl_server_shutdown(srv);
+        }
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
+    sl_kafka_dispose();
     sl_server_dispose(srv);
     free(srv);
     int close_rc = uv_loop_close(&loop);

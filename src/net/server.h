@@ -54,6 +54,10 @@ typedef struct sl_server {
     char *rbuf; /* the shared read buffer: reads are handled before the next */
     size_t rbuf_size;
     const struct sl_handler *handler; /* what requests are handed to (set by the API) */
+    /* Called once when a shutdown begins, for what main.c wired beside the server (the Kafka
+     * sources), which must stop before the hub goes. */
+    void (*on_shutdown)(void *arg);
+    void *on_shutdown_arg;
 } sl_server_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.

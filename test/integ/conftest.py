@@ -196,7 +196,8 @@ def _check_crash(srv):
 
 @pytest.fixture
 def sluice_factory(tmp_path):
-    """start(server=..., limits=..., topics=..., text=None, args=(), port=None) -> Sluice.
+    """start(server=..., limits=..., topics=..., text=None, args=(), port=None,
+    extra_text=None) -> Sluice.
 
     Writes the config, starts the binary on 127.0.0.1 with a free port, waits for /healthz.
     At teardown every server still running gets SIGTERM (SIGKILL after a grace period); the
@@ -206,7 +207,7 @@ def sluice_factory(tmp_path):
     servers = []
 
     def start(server=None, limits=None, topics=None, text=None, args=(), port=None,
-              listen_arg=False):
+              listen_arg=False, extra_text=None):
         n = len(servers)
         workdir = tmp_path / f"srv{n}"
         workdir.mkdir()
@@ -218,6 +219,7 @@ def sluice_factory(tmp_path):
                         "memory_limit": "64MiB"}
             srv_conf.update(server or {})
             cfg_text = text if text is not None else render_config(srv_conf, limits, topics)
+            cfg_text += extra_text or ""  # more sections (e.g. [source "…"])
             cfg_path = workdir / "sluice.ini"
             cfg_path.write_text(cfg_text)
             stderr_path = workdir / "stderr.log"
