@@ -96,6 +96,22 @@ static uint64_t open_fds(void)
     return n >= 3 ? n - 3 : 0; /* ".", ".." and the directory's own fd */
 }
 
+static sl_render_fn extra_metrics, extra_sources;
+
+void sl_metrics_set_extra(sl_render_fn metrics_text, sl_render_fn sources_json)
+{
+    extra_metrics = metrics_text;
+    extra_sources = sources_json;
+}
+
+char *sl_metrics_sources(size_t *len)
+{
+    if (extra_sources != NULL)
+        return extra_sources(len);
+    *len = 2;
+    return sl_strdup("[]");
+}
+
 char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
 {
     const sl_metrics_t *m = &sl_metrics;
@@ -196,6 +212,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         m->http_codes[SL_HTTP_CODES - 1]);
     one(&o, "process_resident_memory_bytes", "gauge", "Resident set size.", resident_bytes());
     one(&o, "process_open_fds", "gauge", "Open file descriptors.", open_fds());
+    if (extra_metrics != NULL) {
+        size_t n;
+        char *x = extra_metrics(&n);
+        put(&o, "%.*s", (int)n, x);
+        free(x);
+    }
     *len = o.len;
     return o.buf;
 }

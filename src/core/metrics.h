@@ -100,6 +100,14 @@ extern sl_metrics_t sl_metrics;
 /* Counts one HTTP response with this status code. */
 void sl_metrics_http(int code);
 
+/* Series and status of modules beside the server (the Kafka sources), which the API cannot
+ * include: each registers a renderer that returns a malloc'ed buffer and sets *len. Metrics
+ * text is appended to /metrics; the status is the JSON array of GET /sources. Loop thread. */
+typedef char *(*sl_render_fn)(size_t *len);
+void sl_metrics_set_extra(sl_render_fn metrics_text, sl_render_fn sources_json);
+/* The registered sources JSON array ("[]" when none), malloc'ed. */
+char *sl_metrics_sources(size_t *len);
+
 struct sl_hub;
 /* Renders every series in Prometheus text format into a malloc'ed buffer; the caller frees it.
  * Returns the buffer and sets *len. */

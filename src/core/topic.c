@@ -361,10 +361,15 @@ int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head)
 {
     if (t->count != 0 || epoch == 0)
         return SL_EBUSY;
-    if (t->backend != NULL && t->backend->rebase != NULL && t->backend->rebase(t, head) != 0)
-        return SL_EBUSY;
+    uint64_t old = t->epoch;
+    /* The storage sees the new epoch (it may record it) and may still refuse. */
     t->epoch = epoch;
     snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
+    if (t->backend != NULL && t->backend->rebase != NULL && t->backend->rebase(t, head) != 0) {
+        t->epoch = old;
+        snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, old);
+        return SL_EBUSY;
+    }
     t->head_seq = head;
     sl_list_t *it;
     sl_list_each(it, &t->readers)

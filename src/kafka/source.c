@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,7 @@ typedef struct kpe {
     uint32_t rej_logged;   /* reasons already logged for this partition (bits) */
     uint64_t paused_at_ms; /* while paused */
     uint64_t paused_ms;    /* in total */
+    int64_t committed;     /* last offset the group coordinator confirmed; -1 none */
 } kpe_t;
 
 /* A stashed record: one budgeted block holding the topic name, the event and the payload. */
@@ -175,6 +177,7 @@ static kpe_t *part_find(ksrc_t *s, const char *topic, int32_t partition, int cre
     e->partition = partition;
     e->epoch = sl_kafka_epoch(s->cluster_id, topic, partition);
     e->kp.stored = -1;
+    e->committed = -1;
     s->parts[s->nparts++] = e;
     return s->last = e;
 }
@@ -687,12 +690,19 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
 {
     (void)rk;
-    (void)offsets;
     ksrc_t *s = opaque;
     if (err == 0)
         s->commits++;
     else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         s->commit_errors++;
+    if (s->state >= SRC_STOPPING || offsets == NULL)
+        return; /* leaving the group, on the thread pool: the partitions are gone */
+    for (int i = 0; i < offsets->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &offsets->elems[i];
+        kpe_t *e = p->err == 0 ? part_find(s, p->topic, p->partition, 0) : NULL;
+        if (e != NULL && p->offset > e->committed)
+            e->committed = p->offset;
+    }
 }
 
 /* librdkafka's own lines repeat for as long as a condition lasts (a broker down logs every
@@ -705,6 +715,177 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     SL_DEBUG("kafka", "source=%s facility=%s text=\"%s\"", s ? s->conf->name : "?", fac, buf);
 }
 
+/* ---- metrics and status ----------------------------------------------------------------- */
+
+typedef struct out {
+    char *buf;
+    size_t len, cap;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap = 2 * o->cap + (size_t)(n > 0 ? n : 0);
+        o->buf = sl_realloc(o->buf, o->cap);
+    }
+}
+
+static const char *const state_names[] = {"starting", "running", "stopping", "closed"};
+static const char *const part_states[] = {"new", "assigned", "paused", "revoked"};
+
+static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
+{
+    return e->paused_ms + (e->paused_at_ms ? now - e->paused_at_ms : 0);
+}
+
+static char *render_metrics(size_t *len)
+{
+    out_t o = {sl_malloc(4096), 0, 4096};
+    uint64_t now = sl_now_ms();
+    put(&o, "# HELP sluice_kafka_messages_total Kafka records by what became of them.\n"
+            "# TYPE sluice_kafka_messages_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"published\"} %" PRIu64 "\n",
+            s->conf->name, s->published);
+        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"duplicate\"} %" PRIu64 "\n",
+            s->conf->name, s->duplicates);
+        for (int r = 0; r < REJ__COUNT; r++)
+            put(&o,
+                "sluice_kafka_messages_total{source=\"%s\",result=\"rejected\",reason=\"%s\"} "
+                "%" PRIu64 "\n",
+                s->conf->name, rej_names[r], s->rejected[r]);
+    }
+    put(&o, "# HELP sluice_kafka_partitions Partitions of a source by state.\n"
+            "# TYPE sluice_kafka_partitions gauge\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        uint64_t assigned = 0, paused = 0;
+        for (size_t j = 0; j < s->nparts; j++) {
+            assigned +=
+                s->parts[j]->kp.state == SL_KP_ACTIVE || s->parts[j]->kp.state == SL_KP_PAUSED;
+            paused += s->parts[j]->kp.state == SL_KP_PAUSED;
+        }
+        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"assigned\"} %" PRIu64 "\n",
+            s->conf->name, assigned);
+        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"paused\"} %" PRIu64 "\n",
+            s->conf->name, paused);
+    }
+    put(&o, "# HELP sluice_kafka_pauses_total Partition pauses, by reason.\n"
+            "# TYPE sluice_kafka_pauses_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (int r = 0; r < SL_KP_WHY__COUNT; r++)
+            put(&o, "sluice_kafka_pauses_total{source=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
+                ks.v[i]->conf->name, sl_kp_why_name((sl_kp_why_t)r), ks.v[i]->pauses[r]);
+    put(&o, "# HELP sluice_kafka_resumes_total Partition resumes.\n"
+            "# TYPE sluice_kafka_resumes_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->resumes);
+    put(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
+            "# TYPE sluice_kafka_paused_seconds_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        uint64_t ms = 0;
+        for (size_t j = 0; j < ks.v[i]->nparts; j++)
+            ms += paused_ms_of(ks.v[i]->parts[j], now);
+        put(&o, "sluice_kafka_paused_seconds_total{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
+            (double)ms / 1000.0);
+    }
+    put(&o, "# HELP sluice_kafka_rebalances_total Assignments and revocations served.\n"
+            "# TYPE sluice_kafka_rebalances_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_rebalances_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->rebalances);
+    put(&o, "# HELP sluice_kafka_commits_total Offset commits, by result.\n"
+            "# TYPE sluice_kafka_commits_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"ok\"} %" PRIu64 "\n",
+            ks.v[i]->conf->name, ks.v[i]->commits);
+        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
+            ks.v[i]->conf->name, ks.v[i]->commit_errors);
+    }
+    put(&o, "# HELP sluice_kafka_offset_gaps_total Records whose offset skipped past the head of "
+            "a topic holding messages (ids no longer offsets).\n"
+            "# TYPE sluice_kafka_offset_gaps_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_offset_gaps_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->offset_gaps);
+    put(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
+            "# TYPE sluice_kafka_stash_bytes gauge\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        uint64_t b = 0;
+        for (size_t j = 0; j < ks.v[i]->nparts; j++)
+            b += ks.v[i]->parts[j]->kp.stash.data ? ks.v[i]->parts[j]->kp.stash.bytes : 0;
+        put(&o, "sluice_kafka_stash_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name, b);
+    }
+    put(&o, "# HELP sluice_kafka_prefetch_bytes librdkafka's prefetch, charged to the budget.\n"
+            "# TYPE sluice_kafka_prefetch_bytes gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_prefetch_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->prefetch_charge);
+    put(&o, "# HELP sluice_kafka_seconds_since_progress Since a record was last taken.\n"
+            "# TYPE sluice_kafka_seconds_since_progress gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_seconds_since_progress{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
+            ks.v[i]->last_progress_ms ? (double)(now - ks.v[i]->last_progress_ms) / 1000.0 : 0.0);
+    put(&o, "# HELP sluice_kafka_committed_offset The group's committed offset per partition.\n"
+            "# TYPE sluice_kafka_committed_offset gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (size_t j = 0; j < ks.v[i]->nparts; j++) {
+            kpe_t *e = ks.v[i]->parts[j];
+            put(&o,
+                "sluice_kafka_committed_offset{source=\"%s\",kafka_topic=\"%s\","
+                "partition=\"%d\"} %" PRId64 "\n",
+                ks.v[i]->conf->name, e->ktopic, (int)e->partition, e->committed);
+        }
+    *len = o.len;
+    return o.buf;
+}
+
+static char *render_sources(size_t *len)
+{
+    out_t o = {sl_malloc(1024), 0, 1024};
+    uint64_t now = sl_now_ms();
+    put(&o, "[");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        put(&o,
+            "%s{\"name\":\"%s\",\"type\":\"kafka\",\"state\":\"%s\",\"cluster_id\":\"%s\","
+            "\"brokers_down\":%s,\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64
+            ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"partitions\":[",
+            i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
+            s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes,
+            s->commits);
+        for (size_t j = 0; j < s->nparts; j++) {
+            kpe_t *e = s->parts[j];
+            put(&o,
+                "%s{\"kafka_topic\":\"%s\",\"partition\":%d,\"state\":\"%s\","
+                "\"paused_reason\":%s%s%s,\"stored\":%" PRId64 ",\"committed\":%" PRId64
+                ",\"stash_bytes\":%zu,\"pauses\":%" PRIu64 ",\"resumes\":%" PRIu64
+                ",\"paused_ms\":%" PRIu64 "}",
+                j ? "," : "", e->ktopic, (int)e->partition, part_states[e->kp.state],
+                e->kp.state == SL_KP_PAUSED ? "\"" : "",
+                e->kp.state == SL_KP_PAUSED ? sl_kp_why_name(e->kp.why) : "null",
+                e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored, e->committed,
+                e->kp.stash.data ? e->kp.stash.bytes : 0, e->kp.pauses, e->kp.resumes,
+                paused_ms_of(e, now));
+        }
+        put(&o, "]}");
+    }
+    put(&o, "]");
+    *len = o.len;
+    return o.buf;
+}
+
 /* ---- starting ---------------------------------------------------------------------------- */
 
 static void cluster_id_work(uv_work_t *w)
@@ -713,7 +894,13 @@ static void cluster_id_work(uv_work_t *w)
     char *id = rd_kafka_clusterid(s->rk, 2000);
     s->cluster_id[0] = '\0';
     if (id != NULL) {
-        snprintf(s->cluster_id, sizeof(s->cluster_id), "%s", id);
+        /* It names the id space and appears in JSON and logs: keep it to safe bytes. */
+        size_t n = 0;
+        for (const char *p = id; *p && n + 1 < sizeof(s->cluster_id); p++)
+            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                *p == '-' || *p == '_' || *p == '.')
+                s->cluster_id[n++] = *p;
+        s->cluster_id[n] = '\0';
         rd_kafka_mem_free(s->rk, id);
     }
 }
@@ -800,7 +987,9 @@ static rd_kafka_conf_t *make_conf(const sl_source_conf_t *sc, const char *node, 
     snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch >> 10);
     if (conf_set(c, "queued.max.messages.kbytes", num, err, cap) != 0)
         goto out_conf;
-    snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch);
+    /* librdkafka wants a fetch to hold at least one message of message.max.bytes (1 MB by
+     * default): a smaller prefetch bounds the queue, not the single fetch. */
+    snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch > 1000000 ? sc->prefetch : 1000000);
     if (conf_set(c, "fetch.max.bytes", num, err, cap) != 0)
         goto out_conf;
     snprintf(num, sizeof(num), "%" PRIu64,
@@ -890,6 +1079,7 @@ int sl_kafka_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, void 
     ks.stopping = 0;
     if (cfg->nsources == 0)
         return 0;
+    sl_metrics_set_extra(render_metrics, render_sources);
     ks.v = sl_calloc(cfg->nsources, sizeof(*ks.v));
     for (size_t i = 0; i < cfg->nsources; i++) {
         ksrc_t *s = sl_calloc(1, sizeof(*s));

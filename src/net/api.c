@@ -159,6 +159,19 @@ static void get_metrics(sl_conn_t *c)
     free(body);
 }
 
+/* GET /sources: what the sources wired beside the server report (docs/protocol.md). */
+static void get_sources(sl_conn_t *c)
+{
+    size_t n;
+    char *arr = sl_metrics_sources(&n);
+    size_t cap = n + 32;
+    char *body = sl_malloc(cap);
+    int len = snprintf(body, cap, "{\"sources\":%.*s}\n", (int)n, arr);
+    sl_conn_respond(c, 200, "application/json", NULL, body, (size_t)len);
+    free(body);
+    free(arr);
+}
+
 /* ---- publishing ------------------------------------------------------------------------- */
 
 static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_t n)
@@ -725,7 +738,7 @@ static int admin_path(const char *path, size_t plen)
     size_t tlen, clen;
     const char *cname;
     if (strcmp(path, "/metrics") == 0 || strcmp(path, "/topics") == 0 ||
-        strcmp(path, "/topics/") == 0)
+        strcmp(path, "/topics/") == 0 || strcmp(path, "/sources") == 0)
         return 1;
     return plen > 8 && strncmp(path, "/topics/", 8) == 0 &&
            cursor_path(path + 8, plen - 8, &tlen, &cname, &clen);
@@ -795,6 +808,11 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     } else if (strcmp(path, "/metrics") == 0) {
         if (is_get)
             get_metrics(c);
+        else
+            not_allowed(c, "GET");
+    } else if (strcmp(path, "/sources") == 0) {
+        if (is_get)
+            get_sources(c);
         else
             not_allowed(c, "GET");
     } else if (strcmp(path, "/topics") == 0 || strcmp(path, "/topics/") == 0) {

@@ -1504,12 +1504,26 @@ static void ll_free_backend(sl_topic_t *t)
     t->backend = NULL;
 }
 
-/* A log can follow a renumbering only while nothing of it exists: no file, nothing pending. */
+/* A log can follow a renumbering only while it holds no message: nothing written, pending or
+ * acknowledged (durable cursors may exist, at checkpoint 0). Its meta file, if it has one
+ * already (a durable cursor makes it), is rewritten with the new epoch and mark. */
 static int ll_rebase(sl_topic_t *t, uint64_t head)
 {
     sl_lossless_t *ll = t->ll;
-    if (ll->on_disk || ll->npending != 0 || ll->job != NULL || ll->ncursors != 0)
+    if (t->head_seq != 0 || ll->npending != 0 || ll->job != NULL || ll->reserving || ll->broken)
         return SL_EBUSY;
+    sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        if (sl_container_of(it, sl_cursor_t, link)->checkpoint != 0)
+            return SL_EBUSY;
+    }
+    if (ll->on_disk) {
+        int rc = write_meta(ll, ll->dir, head + RESERVE_BLOCK);
+        if (rc != 0)
+            return SL_EBUSY;
+        ll->reserved = head + RESERVE_BLOCK;
+    }
     ll->written_seq = ll->durable_seq = head;
     return 0;
 }

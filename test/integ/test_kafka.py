@@ -62,3 +62,99 @@ def test_records_become_events_with_offset_ids(kafka_mock, sluice_factory):
     kafka_mock.produce("orders", 0, 1, prefix="live")
     e = sub0.read_event(timeout=10)
     assert e["data"] == "live0" and e["id"].endswith("-6")
+
+
+def sources(srv):
+    r = srv.get("/sources")
+    assert r.status == 200, r
+    return {s["name"]: s for s in r.json()["sources"]}
+
+
+def partitions(srv, name="k"):
+    return {(p["kafka_topic"], p["partition"]): p for p in sources(srv)[name]["partitions"]}
+
+
+def test_sources_endpoint_and_metrics(kafka_mock, sluice_factory):
+    kafka_mock.topic("st", 2)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="st", topic="st/{partition}")
+    wait_for(lambda: sum(p["state"] == "assigned" for p in partitions(srv).values()) == 2, 30,
+             "two assigned partitions")
+    kafka_mock.produce("st", 1, 4)
+    s = wait_for(lambda: (lambda s: s if s["published"] == 4 else None)(sources(srv)["k"]), 20,
+                 "4 published")
+    assert s["type"] == "kafka" and s["state"] == "running" and s["cluster_id"]
+    p = wait_for(lambda: (lambda p: p if p["committed"] == 4 else None)(partitions(srv)[("st", 1)]),
+                 20, "offset 4 committed")
+    assert p["stored"] == 4 and p["paused_reason"] is None
+    m = srv.metrics()
+    assert m.v('sluice_kafka_messages_total{result="published",source="k"}') == 4
+    assert m.v('sluice_kafka_partitions{source="k",state="assigned"}') == 2
+    assert m.v('sluice_kafka_committed_offset{kafka_topic="st",partition="1",source="k"}') == 4
+    assert m.v('sluice_kafka_prefetch_bytes{source="k"}') == 2 * 1024 * 1024
+
+
+def test_platformatic_254_pauses_resume_and_never_stall(kafka_mock, sluice_factory):
+    """15 Kafka topics x 1,000 records into lossless topics with small quotas, read by durable
+    readers that acknowledge slowly: every partition pauses and resumes again and again; every
+    record arrives once and in order, nothing stalls for 5 s, and all of it is committed."""
+    import threading
+    from lossless_util import ack_ok
+
+    n_topics, n = 15, 1000
+    names = [f"p254-{i}" for i in range(n_topics)]
+    for name in names:
+        kafka_mock.topic(name, 1)
+    srv = start_source(
+        sluice_factory, kafka_mock, kafka_topics=", ".join(names), topic="k/{kafka_topic}",
+        prefetch="256KiB", commit_interval="200ms",
+        topics=[("k/*", {"durability": "lossless", "segment_bytes": "4KiB",
+                         "disk_quota": "16KiB", "max_bytes": "8KiB"})])
+    got = {name: [] for name in names}
+    progress = {"t": time.monotonic()}
+    errors = []
+
+    def reader(name):
+        try:
+            sub = srv.sse(f"/topics/k/{name}?durable=r&from=oldest", timeout=10)
+            while len(got[name]) < n:
+                e = sub.read_event(timeout=60)
+                got[name].append((e["id"], e["data"]))
+                progress["t"] = time.monotonic()
+                if len(got[name]) % 20 == 0:
+                    time.sleep(0.02)  # a slow reader: acknowledges in steps, late
+                    ack_ok(srv, f"k/{name}", "r", e["id"])
+            ack_ok(srv, f"k/{name}", "r", got[name][-1][0])
+        except Exception as ex:  # reported by the main thread
+            errors.append(f"{name}: {ex!r}")
+
+    threads = [threading.Thread(target=reader, args=(nm,), daemon=True) for nm in names]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len([p for p in partitions(srv).values() if p["state"] == "assigned"])
+             == n_topics, 30, "every partition assigned")
+    for batch in range(10):  # round-robin, in batches, while the readers run
+        for name in names:
+            kafka_mock.produce(name, 0, 100, prefix=f"{name}-{batch}-", size=100)
+    deadline = time.monotonic() + 180
+    while any(t.is_alive() for t in threads):
+        assert not errors, errors
+        assert time.monotonic() - progress["t"] < 5, \
+            f"no record for 5 s: {[len(v) for v in got.values()]}\n{sources(srv)}"
+        assert time.monotonic() < deadline, [len(v) for v in got.values()]
+        time.sleep(0.2)
+    assert not errors, errors
+    for name in names:
+        ids = [ID.match(i) for i, _ in got[name]]
+        assert [int(m.group(2)) for m in ids] == list(range(1, n + 1)), name
+        assert len({m.group(1) for m in ids}) == 1
+        want = [f"{name}-{b}-{i}".ljust(100, ".") for b in range(10) for i in range(100)]
+        assert [d for _, d in got[name]] == want, name
+    final = wait_for(lambda: (lambda ps: ps if all(p["committed"] == n for p in ps.values())
+                              else None)(partitions(srv)), 20, "every offset committed")
+    for key, p in final.items():
+        assert p["pauses"] >= 2, (key, p)  # paused and resumed again and again
+        assert p["pauses"] == p["resumes"] and p["state"] == "assigned", (key, p)
+    m = srv.metrics()
+    pauses = sum(v for k, v in m.items() if k.startswith("sluice_kafka_pauses_total"))
+    assert pauses == m.v('sluice_kafka_resumes_total{source="k"}') > 0
+    assert m.v('sluice_kafka_stash_bytes{source="k"}') == 0
