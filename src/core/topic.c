@@ -359,13 +359,19 @@ sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_
 
 int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head)
 {
+    int same = epoch == t->epoch;
     if (t->count != 0 || epoch == 0)
+        return SL_EBUSY;
+    if (same && head == t->head_seq)
+        return 0;
+    if (same && head < t->head_seq && (t->backend == NULL || t->backend->rebase == NULL))
         return SL_EBUSY;
     uint64_t old = t->epoch;
     /* The storage sees the new epoch (it may record it) and may still refuse. */
     t->epoch = epoch;
     snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
-    if (t->backend != NULL && t->backend->rebase != NULL && t->backend->rebase(t, head) != 0) {
+    if (t->backend != NULL && t->backend->rebase != NULL &&
+        t->backend->rebase(t, same, head) != 0) {
         t->epoch = old;
         snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, old);
         return SL_EBUSY;

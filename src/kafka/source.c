@@ -312,6 +312,10 @@ static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, co
                 o.reason = REJ_FAN_IN;
                 return o;
             }
+        } else if (t->count == 0 && want - 1 != t->head_seq &&
+                   sl_topic_rebase(t, e->epoch, want - 1) == 0) {
+            /* An empty ring follows the record: forwards past skipped offsets, or back to the
+             * last record a lossless log holds after a crash recovery skipped ids. */
         } else if (want <= t->head_seq) {
             /* Redelivered. Done only once the original is written, if the topic is lossless. */
             s->duplicates++;
