@@ -143,9 +143,9 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         m->published_bytes);
     head(&o, "sluice_publish_rejected_total", "counter", "Publish requests refused, by reason.");
     static const char *const prej[] = {
-        "budget",           "too_large",      "bad_topic",         "max_topics", "bad_event",
-        "reserved_payload", "bad_envelope",   "not_publisher",     "topic_full", "disk_error",
-        "disk_timeout",     "reserved_event", "origin_not_allowed"};
+        "budget",           "too_large",      "bad_topic",          "max_topics",  "bad_event",
+        "reserved_payload", "bad_envelope",   "not_publisher",      "topic_full",  "disk_error",
+        "disk_timeout",     "reserved_event", "origin_not_allowed", "source_topic"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);

@@ -49,6 +49,7 @@ typedef enum {
     SL_REJECT_PUB_DISK_TIMEOUT,  /* not on disk within max_publish_wait (503) */
     SL_REJECT_PUB_CTL_EVENT,     /* event type in the sluice. namespace */
     SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
+    SL_REJECT_PUB_SOURCE_TOPIC,  /* under the prefix a Kafka source owns (409) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 

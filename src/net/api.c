@@ -265,8 +265,9 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     size_t body_len = req->body_len, n = 1;
     const char **payloads = NULL;
     size_t *lens = NULL;
-    sl_verdict_t v = SL_VERDICT_OK;
-    if (q->event.s != NULL && (v = sl_rule_event(q->event.s, q->event.len)).status == 0) {
+    sl_verdict_t v = sl_rule_publish_topic(cfg, name, nlen);
+    if (v.status == 0 && q->event.s != NULL &&
+        (v = sl_rule_event(q->event.s, q->event.len)).status == 0) {
         memcpy(event, q->event.s, q->event.len);
         event[q->event.len] = '\0';
         ev = event;

@@ -243,3 +243,56 @@ def test_broker_outage_and_injected_errors_lose_nothing(kafka_mock, sluice_facto
     assert [int(ID.match(e["id"]).group(2)) for e in evs] == list(range(1, 301))
     assert health["n"] > 10 and health["bad"] == 0
     wait_for(lambda: partitions(srv)[("out", 0)]["committed"] == 300, 30, "300 committed")
+
+
+def test_publishers_refused_under_a_source_prefix(kafka_mock, sluice_factory):
+    kafka_mock.topic("pre", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="pre", topic="feed/{partition}")
+    r = srv.post("/topics/feed/0", "x")
+    assert r.status == 409 and r.json()["error"] == "source_topic"
+    assert srv.publish("other/0", "x")  # elsewhere publishing is as before
+    assert srv.metrics().v('sluice_publish_rejected_total{reason="source_topic"}') == 1
+
+
+def test_records_sluice_cannot_take_are_skipped_and_counted(kafka_mock, sluice_factory):
+    """Every reject reason with on_reject = skip: the record is skipped, counted and logged
+    once per partition and reason; the records around it arrive and the offset moves past."""
+    kafka_mock.topic("rj", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rj", topic="rj/{key}",
+                       event="{header:type}", limits={"max_message_bytes": "1KiB"},
+                       commit_interval="100ms")
+    kafka_mock.produce("rj", 0, 1, prefix="ok-a", key="a")
+    kafka_mock.produce("rj", 0, 2, prefix="big", size=2000, key="a")      # too_big
+    kafka_mock.produce("rj", 0, 1, prefix='{"sluice":', key="a")          # reserved
+    kafka_mock.produce("rj", 0, 1, prefix="ev", key="a", header="type=sluice.gap")  # bad_event
+    kafka_mock.produce("rj", 0, 1, prefix="nokey")  # bad_topic: "rj/" has an empty segment
+    kafka_mock.produce("rj", 0, 1, prefix="ok-b", key="a")
+    sub = srv.sse("/topics/rj/a?from=oldest")
+    evs = read_n(sub, 2, timeout=30, stall=20)
+    assert [e["data"] for e in evs] == ["ok-a0", "ok-b0"]
+    wait_for(lambda: partitions(srv)[("rj", 0)]["committed"] == 7, 20, "all 7 offsets committed")
+    m = srv.metrics()
+
+    def rej(reason):
+        return m.v(f'sluice_kafka_messages_total{{reason="{reason}",result="rejected",'
+                   f'source="k"}}')
+    assert rej("too_big") == 2 and rej("reserved") == 1 and rej("bad_event") == 1
+    assert rej("bad_topic") == 1
+    logs = srv.logs()
+    assert logs.count("reason=too_big") == 1  # logged once per partition and reason
+    assert sub.no_event_within(0.5)
+
+
+def test_on_reject_pause_holds_the_partition(kafka_mock, sluice_factory):
+    kafka_mock.topic("rp", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rp", topic="rp/{partition}",
+                       on_reject="pause", limits={"max_message_bytes": "1KiB"})
+    kafka_mock.produce("rp", 0, 3, prefix="a")
+    kafka_mock.produce("rp", 0, 1, prefix="big", size=4000)
+    kafka_mock.produce("rp", 0, 3, prefix="b")
+    sub = srv.sse("/topics/rp/0?from=oldest")
+    assert [e["data"] for e in read_n(sub, 3, stall=20)] == ["a0", "a1", "a2"]
+    p = wait_for(lambda: (lambda p: p if p["state"] == "paused" else None)(
+        partitions(srv)[("rp", 0)]), 20, "the partition paused")
+    assert p["paused_reason"] == "reject" and p["stash_bytes"] > 4000 and p["stored"] == 3
+    assert sub.no_event_within(1.0)  # nothing after the record it cannot take
