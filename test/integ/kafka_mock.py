@@ -4,6 +4,7 @@ sluice-kafka-mock beside $SLUICE_BIN."""
 
 import os
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -32,11 +33,13 @@ class KafkaMock:
         line = self.proc.stdout.readline().split()
         assert line and line[0] == "bootstrap", f"mock cluster did not start: {line!r}"
         self.bootstrap = line[1]
+        self.lock = threading.Lock()  # one command at a time, from any thread
 
     def cmd(self, text):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline().strip()
+        with self.lock:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+            reply = self.proc.stdout.readline().strip()
         assert reply.startswith("ok"), f"mock: {text!r} -> {reply!r}"
         return reply
 

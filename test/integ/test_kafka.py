@@ -296,3 +296,54 @@ def test_on_reject_pause_holds_the_partition(kafka_mock, sluice_factory):
         partitions(srv)[("rp", 0)]), 20, "the partition paused")
     assert p["paused_reason"] == "reject" and p["stash_bytes"] > 4000 and p["stored"] == 3
     assert sub.no_event_within(1.0)  # nothing after the record it cannot take
+
+
+def test_paused_partition_holds_one_record_next_to_a_flood(kafka_mock, sluice_factory):
+    """A lossless topic kept full while its partition receives 1 KiB every 100 ms for 10 s,
+    next to a partition flooding a lossy topic: the paused partition holds one stashed record
+    and RSS stays flat; after an acknowledgement it resumes and everything arrives in order."""
+    import threading
+    from lossless_util import ack_ok
+    kafka_mock.topic("g", 2)
+    srv = start_source(
+        sluice_factory, kafka_mock, kafka_topics="g", topic="g/{partition}", prefetch="512KiB",
+        topics=[("g/0", {"durability": "lossless", "segment_bytes": "4KiB",
+                         "disk_quota": "16KiB", "max_bytes": "8KiB"})])
+    sub = srv.sse("/topics/g/0?durable=r&from=oldest")
+    wait_for(lambda: len(partitions(srv)) == 2, 30, "both partitions assigned")
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            kafka_mock.produce("g", 1, 500, prefix="f", size=1024)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    rss, stash = [], []
+    for i in range(100):  # 10 s
+        kafka_mock.produce("g", 0, 1, prefix=f"s{i}-", size=1024)
+        if i % 15 == 0:
+            rss.append(srv.rss_bytes())
+            stash.append(partitions(srv)[("g", 0)])
+        time.sleep(0.1)
+    stop.set()
+    flooder.join()
+    p0 = partitions(srv)[("g", 0)]
+    assert p0["state"] == "paused" and p0["paused_reason"] == "full", p0
+    assert 1024 < p0["stash_bytes"] < 2 * 1024  # exactly one record held
+    assert all(s["stash_bytes"] < 2 * 1024 for s in stash)
+    third = max(1, len(rss) // 3)
+    assert max(rss[-third:]) - min(rss[:third]) < 15 * 1024 * 1024, rss
+    # Read what the topic holds and acknowledge it: the partition resumes and all 100 arrive.
+    got = []
+    while len(got) < 100:
+        e = sub.read_event(timeout=20)
+        got.append(e)
+        if len(got) % 5 == 0:
+            ack_ok(srv, "g/0", "r", e["id"])
+    assert [e["data"] for e in got] == [f"s{i}-0".ljust(1024, ".") for i in range(100)]
+    assert [int(ID.match(e["id"]).group(2)) for e in got] == list(range(1, 101))
+    p0 = wait_for(lambda: (lambda p: p if p["state"] == "assigned" else None)(
+        partitions(srv)[("g", 0)]), 10, "partition 0 resumed")
+    assert p0["pauses"] == p0["resumes"] >= 1
+    assert srv.metrics().v('sluice_kafka_messages_total{result="published",source="k"}') > 1000
