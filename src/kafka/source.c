@@ -697,7 +697,10 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     ksrc_t *s = opaque;
     if (err == 0)
         s->commits++;
-    else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    if (err == 0 && s->brokers_down && s->state < SRC_STOPPING) {
+        s->brokers_down = 0;
+        SL_INFO("kafka brokers reachable again", "source=%s", s->conf->name);
+    } else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         s->commit_errors++;
     if (s->state >= SRC_STOPPING || offsets == NULL)
         return; /* leaving the group, on the thread pool: the partitions are gone */
