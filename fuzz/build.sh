@@ -20,7 +20,7 @@ CFLAGS=(-g -O1 -DSLUICE_VERSION='"fuzz"' -Isrc -I/usr/share/include/llhttp
 SAN=address,undefined
 # A report of undefined behaviour must stop the run as a crash does, not scroll past.
 RECOVER=-fno-sanitize-recover=undefined
-LIBS=($(pkg-config --libs libuv inih) -lwslay -lcrypto -lcurl)
+LIBS=($(pkg-config --libs libuv inih) -lwslay -lcrypto -lcurl -lrdkafka)
 obj=build-fuzz/obj
 rm -rf "$obj"
 mkdir -p "$obj"

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 # What building and running need; the tests need TEST_PACKAGES as well.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev node-llhttp libinih-dev libssl-dev
-          libwslay-dev libcmocka-dev libcurl4-openssl-dev)
+          libwslay-dev libcmocka-dev libcurl4-openssl-dev
+          librdkafka-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-aiohttp python3-websockets python3-jwt
                python3-cryptography curl clang-format
                clang iproute2 procps chromium gnuplot-nox)

@@ -6,6 +6,7 @@
 #include "lib/budget.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "kafka/source.h"
 #include "net/api.h"
 #include "net/server.h"
 #include "sink/sink.h"
@@ -51,6 +52,17 @@ static void usage(FILE *f)
                "  --check-config    validate the configuration, report every error, and exit\n"
                "  --version         print the version and exit\n"
                "  --help            this text\n");
+}
+
+static void kick_server(void *arg)
+{
+    sl_server_kick(arg);
+}
+
+static void stop_sources(void *arg)
+{
+    (void)arg;
+    sl_kafka_stop();
 }
 
 int main(int argc, char **argv)
@@ -107,6 +119,8 @@ int main(int argc, char **argv)
                 "warning: listening on %s without an [auth] section: anyone who can reach it "
                 "may publish, subscribe and use the admin endpoints\n",
                 cfg.listen_host);
+    if (errors == 0)
+        errors += sl_kafka_check_config(&cfg, config_path, stderr);
     if (check_only || errors) {
         if (errors)
             fprintf(stderr, "sluice: %d configuration error%s\n", errors, errors == 1 ? "" : "s");
@@ -137,8 +151,17 @@ int main(int argc, char **argv)
         sl_server_shutdown(srv);
     }
     srv->auth = cfg.auth ? &auth : NULL;
+    /* Kafka sources publish into the server's hub and stop when it shuts down. */
+    if (rc == 0 && cfg.nsources > 0) {
+        srv->on_shutdown = stop_sources;
+        if (sl_kafka_start(&loop, &srv->hub, &cfg, kick_server, srv) != 0) {
+            rc = SL_EINVAL;
+            sl_server_shutdown(srv);
+        }
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_sinks_free(sinks);
+    sl_kafka_dispose();
     sl_server_dispose(srv);
     free(srv);
     int close_rc = uv_loop_close(&loop);

@@ -107,6 +107,22 @@ static uint64_t open_fds(void)
     return n >= 3 ? n - 3 : 0; /* ".", ".." and the directory's own fd */
 }
 
+static sl_render_fn extra_metrics, extra_sources;
+
+void sl_metrics_set_sources(sl_render_fn metrics_text, sl_render_fn sources_json)
+{
+    extra_metrics = metrics_text;
+    extra_sources = sources_json;
+}
+
+char *sl_metrics_sources(size_t *len)
+{
+    if (extra_sources != NULL)
+        return extra_sources(len);
+    *len = 2;
+    return sl_strdup("[]");
+}
+
 char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
 {
     const sl_metrics_t *m = &sl_metrics;
@@ -140,7 +156,8 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     static const char *const prej[] = {
         "budget",           "too_large",      "bad_topic",          "max_topics",   "bad_event",
         "reserved_payload", "bad_envelope",   "not_publisher",      "topic_full",   "disk_error",
-        "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized", "rate_limited"};
+        "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized", "rate_limited",
+        "source_topic"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
         put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
             m->pub_rejected[i]);
@@ -236,6 +253,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         if (e != NULL)
             put(&o, "%.*s", (int)elen, e);
         free(e);
+    }
+    if (extra_metrics != NULL) {
+        size_t n;
+        char *x = extra_metrics(&n);
+        put(&o, "%.*s", (int)n, x);
+        free(x);
     }
     *len = o.len;
     return o.buf;

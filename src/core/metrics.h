@@ -52,6 +52,7 @@ typedef enum {
     SL_REJECT_PUB_ORIGIN,        /* Origin not in the allow-list (403) */
     SL_REJECT_PUB_AUTH,          /* no valid token, or one that does not grant it (401/403) */
     SL_REJECT_PUB_RATE,          /* over publish_rate or publish_bytes_rate (429) */
+    SL_REJECT_PUB_SOURCE_TOPIC,  /* under the prefix a Kafka source owns (409) */
     SL_REJECT_PUB__COUNT,
 } sl_pub_reject_t;
 
@@ -112,6 +113,14 @@ extern sl_metrics_t sl_metrics;
 
 /* Counts one HTTP response with this status code. */
 void sl_metrics_http(int code);
+
+/* Series and status of modules beside the server (the Kafka sources), which the API cannot
+ * include: each registers a renderer that returns a malloc'ed buffer and sets *len. Metrics
+ * text is appended to /metrics; the status is the JSON array of GET /sources. Loop thread. */
+typedef char *(*sl_render_fn)(size_t *len);
+void sl_metrics_set_sources(sl_render_fn metrics_text, sl_render_fn sources_json);
+/* The registered sources JSON array ("[]" when none), malloc'ed. */
+char *sl_metrics_sources(size_t *len);
 
 struct sl_hub;
 /* Renders every series in Prometheus text format into a malloc'ed buffer; the caller frees it.

@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "core/rules.h"
 
+#include "lib/template.h"
+
 #include "core/metrics.h"
 #include "core/topic.h"
 #include "lib/util.h"
@@ -50,6 +52,18 @@ bad:
     *code = "bad_event";
     *msg = "event type must be 1..64 of [A-Za-z0-9._:-]";
     return SL_EINVAL;
+}
+
+sl_verdict_t sl_rule_publish_topic(const sl_config_t *cfg, const char *name, size_t len)
+{
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        const char *tmpl = cfg->sources[i].topic_tmpl;
+        size_t pl = tmpl ? sl_tmpl_prefix_len(tmpl) : 0;
+        if (pl > 0 && len >= pl && memcmp(name, tmpl, pl) == 0)
+            return refuse(409, "source_topic", "topic fed by a Kafka source",
+                          SL_REJECT_PUB_SOURCE_TOPIC);
+    }
+    return SL_VERDICT_OK;
 }
 
 sl_verdict_t sl_rule_event(const char *ev, size_t len)

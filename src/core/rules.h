@@ -26,6 +26,11 @@ typedef struct sl_verdict {
 /* Checks a topic name (`name` may be NULL: missing). */
 sl_verdict_t sl_rule_topic(const sl_config_t *cfg, const char *name, size_t len);
 
+/* Checks that a publisher may write to topic `name`: not under the literal prefix of a
+ * source's topic template (those topics are fed by their source alone; 409 source_topic).
+ * A template that begins with a placeholder claims no prefix. */
+sl_verdict_t sl_rule_publish_topic(const sl_config_t *cfg, const char *name, size_t len);
+
 /* Checks an event type (1..64 of [A-Za-z0-9._:-], not in the reserved `sluice.` space). */
 sl_verdict_t sl_rule_event(const char *ev, size_t len);
 

@@ -133,6 +133,35 @@ sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_
     return t;
 }
 
+int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head)
+{
+    int same = epoch == t->epoch;
+    if (t->count != 0 || epoch == 0)
+        return SL_EBUSY;
+    if (same && head == t->head_seq)
+        return 0;
+    if (same && head < t->head_seq && (t->backend == NULL || t->backend->rebase == NULL))
+        return SL_EBUSY;
+    uint64_t old = t->epoch;
+    /* The storage sees the new epoch (it may record it) and may still refuse. */
+    t->epoch = epoch;
+    snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
+    if (t->backend != NULL && t->backend->rebase != NULL &&
+        t->backend->rebase(t, same, head) != 0) {
+        t->epoch = old;
+        snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, old);
+        return SL_EBUSY;
+    }
+    t->head_seq = head;
+    sl_list_t *it;
+    sl_list_each(it, &t->readers)
+    {
+        sl_reader_t *r = sl_container_of(it, sl_reader_t, link);
+        r->next = head + 1;
+    }
+    return 0;
+}
+
 void sl_topic_free(sl_topic_t *t)
 {
     assert(t->nreaders == 0);

@@ -101,6 +101,10 @@ typedef struct sl_backend {
     int (*idle)(const struct sl_topic *t);
     /* Frees the backend's state (the topic is being freed). */
     void (*free)(struct sl_topic *t);
+    /* The topic's ring is empty and it is being renumbered by sl_topic_rebase (t->epoch is
+     * already the new one; `same_epoch` says whether it changed): 0 if the storage can follow,
+     * else SL_EBUSY. Optional (NULL: as for a topic without storage). */
+    int (*rebase)(struct sl_topic *t, int same_epoch, uint64_t head);
 } sl_backend_t;
 
 /* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
@@ -132,6 +136,15 @@ typedef struct sl_topic {
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */
 sl_topic_t *sl_topic_new(const char *name, size_t name_len, const sl_topic_conf_t *conf,
                          uint64_t created_gseq);
+
+/* Renumbers a topic whose ring is empty: its epoch becomes `epoch` and its next message gets
+ * seq head+1. This is how a topic fed by an external log (Kafka) takes that log's coordinates,
+ * so that ids name the same message on every node. Within the same epoch a topic is never
+ * renumbered backwards past what its readers may have seen: without storage only forwards
+ * (head >= head_seq); with storage, as the storage allows (a lossless log: down to the last seq
+ * it holds, undoing the skip a crash recovery makes). Readers, all waiting for new messages,
+ * move with it. Returns 0 or SL_EBUSY. */
+int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head);
 
 /* Frees the topic, dropping the ring's references. It must have no readers. The caller must
  * already have unlinked it from every hub list; ring messages are unlinked from msg->all here. */

@@ -6,6 +6,7 @@
 #include "lib/config.h"
 
 #include "lib/log.h"
+#include "lib/template.h"
 #include "lib/util.h"
 
 #include <arpa/inet.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 void sl_config_init(sl_config_t *cfg)
 {
@@ -67,6 +69,26 @@ void sl_config_init(sl_config_t *cfg)
     t->segment_bytes = 16 << 20;
     t->disk_quota = 1ull << 30;
     sl_sinks_conf_init(&cfg->sinks);
+    char host[256];
+    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0')
+        strcpy(host, "sluice");
+    host[sizeof(host) - 1] = '\0';
+    cfg->node = sl_strdup(host);
+}
+
+static void source_dispose(sl_source_conf_t *s)
+{
+    free(s->name);
+    free(s->brokers);
+    free(s->group);
+    for (size_t i = 0; i < s->ntopics; i++)
+        free(s->topics[i]);
+    free(s->topics);
+    free(s->topic_tmpl);
+    free(s->event_tmpl);
+    for (size_t i = 0; i < 2 * s->nprops; i++)
+        free(s->props[i]);
+    free(s->props);
 }
 
 void sl_config_dispose(sl_config_t *cfg)
@@ -90,6 +112,13 @@ void sl_config_dispose(sl_config_t *cfg)
         free(*auth_strings[i]);
         *auth_strings[i] = NULL;
     }
+    for (size_t i = 0; i < cfg->nsources; i++)
+        source_dispose(&cfg->sources[i]);
+    free(cfg->sources);
+    cfg->sources = NULL;
+    cfg->nsources = 0;
+    free(cfg->node);
+    cfg->node = NULL;
     cfg->listen_host = cfg->data_dir = NULL;
     cfg->rules = NULL;
     cfg->nrules = 0;
@@ -313,6 +342,7 @@ typedef struct parse_ctx {
     long rule;
     int auth_line;   /* the first [auth] header */
     int policy_line; /* the last `publish = token` or `subscribe = token` */
+    long source;     /* the current [source "…"] index, -1 if malformed */
 } parse_ctx_t;
 
 static void error_at(parse_ctx_t *p, int line, const char *fmt, ...)
@@ -331,6 +361,12 @@ static void error_at(parse_ctx_t *p, int line, const char *fmt, ...)
 }
 
 static sl_topic_rule_t *rule_for(parse_ctx_t *p, const char *section);
+static sl_source_conf_t *source_for(parse_ctx_t *p, const char *section);
+
+static int is_source_section(const char *name)
+{
+    return strncmp(name, "source", 6) == 0 && (name[6] == ' ' || name[6] == '\t' || name[6] == '"');
+}
 
 /* Validates a section header as it is read, so that a section with no keys (which inih never
  * reports) is checked too. Keys of an unknown section are then ignored silently. */
@@ -365,6 +401,10 @@ static void check_section(parse_ctx_t *p, const char *line)
     int sk = sl_sinkconf_section(&p->cfg->sinks, name, p->line, &why);
     if (sk > 0)
         return;
+    if (is_source_section(name)) {
+        source_for(p, name);
+        return;
+    }
     free(p->section);
     p->section = sl_strdup(name);
     p->rule = -1;
@@ -711,6 +751,212 @@ static int auth_string_key(parse_ctx_t *p, const char *key, const char *val)
     return 0;
 }
 
+/* Returns the source of a `source "NAME"` section, creating it on first sight. */
+static sl_source_conf_t *source_for(parse_ctx_t *p, const char *section)
+{
+    if (p->section != NULL && strcmp(p->section, section) == 0)
+        return p->source >= 0 ? &p->cfg->sources[p->source] : NULL;
+    free(p->section);
+    p->section = sl_strdup(section);
+    p->source = -1;
+    p->rule = -1;
+    const char *q = section + 6;
+    while (*q == ' ' || *q == '\t')
+        q++;
+    size_t len = strlen(q);
+    int ok = len >= 3 && len - 2 <= 64 && q[0] == '"' && q[len - 1] == '"';
+    for (size_t i = 1; ok && i + 1 < len; i++) {
+        char c = q[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '.' || c == '_' || c == '-';
+    }
+    if (!ok) {
+        error_at(p, p->line,
+                 "malformed section [%s]: want [source \"NAME\"], NAME 1..64 of "
+                 "[A-Za-z0-9._-]",
+                 section);
+        return NULL;
+    }
+    sl_config_t *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        if (strlen(cfg->sources[i].name) == len - 2 &&
+            memcmp(cfg->sources[i].name, q + 1, len - 2) == 0) {
+            error_at(p, p->line, "duplicate section [%s]", section);
+            return NULL;
+        }
+    }
+    cfg->sources = sl_realloc(cfg->sources, (cfg->nsources + 1) * sizeof(*cfg->sources));
+    sl_source_conf_t *src = &cfg->sources[cfg->nsources];
+    memset(src, 0, sizeof(*src));
+    src->name = sl_strndup(q + 1, len - 2);
+    src->line = p->line;
+    src->prefetch = 2u << 20;
+    src->commit_interval_ms = 1000;
+    p->source = (long)cfg->nsources++;
+    return src;
+}
+
+/* librdkafka properties sluice sets itself: passing them through would break what sluice
+ * promises (offsets stored only when done, bounded prefetch, incremental rebalances). */
+static const char *const managed_props[] = {
+    "group.id",
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "partition.assignment.strategy",
+    "enable.partition.eof",
+    "group.protocol.type",
+    "rebalance_cb",
+    "offset_commit_cb",
+    "consume_cb",
+    "opaque",
+    "client.id",
+};
+
+int sl_source_managed_property(const char *name)
+{
+    for (size_t i = 0; i < sizeof(managed_props) / sizeof(managed_props[0]); i++)
+        if (strcmp(name, managed_props[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Splits a comma-separated list into trimmed, non-empty items. */
+static void set_topics(parse_ctx_t *p, sl_source_conf_t *s, const char *val)
+{
+    for (size_t i = 0; i < s->ntopics; i++)
+        free(s->topics[i]);
+    s->ntopics = 0;
+    const char *q = val;
+    while (*q) {
+        const char *e = strchr(q, ',');
+        size_t l = e ? (size_t)(e - q) : strlen(q);
+        const char *a = q, *b = q + l;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        if (b > a) {
+            s->topics = sl_realloc(s->topics, (s->ntopics + 1) * sizeof(*s->topics));
+            s->topics[s->ntopics++] = sl_strndup(a, (size_t)(b - a));
+        }
+        q += l + (e != NULL);
+    }
+    if (s->ntopics == 0)
+        error_at(p, p->line, "kafka_topics must name at least one topic");
+}
+
+static void set_str(char **dst, const char *val)
+{
+    free(*dst);
+    *dst = sl_strdup(val);
+}
+
+static void source_key(parse_ctx_t *p, sl_source_conf_t *s, const char *key, const char *val)
+{
+    const char *why;
+    if (strcmp(key, "type") == 0) {
+        if (strcmp(val, "kafka") == 0)
+            s->kafka = 1;
+        else
+            error_at(p, p->line, "invalid type '%s' (the only source type is kafka)", val);
+    } else if (strcmp(key, "brokers") == 0) {
+        if (*val == '\0')
+            error_at(p, p->line, "brokers must not be empty");
+        else
+            set_str(&s->brokers, val);
+    } else if (strcmp(key, "group") == 0) {
+        if (sl_tmpl_check(val, SL_TMPL_NODE, &why) != 0)
+            error_at(p, p->line, "invalid group '%s': %s", val, why);
+        else
+            set_str(&s->group, val);
+    } else if (strcmp(key, "kafka_topics") == 0) {
+        set_topics(p, s, val);
+    } else if (strcmp(key, "topic") == 0) {
+        if (sl_tmpl_check(val, SL_TMPL_RECORD, &why) != 0)
+            error_at(p, p->line, "invalid topic template '%s': %s", val, why);
+        else
+            set_str(&s->topic_tmpl, val);
+    } else if (strcmp(key, "event") == 0) {
+        if (sl_tmpl_check(val, SL_TMPL_RECORD, &why) != 0)
+            error_at(p, p->line, "invalid event template '%s': %s", val, why);
+        else
+            set_str(&s->event_tmpl, val);
+    } else if (strcmp(key, "start") == 0) {
+        if (strcmp(val, "earliest") == 0)
+            s->start_latest = 0;
+        else if (strcmp(val, "latest") == 0)
+            s->start_latest = 1;
+        else
+            error_at(p, p->line, "invalid start '%s' (earliest, latest)", val);
+    } else if (strcmp(key, "fan_in") == 0) {
+        if (strcmp(val, "refuse") == 0)
+            s->fan_in_local = 0;
+        else if (strcmp(val, "local") == 0)
+            s->fan_in_local = 1;
+        else
+            error_at(p, p->line, "invalid fan_in '%s' (refuse, local)", val);
+    } else if (strcmp(key, "on_reject") == 0) {
+        if (strcmp(val, "skip") == 0)
+            s->reject_pause = 0;
+        else if (strcmp(val, "pause") == 0)
+            s->reject_pause = 1;
+        else
+            error_at(p, p->line, "invalid on_reject '%s' (skip, pause)", val);
+    } else if (strcmp(key, "prefetch") == 0) {
+        uint64_t v;
+        if (sl_parse_size(val, &v) != 0 || v < (64u << 10) || v > (1ull << 30))
+            error_at(p, p->line, "invalid prefetch '%s' (a size from 64KiB to 1GiB)", val);
+        else
+            s->prefetch = v;
+    } else if (strcmp(key, "commit_interval") == 0) {
+        uint64_t v;
+        if (sl_parse_duration_ms(val, &v) != 0 || v < 10)
+            error_at(p, p->line, "invalid commit_interval '%s' (at least 10ms)", val);
+        else
+            s->commit_interval_ms = v;
+    } else if (strncmp(key, "kafka.", 6) == 0 && key[6] != '\0') {
+        if (sl_source_managed_property(key + 6)) {
+            error_at(p, p->line, "%s is managed by sluice and cannot be set (see README.md)", key);
+            return;
+        }
+        s->props = sl_realloc(s->props, (s->nprops + 1) * 2 * sizeof(*s->props));
+        s->props[2 * s->nprops] = sl_strdup(key + 6);
+        s->props[2 * s->nprops + 1] = sl_strdup(val);
+        s->nprops++;
+    } else {
+        error_at(p, p->line, "unknown key '%s' in [source \"%s\"]", key, s->name);
+    }
+}
+
+/* After the whole file: every source has what it needs. */
+static void check_sources(parse_ctx_t *p)
+{
+    sl_config_t *cfg = p->cfg;
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        sl_source_conf_t *s = &cfg->sources[i];
+        if (!s->kafka)
+            error_at(p, s->line, "[source \"%s\"] needs type = kafka", s->name);
+        if (s->brokers == NULL)
+            error_at(p, s->line, "[source \"%s\"] needs brokers", s->name);
+        if (s->ntopics == 0)
+            error_at(p, s->line, "[source \"%s\"] needs kafka_topics", s->name);
+        if (s->topic_tmpl == NULL)
+            error_at(p, s->line, "[source \"%s\"] needs topic (a template)", s->name);
+        if (s->group == NULL)
+            s->group = sl_strdup("sluice-{node}");
+    }
+}
+
 static int on_entry(void *user, const char *section, const char *key, const char *val)
 {
     parse_ctx_t *p = user;
@@ -732,6 +978,11 @@ static int on_entry(void *user, const char *section, const char *key, const char
             }
         } else if (strcmp(key, "origins") == 0) {
             set_origins(p, val);
+        } else if (strcmp(key, "node") == 0) {
+            if (*val == '\0' || strlen(val) > 64 || strpbrk(val, "{}") != NULL)
+                error_at(p, p->line, "invalid node '%s' (1..64 bytes, no braces)", val);
+            else
+                set_str(&cfg->node, val);
         } else if (strcmp(key, "log_level") == 0) {
             int lvl = sl_log_parse_level(val);
             if (lvl < 0)
@@ -760,6 +1011,10 @@ static int on_entry(void *user, const char *section, const char *key, const char
         if (sl_sinkconf_section(&cfg->sinks, section, p->line, &why) > 0 &&
             sl_sinkconf_key(&cfg->sinks, section, key, val, err, sizeof(err)) != 0)
             error_at(p, p->line, "%s", err);
+    } else if (is_source_section(section)) {
+        sl_source_conf_t *s = source_for(p, section);
+        if (s != NULL)
+            source_key(p, s, key, val);
     } else if (section[0] == '\0') {
         error_at(p, p->line, "key '%s' outside of any section", key);
     }
@@ -774,7 +1029,8 @@ static void report_sink(void *arg, int line, const char *msg)
 
 static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, FILE *errs)
 {
-    parse_ctx_t p = {.cfg = cfg, .name = name, .errs = errs, .f = f, .text = text, .rule = -1};
+    parse_ctx_t p = {
+        .cfg = cfg, .name = name, .errs = errs, .f = f, .text = text, .rule = -1, .source = -1};
     int rc = ini_parse_stream(read_line, &p, on_entry, &p);
     if (rc > 0)
         error_at(&p, rc, "syntax error");
@@ -795,6 +1051,7 @@ static int load(sl_config_t *cfg, const char *name, FILE *f, const char *text, F
         error_at(&p, p.line, "max_pending_bytes (%llu) must be below half of memory_limit (%llu)",
                  (unsigned long long)cfg->max_pending_bytes, (unsigned long long)cfg->memory_limit);
     sl_sinkconf_check(&cfg->sinks, report_sink, &p);
+    check_sources(&p);
     free(p.section);
     return p.errors;
 }

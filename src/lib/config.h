@@ -82,6 +82,30 @@ enum {
     SL_TK_SUBSCRIBE = 1u << 19,
 };
 
+/* One `[source "NAME"]` section: a Kafka source (see README.md, "Kafka sources"). Strings are
+ * owned by the configuration. */
+typedef struct sl_source_conf {
+    char *name;
+    int line;      /* of the section header, for messages */
+    int kafka;     /* type = kafka (the only type there is) */
+    char *brokers; /* bootstrap.servers */
+    char *group;   /* group.id template: may use {node}; default "sluice-{node}" */
+    char **topics; /* Kafka topic names, or regexes (a name starting with '^') */
+    size_t ntopics;
+    char *topic_tmpl;  /* sluice topic name template (lib/template.h) */
+    char *event_tmpl;  /* SSE event type template, or NULL */
+    int start_latest;  /* start = latest: where a group without offsets starts (else earliest) */
+    int fan_in_local;  /* fan_in = local: several partitions may feed one topic */
+    int reject_pause;  /* on_reject = pause: a record sluice cannot take pauses its partition */
+    uint64_t prefetch; /* bytes librdkafka may hold for this source; default 2 MiB */
+    uint64_t commit_interval_ms; /* stored offsets are committed this often; default 1 s */
+    char **props;                /* kafka.* pass-through: props[2i] = props[2i+1] */
+    size_t nprops;
+} sl_source_conf_t;
+
+/* 1 if librdkafka property `name` is one sluice sets itself (refused as kafka.NAME). */
+int sl_source_managed_property(const char *name);
+
 typedef struct sl_config {
     /* [server] */
     char *listen_host;          /* default "127.0.0.1" */
@@ -148,6 +172,10 @@ typedef struct sl_config {
     sl_topic_conf_t topic_defaults;
     /* [sinks] and [sink "NAME"] sections (lib/sinkconf.h). */
     sl_sinks_conf_t sinks;
+    /* [source "NAME"] sections in file order. */
+    sl_source_conf_t *sources;
+    size_t nsources;
+    char *node; /* [server] node: this process's name in {node}; default the host name */
 } sl_config_t;
 
 /* Fills *cfg with the built-in defaults. The caller owns the result; free with

@@ -77,6 +77,8 @@ const char *sl_strerror(int err)
         return "malformed name or value";
     case SL_ERESERVED:
         return "reserved name";
+    case SL_EBUSY:
+        return "in use";
     default:
         return err < 0 ? strerror(-err) : "success";
     }

@@ -25,6 +25,7 @@ enum {
     SL_EDISK = -30006,     /* a lossless topic's log cannot be written (disk error) */
     SL_EINVAL = -30007,    /* a peer-supplied name or value is malformed */
     SL_ERESERVED = -30008, /* a peer-supplied name is reserved for sluice's own use */
+    SL_EBUSY = -30009,     /* the object is in use and cannot be changed so */
 };
 const char *sl_strerror(int err);
 

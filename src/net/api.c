@@ -250,6 +250,19 @@ static int authorize(sl_conn_t *c, int action, const qval_t *names, uint32_t n)
     return 0;
 }
 
+/* GET /sources: what the sources wired beside the server report (docs/protocol.md). */
+static void get_sources(sl_conn_t *c)
+{
+    size_t n;
+    char *arr = sl_metrics_sources(&n);
+    size_t cap = n + 32;
+    char *body = sl_malloc(cap);
+    int len = snprintf(body, cap, "{\"sources\":%.*s}\n", (int)n, arr);
+    sl_conn_respond(c, 200, "application/json", NULL, body, (size_t)len);
+    free(body);
+    free(arr);
+}
+
 /* ---- publishing ------------------------------------------------------------------------- */
 
 static void respond_ids(sl_conn_t *c, const sl_topic_t *t, uint64_t first, size_t n)
@@ -343,8 +356,9 @@ static void publish(sl_conn_t *c, sl_http_req_t *req, const char *name, size_t n
     size_t body_len = req->body_len, n = 1;
     const char **payloads = NULL;
     size_t *lens = NULL;
-    sl_verdict_t v = SL_VERDICT_OK;
-    if (q->event.s != NULL && (v = sl_rule_event(q->event.s, q->event.len)).status == 0) {
+    sl_verdict_t v = sl_rule_publish_topic(cfg, name, nlen);
+    if (v.status == 0 && q->event.s != NULL &&
+        (v = sl_rule_event(q->event.s, q->event.len)).status == 0) {
         memcpy(event, q->event.s, q->event.len);
         event[q->event.len] = '\0';
         ev = event;
@@ -884,7 +898,7 @@ static int admin_path(const char *path, size_t plen)
     size_t tlen, clen;
     const char *cname;
     if (strcmp(path, "/metrics") == 0 || strcmp(path, "/topics") == 0 ||
-        strcmp(path, "/topics/") == 0)
+        strcmp(path, "/topics/") == 0 || strcmp(path, "/sources") == 0)
         return 1;
     return plen > 8 && strncmp(path, "/topics/", 8) == 0 &&
            cursor_path(path + 8, plen - 8, &tlen, &cname, &clen);
@@ -977,6 +991,11 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     } else if (strcmp(path, "/metrics") == 0) {
         if (is_get)
             get_metrics(c);
+        else
+            not_allowed(c, "GET");
+    } else if (strcmp(path, "/sources") == 0) {
+        if (is_get)
+            get_sources(c);
         else
             not_allowed(c, "GET");
     } else if (strcmp(path, "/topics") == 0 || strcmp(path, "/topics/") == 0) {

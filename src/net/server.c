@@ -350,6 +350,8 @@ void sl_server_shutdown(sl_server_t *srv)
 {
     if (!srv->shutting_down) {
         srv->shutting_down = 1;
+        if (srv->on_shutdown != NULL)
+            srv->on_shutdown(srv->on_shutdown_arg);
         close_handle((uv_handle_t *)&srv->listener);
         srv->listening = 0;
         sl_list_t *it, *tmp;

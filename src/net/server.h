@@ -59,6 +59,10 @@ typedef struct sl_server {
     const struct sl_handler *handler; /* what requests are handed to (set by the API) */
     sl_auth_t *auth;   /* the keys of [auth] (set by main; its keys swap on SIGHUP) */
     sl_ratelimit_t rl; /* publish and connection rates ([limits] *_rate) */
+    /* Called once when a shutdown begins, for what main.c wired beside the server (the Kafka
+     * sources), which must stop before the hub goes. */
+    void (*on_shutdown)(void *arg);
+    void *on_shutdown_arg;
 } sl_server_t;
 
 /* Sets up the server on `loop` with `cfg` (which must outlive it) and starts listening.

@@ -427,6 +427,7 @@ static void publish(sl_conn_t *c, const char *data, size_t len, int text)
         payload_len = env.data_len;
     }
     if ((v = sl_rule_topic(cfg, topic, topic_len)).status != 0 ||
+        (v = sl_rule_publish_topic(cfg, topic, topic_len)).status != 0 ||
         (v = sl_rule_payload(cfg, payload, payload_len)).status != 0)
         goto out_refuse;
     if (srv->auth != NULL && cfg->auth) {

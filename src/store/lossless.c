@@ -198,8 +198,8 @@ static int write_meta(const sl_lossless_t *ll, const char *dir, uint64_t reserve
 {
     char meta[META_CAP];
     const sl_topic_t *t = ll->topic;
-    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n", t->name,
-                     t->epoch_hex, reserved);
+    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n%s", t->name,
+                     t->epoch_hex, reserved, ll->external ? "external=1\n" : "");
     if (n < 0 || (size_t)n >= sizeof(meta))
         return -ENAMETOOLONG;
     return write_file_atomic(dir, "meta", meta, (size_t)n);
@@ -281,8 +281,8 @@ static void start_reserve(sl_lossless_t *ll, uint64_t reserved)
 {
     char meta[META_CAP];
     const sl_topic_t *t = ll->topic;
-    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n", t->name,
-                     t->epoch_hex, reserved);
+    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n%s", t->name,
+                     t->epoch_hex, reserved, ll->external ? "external=1\n" : "");
     meta_job_t *j = sl_calloc(1, sizeof(*j));
     j->req.data = j;
     j->ll = ll;
@@ -1305,7 +1305,8 @@ static void read_cursors(sl_topic_t *t)
  * the high-water mark (0 when the file predates it). Returns 0 or -1. */
 #define NAME_CAP 1100
 
-static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *reserved)
+static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *reserved,
+                     int *external)
 {
     char path[PATH_CAP + 8], line[META_CAP];
     snprintf(path, sizeof(path), "%s/meta", dir);
@@ -1314,6 +1315,7 @@ static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *res
         return -1;
     name[0] = '\0';
     *epoch = *reserved = 0;
+    *external = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "name=", 5) == 0) {
             size_t l = strcspn(line + 5, "\n");
@@ -1324,6 +1326,8 @@ static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *res
             parse_hex64(line + 6, epoch);
         } else if (strncmp(line, "reserved=", 9) == 0) {
             *reserved = strtoull(line + 9, NULL, 10);
+        } else if (strncmp(line, "external=1", 10) == 0) {
+            *external = 1;
         }
     }
     fclose(f);
@@ -1337,9 +1341,10 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     char path[PATH_CAP], dirbuf[PATH_CAP], dn[SL_LL_DIR_NAME_CAP];
     char name[NAME_CAP];
     uint64_t epoch, reserved;
+    int external;
     const char *dir = dirbuf;
     snprintf(dirbuf, sizeof(dirbuf), "%s/%s", base, entry);
-    if (read_meta(dir, name, &epoch, &reserved) != 0) {
+    if (read_meta(dir, name, &epoch, &reserved, &external) != 0) {
         SL_WARN("topic directory without meta ignored", "dir=%s", dir);
         return;
     }
@@ -1386,6 +1391,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     t->epoch = epoch;
     snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
     sl_lossless_t *ll = ll_new(t, sl_strdup(dir));
+    ll->external = external;
     /* Segments, oldest first. */
     DIR *d = opendir(dir);
     uint64_t *bases = NULL;
@@ -1448,7 +1454,9 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     /* Ids up to the high-water mark may have been given to messages the log no longer has (not
      * written before a crash, or cut as torn or corrupt): numbering goes on past them, so no id
      * a client has seen is ever given to another message; readers get a gap over them. */
-    if (reserved > head) {
+    /* Not for a log whose ids are an external log's coordinates (Kafka offsets): there the
+     * same id is the same message, which its feed delivers again. */
+    if (reserved > head && !external) {
         SL_INFO("ids skipped past the recorded high-water mark",
                 "topic=%s head=%" PRIu64 " next=%" PRIu64, name, head, reserved + 1);
         head = reserved;
@@ -1526,6 +1534,58 @@ static void ll_free_backend(sl_topic_t *t)
     t->backend = NULL;
 }
 
+/* A log follows a renumbering in two cases. In its own epoch, down to the last seq it holds
+ * (never below what it or a cursor has), which undoes the skip a recovery makes past the
+ * recorded high-water mark: for a topic whose ids are an external log's coordinates, the same
+ * seq is the same message, so the ids are not reused for another. Into another epoch, only
+ * while it holds no message and no cursor has acknowledged one; its meta file, if a durable
+ * cursor made it already, is rewritten with the new epoch. Nothing may be pending either. */
+static int ll_rebase(sl_topic_t *t, int same_epoch, uint64_t head)
+{
+    sl_lossless_t *ll = t->ll;
+    if (ll->npending != 0 || ll->job != NULL || ll->reserving || ll->broken)
+        return SL_EBUSY;
+    /* The last seq held: the newest non-empty segment's. The active segment may be empty and
+     * still without a file (made at its first write), numbered past the skip: it follows. */
+    sl_seg_t *tail = ll->nsegs > 0 ? &ll->segs[ll->nsegs - 1] : NULL;
+    int tail_empty = tail != NULL && tail->last < tail->base;
+    if (tail_empty && ll->fd >= 0)
+        return SL_EBUSY;
+    uint64_t held = 0;
+    for (size_t i = ll->nsegs; i-- > 0;) {
+        if (ll->segs[i].last >= ll->segs[i].base) {
+            held = ll->segs[i].last;
+            break;
+        }
+    }
+    sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        uint64_t ck = sl_container_of(it, sl_cursor_t, link)->checkpoint;
+        if (same_epoch ? ck > head : ck != 0)
+            return SL_EBUSY;
+    }
+    if (same_epoch) {
+        if (head < held)
+            return SL_EBUSY;
+    } else {
+        if (t->head_seq != 0 || held != 0)
+            return SL_EBUSY;
+        ll->external = 1; /* recorded in meta: recovery then keeps the numbering */
+        if (ll->on_disk) {
+            if (write_meta(ll, ll->dir, head + RESERVE_BLOCK) != 0)
+                return SL_EBUSY;
+            ll->reserved = head + RESERVE_BLOCK;
+        }
+    }
+    if (tail_empty) {
+        tail->base = head + 1;
+        tail->last = head;
+    }
+    ll->written_seq = ll->durable_seq = head;
+    return 0;
+}
+
 const sl_backend_t sl_ll_backend = {
     .name = "lossless",
     .reads_back = 1,
@@ -1535,6 +1595,7 @@ const sl_backend_t sl_ll_backend = {
     .reader_gone = ll_reader_gone,
     .idle = sl_ll_idle,
     .free = ll_free_backend,
+    .rebase = ll_rebase,
 };
 
 /* A new topic whose settings say lossless gets a log (in memory until something must be

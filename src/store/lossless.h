@@ -98,6 +98,11 @@ typedef struct sl_lossless {
      * Raised ahead of use by RESERVE_BLOCK, on the thread pool (reserving: a write in flight). */
     uint64_t reserved;
     int reserving;
+    /* Its ids are an external log's coordinates (it was renumbered into another epoch by
+     * sl_topic_rebase, for a Kafka partition): recorded in meta as `external=1`, and recovery
+     * after a crash does not skip past the mark, since the feed delivers the same messages
+     * under the same ids again. */
+    int external;
 } sl_lossless_t;
 
 /* Acknowledges seq (of epoch) on durable cursor cu of topic t: 0, or the HTTP status of the

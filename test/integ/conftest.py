@@ -168,7 +168,8 @@ def _check_crash(srv):
 
 @pytest.fixture
 def sluice_factory(tmp_path):
-    """start(server=..., limits=..., topics=..., text=None, args=(), port=None) -> Sluice.
+    """start(server=..., limits=..., topics=..., text=None, args=(), port=None,
+    extra_text=None) -> Sluice.
 
     Writes the config, starts the binary on 127.0.0.1 with a free port, waits for /healthz.
     At teardown every server still running gets SIGTERM (SIGKILL after a grace period); the
@@ -178,7 +179,7 @@ def sluice_factory(tmp_path):
     servers = []
 
     def start(server=None, limits=None, topics=None, text=None, args=(), port=None,
-              listen_arg=False):
+              listen_arg=False, extra_text=None):
         n = len(servers)
         workdir = tmp_path / f"srv{n}"
         workdir.mkdir()
@@ -190,6 +191,7 @@ def sluice_factory(tmp_path):
                         "memory_limit": "64MiB"}
             srv_conf.update(server or {})
             cfg_text = text if text is not None else render_config(srv_conf, limits, topics)
+            cfg_text += extra_text or ""  # more sections (e.g. [source "…"])
             cfg_path = workdir / "sluice.ini"
             cfg_path.write_text(cfg_text)
             stderr_path = workdir / "stderr.log"
@@ -277,3 +279,14 @@ def _wait_healthy(srv, timeout=10.0):
         time.sleep(0.05)
     return False
 
+
+
+@pytest.fixture
+def kafka_mock():
+    """A librdkafka mock cluster (test/integ/kafka_mock.py); destroyed at teardown."""
+    from kafka_mock import KafkaMock, mock_bin
+    if not os.access(mock_bin(), os.X_OK):
+        pytest.skip(f"sluice-kafka-mock not found at {mock_bin()}")
+    mock = KafkaMock()
+    yield mock
+    mock.close()

@@ -134,8 +134,15 @@ def test_check_config_reports_every_error_with_file_and_line(tmp_path):
     ("[limits]\nmax_message_bytes = 12qb\n", 2),
     ('[topic "*"]\nmax_messages = 0\n', 2),
     ("[server]\nlisten = nowhere\n", 2),
+    ('[source "k"]\ntype = kafka\nbrokers = b:1\nkafka_topics = t\ntopic = t/{partition}\n'
+     "kafka.group.id = mine\n", 6),
+    ('[source "k"]\ntype = kafka\nbrokers = b:1\nkafka_topics = t\ntopic = t/{nope}\n', 5),
+    # Only librdkafka knows its properties: reported at the section's line.
+    ('\n[source "k"]\ntype = kafka\nbrokers = b:1\nkafka_topics = t\ntopic = t/{partition}\n'
+     "kafka.no.such.property = 1\n", 2),
 ], ids=["unknown_server_key", "unknown_limits_key", "unknown_topic_key", "bad_log_level",
-        "negative_duration", "bad_size", "zero_ring", "bad_listen"])
+        "negative_duration", "bad_size", "zero_ring", "bad_listen", "kafka_managed_property",
+        "kafka_bad_template", "kafka_unknown_property"])
 def test_check_config_single_error(tmp_path, text, line):
     p = tmp_path / "one.ini"
     p.write_text(text)

@@ -378,6 +378,95 @@ static void test_websocket_and_origins(void **state)
             fail_msg("no error at %s in:\n%s", want[i], out);
 }
 
+static int load_text(sl_config_t *cfg, const char *text, char *errs, size_t cap)
+{
+    FILE *f = fmemopen(errs, cap, "w");
+    sl_config_init(cfg);
+    int n = sl_config_load_string(cfg, "t.ini", text, f);
+    fclose(f);
+    return n;
+}
+
+static void test_sources(void **state)
+{
+    (void)state;
+    char errs[4096] = "";
+    sl_config_t cfg;
+    int n = load_text(&cfg,
+                      "[server]\nnode = n7\n"
+                      "[source \"orders\"]\ntype = kafka\nbrokers = 127.0.0.1:9092\n"
+                      "kafka_topics = orders, refunds ,\ntopic = shop/{kafka_topic}/{partition}\n"
+                      "event = {header:type}\nstart = latest\nfan_in = local\nprefetch = 4MiB\n"
+                      "on_reject = pause\ncommit_interval = 250ms\n"
+                      "kafka.security.protocol = plaintext\n"
+                      "[source \"cdc\"]\ntype = kafka\nbrokers = b:1\nkafka_topics = ^cdc\\..*\n"
+                      "topic = cdc/{key}\n",
+                      errs, sizeof(errs));
+    assert_int_equal(n, 0);
+    assert_string_equal(cfg.node, "n7");
+    assert_int_equal(cfg.nsources, 2);
+    sl_source_conf_t *s = &cfg.sources[0];
+    assert_string_equal(s->name, "orders");
+    assert_true(s->kafka);
+    assert_string_equal(s->brokers, "127.0.0.1:9092");
+    assert_string_equal(s->group, "sluice-{node}");
+    assert_int_equal(s->ntopics, 2);
+    assert_string_equal(s->topics[0], "orders");
+    assert_string_equal(s->topics[1], "refunds");
+    assert_string_equal(s->topic_tmpl, "shop/{kafka_topic}/{partition}");
+    assert_string_equal(s->event_tmpl, "{header:type}");
+    assert_true(s->start_latest);
+    assert_true(s->fan_in_local);
+    assert_true(s->reject_pause);
+    assert_int_equal(s->prefetch, 4u << 20);
+    assert_int_equal(s->commit_interval_ms, 250);
+    assert_int_equal(s->nprops, 1);
+    assert_string_equal(s->props[0], "security.protocol");
+    assert_string_equal(s->props[1], "plaintext");
+    s = &cfg.sources[1];
+    assert_string_equal(s->topics[0], "^cdc\\..*");
+    assert_false(s->start_latest);
+    assert_int_equal(s->prefetch, 2u << 20);
+    sl_config_dispose(&cfg);
+
+    /* Every refusal, with its line. */
+    n = load_text(&cfg,
+                  "[source \"a\"]\n"                        /* 1: needs type, brokers, topics */
+                  "kafka.group.id = x\n"                    /* 2: managed */
+                  "kafka.enable.auto.offset.store = true\n" /* 3: managed */
+                  "topic = a/{nope}\n"                      /* 4 */
+                  "start = middle\n"                        /* 5 */
+                  "fan_in = maybe\n"                        /* 6 */
+                  "prefetch = 1k\n"                         /* 7 */
+                  "group = g-{partition}\n"                 /* 8 */
+                  "color = red\n"                           /* 9 */
+                  "type = rabbit\n"                         /* 10 */
+                  "[source \"bad name\"]\n"                 /* 11 */
+                  "[source \"a\"]\n",                       /* 12: duplicate */
+                  errs, sizeof(errs));
+    const char *want[] = {"t.ini:2: kafka.group.id is managed",
+                          "t.ini:3: kafka.enable.auto.offset.store is managed",
+                          "t.ini:4: invalid topic template",
+                          "t.ini:5: invalid start",
+                          "t.ini:6: invalid fan_in",
+                          "t.ini:7: invalid prefetch",
+                          "t.ini:8: invalid group",
+                          "t.ini:9: unknown key 'color'",
+                          "t.ini:10: invalid type",
+                          "t.ini:11: malformed section",
+                          "t.ini:12: duplicate section",
+                          "t.ini:1: [source \"a\"] needs type = kafka",
+                          "t.ini:1: [source \"a\"] needs brokers",
+                          "t.ini:1: [source \"a\"] needs kafka_topics",
+                          "t.ini:1: [source \"a\"] needs topic"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        if (strstr(errs, want[i]) == NULL)
+            fail_msg("missing '%s' in:\n%s", want[i], errs);
+    }
+    assert_int_equal(n, (int)(sizeof(want) / sizeof(want[0])));
+    sl_config_dispose(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -388,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_websocket_and_origins),
+        cmocka_unit_test(test_sources),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -98,6 +98,30 @@ static void test_ring_bounds_and_arithmetic(void **state)
     assert_int_equal(sl_budget.used, start);
 }
 
+/* An empty topic takes an external log's coordinates: its next message is head+1 in the given
+ * epoch, and its frame says so; a topic holding messages refuses. */
+static void test_rebase(void **state)
+{
+    (void)state;
+    sl_topic_conf_t c = conf(10);
+    sl_topic_t *t = sl_topic_new("r", 1, &c, 0);
+    assert_int_equal(sl_topic_rebase(t, 0, 5), SL_EBUSY); /* epoch 0 is never valid */
+    assert_int_equal(sl_topic_rebase(t, 0xabcdef, 41), 0);
+    assert_string_equal(t->epoch_hex, "0000000000abcdef");
+    sl_msg_t *m = append(t, "x", 0);
+    assert_int_equal(m->seq, 42);
+    assert_memory_equal(m->frame, "id: 0000000000abcdef-42\n", 24);
+    assert_int_equal(sl_topic_rebase(t, 0x1234, 7), SL_EBUSY);
+    assert_int_equal(t->head_seq, 42);
+    /* Emptied by eviction, it may be renumbered again (a lossy topic restarting elsewhere). */
+    sl_msg_t *old = sl_topic_pop_tail(t);
+    sl_list_remove(&old->all);
+    sl_msg_unref(old);
+    assert_int_equal(sl_topic_rebase(t, 0x1234, 99), 0);
+    assert_int_equal(append(t, "y", 0)->seq, 100);
+    free_topic(t);
+}
+
 static void test_max_bytes_keeps_newest(void **state)
 {
     (void)state;
@@ -451,6 +475,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_ring_bounds_and_arithmetic, setup),
+        cmocka_unit_test_setup(test_rebase, setup),
         cmocka_unit_test_setup(test_max_bytes_keeps_newest, setup),
         cmocka_unit_test_setup(test_refcount_outlives_eviction, setup),
         cmocka_unit_test_setup(test_reader_start_points, setup),

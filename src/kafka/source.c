@@ -1,0 +1,1246 @@
+/*
+ * Kafka sources (source.h): a librdkafka consumer per `[source "NAME"]`, run on the libuv loop.
+ *
+ * Design note.
+ *
+ * Wake-ups. The consumer queue (with the main queue forwarded to it by
+ * rd_kafka_poll_set_consumer, so rebalances, errors, logs and commit results arrive there too)
+ * writes a byte to a non-blocking pipe when it goes from empty to non-empty; a uv_poll watches
+ * the pipe. librdkafka signals only that transition, so a wake-up that leaves records in the
+ * queue must itself come back for them: each turn serves at most BATCH_MAX records or
+ * BATCH_MS, and while the queue is not empty the uv_idle handle calls the next turn. Waiting
+ * for another pipe event instead is the stall of platformatic/kafka #254.
+ *
+ * States of a source:
+ *
+ *   STARTING ──cluster id known (thread pool)──► RUNNING ──sl_kafka_stop──► STOPPING ──► CLOSED
+ *       └──────────────────────sl_kafka_stop────────────────────────────────┘
+ *
+ * STARTING asks the cluster id off the loop (a blocking call) and retries it every
+ * CLUSTER_ID_RETRY_MS until a broker answers; only then does the consumer subscribe, because
+ * the ids of every record depend on it. STOPPING stores what is done, gives the consumer to the
+ * thread pool to leave the group, commit and be destroyed, then closes the handles (CLOSED).
+ *
+ * Partitions follow kafka/kpart.h (assigned, paused with a stash, revoked). Performed here:
+ * pause and resume in librdkafka (only what kpart decided, so never a partition sluice did not
+ * pause), the wait for room on the lossless log (the waiter HTTP and WebSocket publishers use),
+ * retries of a budget refusal from the maintenance timer, and storing offsets kpart released.
+ * librdkafka commits the stored offsets every commit_interval, on revoke and on close.
+ *
+ * Ids. A sluice topic is bound to one partition by its first record: it is renumbered
+ * (sl_topic_rebase) to the partition's epoch with head = offset, so the record gets
+ * seq = offset + 1 and id <E>-<offset+1>. A record whose offset is not past the head is a
+ * duplicate (redelivered after a rebalance, restart or outage) and is dropped and counted.
+ */
+#include "kafka/source.h"
+
+#include "lib/log.h"
+#include "lib/template.h"
+#include "lib/util.h"
+#include "core/metrics.h"
+#include "core/rules.h"
+#include "core/topic.h"
+#include "kafka/kpart.h"
+#include "store/lossless.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BATCH_MAX 256
+#define BATCH_MS 2
+#define TICK_MS 50
+#define CLUSTER_ID_RETRY_MS 1000
+#define NAME_CAP 1024
+
+/* Why a record was not taken (metrics labels). */
+enum {
+    REJ_TOO_BIG = 0,
+    REJ_BAD_TOPIC,
+    REJ_BAD_EVENT,
+    REJ_RESERVED,
+    REJ_FAN_IN,
+    REJ_TOPIC_LIMIT,
+    REJ__COUNT,
+};
+static const char *const rej_names[REJ__COUNT] = {"too_big",  "bad_topic", "bad_event",
+                                                  "reserved", "fan_in",    "topic_limit"};
+
+enum { SRC_STARTING = 0, SRC_RUNNING, SRC_STOPPING, SRC_CLOSED };
+
+struct ksrc;
+
+/* One assigned (or once assigned) partition. Owned by its source, freed with it. */
+typedef struct kpe {
+    struct ksrc *src;
+    char *ktopic;
+    int32_t partition;
+    uint64_t epoch;
+    sl_kpart_t kp;
+    sl_waiter_t w;         /* waits for room on a lossless topic, while paused for it */
+    int wake;              /* the waiter was woken: offer the stash again */
+    int budget_retry;      /* paused for the budget: offer the stash again at the next tick */
+    int gap_logged;        /* offsets skipped: logged once per partition */
+    uint32_t rej_logged;   /* reasons already logged for this partition (bits) */
+    uint64_t paused_at_ms; /* while paused */
+    uint64_t paused_ms;    /* in total */
+    int64_t committed;     /* last offset the group coordinator confirmed; -1 none */
+} kpe_t;
+
+/* A stashed record: one budgeted block holding the topic name, the event and the payload. */
+typedef struct stash_rec {
+    size_t nlen, plen;
+    char *name, *event, *payload;
+} stash_rec_t;
+
+/* One source. Owned by the sources list; freed when its handles are closed. */
+typedef struct ksrc {
+    const sl_source_conf_t *conf;
+    int state;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q;
+    int pipefd[2];
+    uv_poll_t poll;
+    uv_idle_t idle;
+    uv_timer_t tick;
+    uv_work_t work;
+    int work_busy;
+    int handles_open;
+    int closed_cleanly; /* the group was left and the last offsets committed */
+    char cluster_id[256];
+    uint64_t cluster_retry_at_ms;
+    kpe_t **parts;
+    size_t nparts, capparts;
+    kpe_t *last; /* the partition of the previous record (records come in runs) */
+    int store_dirty;
+    int brokers_down; /* logged once per change */
+    uint64_t prefetch_charge;
+    uint64_t last_progress_ms;
+    /* counters */
+    uint64_t published, duplicates, rejected[REJ__COUNT], pauses[SL_KP_WHY__COUNT], resumes;
+    uint64_t rebalances, commits, commit_errors, offset_gaps, errors;
+} ksrc_t;
+
+static struct {
+    uv_loop_t *loop;
+    sl_hub_t *hub;
+    const sl_config_t *cfg;
+    void (*kick)(void *);
+    void *kick_arg;
+    ksrc_t **v;
+    size_t n;
+    int stopping;
+} ks;
+
+uint64_t sl_kafka_epoch(const char *cluster_id, const char *topic, int32_t partition)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    char num[16];
+    const char *parts[3] = {cluster_id, topic, num};
+    snprintf(num, sizeof(num), "%d", (int)partition);
+    for (int i = 0; i < 3; i++) {
+        for (const char *p = parts[i]; *p; p++) {
+            h ^= (uint8_t)*p;
+            h *= 0x100000001b3ull;
+        }
+        h ^= 0xff; /* a separator no name contains */
+        h *= 0x100000001b3ull;
+    }
+    return h ? h : 1;
+}
+
+/* ---- partitions ------------------------------------------------------------------------- */
+
+static kpe_t *part_find(ksrc_t *s, const char *topic, int32_t partition, int create)
+{
+    if (s->last != NULL && s->last->partition == partition && strcmp(s->last->ktopic, topic) == 0)
+        return s->last;
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (e->partition == partition && strcmp(e->ktopic, topic) == 0)
+            return s->last = e;
+    }
+    if (!create)
+        return NULL;
+    if (s->nparts == s->capparts) {
+        s->capparts = s->capparts ? 2 * s->capparts : 16;
+        s->parts = sl_realloc(s->parts, s->capparts * sizeof(*s->parts));
+    }
+    kpe_t *e = sl_calloc(1, sizeof(*e));
+    e->src = s;
+    e->ktopic = sl_strdup(topic);
+    e->partition = partition;
+    e->epoch = sl_kafka_epoch(s->cluster_id, topic, partition);
+    e->kp.stored = -1;
+    e->committed = -1;
+    s->parts[s->nparts++] = e;
+    return s->last = e;
+}
+
+static void stash_free(sl_kp_stash_t *st)
+{
+    if (st->data != NULL)
+        sl_bfree(st->data, st->bytes);
+    st->data = NULL;
+}
+
+static void one_partition(rd_kafka_topic_partition_list_t **l, kpe_t *e, int64_t offset)
+{
+    *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(*l, e->ktopic, e->partition)->offset = offset;
+}
+
+static void set_paused(kpe_t *e, int paused)
+{
+    rd_kafka_topic_partition_list_t *l;
+    one_partition(&l, e, RD_KAFKA_OFFSET_INVALID);
+    rd_kafka_resp_err_t err = paused ? rd_kafka_pause_partitions(e->src->rk, l)
+                                     : rd_kafka_resume_partitions(e->src->rk, l);
+    if (err == 0 && l->elems[0].err != 0)
+        err = l->elems[0].err;
+    if (err != 0)
+        SL_WARN(paused ? "kafka pause failed" : "kafka resume failed",
+                "source=%s kafka_topic=%s partition=%d error=%s", e->src->conf->name, e->ktopic,
+                (int)e->partition, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Performs what kpart decided. */
+static void perform(kpe_t *e, int act)
+{
+    ksrc_t *s = e->src;
+    if (e->kp.store_dirty)
+        s->store_dirty = 1;
+    if (act == SL_KP_ACT_PAUSE) {
+        set_paused(e, 1);
+        s->pauses[e->kp.why]++;
+        e->paused_at_ms = sl_now_ms();
+        SL_DEBUG("kafka partition paused", "source=%s kafka_topic=%s partition=%d reason=%s",
+                 s->conf->name, e->ktopic, (int)e->partition, sl_kp_why_name(e->kp.why));
+    } else if (act == SL_KP_ACT_RESUME) {
+        set_paused(e, 0);
+        s->resumes++;
+        e->paused_ms += sl_now_ms() - e->paused_at_ms;
+        e->paused_at_ms = 0;
+        SL_DEBUG("kafka partition resumed", "source=%s kafka_topic=%s partition=%d", s->conf->name,
+                 e->ktopic, (int)e->partition);
+    }
+}
+
+/* Hands librdkafka every offset kpart released since the last call. */
+static void store_offsets(ksrc_t *s)
+{
+    if (!s->store_dirty)
+        return;
+    s->store_dirty = 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (!e->kp.store_dirty)
+            continue;
+        e->kp.store_dirty = 0;
+        if (e->kp.state == SL_KP_ACTIVE || e->kp.state == SL_KP_PAUSED)
+            rd_kafka_topic_partition_list_add(l, e->ktopic, e->partition)->offset = e->kp.stored;
+    }
+    if (l->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(s->rk, l);
+        if (err != 0)
+            SL_DEBUG("kafka offsets store", "source=%s error=%s", s->conf->name,
+                     rd_kafka_err2str(err));
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* ---- offering records to topics --------------------------------------------------------- */
+
+typedef struct offer {
+    sl_kv_t v;
+    sl_topic_t *t;
+    uint64_t seq;
+    sl_kp_why_t why;
+    int reason; /* REJ_*, when v is SL_KV_REJECTED */
+} offer_t;
+
+static void reject_log(kpe_t *e, int reason, const char *name)
+{
+    e->src->rejected[reason]++;
+    if (e->rej_logged & (1u << reason))
+        return;
+    e->rej_logged |= 1u << reason;
+    SL_WARN("kafka record skipped (logged once per partition and reason; counted in "
+            "sluice_kafka_messages_total)",
+            "source=%s kafka_topic=%s partition=%d reason=%s topic=%s", e->src->conf->name,
+            e->ktopic, (int)e->partition, rej_names[reason], name);
+}
+
+/* Offers one record (or a stash) to the topic `name`. */
+static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, const char *payload,
+                     size_t plen, int64_t off)
+{
+    ksrc_t *s = e->src;
+    const sl_config_t *cfg = ks.cfg;
+    offer_t o = {.v = SL_KV_REJECTED};
+    if (plen > cfg->max_message_bytes) {
+        o.reason = REJ_TOO_BIG;
+        return o;
+    }
+    if (sl_rule_reserved(payload, plen)) {
+        o.reason = REJ_RESERVED;
+        return o;
+    }
+    int err;
+    sl_topic_t *t = sl_hub_topic(ks.hub, name, nlen, SL_TOPIC_CREATE, &err);
+    if (t == NULL) {
+        if (err == SL_EOVERLOAD) {
+            o.v = SL_KV_FULL;
+            o.why = SL_KP_WHY_BUDGET;
+        } else {
+            o.reason = REJ_TOPIC_LIMIT;
+        }
+        return o;
+    }
+    o.t = t;
+    uint64_t want = (uint64_t)off + 1;
+    if (!s->conf->fan_in_local) {
+        if (t->epoch != e->epoch) {
+            if (sl_topic_rebase(t, e->epoch, want - 1) != 0) {
+                o.reason = REJ_FAN_IN;
+                return o;
+            }
+        } else if (t->count == 0 && want - 1 != t->head_seq &&
+                   sl_topic_rebase(t, e->epoch, want - 1) == 0) {
+            /* An empty ring follows the record: forwards past skipped offsets, or back to the
+             * last record a lossless log holds after a crash recovery skipped ids. */
+        } else if (want <= t->head_seq) {
+            /* Redelivered. Done only once the original is written, if the topic is lossless. */
+            s->duplicates++;
+            if (t->ll != NULL && sl_ll_durable(t) < want) {
+                o.v = SL_KV_PENDING;
+                o.seq = want;
+            } else {
+                o.v = SL_KV_DUPLICATE;
+            }
+            return o;
+        } else if (want > t->head_seq + 1 && sl_topic_rebase(t, e->epoch, want - 1) != 0) {
+            /* Offsets skipped (compaction, transaction markers, retention while paused) in a
+             * topic that still holds messages: the seqs stay contiguous, so from here on ids
+             * are one topic's numbering rather than offsets. Counted and logged once. */
+            s->offset_gaps++;
+            if (!e->gap_logged) {
+                e->gap_logged = 1;
+                SL_WARN("kafka offsets skipped; ids of this topic no longer equal offsets",
+                        "source=%s kafka_topic=%s partition=%d topic=%s head=%" PRIu64
+                        " offset=%" PRId64,
+                        s->conf->name, e->ktopic, (int)e->partition, t->name, t->head_seq, off);
+            }
+        }
+    }
+    int rc = sl_hub_publish(ks.hub, t, ev, &payload, &plen, 1, &o.seq);
+    if (rc == 0) {
+        s->published++;
+        o.v = t->ll != NULL ? SL_KV_PENDING : SL_KV_DONE;
+    } else if (rc == SL_EFULL) {
+        o.v = SL_KV_FULL;
+        o.why = SL_KP_WHY_FULL;
+    } else {
+        /* The budget (or a log that cannot be written): retried from the timer. */
+        o.v = SL_KV_FULL;
+        o.why = SL_KP_WHY_BUDGET;
+    }
+    return o;
+}
+
+static void on_room(sl_waiter_t *w, int status);
+
+/* After a FULL offer: waits on the topic's log for room, or retries from the timer. */
+static void wait_room(kpe_t *e, const offer_t *o)
+{
+    if (o->why == SL_KP_WHY_FULL && o->t != NULL && o->t->ll != NULL) {
+        e->w.wake = on_room;
+        sl_ll_wait(&e->w, o->t, SL_WAIT_ROOM, 0, 0);
+    } else {
+        e->budget_retry = 1;
+    }
+}
+
+static sl_kp_stash_t make_stash(const char *name, size_t nlen, const char *ev, const char *payload,
+                                size_t plen)
+{
+    size_t elen = ev ? strlen(ev) + 1 : 0;
+    sl_kp_stash_t st;
+    st.bytes = sizeof(stash_rec_t) + nlen + 1 + elen + plen;
+    stash_rec_t *r = sl_balloc(st.bytes);
+    r->nlen = nlen;
+    r->plen = plen;
+    r->name = (char *)(r + 1);
+    memcpy(r->name, name, nlen);
+    r->name[nlen] = '\0';
+    r->event = ev ? r->name + nlen + 1 : NULL;
+    if (ev)
+        memcpy(r->event, ev, elen);
+    r->payload = r->name + nlen + 1 + elen;
+    memcpy(r->payload, payload, plen);
+    st.data = r;
+    st.offset = 0;
+    return st;
+}
+
+/* Offers the stash of a paused partition again (room freed, or the budget retry). */
+static void unstash(kpe_t *e)
+{
+    stash_rec_t *r = e->kp.stash.data;
+    if (e->kp.state != SL_KP_PAUSED || r == NULL)
+        return;
+    offer_t o = offer(e, r->name, r->nlen, r->event, r->payload, r->plen, e->kp.stash.offset);
+    if (o.v == SL_KV_REJECTED)
+        reject_log(e, o.reason, r->name);
+    if (o.v == SL_KV_FULL) {
+        e->kp.why = (uint8_t)o.why;
+        wait_room(e, &o);
+        return;
+    }
+    sl_kp_stash_t back;
+    int act = sl_kp_unstash(&e->kp, o.v, o.t, o.seq, &back);
+    stash_free(&back);
+    perform(e, act);
+    e->src->last_progress_ms = sl_now_ms();
+    if (ks.kick)
+        ks.kick(ks.kick_arg);
+}
+
+static void start_idle(ksrc_t *s);
+
+static void on_room(sl_waiter_t *w, int status)
+{
+    (void)status;
+    kpe_t *e = sl_container_of(w, kpe_t, w);
+    /* Woken from inside the log's update: offer the stash from the idle turn instead. */
+    e->wake = 1;
+    start_idle(e->src);
+}
+
+typedef struct hdr_arg {
+    rd_kafka_headers_t *h;
+} hdr_arg_t;
+
+static int get_header(void *arg, const char *name, size_t len, const char **val, size_t *vlen)
+{
+    hdr_arg_t *a = arg;
+    char n[80];
+    if (a->h == NULL || len >= sizeof(n))
+        return 0;
+    memcpy(n, name, len);
+    n[len] = '\0';
+    const void *v;
+    size_t sz;
+    if (rd_kafka_header_get_last(a->h, n, &v, &sz) != 0 || v == NULL)
+        return 0;
+    *val = v;
+    *vlen = sz;
+    return 1;
+}
+
+/* One record from the consumer queue. */
+static void on_record(ksrc_t *s, rd_kafka_message_t *m)
+{
+    const char *ktopic = rd_kafka_topic_name(m->rkt);
+    kpe_t *e = part_find(s, ktopic, m->partition, 0);
+    if (e == NULL || sl_kp_accept(&e->kp, m->offset) != SL_KP_ACT_NONE)
+        return; /* not ours (any more): Kafka delivers it again after the resume or assign */
+    hdr_arg_t ha = {NULL};
+    rd_kafka_message_headers(m, &ha.h);
+    sl_tmpl_vars_t v = {.kafka_topic = ktopic,
+                        .kafka_topic_len = strlen(ktopic),
+                        .partition = m->partition,
+                        .key = m->key,
+                        .key_len = m->key ? m->key_len : 0,
+                        .header = get_header,
+                        .header_arg = &ha};
+    char name[NAME_CAP], evbuf[80];
+    const char *ev = NULL;
+    const char *payload = m->payload ? (const char *)m->payload : "";
+    size_t plen = m->payload ? m->len : 0;
+    offer_t o = {.v = SL_KV_REJECTED};
+    int n = sl_tmpl_render(s->conf->topic_tmpl, &v, name, sizeof(name));
+    if (n <= 0 || !sl_topic_name_valid(name, (size_t)n, ks.cfg->max_topic_name)) {
+        o.reason = REJ_BAD_TOPIC;
+        if (n < 0)
+            strcpy(name, "(too long)");
+    } else if (s->conf->event_tmpl != NULL &&
+               sl_tmpl_render(s->conf->event_tmpl, &v, evbuf, sizeof(evbuf)) != 0 &&
+               (evbuf[0] == '\0' || sl_rule_event(evbuf, strlen(evbuf)).status != 0)) {
+        o.reason = REJ_BAD_EVENT;
+    } else {
+        if (s->conf->event_tmpl != NULL && evbuf[0] != '\0')
+            ev = evbuf;
+        o = offer(e, name, (size_t)n, ev, payload, plen, m->offset);
+    }
+    if (o.v == SL_KV_REJECTED) {
+        reject_log(e, o.reason, name);
+        if (s->conf->reject_pause) {
+            o.v = SL_KV_FULL;
+            o.why = SL_KP_WHY_REJECT;
+        }
+    }
+    sl_kp_stash_t st = {0};
+    if (o.v == SL_KV_FULL)
+        st = make_stash(o.reason == REJ_BAD_TOPIC ? "" : name,
+                        o.reason == REJ_BAD_TOPIC ? 0 : strlen(name), ev, payload, plen);
+    int act = sl_kp_offered(&e->kp, m->offset, o.v, o.t, o.seq, &st, o.why);
+    if (o.v == SL_KV_FULL && o.why != SL_KP_WHY_REJECT)
+        wait_room(e, &o);
+    perform(e, act);
+    s->last_progress_ms = sl_now_ms();
+}
+
+/* ---- the consumer queue ----------------------------------------------------------------- */
+
+static void on_error_event(ksrc_t *s, rd_kafka_resp_err_t err, const char *what)
+{
+    if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+        err == RD_KAFKA_RESP_ERR__RESOLVE) {
+        if (!s->brokers_down) {
+            s->brokers_down = 1;
+            SL_WARN("kafka brokers unreachable; topics keep serving, the consumer reconnects",
+                    "source=%s error=\"%s\"", s->conf->name, what);
+        }
+        return;
+    }
+    s->errors++;
+    char fatal[256];
+    if (rd_kafka_fatal_error(s->rk, fatal, sizeof(fatal)) != 0)
+        SL_ERROR("kafka consumer fatal error; the source stops (restart sluice)",
+                 "source=%s error=\"%s\"", s->conf->name, fatal);
+    else
+        SL_DEBUG("kafka error", "source=%s error=\"%s\"", s->conf->name, what);
+}
+
+/* Serves one bounded turn of the queue. Returns 1 if the queue may hold more. */
+static int serve(ksrc_t *s)
+{
+    uint64_t deadline = sl_now_ms() + BATCH_MS;
+    int n = 0, published = 0;
+    for (; n < BATCH_MAX; n++) {
+        if (s->state != SRC_RUNNING && s->state != SRC_STARTING)
+            break;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->rk, 0);
+        if (m == NULL)
+            break;
+        if (m->err) {
+            on_error_event(s, m->err, rd_kafka_message_errstr(m));
+        } else {
+            if (s->brokers_down) {
+                s->brokers_down = 0;
+                SL_INFO("kafka brokers reachable again", "source=%s", s->conf->name);
+            }
+            on_record(s, m);
+            published = 1;
+        }
+        rd_kafka_message_destroy(m);
+        if ((n & 15) == 15 && sl_now_ms() >= deadline) {
+            n++;
+            break;
+        }
+    }
+    store_offsets(s);
+    if (published && ks.kick)
+        ks.kick(ks.kick_arg);
+    return n > 0 && rd_kafka_queue_length(s->q) > 0;
+}
+
+static void drain_pipe(ksrc_t *s)
+{
+    char buf[64];
+    while (read(s->pipefd[0], buf, sizeof(buf)) > 0)
+        ;
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    ksrc_t *s = h->data;
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (e->wake) {
+            e->wake = 0;
+            unstash(e);
+        }
+    }
+    store_offsets(s);
+    if (!serve(s))
+        uv_idle_stop(&s->idle);
+}
+
+static void start_idle(ksrc_t *s)
+{
+    if (s->state <= SRC_RUNNING && !uv_is_active((uv_handle_t *)&s->idle))
+        uv_idle_start(&s->idle, on_idle);
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    ksrc_t *s = h->data;
+    if (status < 0)
+        return;
+    drain_pipe(s);
+    if (serve(s))
+        start_idle(s);
+}
+
+static int is_durable(void *arg, const void *topic, uint64_t seq)
+{
+    (void)arg;
+    return sl_ll_durable(topic) >= seq;
+}
+
+static void start_cluster_id(ksrc_t *s);
+
+static void on_tick(uv_timer_t *h)
+{
+    ksrc_t *s = h->data;
+    uint64_t now = sl_now_ms();
+    if (s->state == SRC_STARTING && !s->work_busy && now >= s->cluster_retry_at_ms)
+        start_cluster_id(s);
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (e->kp.npend > 0)
+            perform(e, sl_kp_durable(&e->kp, is_durable, NULL));
+        if (e->budget_retry) {
+            e->budget_retry = 0;
+            unstash(e);
+        }
+    }
+    store_offsets(s);
+    /* A queue that became non-empty while a turn was ending signals nothing: look again. */
+    if (rd_kafka_queue_length(s->q) > 0)
+        start_idle(s);
+}
+
+/* ---- rebalances ------------------------------------------------------------------------- */
+
+static void give_up(kpe_t *e)
+{
+    if (sl_ll_waiting(&e->w))
+        sl_ll_unwait(&e->w);
+    e->wake = e->budget_retry = 0;
+    sl_kp_stash_t back;
+    int act = sl_kp_revoke(&e->kp, &back);
+    stash_free(&back);
+    perform(e, act);
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    ksrc_t *s = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *e2 = NULL;
+    if (s->state >= SRC_STOPPING) {
+        /* Leaving the group (on the thread pool): touch nothing of the hub. */
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+            e2 = coop ? rd_kafka_incremental_assign(rk, parts) : NULL;
+        else
+            e2 = coop ? rd_kafka_incremental_unassign(rk, parts) : NULL;
+        if (!coop)
+            rd_kafka_assign(rk, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? parts : NULL);
+        if (e2)
+            rd_kafka_error_destroy(e2);
+        return;
+    }
+    s->rebalances++;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (int i = 0; i < parts->cnt; i++)
+            sl_kp_assign(&part_find(s, parts->elems[i].topic, parts->elems[i].partition, 1)->kp);
+        SL_INFO("kafka partitions assigned", "source=%s count=%d", s->conf->name, parts->cnt);
+        if (coop)
+            e2 = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+    } else {
+        /* Store what is done before librdkafka commits on revoke; nothing after. */
+        for (int i = 0; i < parts->cnt; i++) {
+            kpe_t *e = part_find(s, parts->elems[i].topic, parts->elems[i].partition, 0);
+            if (e != NULL && e->kp.npend > 0)
+                sl_kp_durable(&e->kp, is_durable, NULL);
+        }
+        store_offsets(s);
+        rd_kafka_commit(rk, NULL, 1);
+        for (int i = 0; i < parts->cnt; i++) {
+            kpe_t *e = part_find(s, parts->elems[i].topic, parts->elems[i].partition, 0);
+            if (e != NULL)
+                give_up(e);
+        }
+        SL_INFO("kafka partitions revoked", "source=%s count=%d", s->conf->name, parts->cnt);
+        if (coop)
+            e2 = rd_kafka_incremental_unassign(rk, parts);
+        else
+            rd_kafka_assign(rk, NULL);
+    }
+    if (e2 != NULL) {
+        SL_WARN("kafka rebalance failed", "source=%s error=\"%s\"", s->conf->name,
+                rd_kafka_error_string(e2));
+        rd_kafka_error_destroy(e2);
+    }
+}
+
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    ksrc_t *s = opaque;
+    if (err == 0)
+        s->commits++;
+    if (err == 0 && s->brokers_down && s->state < SRC_STOPPING) {
+        s->brokers_down = 0;
+        SL_INFO("kafka brokers reachable again", "source=%s", s->conf->name);
+    } else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        s->commit_errors++;
+    if (s->state >= SRC_STOPPING || offsets == NULL)
+        return; /* leaving the group, on the thread pool: the partitions are gone */
+    for (int i = 0; i < offsets->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &offsets->elems[i];
+        kpe_t *e = p->err == 0 ? part_find(s, p->topic, p->partition, 0) : NULL;
+        if (e != NULL && p->offset > e->committed)
+            e->committed = p->offset;
+    }
+}
+
+/* librdkafka's own lines repeat for as long as a condition lasts (a broker down logs every
+ * reconnect): they are debug output. The state changes they describe are logged once by
+ * on_error_event and the rebalance callback. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    ksrc_t *s = rd_kafka_opaque(rk);
+    (void)level;
+    SL_DEBUG("kafka", "source=%s facility=%s text=\"%s\"", s ? s->conf->name : "?", fac, buf);
+}
+
+/* ---- metrics and status ----------------------------------------------------------------- */
+
+typedef struct out {
+    char *buf;
+    size_t len, cap;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap = 2 * o->cap + (size_t)(n > 0 ? n : 0);
+        o->buf = sl_realloc(o->buf, o->cap);
+    }
+}
+
+static const char *const state_names[] = {"starting", "running", "stopping", "closed"};
+static const char *const part_states[] = {"new", "assigned", "paused", "revoked"};
+
+static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
+{
+    return e->paused_ms + (e->paused_at_ms ? now - e->paused_at_ms : 0);
+}
+
+static char *render_metrics(size_t *len)
+{
+    out_t o = {sl_malloc(4096), 0, 4096};
+    uint64_t now = sl_now_ms();
+    put(&o, "# HELP sluice_kafka_messages_total Kafka records by what became of them.\n"
+            "# TYPE sluice_kafka_messages_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"published\"} %" PRIu64 "\n",
+            s->conf->name, s->published);
+        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"duplicate\"} %" PRIu64 "\n",
+            s->conf->name, s->duplicates);
+        for (int r = 0; r < REJ__COUNT; r++)
+            put(&o,
+                "sluice_kafka_messages_total{source=\"%s\",result=\"rejected\",reason=\"%s\"} "
+                "%" PRIu64 "\n",
+                s->conf->name, rej_names[r], s->rejected[r]);
+    }
+    put(&o, "# HELP sluice_kafka_partitions Partitions of a source by state.\n"
+            "# TYPE sluice_kafka_partitions gauge\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        uint64_t assigned = 0, paused = 0;
+        for (size_t j = 0; j < s->nparts; j++) {
+            assigned +=
+                s->parts[j]->kp.state == SL_KP_ACTIVE || s->parts[j]->kp.state == SL_KP_PAUSED;
+            paused += s->parts[j]->kp.state == SL_KP_PAUSED;
+        }
+        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"assigned\"} %" PRIu64 "\n",
+            s->conf->name, assigned);
+        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"paused\"} %" PRIu64 "\n",
+            s->conf->name, paused);
+    }
+    put(&o, "# HELP sluice_kafka_pauses_total Partition pauses, by reason.\n"
+            "# TYPE sluice_kafka_pauses_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (int r = 0; r < SL_KP_WHY__COUNT; r++)
+            put(&o, "sluice_kafka_pauses_total{source=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
+                ks.v[i]->conf->name, sl_kp_why_name((sl_kp_why_t)r), ks.v[i]->pauses[r]);
+    put(&o, "# HELP sluice_kafka_resumes_total Partition resumes.\n"
+            "# TYPE sluice_kafka_resumes_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->resumes);
+    put(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
+            "# TYPE sluice_kafka_paused_seconds_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        uint64_t ms = 0;
+        for (size_t j = 0; j < ks.v[i]->nparts; j++)
+            ms += paused_ms_of(ks.v[i]->parts[j], now);
+        put(&o, "sluice_kafka_paused_seconds_total{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
+            (double)ms / 1000.0);
+    }
+    put(&o, "# HELP sluice_kafka_rebalances_total Assignments and revocations served.\n"
+            "# TYPE sluice_kafka_rebalances_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_rebalances_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->rebalances);
+    put(&o, "# HELP sluice_kafka_commits_total Offset commits, by result.\n"
+            "# TYPE sluice_kafka_commits_total counter\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"ok\"} %" PRIu64 "\n",
+            ks.v[i]->conf->name, ks.v[i]->commits);
+        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
+            ks.v[i]->conf->name, ks.v[i]->commit_errors);
+    }
+    put(&o, "# HELP sluice_kafka_offset_gaps_total Records whose offset skipped past the head of "
+            "a topic holding messages (ids no longer offsets).\n"
+            "# TYPE sluice_kafka_offset_gaps_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_offset_gaps_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->offset_gaps);
+    put(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
+            "# TYPE sluice_kafka_stash_bytes gauge\n");
+    for (size_t i = 0; i < ks.n; i++) {
+        uint64_t b = 0;
+        for (size_t j = 0; j < ks.v[i]->nparts; j++)
+            b += ks.v[i]->parts[j]->kp.stash.data ? ks.v[i]->parts[j]->kp.stash.bytes : 0;
+        put(&o, "sluice_kafka_stash_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name, b);
+    }
+    put(&o, "# HELP sluice_kafka_prefetch_bytes librdkafka's prefetch, charged to the budget.\n"
+            "# TYPE sluice_kafka_prefetch_bytes gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_prefetch_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
+            ks.v[i]->prefetch_charge);
+    put(&o, "# HELP sluice_kafka_seconds_since_progress Since a record was last taken.\n"
+            "# TYPE sluice_kafka_seconds_since_progress gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        put(&o, "sluice_kafka_seconds_since_progress{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
+            ks.v[i]->last_progress_ms ? (double)(now - ks.v[i]->last_progress_ms) / 1000.0 : 0.0);
+    put(&o, "# HELP sluice_kafka_committed_offset The group's committed offset per partition.\n"
+            "# TYPE sluice_kafka_committed_offset gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (size_t j = 0; j < ks.v[i]->nparts; j++) {
+            kpe_t *e = ks.v[i]->parts[j];
+            put(&o,
+                "sluice_kafka_committed_offset{source=\"%s\",kafka_topic=\"%s\","
+                "partition=\"%d\"} %" PRId64 "\n",
+                ks.v[i]->conf->name, e->ktopic, (int)e->partition, e->committed);
+        }
+    *len = o.len;
+    return o.buf;
+}
+
+static char *render_sources(size_t *len)
+{
+    out_t o = {sl_malloc(1024), 0, 1024};
+    uint64_t now = sl_now_ms();
+    put(&o, "[");
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        put(&o,
+            "%s{\"name\":\"%s\",\"type\":\"kafka\",\"state\":\"%s\",\"cluster_id\":\"%s\","
+            "\"brokers_down\":%s,\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64
+            ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"partitions\":[",
+            i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
+            s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes,
+            s->commits);
+        for (size_t j = 0; j < s->nparts; j++) {
+            kpe_t *e = s->parts[j];
+            put(&o,
+                "%s{\"kafka_topic\":\"%s\",\"partition\":%d,\"state\":\"%s\","
+                "\"paused_reason\":%s%s%s,\"stored\":%" PRId64 ",\"committed\":%" PRId64
+                ",\"stash_bytes\":%zu,\"pauses\":%" PRIu64 ",\"resumes\":%" PRIu64
+                ",\"paused_ms\":%" PRIu64 "}",
+                j ? "," : "", e->ktopic, (int)e->partition, part_states[e->kp.state],
+                e->kp.state == SL_KP_PAUSED ? "\"" : "",
+                e->kp.state == SL_KP_PAUSED ? sl_kp_why_name(e->kp.why) : "null",
+                e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored, e->committed,
+                e->kp.stash.data ? e->kp.stash.bytes : 0, e->kp.pauses, e->kp.resumes,
+                paused_ms_of(e, now));
+        }
+        put(&o, "]}");
+    }
+    put(&o, "]");
+    *len = o.len;
+    return o.buf;
+}
+
+/* ---- starting ---------------------------------------------------------------------------- */
+
+static void cluster_id_work(uv_work_t *w)
+{
+    ksrc_t *s = w->data;
+    char *id = rd_kafka_clusterid(s->rk, 2000);
+    s->cluster_id[0] = '\0';
+    if (id != NULL) {
+        /* It names the id space and appears in JSON and logs: keep it to safe bytes. */
+        size_t n = 0;
+        for (const char *p = id; *p && n + 1 < sizeof(s->cluster_id); p++)
+            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                *p == '-' || *p == '_' || *p == '.')
+                s->cluster_id[n++] = *p;
+        s->cluster_id[n] = '\0';
+        rd_kafka_mem_free(s->rk, id);
+    }
+}
+
+static void stop_source(ksrc_t *s);
+
+static void cluster_id_done(uv_work_t *w, int status)
+{
+    ksrc_t *s = w->data;
+    s->work_busy = 0;
+    if (s->state == SRC_STOPPING) {
+        stop_source(s);
+        return;
+    }
+    if (status != 0 || s->cluster_id[0] == '\0') {
+        if (!s->brokers_down) {
+            s->brokers_down = 1;
+            SL_WARN("kafka cluster id unknown (brokers unreachable); retrying",
+                    "source=%s brokers=%s", s->conf->name, s->conf->brokers);
+        }
+        s->cluster_retry_at_ms = sl_now_ms() + CLUSTER_ID_RETRY_MS;
+        return;
+    }
+    s->brokers_down = 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->conf->ntopics);
+    for (size_t i = 0; i < s->conf->ntopics; i++)
+        rd_kafka_topic_partition_list_add(l, s->conf->topics[i], RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(s->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err != 0) {
+        SL_ERROR("kafka subscribe failed", "source=%s error=%s", s->conf->name,
+                 rd_kafka_err2str(err));
+        return;
+    }
+    s->state = SRC_RUNNING;
+    s->last_progress_ms = sl_now_ms();
+    SL_INFO("kafka source running", "source=%s cluster_id=%s", s->conf->name, s->cluster_id);
+}
+
+static void start_cluster_id(ksrc_t *s)
+{
+    s->work_busy = 1;
+    s->work.data = s;
+    uv_queue_work(ks.loop, &s->work, cluster_id_work, cluster_id_done);
+}
+
+static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t cap)
+{
+    return rd_kafka_conf_set(c, k, v, err, cap) == RD_KAFKA_CONF_OK ? 0 : -1;
+}
+
+/* The librdkafka configuration of a source: its pass-through properties, then what sluice
+ * manages. Returns NULL with err set. */
+static rd_kafka_conf_t *make_conf(const sl_source_conf_t *sc, const char *node, char *err,
+                                  size_t cap)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    char group[512], num[32];
+    sl_tmpl_vars_t v = {.node = node};
+    /* Defaults a production team expects, which the pass-through may override: a 3 s outage
+     * must not stall delivery for 6-11 s (the default backoff's cap is 10 s). */
+    if (conf_set(c, "reconnect.backoff.max.ms", "1000", err, cap) != 0 ||
+        conf_set(c, "log.queue", "true", err, cap) != 0)
+        goto out_conf;
+    for (size_t i = 0; i < sc->nprops; i++) {
+        if (conf_set(c, sc->props[2 * i], sc->props[2 * i + 1], err, cap) != 0)
+            goto out_conf;
+    }
+    if (sl_tmpl_render(sc->group, &v, group, sizeof(group)) <= 0) {
+        snprintf(err, cap, "group name too long");
+        goto out_conf;
+    }
+    if (conf_set(c, "bootstrap.servers", sc->brokers, err, cap) != 0 ||
+        conf_set(c, "group.id", group, err, cap) != 0 ||
+        conf_set(c, "enable.auto.offset.store", "false", err, cap) != 0 ||
+        conf_set(c, "enable.auto.commit", "true", err, cap) != 0 ||
+        conf_set(c, "auto.offset.reset", sc->start_latest ? "latest" : "earliest", err, cap) != 0 ||
+        conf_set(c, "partition.assignment.strategy", "cooperative-sticky", err, cap) != 0)
+        goto out_conf;
+    snprintf(num, sizeof(num), "%" PRIu64, sc->commit_interval_ms);
+    if (conf_set(c, "auto.commit.interval.ms", num, err, cap) != 0)
+        goto out_conf;
+    /* Prefetch: what librdkafka may hold per partition, and per fetch response. */
+    snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch >> 10);
+    if (conf_set(c, "queued.max.messages.kbytes", num, err, cap) != 0)
+        goto out_conf;
+    /* librdkafka wants a fetch to hold at least one message of message.max.bytes (1 MB by
+     * default): a smaller prefetch bounds the queue, not the single fetch. */
+    snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch > 1000000 ? sc->prefetch : 1000000);
+    if (conf_set(c, "fetch.max.bytes", num, err, cap) != 0)
+        goto out_conf;
+    snprintf(num, sizeof(num), "%" PRIu64,
+             sc->prefetch < (1u << 20) ? sc->prefetch : (uint64_t)(1u << 20));
+    if (conf_set(c, "max.partition.fetch.bytes", num, err, cap) != 0)
+        goto out_conf;
+    return c;
+out_conf:
+    rd_kafka_conf_destroy(c);
+    return NULL;
+}
+
+int sl_kafka_check_config(const sl_config_t *cfg, const char *path, FILE *errs)
+{
+    int n = 0;
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        char err[512] = "";
+        rd_kafka_conf_t *c = make_conf(&cfg->sources[i], cfg->node, err, sizeof(err));
+        if (c == NULL) {
+            n++;
+            if (errs != NULL)
+                fprintf(errs, "%s:%d: [source \"%s\"] %s\n", path ? path : "config",
+                        cfg->sources[i].line, cfg->sources[i].name, err);
+        } else {
+            rd_kafka_conf_destroy(c);
+        }
+    }
+    return n;
+}
+
+static int start_source(ksrc_t *s)
+{
+    char err[512];
+    rd_kafka_conf_t *c = make_conf(s->conf, ks.cfg->node, err, sizeof(err));
+    if (c == NULL)
+        goto out_log;
+    rd_kafka_conf_set_opaque(c, s);
+    rd_kafka_conf_set_rebalance_cb(c, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(c, on_commit);
+    rd_kafka_conf_set_log_cb(c, on_log);
+    if ((s->rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof(err))) == NULL) {
+        rd_kafka_conf_destroy(c);
+        goto out_log;
+    }
+    rd_kafka_poll_set_consumer(s->rk);
+    rd_kafka_set_log_queue(s->rk, NULL);
+    s->q = rd_kafka_queue_get_consumer(s->rk);
+    if (pipe(s->pipefd) != 0 || fcntl(s->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(s->pipefd[1], F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(s->pipefd[0], F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(s->pipefd[1], F_SETFD, FD_CLOEXEC) != 0) {
+        snprintf(err, sizeof(err), "pipe: %s", strerror(errno));
+        goto out_rk;
+    }
+    rd_kafka_queue_io_event_enable(s->q, s->pipefd[1], "1", 1);
+    uv_poll_init(ks.loop, &s->poll, s->pipefd[0]);
+    uv_idle_init(ks.loop, &s->idle);
+    uv_timer_init(ks.loop, &s->tick);
+    s->poll.data = s->idle.data = s->tick.data = s;
+    s->handles_open = 3;
+    uv_poll_start(&s->poll, UV_READABLE, on_readable);
+    uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
+    /* librdkafka's prefetch is memory the load makes grow: it is charged up front. */
+    s->prefetch_charge = s->conf->prefetch;
+    sl_budget_charge(s->prefetch_charge);
+    start_cluster_id(s);
+    SL_INFO("kafka source starting", "source=%s brokers=%s", s->conf->name, s->conf->brokers);
+    return 0;
+out_rk:
+    rd_kafka_queue_destroy(s->q);
+    rd_kafka_destroy(s->rk);
+    s->rk = NULL;
+    s->q = NULL;
+out_log:
+    SL_ERROR("kafka source cannot start", "source=%s error=\"%s\"", s->conf->name, err);
+    return SL_EINVAL;
+}
+
+int sl_kafka_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, void (*kick)(void *arg),
+                   void *kick_arg)
+{
+    ks.loop = loop;
+    ks.hub = hub;
+    ks.cfg = cfg;
+    ks.kick = kick;
+    ks.kick_arg = kick_arg;
+    ks.stopping = 0;
+    if (cfg->nsources == 0)
+        return 0;
+    sl_metrics_set_sources(render_metrics, render_sources);
+    ks.v = sl_calloc(cfg->nsources, sizeof(*ks.v));
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        ksrc_t *s = sl_calloc(1, sizeof(*s));
+        s->conf = &cfg->sources[i];
+        s->pipefd[0] = s->pipefd[1] = -1;
+        ks.v[ks.n++] = s;
+        if (start_source(s) != 0) {
+            s->state = SRC_CLOSED;
+            return SL_EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* ---- stopping ---------------------------------------------------------------------------- */
+
+/* Frees what a closed source still holds (its struct stays until sl_kafka_dispose). */
+static void free_source(ksrc_t *s)
+{
+    for (size_t i = 0; i < s->nparts; i++) {
+        free(s->parts[i]->ktopic);
+        free(s->parts[i]);
+    }
+    free(s->parts);
+    s->parts = NULL;
+    s->nparts = 0;
+    if (s->pipefd[0] >= 0)
+        close(s->pipefd[0]);
+    if (s->pipefd[1] >= 0)
+        close(s->pipefd[1]);
+    s->pipefd[0] = s->pipefd[1] = -1;
+    s->state = SRC_CLOSED;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    ksrc_t *s = h->data;
+    if (--s->handles_open == 0)
+        free_source(s);
+}
+
+static void close_work(uv_work_t *w)
+{
+    ksrc_t *s = w->data;
+    /* Leaves the group, which revokes (unassigning only, now) and commits what was stored.
+     * That waits on the network, hence the thread pool, and for no longer than the drain
+     * deadline: with the brokers down, a shutdown must still end. */
+    uint64_t limit = ks.cfg->shutdown_drain_ms < 1000 ? 1000 : ks.cfg->shutdown_drain_ms;
+    uint64_t deadline = sl_now_ms() + (limit > 10000 ? 10000 : limit);
+    rd_kafka_queue_t *cq = rd_kafka_queue_new(s->rk);
+    /* With the brokers known to be down, a close would only wait for its timeouts. */
+    rd_kafka_error_t *err = s->brokers_down
+                                ? rd_kafka_error_new(RD_KAFKA_RESP_ERR__TRANSPORT, "down")
+                                : rd_kafka_consumer_close_queue(s->rk, cq);
+    if (err != NULL)
+        rd_kafka_error_destroy(err);
+    while (err == NULL && !rd_kafka_consumer_closed(s->rk) && sl_now_ms() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(cq, 100);
+        if (ev == NULL)
+            continue;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+            rd_kafka_topic_partition_list_t *l = rd_kafka_event_topic_partition_list(ev);
+            if (strcmp(rd_kafka_rebalance_protocol(s->rk), "COOPERATIVE") == 0) {
+                rd_kafka_error_t *e2 =
+                    rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+                        ? rd_kafka_incremental_assign(s->rk, l)
+                        : rd_kafka_incremental_unassign(s->rk, l);
+                if (e2 != NULL)
+                    rd_kafka_error_destroy(e2);
+            } else {
+                rd_kafka_assign(s->rk, NULL);
+            }
+        }
+        rd_kafka_event_destroy(ev);
+    }
+    int closed = rd_kafka_consumer_closed(s->rk);
+    rd_kafka_queue_destroy(cq);
+    rd_kafka_queue_destroy(s->q);
+    rd_kafka_destroy_flags(s->rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    s->closed_cleanly = closed;
+}
+
+static void close_done(uv_work_t *w, int status)
+{
+    (void)status;
+    ksrc_t *s = w->data;
+    s->rk = NULL;
+    s->q = NULL;
+    if (s->closed_cleanly)
+        SL_INFO("kafka source stopped", "source=%s published=%" PRIu64 " commits=%" PRIu64,
+                s->conf->name, s->published, s->commits);
+    else
+        SL_WARN("kafka source stopped without leaving its group (brokers unreachable): the "
+                "last offsets may not be committed; records after them are delivered again "
+                "and dropped as duplicates",
+                "source=%s published=%" PRIu64, s->conf->name, s->published);
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&s->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+}
+
+static void stop_source(ksrc_t *s)
+{
+    if (s->work_busy)
+        return; /* cluster_id_done comes back here */
+    uv_poll_stop(&s->poll);
+    uv_idle_stop(&s->idle);
+    uv_timer_stop(&s->tick);
+    rd_kafka_queue_io_event_enable(s->q, -1, NULL, 0);
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (e->kp.npend > 0)
+            sl_kp_durable(&e->kp, is_durable, NULL);
+        if (e->kp.store_dirty)
+            s->store_dirty = 1;
+    }
+    store_offsets(s);
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (sl_ll_waiting(&e->w))
+            sl_ll_unwait(&e->w);
+        sl_kp_stash_t back;
+        sl_kp_revoke(&e->kp, &back);
+        stash_free(&back);
+    }
+    sl_budget_release(s->prefetch_charge);
+    s->prefetch_charge = 0;
+    s->work_busy = 1;
+    s->work.data = s;
+    uv_queue_work(ks.loop, &s->work, close_work, close_done);
+}
+
+void sl_kafka_dispose(void)
+{
+    for (size_t i = 0; i < ks.n; i++) {
+        if (ks.v[i]->state != SRC_CLOSED || ks.v[i]->parts != NULL)
+            free_source(ks.v[i]);
+        free(ks.v[i]);
+    }
+    free(ks.v);
+    ks.v = NULL;
+    ks.n = 0;
+}
+
+void sl_kafka_stop(void)
+{
+    if (ks.stopping)
+        return;
+    ks.stopping = 1;
+    for (size_t i = 0; i < ks.n; i++) {
+        ksrc_t *s = ks.v[i];
+        if (s->state >= SRC_STOPPING || s->rk == NULL)
+            continue;
+        s->state = SRC_STOPPING;
+        stop_source(s);
+    }
+}
