@@ -55,7 +55,7 @@
  * small inputs can fill it. */
 #define FUZZ_BUDGET (256u << 10)
 /* The longest the driver waits for the loop to settle or end before it calls it a hang. */
-#define SETTLE_LIMIT_MS 2000
+#define SETTLE_LIMIT_MS 10000
 #define END_LIMIT_MS 5000
 #define MAX_PIECES 256
 /* Clients' receive buffers are small so that a client that stops reading stalls the server's
