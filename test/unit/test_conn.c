@@ -357,6 +357,8 @@ static void test_parked_publish_then_peer_leaves(void **state)
     assert_non_null(strstr(ans, "200 OK"));
     sl_conn_t *c = newest_conn();
     assert_non_null(c);
+    for (int i = 0; i < 1000 && !c->parked; i++)
+        settle();
     assert_true(c->parked);
     send_all(pub, "GE", 2); /* held: read into the stash, not handled */
     for (int i = 0; i < 1000 && c->stash_len < 2; i++)
