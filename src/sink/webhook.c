@@ -29,6 +29,7 @@
 #include "store/lossless.h"
 #include "sink/batch.h"
 #include "sink/breaker.h"
+#include "sink/file.h"
 #include "sink/policy.h"
 #include "sink/sign.h"
 
@@ -106,6 +107,16 @@ struct stream {
     uint64_t gap_from, gap_to, gap_missed;
     unsigned attempt;
     req_t *req;
+    /* type = file: the writer and the job on the thread pool (one at a time). */
+    sl_fwriter_t *fw;
+    uv_work_t work;
+    int job_rc;
+    sl_bbuf_t fbody;
+    size_t *fends;   /* batch_max_messages + 1 */
+    uint64_t *fseqs; /* batch_max_messages + 1 */
+    uint32_t fn;
+    int fgap;
+    uint64_t job_now;
 };
 
 struct sink {
@@ -144,7 +155,9 @@ struct sl_sinks {
     sock_t **byfd;
     size_t nbyfd;
     int stopping, finished;
-    int handles; /* open handles of ours (streams' timers, polls, the rest) */
+    uint64_t jobs;      /* file jobs on the thread pool: finish() waits for them */
+    int finish_pending; /* finish() was asked for while jobs ran */
+    int handles;        /* open handles of ours (streams' timers, polls, the rest) */
 };
 
 static void try_send(stream_t *st);
@@ -695,6 +708,123 @@ static void request_done(stream_t *st, CURLcode res)
     wake_list(&s->wait_slot);
 }
 
+/* ---- file sinks: a write on the thread pool ---------------------------------------- */
+
+static void file_work(uv_work_t *w)
+{
+    stream_t *st = w->data;
+    sl_fjob_t j = {.buf = st->fbody.p,
+                   .ends = st->fends,
+                   .seqs = st->fseqs,
+                   .n = st->fn,
+                   .has_gap = st->fgap,
+                   .epoch = st->topic->epoch_hex,
+                   .now_ms = st->job_now};
+    st->job_rc = sl_fwriter_write(st->fw, &j);
+}
+
+static void file_done(uv_work_t *w, int status)
+{
+    stream_t *st = w->data;
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    int rc = status < 0 ? status : st->job_rc;
+    sl_bbuf_free(&st->fbody);
+    s->jobs--;
+    k->inflight--;
+    if (rc == 0) {
+        if (st->fw->truncated_tail)
+            SL_WARN("file sink: a torn record was cut off the newest file", "sink=%s topic=%s",
+                    c->name, st->topic->name);
+        if (st->fw->skipped > 0)
+            SL_INFO("file sink: records already in the file were not written again",
+                    "sink=%s topic=%s skipped=%" PRIu32, c->name, st->topic->name, st->fw->skipped);
+        if (st->attempt > 0)
+            SL_INFO("file sink writing again", "sink=%s topic=%s attempts=%u", c->name,
+                    st->topic->name, st->attempt + 1);
+        k->requests_ok++;
+        passed(st, st->send_n, 1);
+        if (s->stopping)
+            st->state = ST_IDLE;
+        else
+            to_idle(st);
+    } else if (s->stopping) {
+        /* Not acknowledged: written again after a restart, never twice (the index). */
+        k->requests_failed++;
+        st->state = ST_IDLE;
+    } else {
+        k->requests_failed++;
+        k->retries++;
+        if (st->attempt == 0)
+            SL_ERROR("file sink cannot write, retrying with backoff",
+                     "sink=%s topic=%s op=%s error=%s", c->name, st->topic->name, st->fw->what,
+                     uv_strerror(rc));
+        st->attempt++;
+        backoff(st,
+                sl_backoff_ms(c->retry_initial_ms, c->retry_max_ms, st->attempt, sl_random64()));
+    }
+    if (s->stopping) {
+        if (s->jobs == 0 && (s->finish_pending || s->inflight == 0))
+            finish(s);
+        return;
+    }
+    wake_list(&s->wait_slot);
+}
+
+/* Builds the batch's records (on the loop: the budget is not shared with the pool) and queues
+ * the write. */
+static void start_write(stream_t *st)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    sl_topic_t *t = st->topic;
+    sl_bbuf_t *b = &st->fbody;
+    uint32_t n = 0;
+    b->len = 0;
+    st->fgap = 0;
+    if (st->gap && c->format != SL_FMT_RAW) {
+        /* Raw files hold payloads only: a gap there is counted and logged, not written. */
+        sl_batch_add_gap(b, SL_FMT_NDJSON, 0, t->name, t->name_len, t->epoch_hex, st->gap_from,
+                         st->gap_to, st->gap_missed);
+        st->fends[n] = b->len;
+        st->fseqs[n++] = 0;
+        st->fgap = 1;
+    }
+    for (uint32_t i = 0; i < st->send_n; i++) {
+        sl_msg_t *m = st->msgs[i];
+        if (c->format == SL_FMT_RAW) {
+            sl_bbuf_put(b, m->payload, m->payload_len);
+            sl_bbuf_put(b, "\n", 1);
+        } else {
+            sl_batch_add(b, SL_FMT_NDJSON, n, t->name, t->name_len, t->epoch_hex, m->seq, m->event,
+                         m->payload, m->payload_len);
+        }
+        st->fends[n] = b->len;
+        st->fseqs[n++] = m->seq;
+    }
+    st->fn = n;
+    if (n == 0) {
+        /* A gap alone on a raw file: nothing to write. */
+        sl_bbuf_free(b);
+        if (st->gap)
+            SL_WARN("file sink: messages missed (gap)", "sink=%s topic=%s missed=%" PRIu64, c->name,
+                    t->name, st->gap_missed);
+        passed(st, 0, 1);
+        to_idle(st);
+        return;
+    }
+    st->job_now = sl_now_ms();
+    st->state = ST_SENDING;
+    st->work.data = st;
+    s->jobs++;
+    k->inflight++;
+    int rc = uv_queue_work(s->loop, &st->work, file_work, file_done);
+    if (rc != 0)
+        file_done(&st->work, rc);
+}
+
 static void check_done(sl_sinks_t *s)
 {
     CURLMsg *msg;
@@ -707,7 +837,7 @@ static void check_done(sl_sinks_t *s)
         CURLcode res = msg->data.result;
         request_done(rq->st, res);
     }
-    if (s->stopping && s->inflight == 0)
+    if (s->stopping && s->inflight == 0 && s->jobs == 0)
         finish(s);
 }
 
@@ -721,6 +851,19 @@ static void try_send(stream_t *st)
     if (s->stopping || k->disabled) {
         if (k->disabled && st->state != ST_STOPPED)
             stop_stream(st, "sink disabled");
+        return;
+    }
+    if (k->conf->type == SL_SINK_FILE) {
+        if (k->inflight >= k->conf->workers) {
+            st->state = ST_WAIT_SLOT;
+            sl_list_insert_tail(&s->wait_slot, &st->wait_link);
+            return;
+        }
+        if (st->send_n == 0 && !st->gap) {
+            to_idle(st);
+            return;
+        }
+        start_write(st);
         return;
     }
     if (st->brk == NULL) {
@@ -838,7 +981,8 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
     char url[URL_MAX];
-    if (sl_url_expand(c->url, t->name, t->name_len, c->name, url, sizeof(url)) < 0) {
+    if (c->type == SL_SINK_WEBHOOK &&
+        sl_url_expand(c->url, t->name, t->name_len, c->name, url, sizeof(url)) < 0) {
         SL_ERROR("sink url too long for topic", "sink=%s topic=%s", c->name, t->name);
         return;
     }
@@ -846,9 +990,17 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     st->sink = k;
     st->topic = t;
     st->sub.ops = &stream_ops;
-    st->url = sl_strdup(url);
-    int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
-    st->origin_len = ol > 0 ? (size_t)ol : 0;
+    if (c->type == SL_SINK_WEBHOOK) {
+        st->url = sl_strdup(url);
+        int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
+        st->origin_len = ol > 0 ? (size_t)ol : 0;
+    } else {
+        st->fw = sl_fwriter_new(c->directory, t->name, t->name_len,
+                                c->format == SL_FMT_RAW ? "raw" : "jsonl", c->fsync_mode,
+                                c->rotate_bytes, c->rotate_interval_ms);
+        st->fends = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fends));
+        st->fseqs = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fseqs));
+    }
     st->msgs = sl_balloc(c->batch_max_messages * sizeof(*st->msgs));
     sl_list_init(&st->wait_link);
     sl_start_t start = {.kind = c->start_oldest ? SL_START_OLDEST : SL_START_NEW};
@@ -887,7 +1039,7 @@ static void on_topic(void *arg, sl_topic_t *t)
         return;
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
-        if (k->conf->type == SL_SINK_WEBHOOK && sl_sinkconf_matches(k->conf, t->name))
+        if (sl_sinkconf_matches(k->conf, t->name))
             stream_new(k, t);
     }
 }
@@ -1028,6 +1180,12 @@ static void on_stream_timer_closed(uv_handle_t *h)
     sl_sinks_t *s = st->sink->all;
     s->handles--;
     free(st->url);
+    if (st->fw != NULL) {
+        /* Closing may fsync (fsync = batch or rotate): shutdown only, after the last job. */
+        sl_fwriter_free(st->fw);
+        sl_bfree(st->fends, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fends));
+        sl_bfree(st->fseqs, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fseqs));
+    }
     sl_bfree(st->msgs, st->sink->conf->batch_max_messages * sizeof(*st->msgs));
     sl_bfree(st, sizeof(*st));
 }
@@ -1038,6 +1196,11 @@ static void finish(sl_sinks_t *s)
 {
     if (s->finished)
         return;
+    if (s->jobs > 0) {
+        /* A write on the thread pool cannot be cancelled: the last one to end finishes. */
+        s->finish_pending = 1;
+        return;
+    }
     s->finished = 1;
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
@@ -1092,7 +1255,7 @@ void sl_sinks_stop(sl_sinks_t *s, int now)
         }
         uv_timer_stop(&s->sweep_timer);
     }
-    if (now || s->inflight == 0) {
+    if (now || (s->inflight == 0 && s->jobs == 0)) {
         finish(s);
         return;
     }
