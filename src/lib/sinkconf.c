@@ -356,10 +356,6 @@ int sl_sinkconf_check(const sl_sinks_conf_t *s,
             if (c->url != NULL)
                 BAD("[sink \"%s\"]: url is for type = webhook", c->name);
         }
-        if (c->skip_on_backlog)
-            BAD("[sink \"%s\"]: on_max_backlog = skip is not available in this version "
-                "(sinks always block: publishers get pushback)",
-                c->name);
         if (c->topics == NULL)
             BAD("[sink \"%s\"]: topics is required", c->name);
         if (c->type == SL_SINK_WEBHOOK) {

@@ -1026,6 +1026,7 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     sl_sub_start(s->hub, &st->sub, &t, &start, 1);
     if (cu != NULL) {
         st->cursor = cu;
+        cu->yields = c->skip_on_backlog;
         st->sub.readers[0].cursor = cu;
         sl_ll_cursor_use(cu, 1);
     }

@@ -350,3 +350,56 @@ def test_metrics_series_by_sink_name(sluice_factory, tmp_path, receiver):
         m.v('sluice_sink_breakers{state="open"}') <= 1
     text = srv.get("/metrics").body.decode()
     assert "secret-path-x" not in text and "127.0.0.1:%d" % receiver.port not in text
+
+
+QUOTA = {"t/*": {"durability": "lossless", "segment_bytes": "4KiB", "disk_quota": "32KiB"}}
+
+
+def fill_until_refused(srv, topic, limit=400):
+    """Publishes 1 KiB messages until the log pushes back (429); returns those accepted."""
+    sent = []
+    for i in range(limit):
+        r = srv.post(f"/topics/{topic}", f"p{i}:" + "x" * 1000)
+        if r.status == 429:
+            return sent
+        assert r.status == 202, r.status
+        sent.append(f"p{i}:" + "x" * 1000)
+    return sent
+
+
+def test_lossless_pushback_then_resume(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), breaker_failures=1000)},
+                topics=QUOTA, server={"max_publish_wait": "50ms"})
+    sent = fill_until_refused(srv, "t/a")
+    # The endpoint is down and the sink holds the log: publishers are pushed back.
+    assert 0 < len(sent) < 400, len(sent)
+    assert len(receiver.ok()) == 0
+    receiver.set("ok")
+    assert receiver.wait(lambda r: r.delivered_payloads() == sent, timeout=20)
+    # Room again once the sink caught up: publishing resumes, nothing was skipped.
+    assert srv.wait_metric('sluice_sink_backlog_messages{sink="s"}', lambda v: v == 0)
+    srv.publish("t/a", "after")
+    assert receiver.wait(lambda r: r.delivered_payloads() == sent + ["after"])
+    assert srv.metrics().v('sluice_sink_gap_messages_total{sink="s"}') == 0
+
+
+def test_skip_on_max_backlog_never_blocks_publishers(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), breaker_failures=1000, on_max_backlog="skip")},
+        topics={"t/*": dict(QUOTA["t/*"], max_messages="8")}, server={"max_publish_wait": "50ms"})
+    sent = [f"p{i}:" + "x" * 1000 for i in range(200)]  # six times the quota
+    for p in sent:
+        srv.publish("t/a", p)  # never a 429
+    receiver.set("ok")
+    srv.publish("t/a", "last")
+    assert receiver.wait(lambda r: "last" in r.delivered_payloads(), timeout=20)
+    got = receiver.delivered_payloads()
+    m = srv.wait_metric('sluice_sink_backlog_messages{sink="s"}', lambda v: v == 0)
+    missed = m.v('sluice_sink_gap_messages_total{sink="s"}')
+    # Losses are counted gaps only: what arrived is in order, and the rest is the gap count.
+    assert missed > 0 and len(got) + missed == len(sent) + 1, (len(got), missed)
+    assert got == [p for p in sent + ["last"] if p in set(got)]
+    gaps = [e for d in receiver.ok() for e in d.envelopes() if e.get("sluice") == "gap"]
+    assert sum(g["missed"] for g in gaps) == missed

@@ -103,7 +103,7 @@ static void test_errors(void **state)
         {"[sink \"ok\"]\nfsync = sometimes\n", "invalid value 'sometimes' for fsync"},
         {"[sink \"ok\"]\nworkers = 0\n", "out of range"},
         {"[sink \"ok\"]\nrotate_bytes = 1\n", "out of range"},
-        {"[sink \"ok\"]\non_max_backlog = skip\n", "on_max_backlog = skip is not available"},
+        {"[sink \"ok\"]\non_max_backlog = later\n", "invalid value 'later' for on_max_backlog"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char errs[2048];
