@@ -54,6 +54,10 @@
  * connection is dropped (a receiver that answers and then hangs must not cost a retry). */
 #define BODY_GRACE_MS 1000
 #define SWEEP_MS 1000
+/* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
+static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
+                                         500, 1000, 2500, 5000, 10000, 30000};
+#define NDUR (sizeof(dur_bounds_ms) / sizeof(dur_bounds_ms[0]))
 
 enum {
     ST_IDLE = 0,
@@ -77,6 +81,7 @@ typedef struct req {
     struct curl_slist *hdrs;
     int got_2xx;
     int refused_private;
+    uint64_t started_ms;
     uint64_t headers_at;
     char answer[ANSWER_MAX];
     size_t alen;
@@ -131,6 +136,8 @@ struct sink {
     /* Counters (logged at stop; labels would be sink names, never URLs). */
     uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
         gap_messages, stopped_streams;
+    /* Request (or file write) durations: cumulative buckets as Prometheus wants them. */
+    uint64_t dur_le[NDUR + 1], dur_count, dur_sum_ms;
 };
 
 typedef struct sock {
@@ -443,6 +450,7 @@ static void start_request(stream_t *st)
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    rq->started_ms = sl_now_ms();
     st->req = rq;
     st->state = ST_SENDING;
     s->inflight++;
@@ -604,6 +612,16 @@ static void backoff(stream_t *st, uint64_t delay)
     uv_timer_start(&st->timer, on_stream_timer, delay ? delay : 1, 0);
 }
 
+static void observe_duration(sink_t *k, uint64_t ms)
+{
+    for (size_t i = 0; i < NDUR; i++)
+        if (ms <= dur_bounds_ms[i])
+            k->dur_le[i]++;
+    k->dur_le[NDUR]++;
+    k->dur_count++;
+    k->dur_sum_ms += ms;
+}
+
 static void request_done(stream_t *st, CURLcode res)
 {
     req_t *rq = st->req;
@@ -615,6 +633,7 @@ static void request_done(stream_t *st, CURLcode res)
         curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
     sl_status_class_t cls = sl_status_class(status);
     uint64_t now = sl_now_ms();
+    observe_duration(k, now - rq->started_ms);
     sl_breaker_state_t before = st->brk->b.state;
     sl_breaker_report(&st->brk->b, &s->breg.conf, cls != SL_STATUS_RETRY, now);
     /* A probe that closed its breaker frees the streams that waited on it (they re-check). */
@@ -731,6 +750,7 @@ static void file_done(uv_work_t *w, int status)
     const sl_sink_conf_t *c = k->conf;
     int rc = status < 0 ? status : st->job_rc;
     sl_bbuf_free(&st->fbody);
+    observe_duration(k, sl_now_ms() - st->job_now);
     s->jobs--;
     k->inflight--;
     if (rc == 0) {
@@ -1047,6 +1067,27 @@ static void on_topic(void *arg, sl_topic_t *t)
 
 /* ---- metrics -------------------------------------------------------------------------- */
 
+/* The age of a sink's oldest unacknowledged message: a held batch's first message, else the
+ * next one owed if the ring still has it (a message only on disk counts once read back). */
+static uint64_t oldest_unacked_ms(sink_t *k)
+{
+    uint64_t now = sl_now_ms(), oldest = 0;
+    sl_list_t *it;
+    sl_list_each(it, &k->streams)
+    {
+        stream_t *st = sl_container_of(it, stream_t, link);
+        const sl_reader_t *r = &st->sub.readers[0];
+        const sl_msg_t *m = NULL;
+        if (st->nmsgs > 0)
+            m = st->msgs[0];
+        else if (r->next <= st->topic->head_seq)
+            m = sl_topic_get(st->topic, r->next);
+        if (m != NULL && now > m->ts_ms && now - m->ts_ms > oldest)
+            oldest = now - m->ts_ms;
+    }
+    return oldest;
+}
+
 /* The sinks' series for /metrics. Labels are sink names (never URLs) and fixed words. */
 static char *render_metrics(void *arg, size_t *len)
 {
@@ -1071,6 +1112,10 @@ static char *render_metrics(void *arg, size_t *len)
         {"sluice_sink_gap_messages_total", "counter", "Messages a lossy stream missed."},
         {"sluice_sink_streams_stopped", "gauge", "Streams stopped (poison, 410)."},
         {"sluice_sink_disabled", "gauge", "1 when the sink got 410 Gone."},
+        {"sluice_sink_oldest_unacked_seconds", "gauge",
+         "Age of the oldest message not yet acknowledged (held or in the ring)."},
+        {"sluice_sink_request_duration_seconds", "histogram",
+         "Duration of sink requests (webhook) and writes (file), whatever their outcome."},
     };
     for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++) {
         LINE("# HELP %s %s\n# TYPE %s %s\n", series[i].name, series[i].help, series[i].name,
@@ -1122,6 +1167,20 @@ static char *render_metrics(void *arg, size_t *len)
                 break;
             case 8:
                 LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
+                break;
+            case 9:
+                LINE("%s{sink=\"%s\"} %.3f\n", series[i].name, nm,
+                     (double)oldest_unacked_ms(k) / 1000.0);
+                break;
+            case 10:
+                for (size_t d = 0; d < NDUR; d++)
+                    LINE("%s_bucket{le=\"%.3f\",sink=\"%s\"} %" PRIu64 "\n", series[i].name,
+                         (double)dur_bounds_ms[d] / 1000.0, nm, k->dur_le[d]);
+                LINE("%s_bucket{le=\"+Inf\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->dur_le[NDUR]);
+                LINE("%s_sum{sink=\"%s\"} %.3f\n", series[i].name, nm,
+                     (double)k->dur_sum_ms / 1000.0);
+                LINE("%s_count{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->dur_count);
                 break;
             }
         }

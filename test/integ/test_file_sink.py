@@ -159,10 +159,14 @@ def test_unwritable_directory_recovers(sluice_factory, tmp_path):
     m = srv.wait_metric('sluice_sink_retries_total{sink="f"}', lambda v: v >= 3)
     assert m.v('sluice_sink_backlog_messages{sink="f"}') == 3
     assert m.v('sluice_sink_requests_total{outcome="failed",sink="f"}') >= 3
+    # The held messages age while the directory cannot be written.
+    assert srv.wait_metric('sluice_sink_oldest_unacked_seconds{sink="f"}', lambda v: v > 0)
+    assert m.v('sluice_sink_request_duration_seconds_count{sink="f"}') >= 3
     assert "file sink cannot write" in srv.logs()
     blocker.unlink()
     assert wait_for(lambda: payloads(out, "t/a") == ["a", "b", "c"])
     srv.publish("t/a", "d")
     assert wait_for(lambda: payloads(out, "t/a") == ["a", "b", "c", "d"])
-    assert srv.wait_metric('sluice_sink_backlog_messages{sink="f"}', lambda v: v == 0)
+    m = srv.wait_metric('sluice_sink_backlog_messages{sink="f"}', lambda v: v == 0)
+    assert m.v('sluice_sink_oldest_unacked_seconds{sink="f"}') == 0
     assert "file sink writing again" in srv.logs()

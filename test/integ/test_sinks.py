@@ -346,6 +346,11 @@ def test_metrics_series_by_sink_name(sluice_factory, tmp_path, receiver):
     assert m.v('sluice_sink_requests_total{outcome="rejected",sink="m1"}') >= 1
     assert m.v('sluice_sink_in_flight{sink="m1"}') == 0
     assert m.v('sluice_sink_backlog_messages{sink="m1"}') == 0
+    assert m.v('sluice_sink_oldest_unacked_seconds{sink="m1"}') == 0
+    count = m.v('sluice_sink_request_duration_seconds_count{sink="m1"}')
+    assert count >= 3  # the batch was split: several requests
+    assert m.v('sluice_sink_request_duration_seconds_bucket{le="+Inf",sink="m1"}') == count
+    assert m.v('sluice_sink_request_duration_seconds_bucket{le="30.000",sink="m1"}') <= count
     assert m.v('sluice_sink_breakers{state="closed"}') + \
         m.v('sluice_sink_breakers{state="open"}') <= 1
     text = srv.get("/metrics").body.decode()
