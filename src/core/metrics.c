@@ -81,6 +81,20 @@ void sl_metrics_set_extra(char *(*render)(void *arg, size_t *len), void *arg)
     extra_arg = arg;
 }
 
+static char *(*sinks_render)(void *arg, size_t *len);
+static void *sinks_arg;
+
+void sl_metrics_set_sinks_json(char *(*render)(void *arg, size_t *len), void *arg)
+{
+    sinks_render = render;
+    sinks_arg = arg;
+}
+
+char *sl_metrics_sinks_json(size_t *len)
+{
+    return sinks_render != NULL ? sinks_render(sinks_arg, len) : NULL;
+}
+
 static uint64_t resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");

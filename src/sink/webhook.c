@@ -1067,6 +1067,103 @@ static void on_topic(void *arg, sl_topic_t *t)
 
 /* ---- metrics -------------------------------------------------------------------------- */
 
+/* A stream's backlog: messages not yet acknowledged (held, or owed from the ring or the disk),
+ * and the payload bytes of those in memory (held or in the ring; the disk's are not read). */
+static void stream_backlog(const stream_t *st, uint64_t *msgs, uint64_t *bytes)
+{
+    const sl_reader_t *r = &st->sub.readers[0];
+    *msgs = st->nmsgs;
+    *bytes = 0;
+    for (uint32_t i = 0; i < st->nmsgs; i++)
+        *bytes += st->msgs[i]->payload_len;
+    for (uint64_t q = r->next; q <= st->topic->head_seq; q++) {
+        (*msgs)++;
+        const sl_msg_t *m = sl_topic_get(st->topic, q);
+        if (m != NULL)
+            *bytes += m->payload_len;
+    }
+}
+
+static const char *const state_names[] = {
+    [ST_IDLE] = "idle",
+    [ST_LINGER] = "linger",
+    [ST_WAIT_BREG] = "wait_registry",
+    [ST_WAIT_SLOT] = "wait_slot",
+    [ST_WAIT_BREAKER] = "wait_breaker",
+    [ST_SENDING] = "sending",
+    [ST_BACKOFF] = "backoff",
+    [ST_STOPPED] = "stopped",
+};
+
+/* The stream's oldest unacknowledged message's age (ms), 0 when none is known. */
+static uint64_t stream_oldest_ms(const stream_t *st, uint64_t now)
+{
+    const sl_reader_t *r = &st->sub.readers[0];
+    const sl_msg_t *m = NULL;
+    if (st->nmsgs > 0)
+        m = st->msgs[0];
+    else if (r->next <= st->topic->head_seq)
+        m = sl_topic_get(st->topic, r->next);
+    return m != NULL && now > m->ts_ms ? now - m->ts_ms : 0;
+}
+
+/* GET /sinks: every sink and every stream, by name (never a URL). */
+static char *render_json(void *arg, size_t *len)
+{
+    sl_sinks_t *s = arg;
+    sl_bbuf_t b = {0};
+    char line[512];
+    uint64_t now = sl_now_ms();
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int n_ = snprintf(line, sizeof(line), __VA_ARGS__);                                        \
+        if (n_ > 0)                                                                                \
+            sl_bbuf_put(&b, line, (size_t)n_ < sizeof(line) ? (size_t)n_ : sizeof(line) - 1);      \
+    } while (0)
+    PUT("{\"sinks\":[");
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        PUT("%s{\"name\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"in_flight\":%" PRIu64
+            ",\"delivered\":%" PRIu64 ",\"streams\":[",
+            i ? "," : "", k->conf->name, k->conf->type == SL_SINK_FILE ? "file" : "webhook",
+            k->disabled   ? "disabled"
+            : s->stopping ? "stopping"
+                          : "running",
+            k->inflight, k->delivered);
+        int first = 1;
+        sl_list_t *it;
+        sl_list_each(it, &k->streams)
+        {
+            stream_t *st = sl_container_of(it, stream_t, link);
+            uint64_t msgs, bytes;
+            stream_backlog(st, &msgs, &bytes);
+            const char *brk = "null";
+            if (st->brk != NULL)
+                brk = sl_breaker_state_name(st->brk->b.state);
+            else if (k->conf->type == SL_SINK_WEBHOOK) {
+                const sl_breg_entry_t *e = sl_breg_find(&s->breg, st->origin, st->origin_len);
+                brk = e != NULL ? sl_breaker_state_name(e->b.state) : "none";
+            }
+            sl_bbuf_put(&b, first ? "" : ",", first ? 0 : 1);
+            first = 0;
+            PUT("{\"topic\":\"%s\",\"state\":\"%s\",\"breaker\":%s%s%s,"
+                "\"backlog_messages\":%" PRIu64 ",\"backlog_bytes\":%" PRIu64
+                ",\"oldest_unacked_seconds\":%.3f,\"in_flight\":%d,\"attempts\":%u}",
+                st->topic->name, state_names[st->state], strcmp(brk, "null") ? "\"" : "", brk,
+                strcmp(brk, "null") ? "\"" : "", msgs, bytes,
+                (double)stream_oldest_ms(st, now) / 1000.0, st->state == ST_SENDING, st->attempt);
+        }
+        PUT("]}");
+    }
+    PUT("]}\n");
+#undef PUT
+    char *out = sl_malloc(b.len + 1);
+    memcpy(out, b.p, b.len);
+    *len = b.len;
+    sl_bbuf_free(&b);
+    return out;
+}
+
 /* The age of a sink's oldest unacknowledged message: a held batch's first message, else the
  * next one owed if the ring still has it (a message only on disk counts once read back). */
 static uint64_t oldest_unacked_ms(sink_t *k)
@@ -1075,15 +1172,9 @@ static uint64_t oldest_unacked_ms(sink_t *k)
     sl_list_t *it;
     sl_list_each(it, &k->streams)
     {
-        stream_t *st = sl_container_of(it, stream_t, link);
-        const sl_reader_t *r = &st->sub.readers[0];
-        const sl_msg_t *m = NULL;
-        if (st->nmsgs > 0)
-            m = st->msgs[0];
-        else if (r->next <= st->topic->head_seq)
-            m = sl_topic_get(st->topic, r->next);
-        if (m != NULL && now > m->ts_ms && now - m->ts_ms > oldest)
-            oldest = now - m->ts_ms;
+        uint64_t age = stream_oldest_ms(sl_container_of(it, stream_t, link), now);
+        if (age > oldest)
+            oldest = age;
     }
     return oldest;
 }
@@ -1108,6 +1199,7 @@ static char *render_metrics(void *arg, size_t *len)
         {"sluice_sink_retries_total", "counter", "Requests retried after a failure."},
         {"sluice_sink_in_flight", "gauge", "Sink requests in flight."},
         {"sluice_sink_backlog_messages", "gauge", "Messages not yet acknowledged."},
+        {"sluice_sink_backlog_bytes", "gauge", "Payload bytes not yet acknowledged, in memory."},
         {"sluice_sink_dead_letters_total", "counter", "Messages sent to the dead-letter topic."},
         {"sluice_sink_gap_messages_total", "counter", "Messages a lossy stream missed."},
         {"sluice_sink_streams_stopped", "gauge", "Streams stopped (poison, 410)."},
@@ -1155,24 +1247,36 @@ static char *render_metrics(void *arg, size_t *len)
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, backlog);
                 break;
             }
-            case 5:
+            case 5: {
+                uint64_t bytes = 0;
+                sl_list_t *it;
+                sl_list_each(it, &k->streams)
+                {
+                    uint64_t sm, sb;
+                    stream_backlog(sl_container_of(it, stream_t, link), &sm, &sb);
+                    bytes += sb;
+                }
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, bytes);
+                break;
+            }
+            case 6:
                 LINE("%s{reason=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
                      k->dead_letters);
                 break;
-            case 6:
+            case 7:
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->gap_messages);
                 break;
-            case 7:
+            case 8:
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->stopped_streams);
                 break;
-            case 8:
+            case 9:
                 LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
                 break;
-            case 9:
+            case 10:
                 LINE("%s{sink=\"%s\"} %.3f\n", series[i].name, nm,
                      (double)oldest_unacked_ms(k) / 1000.0);
                 break;
-            case 10:
+            case 11:
                 for (size_t d = 0; d < NDUR; d++)
                     LINE("%s_bucket{le=\"%.3f\",sink=\"%s\"} %" PRIu64 "\n", series[i].name,
                          (double)dur_bounds_ms[d] / 1000.0, nm, k->dur_le[d]);
@@ -1286,6 +1390,7 @@ static void finish(sl_sinks_t *s)
     if (s->hub->on_topic_arg == s)
         s->hub->on_topic = NULL;
     sl_metrics_set_extra(NULL, NULL);
+    sl_metrics_set_sinks_json(NULL, NULL);
     curl_multi_cleanup(s->multi);
     s->multi = NULL;
     for (size_t i = 0; i < s->nbyfd; i++)
@@ -1415,6 +1520,7 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     hub->on_topic = on_topic;
     hub->on_topic_arg = s;
     sl_metrics_set_extra(render_metrics, s);
+    sl_metrics_set_sinks_json(render_json, s);
     sl_list_t *it;
     sl_list_each(it, &hub->topics)
     {

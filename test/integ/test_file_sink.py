@@ -67,6 +67,11 @@ def test_jsonl_records_in_order(sluice_factory, tmp_path):
     assert wait_for(lambda: payloads(out, "t/b") == ["other"])
     m = srv.wait_metric('sluice_sink_delivered_messages_total{sink="f"}', lambda v: v == 302)
     assert m.v('sluice_sink_backlog_messages{sink="f"}') == 0
+    d = json.loads(srv.get("/sinks").body)
+    assert d["sinks"][0]["type"] == "file"
+    assert {s["topic"] for s in d["sinks"][0]["streams"]} == {"t/a", "t/b"}
+    assert all(s["breaker"] is None and s["backlog_messages"] == 0
+               for s in d["sinks"][0]["streams"])
     # The index beside each segment commits what the segment holds.
     idx = (out / "t%2Fa" / "0000000001.idx").read_text().splitlines()
     assert int(idx[-1].split()[1]) == 301

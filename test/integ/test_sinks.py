@@ -408,3 +408,36 @@ def test_skip_on_max_backlog_never_blocks_publishers(sluice_factory, tmp_path, r
     assert got == [p for p in sent + ["last"] if p in set(got)]
     gaps = [e for d in receiver.ok() for e in d.envelopes() if e.get("sluice") == "gap"]
     assert sum(g["missed"] for g in gaps) == missed
+
+
+def test_get_sinks_shows_streams(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "down": webhook(receiver.url("/secret-path-y"), breaker_failures=2, breaker_open="10s")})
+    srv.publish_batch("t/a", ["a", "b"])
+    srv.publish("t/b", "c")
+
+    def doc():
+        r = srv.get("/sinks")
+        assert r.status == 200
+        return json.loads(r.body)
+
+    def stream(d, topic):
+        return next(s for s in d["sinks"][0]["streams"] if s["topic"] == topic)
+
+    end = time.monotonic() + 10
+    while stream(doc(), "t/a")["breaker"] != "open" and time.monotonic() < end:
+        time.sleep(0.05)
+    d = doc()
+    assert d["sinks"][0]["name"] == "down" and d["sinks"][0]["type"] == "webhook"
+    a = stream(d, "t/a")
+    assert a["breaker"] == "open"
+    assert a["state"] in ("wait_breaker", "backoff")
+    assert a["backlog_messages"] == 2 and a["backlog_bytes"] == 2
+    assert a["oldest_unacked_seconds"] > 0 and a["in_flight"] == 0
+    assert stream(d, "t/b")["backlog_messages"] == 1
+    text = srv.get("/sinks").body.decode()
+    assert "secret-path-y" not in text and str(receiver.port) not in text
+    m = srv.metrics()
+    assert m.v('sluice_sink_backlog_bytes{sink="down"}') == 3
+    assert m.v('sluice_sink_oldest_unacked_seconds{sink="down"}') > 0
