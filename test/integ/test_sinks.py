@@ -441,3 +441,69 @@ def test_get_sinks_shows_streams(sluice_factory, tmp_path, receiver):
     m = srv.metrics()
     assert m.v('sluice_sink_backlog_bytes{sink="down"}') == 3
     assert m.v('sluice_sink_oldest_unacked_seconds{sink="down"}') > 0
+
+
+def test_flapping_endpoint_delivers_everything_in_order(sluice_factory, tmp_path, receiver):
+    receiver.set("flapping", status=500)  # every other request fails
+    # Half the requests failing opens the breaker (>= 50 % of the last 20): short open periods.
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), batch_max_messages=5, breaker_failures=1000,
+                     breaker_open="50ms", breaker_open_max="100ms")})
+    lines = [f"m{i}" for i in range(60)]
+    for k in range(0, 60, 10):
+        srv.publish_batch("t/a", lines[k:k + 10])
+    assert receiver.wait(lambda r: len(r.delivered_payloads()) >= 60, timeout=20)
+    assert receiver.delivered_payloads() == lines
+    failed = [d for d in receiver.all() if d.status == 500]
+    assert len(failed) >= 5
+    # A retried batch is the same batch: a failed body is the next accepted one.
+    for d in failed:
+        nxt = next(x for x in receiver.all() if x.t > d.t and x.status == 200)
+        assert nxt.body == d.body and nxt.headers["webhook-id"] == d.headers["webhook-id"]
+    m = srv.wait_metric('sluice_sink_delivered_messages_total{sink="s"}', lambda v: v == 60)
+    assert m.v('sluice_sink_retries_total{sink="s"}') == len(failed)
+
+
+def test_413_on_a_batch_splits_it(sluice_factory, tmp_path, receiver):
+    receiver.set("reject_id", reject="big-5", reject_status=413)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url("/main"), batch_linger="100ms", dead_letter="dlq/s"),
+        "d": webhook(receiver.url("/dlq"), topics="dlq/*")})
+    lines = [f"ok-{i}" for i in range(5)] + ["big-5"] + [f"ok-{i}" for i in range(6, 10)]
+    srv.publish_batch("t/a", lines)
+    want = [x for x in lines if x != "big-5"]
+    assert receiver.wait(lambda r: r.delivered_payloads("t/a") == want)
+    assert receiver.wait(lambda r: len(r.delivered_payloads("dlq/s")) == 1)
+    env = json.loads(receiver.delivered_payloads("dlq/s")[0])
+    assert env["status"] == 413 and env["message"]["data"] == "big-5"
+    # Halved until the one message was alone: more than one refused request, shrinking.
+    refused = [len(d.envelopes()) for d in receiver.all() if d.status == 413]
+    assert len(refused) >= 2 and refused == sorted(refused, reverse=True) and refused[-1] == 1
+
+
+def test_302_is_not_followed_and_is_retried(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=302)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), breaker_failures=1000)})
+    srv.publish("t/a", "x")
+    assert receiver.wait(lambda r: len(r.all()) >= 3)
+    assert all(d.path == "/hook" for d in receiver.all())  # never /redirected
+    receiver.set("ok")
+    assert receiver.wait(lambda r: r.delivered_payloads() == ["x"])
+    assert all(d.path == "/hook" for d in receiver.all())
+    assert srv.metrics().v('sluice_sink_retries_total{sink="s"}') >= 3
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_as_a_date(sluice_factory, tmp_path, receiver, status):
+    # An HTTP date two seconds ahead (whole seconds: at least one second away).
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    receiver.set("status", status=status, retry_after=when)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), retry_max="10s", breaker_failures=1000)})
+    srv.publish("t/a", "x")
+    assert receiver.wait(lambda r: len(r.all()) >= 2, timeout=10)
+    receiver.set("ok")
+    t = [d.t for d in receiver.all()[:2]]
+    # Without Retry-After the backoff would be at most 20-200 ms.
+    assert t[1] - t[0] >= 0.5, t
+    assert receiver.wait(lambda r: r.delivered_payloads() == ["x"])
