@@ -495,8 +495,9 @@ def test_302_is_not_followed_and_is_retried(sluice_factory, tmp_path, receiver):
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_as_a_date(sluice_factory, tmp_path, receiver, status):
-    # An HTTP date two seconds ahead (whole seconds: at least one second away).
-    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    # An HTTP date two seconds ahead of each answer (whole seconds: at least one away).
+    def when():
+        return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
     receiver.set("status", status=status, retry_after=when)
     srv = start(sluice_factory, tmp_path, {
         "s": webhook(receiver.url(), retry_max="10s", breaker_failures=1000)})

@@ -5,8 +5,9 @@ verifies Standard Webhooks signatures when it knows the secret.
 Modes (Receiver.mode):
   ok            200 at once
   slow          200 after `delay` seconds
-  status        answer `status` (with `retry_after` as Retry-After when set, seconds or an
-                HTTP date; a 3xx carries Location: /redirected, which must not be followed)
+  status        answer `status` (with `retry_after` as Retry-After when set: seconds, an
+                HTTP date, or a function giving one per answer); a 3xx carries
+                Location: /redirected, which must not be followed
   flapping      alternately 500 and 200
   reject_id     `reject_status` (400) when the body holds `reject` (a message id or payload),
                 else 200; never on paths under /dlq
@@ -180,7 +181,7 @@ class Receiver:
             return resp
         headers = {}
         if ra is not None and answer is not None and answer >= 300:
-            headers["Retry-After"] = str(ra)
+            headers["Retry-After"] = str(ra() if callable(ra) else ra)
         if answer is not None and 300 <= answer < 400:
             headers["Location"] = "/redirected"  # must not be followed
         return web.Response(status=answer, text="answer %d" % answer, headers=headers)
