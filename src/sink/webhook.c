@@ -1,16 +1,15 @@
 /*
- * Webhook sinks (see sink.h): libcurl's multi interface driven by the libuv loop, one stream
- * per (sink, matching topic) as a reader on the hub's delivery path.
+ * Sinks (see sink.h): webhook streams on libcurl's multi interface driven by the libuv loop,
+ * and file streams writing on the thread pool (sink/file.h); one stream per (sink, matching
+ * topic) as a reader on the hub's delivery path.
  *
- * A stream's states, and what wakes it from each (nothing parks without a wake-up):
+ * A stream's states and their wake-ups are the scheduler's (sink/sched.h, a pure module with
+ * its own random-interleaving test); this file supplies the effects and the outcomes:
  *
  *   IDLE ──hub deliver: messages owed──► (LINGER ──timer──► IDLE: deliver again) ──batch taken──►
- *   WAIT_BREG   registry full of busy breakers      ── a breaker became idle or was swept
- *   WAIT_SLOT   in-flight cap (all, sink, endpoint) ── a request finished
- *   WAIT_BREAKER its endpoint's breaker is open     ── timer at sl_breaker_next_ms
- *   SENDING     a request in flight                 ── its completion (bounded by `timeout`)
- *   BACKOFF     after a failure                     ── timer (full jitter / Retry-After)
- *   SENDING ──2xx──► cursor acknowledged, batch dropped, breaker released ──► IDLE (hub ready)
+ *   sl_sched_try: WAIT_BREG | WAIT_SLOT | WAIT_BREAKER | SENDING
+ *   SENDING ──2xx / write done──► cursor acknowledged, batch dropped ──► IDLE (hub ready)
+ *   SENDING ──retryable failure──► BACKOFF (full jitter / Retry-After) ──timer──► try again
  *   SENDING ──400/413/422──► half the batch again … one message left: dead letter, go on
  *   STOPPED     poison without a dead-letter topic, or the sink got 410 (disabled): stays
  *
@@ -30,6 +29,7 @@
 #include "sink/batch.h"
 #include "sink/breaker.h"
 #include "sink/file.h"
+#include "sink/sched.h"
 #include "sink/policy.h"
 #include "sink/sign.h"
 
@@ -59,17 +59,6 @@ static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
                                          500, 1000, 2500, 5000, 10000, 30000};
 #define NDUR (sizeof(dur_bounds_ms) / sizeof(dur_bounds_ms[0]))
 
-enum {
-    ST_IDLE = 0,
-    ST_LINGER,
-    ST_WAIT_BREG,
-    ST_WAIT_SLOT,
-    ST_WAIT_BREAKER,
-    ST_SENDING,
-    ST_BACKOFF,
-    ST_STOPPED,
-};
-
 typedef struct sink sink_t;
 typedef struct stream stream_t;
 
@@ -96,12 +85,10 @@ struct stream {
     sl_sub_t sub;
     sink_t *sink;
     sl_topic_t *topic;
-    sl_list_t link;      /* sink->streams */
-    sl_list_t wait_link; /* a wait list of the sinks (WAIT_BREG, WAIT_SLOT) */
-    int state;
+    sl_list_t link; /* sink->streams */
+    sl_ss_t ss;     /* state, wait list, breaker (sink/sched.h) */
     int lingered;
     uv_timer_t timer;
-    sl_breg_entry_t *brk;
     char *url;
     char origin[ORIGIN_MAX];
     size_t origin_len;
@@ -131,8 +118,7 @@ struct sink {
     char cursor_name[64];
     sl_list_t streams;
     size_t nstreams;
-    uint64_t inflight;
-    int disabled;
+    sl_ss_group_t group; /* in flight, cap, disabled */
     /* Counters (logged at stop; labels would be sink names, never URLs). */
     uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
         gap_messages, stopped_streams;
@@ -157,8 +143,7 @@ struct sl_sinks {
     sl_breg_t breg;
     sink_t *v;
     size_t n;
-    uint64_t inflight;
-    sl_list_t wait_breg, wait_slot, wait_breaker;
+    sl_sched_t sched;
     sock_t **byfd;
     size_t nbyfd;
     int stopping, finished;
@@ -452,10 +437,6 @@ static void start_request(stream_t *st)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
     rq->started_ms = sl_now_ms();
     st->req = rq;
-    st->state = ST_SENDING;
-    s->inflight++;
-    k->inflight++;
-    st->brk->inflight++;
     curl_multi_add_handle(s->multi, e);
 }
 
@@ -470,41 +451,13 @@ static void free_request(stream_t *st)
     sl_bbuf_free(&rq->body);
     sl_bfree(rq, sizeof(*rq));
     st->req = NULL;
-    k->all->inflight--;
-    k->inflight--;
-    st->brk->inflight--;
 }
 
 /* ---- the stream ----------------------------------------------------------------------- */
 
-static void wake_list(sl_list_t *list)
-{
-    /* Everyone waiting gets another try, in order; those still blocked queue again. */
-    sl_list_t tmp;
-    sl_list_init(&tmp);
-    if (sl_list_empty(list))
-        return;
-    tmp.next = list->next;
-    tmp.prev = list->prev;
-    tmp.next->prev = &tmp;
-    tmp.prev->next = &tmp;
-    sl_list_init(list);
-    while (!sl_list_empty(&tmp)) {
-        stream_t *st = sl_container_of(tmp.next, stream_t, wait_link);
-        sl_list_remove(&st->wait_link);
-        try_send(st);
-    }
-}
-
 static void release_breaker(stream_t *st)
 {
-    if (st->brk == NULL)
-        return;
-    sl_sinks_t *s = st->sink->all;
-    int idle = sl_breg_release(&s->breg, st->brk, sl_now_ms());
-    st->brk = NULL;
-    if (idle)
-        wake_list(&s->wait_breg);
+    sl_sched_release(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void drop_front(stream_t *st, uint32_t n)
@@ -537,31 +490,19 @@ static void passed(stream_t *st, uint32_t n, int ok)
 
 static void to_idle(stream_t *st)
 {
-    release_breaker(st);
-    st->state = ST_IDLE;
-    st->sub.writing = 0;
-    if (!st->sink->all->stopping)
-        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+    sl_sched_idle(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void on_stream_timer(uv_timer_t *h)
 {
     stream_t *st = h->data;
-    if (st->state == ST_LINGER) {
-        st->state = ST_IDLE;
-        st->sub.writing = 0;
-        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
-        return;
-    }
-    if (st->state == ST_BACKOFF || st->state == ST_WAIT_BREAKER)
-        try_send(st);
+    sl_sched_timer(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void stop_stream(stream_t *st, const char *why)
 {
-    st->state = ST_STOPPED;
+    sl_sched_stop(&st->sink->all->sched, &st->ss, sl_now_ms());
     st->sink->stopped_streams++;
-    release_breaker(st);
     SL_ERROR("sink stream stopped", "sink=%s topic=%s reason=%s", st->sink->conf->name,
              st->topic->name, why);
 }
@@ -608,8 +549,7 @@ static int dead_letter(stream_t *st, long status, const char *answer, size_t ale
 
 static void backoff(stream_t *st, uint64_t delay)
 {
-    st->state = ST_BACKOFF;
-    uv_timer_start(&st->timer, on_stream_timer, delay ? delay : 1, 0);
+    sl_sched_backoff(&st->sink->all->sched, &st->ss, delay);
 }
 
 static void observe_duration(sink_t *k, uint64_t ms)
@@ -634,10 +574,8 @@ static void request_done(stream_t *st, CURLcode res)
     sl_status_class_t cls = sl_status_class(status);
     uint64_t now = sl_now_ms();
     observe_duration(k, now - rq->started_ms);
-    sl_breaker_state_t before = st->brk->b.state;
-    sl_breaker_report(&st->brk->b, &s->breg.conf, cls != SL_STATUS_RETRY, now);
     /* A probe that closed its breaker frees the streams that waited on it (they re-check). */
-    int reopened = before != SL_BREAKER_CLOSED && st->brk->b.state == SL_BREAKER_CLOSED;
+    int reopened = sl_sched_done(&s->sched, &st->ss, 1, cls != SL_STATUS_RETRY, now);
     char answer[ANSWER_MAX];
     size_t alen = rq->alen;
     memcpy(answer, rq->answer, alen);
@@ -657,7 +595,7 @@ static void request_done(stream_t *st, CURLcode res)
         if (cls == SL_STATUS_OK)
             passed(st, st->send_n, 1);
         release_breaker(st);
-        st->state = ST_IDLE;
+        st->ss.state = SL_SS_IDLE;
         return;
     }
     switch (cls) {
@@ -718,13 +656,11 @@ static void request_done(stream_t *st, CURLcode res)
     case SL_STATUS_GONE:
         SL_ERROR("sink disabled: the endpoint answered 410 Gone", "sink=%s topic=%s", c->name,
                  st->topic->name);
-        k->disabled = 1;
+        k->group.disabled = 1;
         stop_stream(st, "410 gone");
         break;
     }
-    if (reopened)
-        wake_list(&s->wait_breaker);
-    wake_list(&s->wait_slot);
+    sl_sched_wake(&s->sched, reopened, sl_now_ms());
 }
 
 /* ---- file sinks: a write on the thread pool ---------------------------------------- */
@@ -752,7 +688,7 @@ static void file_done(uv_work_t *w, int status)
     sl_bbuf_free(&st->fbody);
     observe_duration(k, sl_now_ms() - st->job_now);
     s->jobs--;
-    k->inflight--;
+    sl_sched_done(&s->sched, &st->ss, 0, 0, sl_now_ms());
     if (rc == 0) {
         if (st->fw->truncated_tail)
             SL_WARN("file sink: a torn record was cut off the newest file", "sink=%s topic=%s",
@@ -766,13 +702,13 @@ static void file_done(uv_work_t *w, int status)
         k->requests_ok++;
         passed(st, st->send_n, 1);
         if (s->stopping)
-            st->state = ST_IDLE;
+            st->ss.state = SL_SS_IDLE;
         else
             to_idle(st);
     } else if (s->stopping) {
         /* Not acknowledged: written again after a restart, never twice (the index). */
         k->requests_failed++;
-        st->state = ST_IDLE;
+        st->ss.state = SL_SS_IDLE;
     } else {
         k->requests_failed++;
         k->retries++;
@@ -785,11 +721,11 @@ static void file_done(uv_work_t *w, int status)
                 sl_backoff_ms(c->retry_initial_ms, c->retry_max_ms, st->attempt, sl_random64()));
     }
     if (s->stopping) {
-        if (s->jobs == 0 && (s->finish_pending || s->inflight == 0))
+        if (s->jobs == 0 && (s->finish_pending || s->sched.inflight == 0))
             finish(s);
         return;
     }
-    wake_list(&s->wait_slot);
+    sl_sched_wake(&s->sched, 0, sl_now_ms());
 }
 
 /* Builds the batch's records (on the loop: the budget is not shared with the pool) and queues
@@ -831,15 +767,15 @@ static void start_write(stream_t *st)
         if (st->gap)
             SL_WARN("file sink: messages missed (gap)", "sink=%s topic=%s missed=%" PRIu64, c->name,
                     t->name, st->gap_missed);
+        sl_sched_done(&s->sched, &st->ss, 0, 0, sl_now_ms());
         passed(st, 0, 1);
         to_idle(st);
+        sl_sched_wake(&s->sched, 0, sl_now_ms());
         return;
     }
     st->job_now = sl_now_ms();
-    st->state = ST_SENDING;
     st->work.data = st;
     s->jobs++;
-    k->inflight++;
     int rc = uv_queue_work(s->loop, &st->work, file_work, file_done);
     if (rc != 0)
         file_done(&st->work, rc);
@@ -857,63 +793,49 @@ static void check_done(sl_sinks_t *s)
         CURLcode res = msg->data.result;
         request_done(rq->st, res);
     }
-    if (s->stopping && s->inflight == 0 && s->jobs == 0)
+    if (s->stopping && s->sched.inflight == 0 && s->jobs == 0)
         finish(s);
 }
 
 static void try_send(stream_t *st)
 {
-    sink_t *k = st->sink;
-    sl_sinks_t *s = k->all;
-    uint64_t now = sl_now_ms();
-    sl_list_remove(&st->wait_link);
-    uv_timer_stop(&st->timer);
-    if (s->stopping || k->disabled) {
-        if (k->disabled && st->state != ST_STOPPED)
-            stop_stream(st, "sink disabled");
-        return;
-    }
-    if (k->conf->type == SL_SINK_FILE) {
-        if (k->inflight >= k->conf->workers) {
-            st->state = ST_WAIT_SLOT;
-            sl_list_insert_tail(&s->wait_slot, &st->wait_link);
-            return;
-        }
-        if (st->send_n == 0 && !st->gap) {
-            to_idle(st);
-            return;
-        }
-        start_write(st);
-        return;
-    }
-    if (st->brk == NULL) {
-        st->brk = sl_breg_acquire(&s->breg, st->origin, st->origin_len, now);
-        if (st->brk == NULL) {
-            st->state = ST_WAIT_BREG;
-            sl_list_insert_tail(&s->wait_breg, &st->wait_link);
-            return;
-        }
-    }
-    /* Slots before the breaker: a half-open probe must go as soon as it is allowed. */
-    if (s->inflight >= s->cfg->sinks.max_in_flight || k->inflight >= k->conf->max_in_flight ||
-        st->brk->inflight >= s->cfg->sinks.max_host_connections) {
-        st->state = ST_WAIT_SLOT;
-        sl_list_insert_tail(&s->wait_slot, &st->wait_link);
-        return;
-    }
-    if (!sl_breaker_allow(&st->brk->b, &s->breg.conf, now)) {
-        uint64_t at = sl_breaker_next_ms(&st->brk->b, &s->breg.conf);
-        st->state = ST_WAIT_BREAKER;
-        sl_list_insert_tail(&s->wait_breaker, &st->wait_link);
-        uv_timer_start(&st->timer, on_stream_timer, at > now ? at - now : 1, 0);
-        return;
-    }
-    if (st->send_n == 0 && !st->gap) {
-        to_idle(st);
-        return;
-    }
-    start_request(st);
+    st->ss.has_batch = st->send_n > 0 || st->gap;
+    sl_sched_try(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
+
+/* The scheduler's effects (sink/sched.h). */
+static void ss_timer(sl_ss_t *ss, uint64_t delay_ms)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    if (delay_ms > 0)
+        uv_timer_start(&st->timer, on_stream_timer, delay_ms, 0);
+    else
+        uv_timer_stop(&st->timer);
+}
+
+static void ss_start(sl_ss_t *ss)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    if (st->sink->conf->type == SL_SINK_FILE)
+        start_write(st);
+    else
+        start_request(st);
+}
+
+static void ss_ready(sl_ss_t *ss)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    st->sub.writing = 0;
+    sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+}
+
+static void ss_disabled(sl_ss_t *ss)
+{
+    stop_stream(sl_container_of(ss, stream_t, ss), "sink disabled");
+}
+
+static const sl_ss_ops_t ss_ops = {
+    .timer = ss_timer, .start = ss_start, .ready = ss_ready, .disabled = ss_disabled};
 
 /* The hub's deliver: takes a batch from the cursor when the stream is idle. */
 static size_t stream_deliver(sl_sub_t *sub)
@@ -922,7 +844,7 @@ static size_t stream_deliver(sl_sub_t *sub)
     sink_t *k = st->sink;
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
-    if (s->stopping || st->state != ST_IDLE || k->disabled)
+    if (s->stopping || st->ss.state != SL_SS_IDLE || k->group.disabled)
         return 0;
     sl_reader_t *r = &sub->readers[0];
     uint64_t now = sl_now_ms();
@@ -952,9 +874,8 @@ static size_t stream_deliver(sl_sub_t *sub)
     if (c->batch_linger_ms > 0 && !st->lingered && owed < c->batch_max_messages &&
         c->format != SL_FMT_RAW && !st->gap) {
         st->lingered = 1;
-        st->state = ST_LINGER;
         sub->writing = 1;
-        uv_timer_start(&st->timer, on_stream_timer, c->batch_linger_ms, 0);
+        sl_sched_linger(&s->sched, &st->ss, c->batch_linger_ms);
         return 0;
     }
     st->lingered = 0;
@@ -990,7 +911,7 @@ static size_t stream_deliver(sl_sub_t *sub)
 static void stream_disk_ready(sl_sub_t *sub)
 {
     stream_t *st = sl_container_of(sub, stream_t, sub);
-    if (st->state == ST_IDLE && !st->sink->all->stopping)
+    if (st->ss.state == SL_SS_IDLE && !st->sink->all->stopping)
         sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
 }
 
@@ -1022,7 +943,7 @@ static void stream_new(sink_t *k, sl_topic_t *t)
         st->fseqs = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fseqs));
     }
     st->msgs = sl_balloc(c->batch_max_messages * sizeof(*st->msgs));
-    sl_list_init(&st->wait_link);
+    sl_ss_init(&st->ss, &k->group, st->origin, st->origin_len);
     sl_start_t start = {.kind = c->start_oldest ? SL_START_OLDEST : SL_START_NEW};
     sl_cursor_t *cu = NULL;
     if (t->ll != NULL) {
@@ -1084,17 +1005,6 @@ static void stream_backlog(const stream_t *st, uint64_t *msgs, uint64_t *bytes)
     }
 }
 
-static const char *const state_names[] = {
-    [ST_IDLE] = "idle",
-    [ST_LINGER] = "linger",
-    [ST_WAIT_BREG] = "wait_registry",
-    [ST_WAIT_SLOT] = "wait_slot",
-    [ST_WAIT_BREAKER] = "wait_breaker",
-    [ST_SENDING] = "sending",
-    [ST_BACKOFF] = "backoff",
-    [ST_STOPPED] = "stopped",
-};
-
 /* The stream's oldest unacknowledged message's age (ms), 0 when none is known. */
 static uint64_t stream_oldest_ms(const stream_t *st, uint64_t now)
 {
@@ -1126,10 +1036,10 @@ static char *render_json(void *arg, size_t *len)
         PUT("%s{\"name\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"in_flight\":%" PRIu64
             ",\"delivered\":%" PRIu64 ",\"streams\":[",
             i ? "," : "", k->conf->name, k->conf->type == SL_SINK_FILE ? "file" : "webhook",
-            k->disabled   ? "disabled"
-            : s->stopping ? "stopping"
-                          : "running",
-            k->inflight, k->delivered);
+            k->group.disabled ? "disabled"
+            : s->stopping     ? "stopping"
+                              : "running",
+            k->group.inflight, k->delivered);
         int first = 1;
         sl_list_t *it;
         sl_list_each(it, &k->streams)
@@ -1138,8 +1048,8 @@ static char *render_json(void *arg, size_t *len)
             uint64_t msgs, bytes;
             stream_backlog(st, &msgs, &bytes);
             const char *brk = "null";
-            if (st->brk != NULL)
-                brk = sl_breaker_state_name(st->brk->b.state);
+            if (st->ss.brk != NULL)
+                brk = sl_breaker_state_name(st->ss.brk->b.state);
             else if (k->conf->type == SL_SINK_WEBHOOK) {
                 const sl_breg_entry_t *e = sl_breg_find(&s->breg, st->origin, st->origin_len);
                 brk = e != NULL ? sl_breaker_state_name(e->b.state) : "none";
@@ -1149,9 +1059,10 @@ static char *render_json(void *arg, size_t *len)
             PUT("{\"topic\":\"%s\",\"state\":\"%s\",\"breaker\":%s%s%s,"
                 "\"backlog_messages\":%" PRIu64 ",\"backlog_bytes\":%" PRIu64
                 ",\"oldest_unacked_seconds\":%.3f,\"in_flight\":%d,\"attempts\":%u}",
-                st->topic->name, state_names[st->state], strcmp(brk, "null") ? "\"" : "", brk,
-                strcmp(brk, "null") ? "\"" : "", msgs, bytes,
-                (double)stream_oldest_ms(st, now) / 1000.0, st->state == ST_SENDING, st->attempt);
+                st->topic->name, sl_ss_state_name(st->ss.state), strcmp(brk, "null") ? "\"" : "",
+                brk, strcmp(brk, "null") ? "\"" : "", msgs, bytes,
+                (double)stream_oldest_ms(st, now) / 1000.0, st->ss.state == SL_SS_SENDING,
+                st->attempt);
         }
         PUT("]}");
     }
@@ -1231,7 +1142,7 @@ static char *render_metrics(void *arg, size_t *len)
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->retries);
                 break;
             case 3:
-                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->inflight);
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->group.inflight);
                 break;
             case 4: {
                 uint64_t backlog = 0;
@@ -1270,7 +1181,7 @@ static char *render_metrics(void *arg, size_t *len)
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->stopped_streams);
                 break;
             case 9:
-                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
+                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->group.disabled);
                 break;
             case 10:
                 LINE("%s{sink=\"%s\"} %.3f\n", series[i].name, nm,
@@ -1319,8 +1230,7 @@ static char *render_metrics(void *arg, size_t *len)
 static void on_sweep(uv_timer_t *h)
 {
     sl_sinks_t *s = h->data;
-    if (sl_breg_sweep(&s->breg, sl_now_ms()) > 0)
-        wake_list(&s->wait_breg);
+    sl_sched_sweep(&s->sched, sl_now_ms());
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1334,7 +1244,7 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_drain_deadline(uv_timer_t *h)
 {
     sl_sinks_t *s = h->data;
-    SL_INFO("sink drain deadline reached, cancelling", "in_flight=%" PRIu64, s->inflight);
+    SL_INFO("sink drain deadline reached, cancelling", "in_flight=%" PRIu64, s->sched.inflight);
     finish(s);
 }
 
@@ -1375,7 +1285,7 @@ static void finish(sl_sinks_t *s)
             if (st->req != NULL)
                 free_request(st);
             release_breaker(st);
-            sl_list_remove(&st->wait_link);
+            sl_list_remove(&st->ss.wait_link);
             drop_front(st, st->nmsgs);
             sl_sub_dispose(s->hub, &st->sub);
             sl_list_remove(&st->link);
@@ -1409,7 +1319,8 @@ void sl_sinks_stop(sl_sinks_t *s, int now)
         return;
     if (!s->stopping) {
         s->stopping = 1;
-        SL_INFO("sinks draining", "in_flight=%" PRIu64, s->inflight);
+        s->sched.stopping = 1;
+        SL_INFO("sinks draining", "in_flight=%" PRIu64, s->sched.inflight);
         for (size_t i = 0; i < s->n; i++) {
             sl_list_t *it;
             sl_list_each(it, &s->v[i].streams)
@@ -1420,7 +1331,7 @@ void sl_sinks_stop(sl_sinks_t *s, int now)
         }
         uv_timer_stop(&s->sweep_timer);
     }
-    if (now || (s->inflight == 0 && s->jobs == 0)) {
+    if (now || (s->sched.inflight == 0 && s->jobs == 0)) {
         finish(s);
         return;
     }
@@ -1465,15 +1376,14 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     s->cfg = cfg;
     s->n = sc->n;
     s->v = sl_calloc(s->n, sizeof(*s->v));
-    sl_list_init(&s->wait_breg);
-    sl_list_init(&s->wait_slot);
-    sl_list_init(&s->wait_breaker);
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
         k->all = s;
         k->conf = &sc->v[i];
         sl_list_init(&k->streams);
         snprintf(k->cursor_name, sizeof(k->cursor_name), "sink.%s", k->conf->name);
+        k->group.no_breaker = k->conf->type == SL_SINK_FILE;
+        k->group.cap = k->group.no_breaker ? k->conf->workers : k->conf->max_in_flight;
         if (k->conf->signing_secret_file != NULL && load_secrets(k) != 0)
             *err = -EINVAL;
     }
@@ -1498,6 +1408,7 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
             bc.probe_timeout = c->timeout_ms + c->connect_timeout_ms;
     }
     sl_breg_init(&s->breg, sc->breaker_registry_max, sc->breaker_idle_ttl_ms, &bc);
+    sl_sched_init(&s->sched, &s->breg, &ss_ops, sc->max_in_flight, sc->max_host_connections);
     s->multi = curl_multi_init();
     curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
     curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
