@@ -109,6 +109,7 @@ struct stream {
     uint32_t fn;
     int fgap;
     uint64_t job_now;
+    int sent; /* the batch went out at least once: it may not grow any more */
 };
 
 struct sink {
@@ -153,6 +154,7 @@ struct sl_sinks {
 };
 
 static void try_send(stream_t *st);
+static size_t take(stream_t *st, int fetch);
 static void finish(sl_sinks_t *s);
 
 /* ---- sockets and timers for curl ---------------------------------------------------- */
@@ -481,6 +483,8 @@ static void passed(stream_t *st, uint32_t n, int ok)
             k->delivered += n;
         drop_front(st, n);
     }
+    if (st->nmsgs == 0)
+        st->sent = 0;
     if (st->gap) {
         k->gap_messages += st->gap_missed;
         st->gap = 0;
@@ -816,6 +820,12 @@ static void ss_timer(sl_ss_t *ss, uint64_t delay_ms)
 static void ss_start(sl_ss_t *ss)
 {
     stream_t *st = sl_container_of(ss, stream_t, ss);
+    /* A batch that waited (for a slot, the registry, a breaker) before its first send takes
+     * what arrived meanwhile: with many streams and few slots, batches stay full. Once sent,
+     * a batch never changes (its webhook-id and body are stable across retries). */
+    if (!st->sent && st->sub.readers[0].mark == SL_MARK_NONE)
+        take(st, 0);
+    st->sent = 1;
     if (st->sink->conf->type == SL_SINK_FILE)
         start_write(st);
     else
@@ -836,6 +846,41 @@ static void ss_disabled(sl_ss_t *ss)
 
 static const sl_ss_ops_t ss_ops = {
     .timer = ss_timer, .start = ss_start, .ready = ss_ready, .disabled = ss_disabled};
+
+/* Adds what the reader has (ring, or a disk batch already read) to the batch, up to its caps;
+ * with `fetch`, schedules a disk read when that is where the next message is (disk_ready
+ * wakes the stream). Returns the payload bytes added. */
+static size_t take(stream_t *st, int fetch)
+{
+    const sl_sink_conf_t *c = st->sink->conf;
+    sl_reader_t *r = &st->sub.readers[0];
+    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
+    size_t bytes = 0, added = 0;
+    for (uint32_t i = 0; i < st->nmsgs; i++)
+        bytes += st->msgs[i]->payload_len;
+    while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
+        if (r->next > st->topic->head_seq)
+            break;
+        sl_msg_t *m = sl_topic_get(st->topic, r->next);
+        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
+            if (fetch)
+                (void)sl_ll_fetch(r);
+            break;
+        }
+        if (m == NULL)
+            break;
+        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
+            break;
+        sl_msg_ref(m);
+        st->msgs[st->nmsgs++] = m;
+        bytes += m->payload_len;
+        added += m->payload_len;
+        r->next++;
+        sl_metrics.deliveries++;
+    }
+    st->send_n = st->nmsgs;
+    return added;
+}
 
 /* The hub's deliver: takes a batch from the cursor when the stream is idle. */
 static size_t stream_deliver(sl_sub_t *sub)
@@ -879,31 +924,11 @@ static size_t stream_deliver(sl_sub_t *sub)
         return 0;
     }
     st->lingered = 0;
-    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
-    size_t bytes = 0;
-    while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
-        if (r->next > st->topic->head_seq)
-            break;
-        sl_msg_t *m = sl_topic_get(st->topic, r->next);
-        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
-            (void)sl_ll_fetch(r); /* disk_ready wakes us */
-            break;
-        }
-        if (m == NULL)
-            break;
-        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
-            break;
-        sl_msg_ref(m);
-        st->msgs[st->nmsgs++] = m;
-        bytes += m->payload_len;
-        r->next++;
-    }
+    size_t bytes = take(st, 1);
     if (st->nmsgs == 0 && !st->gap)
         return 0;
     sub->writing = 1;
-    st->send_n = st->nmsgs;
     st->attempt = 0;
-    sl_metrics.deliveries += st->nmsgs;
     try_send(st);
     return bytes;
 }
