@@ -51,7 +51,10 @@ static void timer(sl_sched_t *s, sl_ss_t *ss, uint64_t delay_ms)
     s->ops->timer(ss, delay_ms);
 }
 
-/* Everyone waiting gets another try, in order; those still blocked queue again. */
+/* Everyone waiting gets another try, in order; those still blocked queue again. A request
+ * stream waiting for a slot while every request slot is taken queues again without a try
+ * (it is blocked whatever else freed): thousands of waiters cost a list walk per completion,
+ * not thousands of tries. */
 static void wake_list(sl_sched_t *s, sl_list_t *list, uint64_t now_ms)
 {
     if (sl_list_empty(list))
@@ -65,7 +68,10 @@ static void wake_list(sl_sched_t *s, sl_list_t *list, uint64_t now_ms)
     while (!sl_list_empty(&tmp)) {
         sl_ss_t *ss = sl_container_of(tmp.next, sl_ss_t, wait_link);
         sl_list_remove(&ss->wait_link);
-        sl_list_init(&ss->wait_link);
+        if (list == &s->wait_slot && !ss->group->no_breaker && s->inflight >= s->max_inflight) {
+            sl_list_insert_tail(list, &ss->wait_link);
+            continue;
+        }
         sl_sched_try(s, ss, now_ms);
     }
 }
