@@ -78,7 +78,10 @@ def main():
     started_s = time.monotonic() - t_cfg
     print(f"# endpoints: {n} refusing origins, registry cap {cap}, started in {started_s:.1f} s; "
           f"out {out}", flush=True)
-    probe = lk.KeepAlive(srv.port)
+    # /metrics has ~28 lines per sink (16 MiB at 10,000 sinks): a generous read timeout, and
+    # a scrape every 2 s in the full profile.
+    probe = lk.KeepAlive(srv.port, timeout=60)
+    every = 0.5 if a.short else 2.0
     pub = lk.KeepAlive(srv.port)
     rows, t0 = [], time.monotonic()
     phase = ["fail"]
@@ -105,7 +108,7 @@ def main():
     published_at = time.monotonic()
     while time.monotonic() < published_at + fail_s:
         sample()
-        time.sleep(0.5)
+        time.sleep(every)
     fails = [r for r in rows if r["phase"] == "fail"]
     parked_times = list(parked.times.get("/p", []))
     # The endpoints answer: every address, one port.
@@ -120,7 +123,7 @@ def main():
             delivered = len(rcv.seqs)
         if delivered == n:
             break
-        time.sleep(0.5)
+        time.sleep(every)
     back_s = time.monotonic() - t0
     phase[0] = "ttl"
     ttl_end = time.monotonic() + TTL_S + 3

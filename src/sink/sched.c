@@ -51,10 +51,11 @@ static void timer(sl_sched_t *s, sl_ss_t *ss, uint64_t delay_ms)
     s->ops->timer(ss, delay_ms);
 }
 
-/* Everyone waiting gets another try, in order; those still blocked queue again. A request
- * stream waiting for a slot while every request slot is taken queues again without a try
- * (it is blocked whatever else freed): thousands of waiters cost a list walk per completion,
- * not thousands of tries. */
+/* Everyone waiting gets another try, in order; those still blocked queue again. Waiters that
+ * are blocked whatever else freed queue again without a try (a request stream while every
+ * request slot is taken; a registry waiter, once another found every breaker busy, unless its
+ * origin's breaker is there): thousands of waiters cost a list walk per wake-up, not
+ * thousands of tries and registry scans. */
 static void wake_list(sl_sched_t *s, sl_list_t *list, uint64_t now_ms)
 {
     if (sl_list_empty(list))
@@ -65,6 +66,7 @@ static void wake_list(sl_sched_t *s, sl_list_t *list, uint64_t now_ms)
     tmp.next->prev = &tmp;
     tmp.prev->next = &tmp;
     sl_list_init(list);
+    int breg_full = 0;
     while (!sl_list_empty(&tmp)) {
         sl_ss_t *ss = sl_container_of(tmp.next, sl_ss_t, wait_link);
         sl_list_remove(&ss->wait_link);
@@ -72,7 +74,16 @@ static void wake_list(sl_sched_t *s, sl_list_t *list, uint64_t now_ms)
             sl_list_insert_tail(list, &ss->wait_link);
             continue;
         }
+        /* Once one registry waiter found every breaker busy, the others can only share an
+         * entry already there (a cheap lookup), not take a slot. */
+        if (list == &s->wait_breg && breg_full &&
+            sl_breg_find(s->breg, ss->origin, ss->origin_len) == NULL) {
+            sl_list_insert_tail(list, &ss->wait_link);
+            continue;
+        }
         sl_sched_try(s, ss, now_ms);
+        if (list == &s->wait_breg && ss->state == SL_SS_WAIT_BREG)
+            breg_full = 1;
     }
 }
 

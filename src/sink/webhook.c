@@ -1237,7 +1237,7 @@ static char *render_metrics(void *arg, size_t *len)
          "sluice_sink_breaker_evictions_total{reason=\"lru\"} %" PRIu64 "\n"
          "sluice_sink_breaker_evictions_total{reason=\"ttl\"} %" PRIu64 "\n",
          s->breg.evictions, s->breg.ttl_evictions);
-    LINE("# HELP sluice_sink_breaker_registry_full_total Streams that waited for a slot.\n"
+    LINE("# HELP sluice_sink_breaker_registry_full_total Breakers refused: every entry busy.\n"
          "# TYPE sluice_sink_breaker_registry_full_total counter\n"
          "sluice_sink_breaker_registry_full_total %" PRIu64 "\n",
          s->breg.full);
