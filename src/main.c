@@ -65,6 +65,26 @@ static void stop_sources(void *arg)
     sl_kafka_stop();
 }
 
+/* libuv's thread pool is shared by the lossless log (its writes, reads and cursor saves) and
+ * the file sinks (at most `workers` jobs each). It is sized before the first job is queued
+ * (libuv reads UV_THREADPOOL_SIZE once) so that the sinks, all busy on a slow disk, still leave
+ * the log its 4 threads. An operator's larger value is kept. */
+static void size_thread_pool(const sl_config_t *cfg)
+{
+    unsigned long want = 4;
+    for (size_t i = 0; i < cfg->sinks.n; i++)
+        if (cfg->sinks.v[i].type == SL_SINK_FILE)
+            want += cfg->sinks.v[i].workers;
+    if (want > 1024)
+        want = 1024; /* libuv's own maximum */
+    const char *env = getenv("UV_THREADPOOL_SIZE");
+    if (env != NULL && strtoul(env, NULL, 10) >= want)
+        return;
+    char v[16];
+    snprintf(v, sizeof(v), "%lu", want);
+    setenv("UV_THREADPOOL_SIZE", v, 1);
+}
+
 int main(int argc, char **argv)
 {
     const char *config_path = NULL, *listen = NULL;
@@ -136,6 +156,7 @@ int main(int argc, char **argv)
                 "use the admin endpoints",
                 "listen=%s", cfg.listen_host);
     raise_fd_limit();
+    size_thread_pool(&cfg);
 
     uv_loop_t loop;
     uv_loop_init(&loop);

@@ -7,7 +7,8 @@
 #   bash bench/chaos/run.sh --short    CI profile (about 6 minutes on 2 cores)
 #   ... --only hostile[,flood...]      only the scenarios named (either profile)
 #
-# Scenarios: noreaders, hol, flood, stalled, ghosts, churn, hostile (each when present). CSVs,
+# Scenarios: noreaders, hol, flood, stalled, ghosts, churn, hostile, audio, endpoints (each when
+# present). CSVs,
 # charts and logs go to bench/out/chaos-<timestamp>/<scenario>/ (or $CHAOS_OUT/<scenario>/).
 # The binaries are build/sluice and build/sluice-load (built here unless SLUICE_BIN is set).
 set -uo pipefail
@@ -60,10 +61,12 @@ echo "# chaos suite ${SHORT:-full profile}: sluice $(git rev-parse --short HEAD 
 
 if [ -n "$SHORT" ]; then
     PLAN=("noreaders --short" "hol --short" "flood --short" "stalled --short"
-          "ghosts --short" "churn --short" "hostile --short")
+          "ghosts --short" "churn --short" "hostile --short" "audio --short"
+          "endpoints --short")
     LIMIT=600
 else
-    PLAN=("noreaders" "hol" "flood" "stalled --ab" "ghosts" "churn" "hostile")
+    PLAN=("noreaders" "hol" "flood" "stalled --ab" "ghosts" "churn" "hostile" "audio"
+          "endpoints")
     LIMIT=3600
 fi
 

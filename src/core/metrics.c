@@ -63,6 +63,18 @@ static void put(out_t *o, const char *fmt, ...)
     }
 }
 
+/* Appends bytes as they are (a large block through vsnprintf costs a pass per doubling). */
+static void put_bytes(out_t *o, const char *p, size_t n)
+{
+    while (o->cap - o->len <= n) {
+        o->cap *= 2;
+        o->buf = sl_realloc(o->buf, o->cap);
+    }
+    memcpy(o->buf + o->len, p, n);
+    o->len += n;
+    o->buf[o->len] = '\0';
+}
+
 static void head(out_t *o, const char *name, const char *type, const char *help)
 {
     put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -81,6 +93,20 @@ void sl_metrics_set_extra(char *(*render)(void *arg, size_t *len), void *arg)
 {
     extra_render = render;
     extra_arg = arg;
+}
+
+static char *(*sinks_render)(void *arg, size_t *len);
+static void *sinks_arg;
+
+void sl_metrics_set_sinks_json(char *(*render)(void *arg, size_t *len), void *arg)
+{
+    sinks_render = render;
+    sinks_arg = arg;
+}
+
+char *sl_metrics_sinks_json(size_t *len)
+{
+    return sinks_render != NULL ? sinks_render(sinks_arg, len) : NULL;
 }
 
 static uint64_t resident_bytes(void)
@@ -251,7 +277,7 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         size_t elen = 0;
         char *e = extra_render(extra_arg, &elen);
         if (e != NULL)
-            put(&o, "%.*s", (int)elen, e);
+            put_bytes(&o, e, elen);
         free(e);
     }
     if (extra_metrics != NULL) {

@@ -132,4 +132,11 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len);
  * frees. One renderer; NULL removes it. */
 void sl_metrics_set_extra(char *(*render)(void *arg, size_t *len), void *arg);
 
+/* The JSON document of GET /sinks, rendered by the sinks (a module beside the API, which may
+ * not include it): `render` returns a malloc'ed document (and sets *len). One renderer; NULL
+ * removes it. sl_metrics_sinks_json() returns that document (the caller frees it), or NULL
+ * when no sinks run. Loop thread only. */
+void sl_metrics_set_sinks_json(char *(*render)(void *arg, size_t *len), void *arg);
+char *sl_metrics_sinks_json(size_t *len);
+
 #endif

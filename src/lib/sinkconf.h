@@ -35,7 +35,19 @@ typedef struct sl_sink_conf {
     uint64_t breaker_failures, breaker_open_ms, breaker_open_max_ms;
     int skip_on_backlog; /* on_max_backlog = skip */
     int allow_private;
+    /* type = file */
+    char *directory;
+    uint64_t rotate_bytes, rotate_interval_ms; /* rotate_interval 0: by size only */
+    int fsync_mode;                            /* sl_file_sync_t */
+    uint64_t workers;                          /* file jobs in flight for this sink */
 } sl_sink_conf_t;
+
+/* When a file sink makes its writes durable before it acknowledges them. */
+typedef enum {
+    SL_FILE_SYNC_BATCH = 0,
+    SL_FILE_SYNC_ROTATE = 1,
+    SL_FILE_SYNC_NEVER = 2
+} sl_file_sync_t;
 
 /* `[sinks]` and every sink. */
 typedef struct sl_sinks_conf {

@@ -1,7 +1,7 @@
 /*
  * The HTTP API: routes a complete request to publishing, subscribing, or one of the read-only
- * endpoints (/topics, /metrics, /healthz). Validation of every peer-supplied part (topic names,
- * event types, ids, query) happens here, before anything is created or allocated for it.
+ * endpoints (/topics, /metrics, /sinks, /healthz). Validation of every peer-supplied part (topic
+ * names, event types, ids, query) happens here, before anything is created or allocated for it.
  * docs/protocol.md is the contract this file implements.
  */
 #define _GNU_SOURCE
@@ -151,6 +151,21 @@ static void get_topics(sl_conn_t *c)
     sl_conn_respond(c, 200, "application/json", NULL, buf, len);
     sl_budget_release(cap);
     free(buf);
+}
+
+/* GET /sinks: the sinks render it (through core, as /metrics' sink series); none running is
+ * an empty list. */
+static void get_sinks(sl_conn_t *c)
+{
+    size_t len = 0;
+    char *body = sl_metrics_sinks_json(&len);
+    if (body == NULL) {
+        static const char none[] = "{\"sinks\":[]}\n";
+        sl_conn_respond(c, 200, "application/json", NULL, none, sizeof(none) - 1);
+        return;
+    }
+    sl_conn_respond(c, 200, "application/json", NULL, body, len);
+    free(body);
 }
 
 static void get_metrics(sl_conn_t *c)
@@ -897,8 +912,9 @@ static int admin_path(const char *path, size_t plen)
 {
     size_t tlen, clen;
     const char *cname;
-    if (strcmp(path, "/metrics") == 0 || strcmp(path, "/topics") == 0 ||
-        strcmp(path, "/topics/") == 0 || strcmp(path, "/sources") == 0)
+    if (strcmp(path, "/metrics") == 0 || strcmp(path, "/sinks") == 0 ||
+        strcmp(path, "/topics") == 0 || strcmp(path, "/topics/") == 0 ||
+        strcmp(path, "/sources") == 0)
         return 1;
     return plen > 8 && strncmp(path, "/topics/", 8) == 0 &&
            cursor_path(path + 8, plen - 8, &tlen, &cname, &clen);
@@ -996,6 +1012,9 @@ static void api_request(sl_conn_t *c, sl_http_req_t *req)
     } else if (strcmp(path, "/sources") == 0) {
         if (is_get)
             get_sources(c);
+    } else if (strcmp(path, "/sinks") == 0) {
+        if (is_get)
+            get_sinks(c);
         else
             not_allowed(c, "GET");
     } else if (strcmp(path, "/topics") == 0 || strcmp(path, "/topics/") == 0) {

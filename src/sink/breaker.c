@@ -160,6 +160,15 @@ void sl_breg_dispose(sl_breg_t *r)
     r->buckets = NULL;
 }
 
+const sl_breg_entry_t *sl_breg_find(const sl_breg_t *r, const char *key, size_t len)
+{
+    size_t h = hash_key(key, len) & (r->nbuckets - 1);
+    for (const sl_breg_entry_t *e = r->buckets[h]; e != NULL; e = e->hnext)
+        if (e->key_len == len && memcmp(e->key, key, len) == 0)
+            return e;
+    return NULL;
+}
+
 sl_breg_entry_t *sl_breg_acquire(sl_breg_t *r, const char *key, size_t len, uint64_t now_ms)
 {
     size_t h = hash_key(key, len) & (r->nbuckets - 1);

@@ -88,6 +88,8 @@ void sl_breg_dispose(sl_breg_t *r);
  * the registry is full), with one more user. NULL when the registry is full of busy entries
  * (counted in `full`): the caller waits for a freed slot. */
 sl_breg_entry_t *sl_breg_acquire(sl_breg_t *r, const char *key, size_t len, uint64_t now_ms);
+/* The breaker of `key` if the registry has it, without using it (for /sinks); else NULL. */
+const sl_breg_entry_t *sl_breg_find(const sl_breg_t *r, const char *key, size_t len);
 /* Drops a user. Returns 1 if the entry became idle (a slot a waiter may take). */
 int sl_breg_release(sl_breg_t *r, sl_breg_entry_t *e, uint64_t now_ms);
 /* Removes idle entries unused for idle_ttl_ms. Returns how many. */

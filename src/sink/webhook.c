@@ -1,16 +1,15 @@
 /*
- * Webhook sinks (see sink.h): libcurl's multi interface driven by the libuv loop, one stream
- * per (sink, matching topic) as a reader on the hub's delivery path.
+ * Sinks (see sink.h): webhook streams on libcurl's multi interface driven by the libuv loop,
+ * and file streams writing on the thread pool (sink/file.h); one stream per (sink, matching
+ * topic) as a reader on the hub's delivery path.
  *
- * A stream's states, and what wakes it from each (nothing parks without a wake-up):
+ * A stream's states and their wake-ups are the scheduler's (sink/sched.h, a pure module with
+ * its own random-interleaving test); this file supplies the effects and the outcomes:
  *
  *   IDLE ──hub deliver: messages owed──► (LINGER ──timer──► IDLE: deliver again) ──batch taken──►
- *   WAIT_BREG   registry full of busy breakers      ── a breaker became idle or was swept
- *   WAIT_SLOT   in-flight cap (all, sink, endpoint) ── a request finished
- *   WAIT_BREAKER its endpoint's breaker is open     ── timer at sl_breaker_next_ms
- *   SENDING     a request in flight                 ── its completion (bounded by `timeout`)
- *   BACKOFF     after a failure                     ── timer (full jitter / Retry-After)
- *   SENDING ──2xx──► cursor acknowledged, batch dropped, breaker released ──► IDLE (hub ready)
+ *   sl_sched_try: WAIT_BREG | WAIT_SLOT | WAIT_BREAKER | SENDING
+ *   SENDING ──2xx / write done──► cursor acknowledged, batch dropped ──► IDLE (hub ready)
+ *   SENDING ──retryable failure──► BACKOFF (full jitter / Retry-After) ──timer──► try again
  *   SENDING ──400/413/422──► half the batch again … one message left: dead letter, go on
  *   STOPPED     poison without a dead-letter topic, or the sink got 410 (disabled): stays
  *
@@ -29,6 +28,8 @@
 #include "store/lossless.h"
 #include "sink/batch.h"
 #include "sink/breaker.h"
+#include "sink/file.h"
+#include "sink/sched.h"
 #include "sink/policy.h"
 #include "sink/sign.h"
 
@@ -53,17 +54,10 @@
  * connection is dropped (a receiver that answers and then hangs must not cost a retry). */
 #define BODY_GRACE_MS 1000
 #define SWEEP_MS 1000
-
-enum {
-    ST_IDLE = 0,
-    ST_LINGER,
-    ST_WAIT_BREG,
-    ST_WAIT_SLOT,
-    ST_WAIT_BREAKER,
-    ST_SENDING,
-    ST_BACKOFF,
-    ST_STOPPED,
-};
+/* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
+static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
+                                         500, 1000, 2500, 5000, 10000, 30000};
+#define NDUR (sizeof(dur_bounds_ms) / sizeof(dur_bounds_ms[0]))
 
 typedef struct sink sink_t;
 typedef struct stream stream_t;
@@ -76,6 +70,7 @@ typedef struct req {
     struct curl_slist *hdrs;
     int got_2xx;
     int refused_private;
+    uint64_t started_ms;
     uint64_t headers_at;
     char answer[ANSWER_MAX];
     size_t alen;
@@ -90,12 +85,10 @@ struct stream {
     sl_sub_t sub;
     sink_t *sink;
     sl_topic_t *topic;
-    sl_list_t link;      /* sink->streams */
-    sl_list_t wait_link; /* a wait list of the sinks (WAIT_BREG, WAIT_SLOT) */
-    int state;
+    sl_list_t link; /* sink->streams */
+    sl_ss_t ss;     /* state, wait list, breaker (sink/sched.h) */
     int lingered;
     uv_timer_t timer;
-    sl_breg_entry_t *brk;
     char *url;
     char origin[ORIGIN_MAX];
     size_t origin_len;
@@ -106,6 +99,17 @@ struct stream {
     uint64_t gap_from, gap_to, gap_missed;
     unsigned attempt;
     req_t *req;
+    /* type = file: the writer and the job on the thread pool (one at a time). */
+    sl_fwriter_t *fw;
+    uv_work_t work;
+    int job_rc;
+    sl_bbuf_t fbody;
+    size_t *fends;   /* batch_max_messages + 1 */
+    uint64_t *fseqs; /* batch_max_messages + 1 */
+    uint32_t fn;
+    int fgap;
+    uint64_t job_now;
+    int sent; /* the batch went out at least once: it may not grow any more */
 };
 
 struct sink {
@@ -115,11 +119,12 @@ struct sink {
     char cursor_name[64];
     sl_list_t streams;
     size_t nstreams;
-    uint64_t inflight;
-    int disabled;
+    sl_ss_group_t group; /* in flight, cap, disabled */
     /* Counters (logged at stop; labels would be sink names, never URLs). */
     uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
         gap_messages, stopped_streams;
+    /* Request (or file write) durations: cumulative buckets as Prometheus wants them. */
+    uint64_t dur_le[NDUR + 1], dur_count, dur_sum_ms;
 };
 
 typedef struct sock {
@@ -139,15 +144,17 @@ struct sl_sinks {
     sl_breg_t breg;
     sink_t *v;
     size_t n;
-    uint64_t inflight;
-    sl_list_t wait_breg, wait_slot, wait_breaker;
+    sl_sched_t sched;
     sock_t **byfd;
     size_t nbyfd;
     int stopping, finished;
-    int handles; /* open handles of ours (streams' timers, polls, the rest) */
+    uint64_t jobs;      /* file jobs on the thread pool: finish() waits for them */
+    int finish_pending; /* finish() was asked for while jobs ran */
+    int handles;        /* open handles of ours (streams' timers, polls, the rest) */
 };
 
 static void try_send(stream_t *st);
+static size_t take(stream_t *st, int fetch);
 static void finish(sl_sinks_t *s);
 
 /* ---- sockets and timers for curl ---------------------------------------------------- */
@@ -430,11 +437,8 @@ static void start_request(stream_t *st)
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    rq->started_ms = sl_now_ms();
     st->req = rq;
-    st->state = ST_SENDING;
-    s->inflight++;
-    k->inflight++;
-    st->brk->inflight++;
     curl_multi_add_handle(s->multi, e);
 }
 
@@ -449,41 +453,13 @@ static void free_request(stream_t *st)
     sl_bbuf_free(&rq->body);
     sl_bfree(rq, sizeof(*rq));
     st->req = NULL;
-    k->all->inflight--;
-    k->inflight--;
-    st->brk->inflight--;
 }
 
 /* ---- the stream ----------------------------------------------------------------------- */
 
-static void wake_list(sl_list_t *list)
-{
-    /* Everyone waiting gets another try, in order; those still blocked queue again. */
-    sl_list_t tmp;
-    sl_list_init(&tmp);
-    if (sl_list_empty(list))
-        return;
-    tmp.next = list->next;
-    tmp.prev = list->prev;
-    tmp.next->prev = &tmp;
-    tmp.prev->next = &tmp;
-    sl_list_init(list);
-    while (!sl_list_empty(&tmp)) {
-        stream_t *st = sl_container_of(tmp.next, stream_t, wait_link);
-        sl_list_remove(&st->wait_link);
-        try_send(st);
-    }
-}
-
 static void release_breaker(stream_t *st)
 {
-    if (st->brk == NULL)
-        return;
-    sl_sinks_t *s = st->sink->all;
-    int idle = sl_breg_release(&s->breg, st->brk, sl_now_ms());
-    st->brk = NULL;
-    if (idle)
-        wake_list(&s->wait_breg);
+    sl_sched_release(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void drop_front(stream_t *st, uint32_t n)
@@ -507,6 +483,8 @@ static void passed(stream_t *st, uint32_t n, int ok)
             k->delivered += n;
         drop_front(st, n);
     }
+    if (st->nmsgs == 0)
+        st->sent = 0;
     if (st->gap) {
         k->gap_messages += st->gap_missed;
         st->gap = 0;
@@ -516,31 +494,19 @@ static void passed(stream_t *st, uint32_t n, int ok)
 
 static void to_idle(stream_t *st)
 {
-    release_breaker(st);
-    st->state = ST_IDLE;
-    st->sub.writing = 0;
-    if (!st->sink->all->stopping)
-        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+    sl_sched_idle(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void on_stream_timer(uv_timer_t *h)
 {
     stream_t *st = h->data;
-    if (st->state == ST_LINGER) {
-        st->state = ST_IDLE;
-        st->sub.writing = 0;
-        sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
-        return;
-    }
-    if (st->state == ST_BACKOFF || st->state == ST_WAIT_BREAKER)
-        try_send(st);
+    sl_sched_timer(&st->sink->all->sched, &st->ss, sl_now_ms());
 }
 
 static void stop_stream(stream_t *st, const char *why)
 {
-    st->state = ST_STOPPED;
+    sl_sched_stop(&st->sink->all->sched, &st->ss, sl_now_ms());
     st->sink->stopped_streams++;
-    release_breaker(st);
     SL_ERROR("sink stream stopped", "sink=%s topic=%s reason=%s", st->sink->conf->name,
              st->topic->name, why);
 }
@@ -587,8 +553,17 @@ static int dead_letter(stream_t *st, long status, const char *answer, size_t ale
 
 static void backoff(stream_t *st, uint64_t delay)
 {
-    st->state = ST_BACKOFF;
-    uv_timer_start(&st->timer, on_stream_timer, delay ? delay : 1, 0);
+    sl_sched_backoff(&st->sink->all->sched, &st->ss, delay);
+}
+
+static void observe_duration(sink_t *k, uint64_t ms)
+{
+    for (size_t i = 0; i < NDUR; i++)
+        if (ms <= dur_bounds_ms[i])
+            k->dur_le[i]++;
+    k->dur_le[NDUR]++;
+    k->dur_count++;
+    k->dur_sum_ms += ms;
 }
 
 static void request_done(stream_t *st, CURLcode res)
@@ -602,10 +577,9 @@ static void request_done(stream_t *st, CURLcode res)
         curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &status);
     sl_status_class_t cls = sl_status_class(status);
     uint64_t now = sl_now_ms();
-    sl_breaker_state_t before = st->brk->b.state;
-    sl_breaker_report(&st->brk->b, &s->breg.conf, cls != SL_STATUS_RETRY, now);
+    observe_duration(k, now - rq->started_ms);
     /* A probe that closed its breaker frees the streams that waited on it (they re-check). */
-    int reopened = before != SL_BREAKER_CLOSED && st->brk->b.state == SL_BREAKER_CLOSED;
+    int reopened = sl_sched_done(&s->sched, &st->ss, 1, cls != SL_STATUS_RETRY, now);
     char answer[ANSWER_MAX];
     size_t alen = rq->alen;
     memcpy(answer, rq->answer, alen);
@@ -625,7 +599,7 @@ static void request_done(stream_t *st, CURLcode res)
         if (cls == SL_STATUS_OK)
             passed(st, st->send_n, 1);
         release_breaker(st);
-        st->state = ST_IDLE;
+        st->ss.state = SL_SS_IDLE;
         return;
     }
     switch (cls) {
@@ -686,13 +660,129 @@ static void request_done(stream_t *st, CURLcode res)
     case SL_STATUS_GONE:
         SL_ERROR("sink disabled: the endpoint answered 410 Gone", "sink=%s topic=%s", c->name,
                  st->topic->name);
-        k->disabled = 1;
+        k->group.disabled = 1;
         stop_stream(st, "410 gone");
         break;
     }
-    if (reopened)
-        wake_list(&s->wait_breaker);
-    wake_list(&s->wait_slot);
+    sl_sched_wake(&s->sched, reopened, sl_now_ms());
+}
+
+/* ---- file sinks: a write on the thread pool ---------------------------------------- */
+
+static void file_work(uv_work_t *w)
+{
+    stream_t *st = w->data;
+    sl_fjob_t j = {.buf = st->fbody.p,
+                   .ends = st->fends,
+                   .seqs = st->fseqs,
+                   .n = st->fn,
+                   .has_gap = st->fgap,
+                   .epoch = st->topic->epoch_hex,
+                   .now_ms = st->job_now};
+    st->job_rc = sl_fwriter_write(st->fw, &j);
+}
+
+static void file_done(uv_work_t *w, int status)
+{
+    stream_t *st = w->data;
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    int rc = status < 0 ? status : st->job_rc;
+    sl_bbuf_free(&st->fbody);
+    observe_duration(k, sl_now_ms() - st->job_now);
+    s->jobs--;
+    sl_sched_done(&s->sched, &st->ss, 0, 0, sl_now_ms());
+    if (rc == 0) {
+        if (st->fw->truncated_tail)
+            SL_WARN("file sink: a torn record was cut off the newest file", "sink=%s topic=%s",
+                    c->name, st->topic->name);
+        if (st->fw->skipped > 0)
+            SL_INFO("file sink: records already in the file were not written again",
+                    "sink=%s topic=%s skipped=%" PRIu32, c->name, st->topic->name, st->fw->skipped);
+        if (st->attempt > 0)
+            SL_INFO("file sink writing again", "sink=%s topic=%s attempts=%u", c->name,
+                    st->topic->name, st->attempt + 1);
+        k->requests_ok++;
+        passed(st, st->send_n, 1);
+        if (s->stopping)
+            st->ss.state = SL_SS_IDLE;
+        else
+            to_idle(st);
+    } else if (s->stopping) {
+        /* Not acknowledged: written again after a restart, never twice (the index). */
+        k->requests_failed++;
+        st->ss.state = SL_SS_IDLE;
+    } else {
+        k->requests_failed++;
+        k->retries++;
+        if (st->attempt == 0)
+            SL_ERROR("file sink cannot write, retrying with backoff",
+                     "sink=%s topic=%s op=%s error=%s", c->name, st->topic->name, st->fw->what,
+                     uv_strerror(rc));
+        st->attempt++;
+        backoff(st,
+                sl_backoff_ms(c->retry_initial_ms, c->retry_max_ms, st->attempt, sl_random64()));
+    }
+    if (s->stopping) {
+        if (s->jobs == 0 && (s->finish_pending || s->sched.inflight == 0))
+            finish(s);
+        return;
+    }
+    sl_sched_wake(&s->sched, 0, sl_now_ms());
+}
+
+/* Builds the batch's records (on the loop: the budget is not shared with the pool) and queues
+ * the write. */
+static void start_write(stream_t *st)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    sl_topic_t *t = st->topic;
+    sl_bbuf_t *b = &st->fbody;
+    uint32_t n = 0;
+    b->len = 0;
+    st->fgap = 0;
+    if (st->gap && c->format != SL_FMT_RAW) {
+        /* Raw files hold payloads only: a gap there is counted and logged, not written. */
+        sl_batch_add_gap(b, SL_FMT_NDJSON, 0, t->name, t->name_len, t->epoch_hex, st->gap_from,
+                         st->gap_to, st->gap_missed);
+        st->fends[n] = b->len;
+        st->fseqs[n++] = 0;
+        st->fgap = 1;
+    }
+    for (uint32_t i = 0; i < st->send_n; i++) {
+        sl_msg_t *m = st->msgs[i];
+        if (c->format == SL_FMT_RAW) {
+            sl_bbuf_put(b, m->payload, m->payload_len);
+            sl_bbuf_put(b, "\n", 1);
+        } else {
+            sl_batch_add(b, SL_FMT_NDJSON, n, t->name, t->name_len, t->epoch_hex, m->seq, m->event,
+                         m->payload, m->payload_len);
+        }
+        st->fends[n] = b->len;
+        st->fseqs[n++] = m->seq;
+    }
+    st->fn = n;
+    if (n == 0) {
+        /* A gap alone on a raw file: nothing to write. */
+        sl_bbuf_free(b);
+        if (st->gap)
+            SL_WARN("file sink: messages missed (gap)", "sink=%s topic=%s missed=%" PRIu64, c->name,
+                    t->name, st->gap_missed);
+        sl_sched_done(&s->sched, &st->ss, 0, 0, sl_now_ms());
+        passed(st, 0, 1);
+        to_idle(st);
+        sl_sched_wake(&s->sched, 0, sl_now_ms());
+        return;
+    }
+    st->job_now = sl_now_ms();
+    st->work.data = st;
+    s->jobs++;
+    int rc = uv_queue_work(s->loop, &st->work, file_work, file_done);
+    if (rc != 0)
+        file_done(&st->work, rc);
 }
 
 static void check_done(sl_sinks_t *s)
@@ -707,49 +797,89 @@ static void check_done(sl_sinks_t *s)
         CURLcode res = msg->data.result;
         request_done(rq->st, res);
     }
-    if (s->stopping && s->inflight == 0)
+    if (s->stopping && s->sched.inflight == 0 && s->jobs == 0)
         finish(s);
 }
 
 static void try_send(stream_t *st)
 {
-    sink_t *k = st->sink;
-    sl_sinks_t *s = k->all;
-    uint64_t now = sl_now_ms();
-    sl_list_remove(&st->wait_link);
-    uv_timer_stop(&st->timer);
-    if (s->stopping || k->disabled) {
-        if (k->disabled && st->state != ST_STOPPED)
-            stop_stream(st, "sink disabled");
-        return;
-    }
-    if (st->brk == NULL) {
-        st->brk = sl_breg_acquire(&s->breg, st->origin, st->origin_len, now);
-        if (st->brk == NULL) {
-            st->state = ST_WAIT_BREG;
-            sl_list_insert_tail(&s->wait_breg, &st->wait_link);
-            return;
+    st->ss.has_batch = st->send_n > 0 || st->gap;
+    sl_sched_try(&st->sink->all->sched, &st->ss, sl_now_ms());
+}
+
+/* The scheduler's effects (sink/sched.h). */
+static void ss_timer(sl_ss_t *ss, uint64_t delay_ms)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    if (delay_ms > 0)
+        uv_timer_start(&st->timer, on_stream_timer, delay_ms, 0);
+    else
+        uv_timer_stop(&st->timer);
+}
+
+static void ss_start(sl_ss_t *ss)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    /* A batch that waited (for a slot, the registry, a breaker) before its first send takes
+     * what arrived meanwhile: with many streams and few slots, batches stay full. Once sent,
+     * a batch never changes (its webhook-id and body are stable across retries). */
+    if (!st->sent && st->sub.readers[0].mark == SL_MARK_NONE)
+        take(st, 0);
+    st->sent = 1;
+    if (st->sink->conf->type == SL_SINK_FILE)
+        start_write(st);
+    else
+        start_request(st);
+}
+
+static void ss_ready(sl_ss_t *ss)
+{
+    stream_t *st = sl_container_of(ss, stream_t, ss);
+    st->sub.writing = 0;
+    sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+}
+
+static void ss_disabled(sl_ss_t *ss)
+{
+    stop_stream(sl_container_of(ss, stream_t, ss), "sink disabled");
+}
+
+static const sl_ss_ops_t ss_ops = {
+    .timer = ss_timer, .start = ss_start, .ready = ss_ready, .disabled = ss_disabled};
+
+/* Adds what the reader has (ring, or a disk batch already read) to the batch, up to its caps;
+ * with `fetch`, schedules a disk read when that is where the next message is (disk_ready
+ * wakes the stream). Returns the payload bytes added. */
+static size_t take(stream_t *st, int fetch)
+{
+    const sl_sink_conf_t *c = st->sink->conf;
+    sl_reader_t *r = &st->sub.readers[0];
+    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
+    size_t bytes = 0, added = 0;
+    for (uint32_t i = 0; i < st->nmsgs; i++)
+        bytes += st->msgs[i]->payload_len;
+    while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
+        if (r->next > st->topic->head_seq)
+            break;
+        sl_msg_t *m = sl_topic_get(st->topic, r->next);
+        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
+            if (fetch)
+                (void)sl_ll_fetch(r);
+            break;
         }
+        if (m == NULL)
+            break;
+        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
+            break;
+        sl_msg_ref(m);
+        st->msgs[st->nmsgs++] = m;
+        bytes += m->payload_len;
+        added += m->payload_len;
+        r->next++;
+        sl_metrics.deliveries++;
     }
-    /* Slots before the breaker: a half-open probe must go as soon as it is allowed. */
-    if (s->inflight >= s->cfg->sinks.max_in_flight || k->inflight >= k->conf->max_in_flight ||
-        st->brk->inflight >= s->cfg->sinks.max_host_connections) {
-        st->state = ST_WAIT_SLOT;
-        sl_list_insert_tail(&s->wait_slot, &st->wait_link);
-        return;
-    }
-    if (!sl_breaker_allow(&st->brk->b, &s->breg.conf, now)) {
-        uint64_t at = sl_breaker_next_ms(&st->brk->b, &s->breg.conf);
-        st->state = ST_WAIT_BREAKER;
-        sl_list_insert_tail(&s->wait_breaker, &st->wait_link);
-        uv_timer_start(&st->timer, on_stream_timer, at > now ? at - now : 1, 0);
-        return;
-    }
-    if (st->send_n == 0 && !st->gap) {
-        to_idle(st);
-        return;
-    }
-    start_request(st);
+    st->send_n = st->nmsgs;
+    return added;
 }
 
 /* The hub's deliver: takes a batch from the cursor when the stream is idle. */
@@ -759,7 +889,7 @@ static size_t stream_deliver(sl_sub_t *sub)
     sink_t *k = st->sink;
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
-    if (s->stopping || st->state != ST_IDLE || k->disabled)
+    if (s->stopping || st->ss.state != SL_SS_IDLE || k->group.disabled)
         return 0;
     sl_reader_t *r = &sub->readers[0];
     uint64_t now = sl_now_ms();
@@ -789,37 +919,16 @@ static size_t stream_deliver(sl_sub_t *sub)
     if (c->batch_linger_ms > 0 && !st->lingered && owed < c->batch_max_messages &&
         c->format != SL_FMT_RAW && !st->gap) {
         st->lingered = 1;
-        st->state = ST_LINGER;
         sub->writing = 1;
-        uv_timer_start(&st->timer, on_stream_timer, c->batch_linger_ms, 0);
+        sl_sched_linger(&s->sched, &st->ss, c->batch_linger_ms);
         return 0;
     }
     st->lingered = 0;
-    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
-    size_t bytes = 0;
-    while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
-        if (r->next > st->topic->head_seq)
-            break;
-        sl_msg_t *m = sl_topic_get(st->topic, r->next);
-        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
-            (void)sl_ll_fetch(r); /* disk_ready wakes us */
-            break;
-        }
-        if (m == NULL)
-            break;
-        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
-            break;
-        sl_msg_ref(m);
-        st->msgs[st->nmsgs++] = m;
-        bytes += m->payload_len;
-        r->next++;
-    }
+    size_t bytes = take(st, 1);
     if (st->nmsgs == 0 && !st->gap)
         return 0;
     sub->writing = 1;
-    st->send_n = st->nmsgs;
     st->attempt = 0;
-    sl_metrics.deliveries += st->nmsgs;
     try_send(st);
     return bytes;
 }
@@ -827,7 +936,7 @@ static size_t stream_deliver(sl_sub_t *sub)
 static void stream_disk_ready(sl_sub_t *sub)
 {
     stream_t *st = sl_container_of(sub, stream_t, sub);
-    if (st->state == ST_IDLE && !st->sink->all->stopping)
+    if (st->ss.state == SL_SS_IDLE && !st->sink->all->stopping)
         sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
 }
 
@@ -838,7 +947,8 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
     char url[URL_MAX];
-    if (sl_url_expand(c->url, t->name, t->name_len, c->name, url, sizeof(url)) < 0) {
+    if (c->type == SL_SINK_WEBHOOK &&
+        sl_url_expand(c->url, t->name, t->name_len, c->name, url, sizeof(url)) < 0) {
         SL_ERROR("sink url too long for topic", "sink=%s topic=%s", c->name, t->name);
         return;
     }
@@ -846,11 +956,19 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     st->sink = k;
     st->topic = t;
     st->sub.ops = &stream_ops;
-    st->url = sl_strdup(url);
-    int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
-    st->origin_len = ol > 0 ? (size_t)ol : 0;
+    if (c->type == SL_SINK_WEBHOOK) {
+        st->url = sl_strdup(url);
+        int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
+        st->origin_len = ol > 0 ? (size_t)ol : 0;
+    } else {
+        st->fw = sl_fwriter_new(c->directory, t->name, t->name_len,
+                                c->format == SL_FMT_RAW ? "raw" : "jsonl", c->fsync_mode,
+                                c->rotate_bytes, c->rotate_interval_ms);
+        st->fends = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fends));
+        st->fseqs = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fseqs));
+    }
     st->msgs = sl_balloc(c->batch_max_messages * sizeof(*st->msgs));
-    sl_list_init(&st->wait_link);
+    sl_ss_init(&st->ss, &k->group, st->origin, st->origin_len);
     sl_start_t start = {.kind = c->start_oldest ? SL_START_OLDEST : SL_START_NEW};
     sl_cursor_t *cu = NULL;
     if (t->ll != NULL) {
@@ -874,6 +992,7 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     sl_sub_init(s->hub, &st->sub, &t, &start, 1);
     if (cu != NULL) {
         st->cursor = cu;
+        cu->yields = c->skip_on_backlog;
         st->sub.readers[0].cursor = cu;
         sl_ll_cursor_use(cu, 1);
     }
@@ -887,12 +1006,114 @@ static void on_topic(void *arg, sl_topic_t *t)
         return;
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
-        if (k->conf->type == SL_SINK_WEBHOOK && sl_sinkconf_matches(k->conf, t->name))
+        if (sl_sinkconf_matches(k->conf, t->name))
             stream_new(k, t);
     }
 }
 
 /* ---- metrics -------------------------------------------------------------------------- */
+
+/* A stream's backlog: messages not yet acknowledged (held, or owed from the ring or the disk),
+ * and the payload bytes of those in memory (held or in the ring; the disk's are not read). */
+static void stream_backlog(const stream_t *st, uint64_t *msgs, uint64_t *bytes)
+{
+    const sl_reader_t *r = &st->sub.readers[0];
+    *msgs = st->nmsgs;
+    *bytes = 0;
+    for (uint32_t i = 0; i < st->nmsgs; i++)
+        *bytes += st->msgs[i]->payload_len;
+    for (uint64_t q = r->next; q <= st->topic->head_seq; q++) {
+        (*msgs)++;
+        const sl_msg_t *m = sl_topic_get(st->topic, q);
+        if (m != NULL)
+            *bytes += m->payload_len;
+    }
+}
+
+/* The stream's oldest unacknowledged message's age (ms), 0 when none is known. */
+static uint64_t stream_oldest_ms(const stream_t *st, uint64_t now)
+{
+    const sl_reader_t *r = &st->sub.readers[0];
+    const sl_msg_t *m = NULL;
+    if (st->nmsgs > 0)
+        m = st->msgs[0];
+    else if (r->next <= st->topic->head_seq)
+        m = sl_topic_get(st->topic, r->next);
+    return m != NULL && now > m->ts_ms ? now - m->ts_ms : 0;
+}
+
+/* GET /sinks: every sink and every stream, by name (never a URL). */
+static char *render_json(void *arg, size_t *len)
+{
+    sl_sinks_t *s = arg;
+    sl_bbuf_t b = {0};
+    char line[512];
+    uint64_t now = sl_now_ms();
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int n_ = snprintf(line, sizeof(line), __VA_ARGS__);                                        \
+        if (n_ > 0)                                                                                \
+            sl_bbuf_put(&b, line, (size_t)n_ < sizeof(line) ? (size_t)n_ : sizeof(line) - 1);      \
+    } while (0)
+    PUT("{\"sinks\":[");
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        PUT("%s{\"name\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"in_flight\":%" PRIu64
+            ",\"delivered\":%" PRIu64 ",\"streams\":[",
+            i ? "," : "", k->conf->name, k->conf->type == SL_SINK_FILE ? "file" : "webhook",
+            k->group.disabled ? "disabled"
+            : s->stopping     ? "stopping"
+                              : "running",
+            k->group.inflight, k->delivered);
+        int first = 1;
+        sl_list_t *it;
+        sl_list_each(it, &k->streams)
+        {
+            stream_t *st = sl_container_of(it, stream_t, link);
+            uint64_t msgs, bytes;
+            stream_backlog(st, &msgs, &bytes);
+            const char *brk = "null";
+            if (st->ss.brk != NULL)
+                brk = sl_breaker_state_name(st->ss.brk->b.state);
+            else if (k->conf->type == SL_SINK_WEBHOOK) {
+                const sl_breg_entry_t *e = sl_breg_find(&s->breg, st->origin, st->origin_len);
+                brk = e != NULL ? sl_breaker_state_name(e->b.state) : "none";
+            }
+            sl_bbuf_put(&b, first ? "" : ",", first ? 0 : 1);
+            first = 0;
+            PUT("{\"topic\":\"%s\",\"state\":\"%s\",\"breaker\":%s%s%s,"
+                "\"backlog_messages\":%" PRIu64 ",\"backlog_bytes\":%" PRIu64
+                ",\"oldest_unacked_seconds\":%.3f,\"in_flight\":%d,\"attempts\":%u}",
+                st->topic->name, sl_ss_state_name(st->ss.state), strcmp(brk, "null") ? "\"" : "",
+                brk, strcmp(brk, "null") ? "\"" : "", msgs, bytes,
+                (double)stream_oldest_ms(st, now) / 1000.0, st->ss.state == SL_SS_SENDING,
+                st->attempt);
+        }
+        PUT("]}");
+    }
+    PUT("]}\n");
+#undef PUT
+    char *out = sl_malloc(b.len + 1);
+    memcpy(out, b.p, b.len);
+    *len = b.len;
+    sl_bbuf_free(&b);
+    return out;
+}
+
+/* The age of a sink's oldest unacknowledged message: a held batch's first message, else the
+ * next one owed if the ring still has it (a message only on disk counts once read back). */
+static uint64_t oldest_unacked_ms(sink_t *k)
+{
+    uint64_t now = sl_now_ms(), oldest = 0;
+    sl_list_t *it;
+    sl_list_each(it, &k->streams)
+    {
+        uint64_t age = stream_oldest_ms(sl_container_of(it, stream_t, link), now);
+        if (age > oldest)
+            oldest = age;
+    }
+    return oldest;
+}
 
 /* The sinks' series for /metrics. Labels are sink names (never URLs) and fixed words. */
 static char *render_metrics(void *arg, size_t *len)
@@ -914,10 +1135,15 @@ static char *render_metrics(void *arg, size_t *len)
         {"sluice_sink_retries_total", "counter", "Requests retried after a failure."},
         {"sluice_sink_in_flight", "gauge", "Sink requests in flight."},
         {"sluice_sink_backlog_messages", "gauge", "Messages not yet acknowledged."},
+        {"sluice_sink_backlog_bytes", "gauge", "Payload bytes not yet acknowledged, in memory."},
         {"sluice_sink_dead_letters_total", "counter", "Messages sent to the dead-letter topic."},
         {"sluice_sink_gap_messages_total", "counter", "Messages a lossy stream missed."},
         {"sluice_sink_streams_stopped", "gauge", "Streams stopped (poison, 410)."},
         {"sluice_sink_disabled", "gauge", "1 when the sink got 410 Gone."},
+        {"sluice_sink_oldest_unacked_seconds", "gauge",
+         "Age of the oldest message not yet acknowledged (held or in the ring)."},
+        {"sluice_sink_request_duration_seconds", "histogram",
+         "Duration of sink requests (webhook) and writes (file), whatever their outcome."},
     };
     for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++) {
         LINE("# HELP %s %s\n# TYPE %s %s\n", series[i].name, series[i].help, series[i].name,
@@ -941,7 +1167,7 @@ static char *render_metrics(void *arg, size_t *len)
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->retries);
                 break;
             case 3:
-                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->inflight);
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->group.inflight);
                 break;
             case 4: {
                 uint64_t backlog = 0;
@@ -957,18 +1183,44 @@ static char *render_metrics(void *arg, size_t *len)
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, backlog);
                 break;
             }
-            case 5:
+            case 5: {
+                uint64_t bytes = 0;
+                sl_list_t *it;
+                sl_list_each(it, &k->streams)
+                {
+                    uint64_t sm, sb;
+                    stream_backlog(sl_container_of(it, stream_t, link), &sm, &sb);
+                    bytes += sb;
+                }
+                LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, bytes);
+                break;
+            }
+            case 6:
                 LINE("%s{reason=\"rejected\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
                      k->dead_letters);
                 break;
-            case 6:
+            case 7:
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->gap_messages);
                 break;
-            case 7:
+            case 8:
                 LINE("%s{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->stopped_streams);
                 break;
-            case 8:
-                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->disabled);
+            case 9:
+                LINE("%s{sink=\"%s\"} %d\n", series[i].name, nm, k->group.disabled);
+                break;
+            case 10:
+                LINE("%s{sink=\"%s\"} %.3f\n", series[i].name, nm,
+                     (double)oldest_unacked_ms(k) / 1000.0);
+                break;
+            case 11:
+                for (size_t d = 0; d < NDUR; d++)
+                    LINE("%s_bucket{le=\"%.3f\",sink=\"%s\"} %" PRIu64 "\n", series[i].name,
+                         (double)dur_bounds_ms[d] / 1000.0, nm, k->dur_le[d]);
+                LINE("%s_bucket{le=\"+Inf\",sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm,
+                     k->dur_le[NDUR]);
+                LINE("%s_sum{sink=\"%s\"} %.3f\n", series[i].name, nm,
+                     (double)k->dur_sum_ms / 1000.0);
+                LINE("%s_count{sink=\"%s\"} %" PRIu64 "\n", series[i].name, nm, k->dur_count);
                 break;
             }
         }
@@ -985,7 +1237,7 @@ static char *render_metrics(void *arg, size_t *len)
          "sluice_sink_breaker_evictions_total{reason=\"lru\"} %" PRIu64 "\n"
          "sluice_sink_breaker_evictions_total{reason=\"ttl\"} %" PRIu64 "\n",
          s->breg.evictions, s->breg.ttl_evictions);
-    LINE("# HELP sluice_sink_breaker_registry_full_total Streams that waited for a slot.\n"
+    LINE("# HELP sluice_sink_breaker_registry_full_total Breakers refused: every entry busy.\n"
          "# TYPE sluice_sink_breaker_registry_full_total counter\n"
          "sluice_sink_breaker_registry_full_total %" PRIu64 "\n",
          s->breg.full);
@@ -1003,8 +1255,7 @@ static char *render_metrics(void *arg, size_t *len)
 static void on_sweep(uv_timer_t *h)
 {
     sl_sinks_t *s = h->data;
-    if (sl_breg_sweep(&s->breg, sl_now_ms()) > 0)
-        wake_list(&s->wait_breg);
+    sl_sched_sweep(&s->sched, sl_now_ms());
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1018,7 +1269,7 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_drain_deadline(uv_timer_t *h)
 {
     sl_sinks_t *s = h->data;
-    SL_INFO("sink drain deadline reached, cancelling", "in_flight=%" PRIu64, s->inflight);
+    SL_INFO("sink drain deadline reached, cancelling", "in_flight=%" PRIu64, s->sched.inflight);
     finish(s);
 }
 
@@ -1028,6 +1279,12 @@ static void on_stream_timer_closed(uv_handle_t *h)
     sl_sinks_t *s = st->sink->all;
     s->handles--;
     free(st->url);
+    if (st->fw != NULL) {
+        /* Closing may fsync (fsync = batch or rotate): shutdown only, after the last job. */
+        sl_fwriter_free(st->fw);
+        sl_bfree(st->fends, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fends));
+        sl_bfree(st->fseqs, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fseqs));
+    }
     sl_bfree(st->msgs, st->sink->conf->batch_max_messages * sizeof(*st->msgs));
     sl_bfree(st, sizeof(*st));
 }
@@ -1038,6 +1295,11 @@ static void finish(sl_sinks_t *s)
 {
     if (s->finished)
         return;
+    if (s->jobs > 0) {
+        /* A write on the thread pool cannot be cancelled: the last one to end finishes. */
+        s->finish_pending = 1;
+        return;
+    }
     s->finished = 1;
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
@@ -1048,7 +1310,7 @@ static void finish(sl_sinks_t *s)
             if (st->req != NULL)
                 free_request(st);
             release_breaker(st);
-            sl_list_remove(&st->wait_link);
+            sl_list_remove(&st->ss.wait_link);
             drop_front(st, st->nmsgs);
             sl_sub_dispose(s->hub, &st->sub);
             sl_list_remove(&st->link);
@@ -1063,6 +1325,7 @@ static void finish(sl_sinks_t *s)
     if (s->hub->on_topic_arg == s)
         s->hub->on_topic = NULL;
     sl_metrics_set_extra(NULL, NULL);
+    sl_metrics_set_sinks_json(NULL, NULL);
     curl_multi_cleanup(s->multi);
     s->multi = NULL;
     for (size_t i = 0; i < s->nbyfd; i++)
@@ -1081,7 +1344,8 @@ void sl_sinks_stop(sl_sinks_t *s, int now)
         return;
     if (!s->stopping) {
         s->stopping = 1;
-        SL_INFO("sinks draining", "in_flight=%" PRIu64, s->inflight);
+        s->sched.stopping = 1;
+        SL_INFO("sinks draining", "in_flight=%" PRIu64, s->sched.inflight);
         for (size_t i = 0; i < s->n; i++) {
             sl_list_t *it;
             sl_list_each(it, &s->v[i].streams)
@@ -1092,7 +1356,7 @@ void sl_sinks_stop(sl_sinks_t *s, int now)
         }
         uv_timer_stop(&s->sweep_timer);
     }
-    if (now || s->inflight == 0) {
+    if (now || (s->sched.inflight == 0 && s->jobs == 0)) {
         finish(s);
         return;
     }
@@ -1137,15 +1401,14 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     s->cfg = cfg;
     s->n = sc->n;
     s->v = sl_calloc(s->n, sizeof(*s->v));
-    sl_list_init(&s->wait_breg);
-    sl_list_init(&s->wait_slot);
-    sl_list_init(&s->wait_breaker);
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
         k->all = s;
         k->conf = &sc->v[i];
         sl_list_init(&k->streams);
         snprintf(k->cursor_name, sizeof(k->cursor_name), "sink.%s", k->conf->name);
+        k->group.no_breaker = k->conf->type == SL_SINK_FILE;
+        k->group.cap = k->group.no_breaker ? k->conf->workers : k->conf->max_in_flight;
         if (k->conf->signing_secret_file != NULL && load_secrets(k) != 0)
             *err = -EINVAL;
     }
@@ -1170,6 +1433,7 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
             bc.probe_timeout = c->timeout_ms + c->connect_timeout_ms;
     }
     sl_breg_init(&s->breg, sc->breaker_registry_max, sc->breaker_idle_ttl_ms, &bc);
+    sl_sched_init(&s->sched, &s->breg, &ss_ops, sc->max_in_flight, sc->max_host_connections);
     s->multi = curl_multi_init();
     curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
     curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
@@ -1192,6 +1456,7 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     hub->on_topic = on_topic;
     hub->on_topic_arg = s;
     sl_metrics_set_extra(render_metrics, s);
+    sl_metrics_set_sinks_json(render_json, s);
     sl_list_t *it;
     sl_list_each(it, &hub->topics)
     {

@@ -343,7 +343,9 @@ int sl_ll_cursor_name_valid(const char *s, size_t len)
     return 1;
 }
 
-static uint64_t min_checkpoint(const sl_lossless_t *ll, int *any)
+/* The lowest checkpoint of the cursors (only of those that hold a full quota, when `holding`:
+ * a yielding cursor does not). */
+static uint64_t min_checkpoint(const sl_lossless_t *ll, int *any, int holding)
 {
     uint64_t m = UINT64_MAX;
     *any = 0;
@@ -351,6 +353,8 @@ static uint64_t min_checkpoint(const sl_lossless_t *ll, int *any)
     sl_list_each(it, &ll->cursors)
     {
         const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        if (holding && c->yields)
+            continue;
         if (c->checkpoint < m)
             m = c->checkpoint;
         *any = 1;
@@ -423,19 +427,20 @@ static void unlink_later(const char *path)
 }
 
 /* Deletes segments nobody needs: all of them below every cursor's checkpoint (when there are
- * cursors), and the oldest ones while a quota is exceeded and no cursor needs them. The
- * segment being written is never deleted. */
+ * cursors), and the oldest ones while a quota is exceeded and no holding cursor needs them (a
+ * yielding cursor's reader then finds a gap). The segment being written is never deleted. */
 static void trim(sl_lossless_t *ll)
 {
     const sl_topic_conf_t *conf = &ll->topic->conf;
-    int any;
-    uint64_t ck = min_checkpoint(ll, &any);
+    int any, hany;
+    uint64_t ck = min_checkpoint(ll, &any, 0);
+    uint64_t hck = min_checkpoint(ll, &hany, 1);
     while (ll->nsegs > 1) {
         sl_seg_t *s = &ll->segs[0];
         int passed = any && s->last <= ck;
         int over = (conf->disk_quota && ll->disk_bytes > conf->disk_quota) ||
                    (ll_cfg && ll_cfg->disk_quota && ll_total_disk > ll_cfg->disk_quota);
-        if (!passed && !(over && (!any || s->last <= ck)))
+        if (!passed && !(over && (!hany || s->last <= hck)))
             break;
         char path[PATH_CAP];
         sl_spill_seg_path(path, sizeof(path), ll->dir, s->base);
@@ -667,7 +672,7 @@ static int compute_full(const sl_lossless_t *ll)
     /* Over quota with nothing left that may be deleted: only pinned data, or only the segment
      * being written. */
     int any;
-    uint64_t ck = min_checkpoint(ll, &any);
+    uint64_t ck = min_checkpoint(ll, &any, 1);
     return ll->nsegs <= 1 || (any && ll->segs[0].last > ck);
 }
 

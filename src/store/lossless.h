@@ -33,6 +33,10 @@ typedef struct sl_cursor {
     uint32_t nconn;         /* readers using it now */
     uint64_t idle_since_ms; /* when the last reader left; 0 while in use */
     char owner[65];         /* SHA-256 (hex) of the subject that created it; "" = nobody's */
+    /* Yields to a full quota (a sink with on_max_backlog = skip): it pins segments while there
+     * is room, but a full quota deletes what only it still needs, and its reader finds a gap.
+     * Not saved: whoever uses the cursor sets it. */
+    int yields;
 } sl_cursor_t;
 
 enum { SL_WAIT_ROOM = 1, SL_WAIT_DURABLE = 2 };

@@ -346,7 +346,170 @@ def test_metrics_series_by_sink_name(sluice_factory, tmp_path, receiver):
     assert m.v('sluice_sink_requests_total{outcome="rejected",sink="m1"}') >= 1
     assert m.v('sluice_sink_in_flight{sink="m1"}') == 0
     assert m.v('sluice_sink_backlog_messages{sink="m1"}') == 0
+    assert m.v('sluice_sink_oldest_unacked_seconds{sink="m1"}') == 0
+    count = m.v('sluice_sink_request_duration_seconds_count{sink="m1"}')
+    assert count >= 3  # the batch was split: several requests
+    assert m.v('sluice_sink_request_duration_seconds_bucket{le="+Inf",sink="m1"}') == count
+    assert m.v('sluice_sink_request_duration_seconds_bucket{le="30.000",sink="m1"}') <= count
     assert m.v('sluice_sink_breakers{state="closed"}') + \
         m.v('sluice_sink_breakers{state="open"}') <= 1
     text = srv.get("/metrics").body.decode()
     assert "secret-path-x" not in text and "127.0.0.1:%d" % receiver.port not in text
+
+
+QUOTA = {"t/*": {"durability": "lossless", "segment_bytes": "4KiB", "disk_quota": "32KiB"}}
+
+
+def fill_until_refused(srv, topic, limit=400):
+    """Publishes 1 KiB messages until the log pushes back (429); returns those accepted."""
+    sent = []
+    for i in range(limit):
+        r = srv.post(f"/topics/{topic}", f"p{i}:" + "x" * 1000)
+        if r.status == 429:
+            return sent
+        assert r.status == 202, r.status
+        sent.append(f"p{i}:" + "x" * 1000)
+    return sent
+
+
+def test_lossless_pushback_then_resume(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    # Failing half the time opens the breaker whatever breaker_failures says: short periods.
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), breaker_failures=1000, breaker_open="100ms",
+                     breaker_open_max="200ms")},
+        topics=QUOTA, server={"max_publish_wait": "50ms"})
+    sent = fill_until_refused(srv, "t/a")
+    # The endpoint is down and the sink holds the log: publishers are pushed back.
+    assert 0 < len(sent) < 400, len(sent)
+    assert len(receiver.ok()) == 0
+    receiver.set("ok")
+    assert receiver.wait(lambda r: r.delivered_payloads() == sent, timeout=20)
+    # Room again once the sink caught up: publishing resumes, nothing was skipped.
+    assert srv.wait_metric('sluice_sink_backlog_messages{sink="s"}', lambda v: v == 0)
+    srv.publish("t/a", "after")
+    assert receiver.wait(lambda r: r.delivered_payloads() == sent + ["after"])
+    assert srv.metrics().v('sluice_sink_gap_messages_total{sink="s"}') == 0
+
+
+def test_skip_on_max_backlog_never_blocks_publishers(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), breaker_failures=1000, on_max_backlog="skip",
+                     breaker_open="100ms", breaker_open_max="200ms")},
+        # Publishes wait for their write only (never for room): a slow disk is no failure here.
+        topics={"t/*": dict(QUOTA["t/*"], max_messages="8")}, server={"max_publish_wait": "10s"})
+    sent = [f"p{i}:" + "x" * 1000 for i in range(200)]  # six times the quota
+    for p in sent:
+        srv.publish("t/a", p)  # never a 429
+    receiver.set("ok")
+    srv.publish("t/a", "last")
+    assert receiver.wait(lambda r: "last" in r.delivered_payloads(), timeout=20)
+    got = receiver.delivered_payloads()
+    m = srv.wait_metric('sluice_sink_backlog_messages{sink="s"}', lambda v: v == 0)
+    missed = m.v('sluice_sink_gap_messages_total{sink="s"}')
+    # Losses are counted gaps only: what arrived is in order, and the rest is the gap count.
+    assert missed > 0 and len(got) + missed == len(sent) + 1, (len(got), missed)
+    assert got == [p for p in sent + ["last"] if p in set(got)]
+    gaps = [e for d in receiver.ok() for e in d.envelopes() if e.get("sluice") == "gap"]
+    assert sum(g["missed"] for g in gaps) == missed
+
+
+def test_get_sinks_shows_streams(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "down": webhook(receiver.url("/secret-path-y"), breaker_failures=2, breaker_open="10s")})
+    srv.publish_batch("t/a", ["a", "b"])
+    srv.publish("t/b", "c")
+
+    def doc():
+        r = srv.get("/sinks")
+        assert r.status == 200
+        return json.loads(r.body)
+
+    def stream(d, topic):
+        return next(s for s in d["sinks"][0]["streams"] if s["topic"] == topic)
+
+    end = time.monotonic() + 10
+    while stream(doc(), "t/a")["breaker"] != "open" and time.monotonic() < end:
+        time.sleep(0.05)
+    d = doc()
+    assert d["sinks"][0]["name"] == "down" and d["sinks"][0]["type"] == "webhook"
+    a = stream(d, "t/a")
+    assert a["breaker"] == "open"
+    assert a["state"] in ("wait_breaker", "backoff")
+    assert a["backlog_messages"] == 2 and a["backlog_bytes"] == 2
+    assert a["oldest_unacked_seconds"] > 0 and a["in_flight"] == 0
+    assert stream(d, "t/b")["backlog_messages"] == 1
+    text = srv.get("/sinks").body.decode()
+    assert "secret-path-y" not in text and str(receiver.port) not in text
+    m = srv.metrics()
+    assert m.v('sluice_sink_backlog_bytes{sink="down"}') == 3
+    assert m.v('sluice_sink_oldest_unacked_seconds{sink="down"}') > 0
+
+
+def test_flapping_endpoint_delivers_everything_in_order(sluice_factory, tmp_path, receiver):
+    receiver.set("flapping", status=500)  # every other request fails
+    # Half the requests failing opens the breaker (>= 50 % of the last 20): short open periods.
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), batch_max_messages=5, breaker_failures=1000,
+                     breaker_open="50ms", breaker_open_max="100ms")})
+    lines = [f"m{i}" for i in range(60)]
+    for k in range(0, 60, 10):
+        srv.publish_batch("t/a", lines[k:k + 10])
+    assert receiver.wait(lambda r: len(r.delivered_payloads()) >= 60, timeout=20)
+    assert receiver.delivered_payloads() == lines
+    failed = [d for d in receiver.all() if d.status == 500]
+    assert len(failed) >= 5
+    # A retried batch is the same batch: a failed body is the next accepted one.
+    for d in failed:
+        nxt = next(x for x in receiver.all() if x.t > d.t and x.status == 200)
+        assert nxt.body == d.body and nxt.headers["webhook-id"] == d.headers["webhook-id"]
+    m = srv.wait_metric('sluice_sink_delivered_messages_total{sink="s"}', lambda v: v == 60)
+    assert m.v('sluice_sink_retries_total{sink="s"}') == len(failed)
+
+
+def test_413_on_a_batch_splits_it(sluice_factory, tmp_path, receiver):
+    receiver.set("reject_id", reject="big-5", reject_status=413)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url("/main"), batch_linger="100ms", dead_letter="dlq/s"),
+        "d": webhook(receiver.url("/dlq"), topics="dlq/*")})
+    lines = [f"ok-{i}" for i in range(5)] + ["big-5"] + [f"ok-{i}" for i in range(6, 10)]
+    srv.publish_batch("t/a", lines)
+    want = [x for x in lines if x != "big-5"]
+    assert receiver.wait(lambda r: r.delivered_payloads("t/a") == want)
+    assert receiver.wait(lambda r: len(r.delivered_payloads("dlq/s")) == 1)
+    env = json.loads(receiver.delivered_payloads("dlq/s")[0])
+    assert env["status"] == 413 and env["message"]["data"] == "big-5"
+    # Halved until the one message was alone: more than one refused request, shrinking.
+    refused = [len(d.envelopes()) for d in receiver.all() if d.status == 413]
+    assert len(refused) >= 2 and refused == sorted(refused, reverse=True) and refused[-1] == 1
+
+
+def test_302_is_not_followed_and_is_retried(sluice_factory, tmp_path, receiver):
+    receiver.set("status", status=302)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), breaker_failures=1000)})
+    srv.publish("t/a", "x")
+    assert receiver.wait(lambda r: len(r.all()) >= 3)
+    assert all(d.path == "/hook" for d in receiver.all())  # never /redirected
+    receiver.set("ok")
+    assert receiver.wait(lambda r: r.delivered_payloads() == ["x"])
+    assert all(d.path == "/hook" for d in receiver.all())
+    assert srv.metrics().v('sluice_sink_retries_total{sink="s"}') >= 3
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_as_a_date(sluice_factory, tmp_path, receiver, status):
+    # An HTTP date two seconds ahead of each answer (whole seconds: at least one away).
+    def when():
+        return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    receiver.set("status", status=status, retry_after=when)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), retry_max="10s", breaker_failures=1000)})
+    srv.publish("t/a", "x")
+    assert receiver.wait(lambda r: len(r.all()) >= 2, timeout=10)
+    receiver.set("ok")
+    t = [d.t for d in receiver.all()[:2]]
+    # Without Retry-After the backoff would be at most 20-200 ms.
+    assert t[1] - t[0] >= 0.5, t
+    assert receiver.wait(lambda r: r.delivered_payloads() == ["x"])

@@ -5,10 +5,12 @@ verifies Standard Webhooks signatures when it knows the secret.
 Modes (Receiver.mode):
   ok            200 at once
   slow          200 after `delay` seconds
-  status        answer `status` (with `retry_after` as Retry-After when set)
+  status        answer `status` (with `retry_after` as Retry-After when set: seconds, an
+                HTTP date, or a function giving one per answer); a 3xx carries
+                Location: /redirected, which must not be followed
   flapping      alternately 500 and 200
-  reject_id     400 when the body holds `reject` (a message id or payload), else 200; never
-                on paths under /dlq
+  reject_id     `reject_status` (400) when the body holds `reject` (a message id or payload),
+                else 200; never on paths under /dlq
   hang_headers  never answers (the request times out)
   hang_body     sends 200 headers, then never finishes the body
   reset         accepts the request, then drops the connection
@@ -51,6 +53,7 @@ class Receiver:
         self.status = 200
         self.retry_after = None
         self.reject = None
+        self.reject_status = 400  # reject_id: the status of the refused message
         self.secrets = [base64.b64decode(s[6:] if s.startswith("whsec_") else s)
                         for s in secrets]
         self.deliveries = []
@@ -143,6 +146,7 @@ class Receiver:
         with self._lock:
             mode = self.mode
             delay, status, ra, reject = self.delay, self.status, self.retry_after, self.reject
+            reject_status = self.reject_status
             if mode == "flapping":
                 self._flap += 1
                 status = 500 if self._flap % 2 else 200
@@ -155,7 +159,7 @@ class Receiver:
         elif mode == "reject_id":
             # Dead letters (posted under /dlq) carry the rejected payload: accept those.
             hit = reject is not None and reject.encode() in body
-            answer = 400 if hit and not request.path.startswith("/dlq") else 200
+            answer = reject_status if hit and not request.path.startswith("/dlq") else 200
         d = Delivery(request.raw_path.split("?")[0], dict(request.headers), body, answer,
                      time.monotonic())
         with self._lock:
@@ -177,7 +181,9 @@ class Receiver:
             return resp
         headers = {}
         if ra is not None and answer is not None and answer >= 300:
-            headers["Retry-After"] = str(ra)
+            headers["Retry-After"] = str(ra() if callable(ra) else ra)
+        if answer is not None and 300 <= answer < 400:
+            headers["Location"] = "/redirected"  # must not be followed
         return web.Response(status=answer, text="answer %d" % answer, headers=headers)
 
     def _run(self):

@@ -104,6 +104,35 @@ static void test_full_and_trim(void **state)
     drop_topic(t);
 }
 
+/* A yielding cursor (a sink with on_max_backlog = skip) pins nothing once the quota is full;
+ * a holding one beside it still does. */
+static void test_yielding_cursor(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1000, 3000);
+    sl_lossless_t *ll = t->ll;
+    sl_cursor_t *y = sl_ll_cursor(t, "y", 1, 1);
+    y->yields = 1;
+    y->checkpoint = 0;
+    for (int i = 0; i < 8; i++) {
+        ll->unwritten = 900;
+        t->head_seq += 10;
+        written(t, 900, 10, 1000);
+    }
+    assert_false(sl_ll_full(t));
+    assert_true(ll->disk_bytes <= 3000 + 1000);
+    assert_true(ll->segs[0].base > y->checkpoint + 1); /* its reader will find a gap */
+    sl_cursor_t *h = sl_ll_cursor(t, "h", 1, 1);
+    h->checkpoint = ll->segs[0].base - 1;
+    for (int i = 0; i < 5; i++) {
+        ll->unwritten = 900;
+        t->head_seq += 10;
+        written(t, 900, 10, 1000);
+    }
+    assert_true(sl_ll_full(t));
+    drop_topic(t);
+}
+
 /* ---- no publisher is left waiting while there is room ------------------------------------ */
 
 #define NPUB 24
@@ -306,6 +335,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_and_trim),
+        cmocka_unit_test(test_yielding_cursor),
         cmocka_unit_test(test_no_publisher_left_waiting),
         cmocka_unit_test(test_durable_and_deadlines),
         cmocka_unit_test(test_dir_names),

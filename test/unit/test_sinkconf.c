@@ -95,8 +95,15 @@ static void test_errors(void **state)
         {"[sink \"ok\"]\ntype = webhook\ntopics = x\nurl = http://h/\nretry_initial = 2m\n"
          "retry_max = 1m\n",
          "retry_initial is above retry_max"},
-        {"[sink \"ok\"]\ntype = file\ntopics = x\n", "type = file is not available"},
-        {"[sink \"ok\"]\non_max_backlog = skip\n", "on_max_backlog = skip is not available"},
+        {"[sink \"ok\"]\ntype = file\ntopics = x\n", "directory is required"},
+        {"[sink \"ok\"]\ntype = file\ntopics = x\ndirectory = /d\nformat = json\n",
+         "format is raw or jsonl"},
+        {"[sink \"ok\"]\ntype = file\ntopics = x\ndirectory = /d\nurl = http://h/\n",
+         "url is for type = webhook"},
+        {"[sink \"ok\"]\nfsync = sometimes\n", "invalid value 'sometimes' for fsync"},
+        {"[sink \"ok\"]\nworkers = 0\n", "out of range"},
+        {"[sink \"ok\"]\nrotate_bytes = 1\n", "out of range"},
+        {"[sink \"ok\"]\non_max_backlog = later\n", "invalid value 'later' for on_max_backlog"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char errs[2048];
@@ -109,10 +116,39 @@ static void test_errors(void **state)
     }
 }
 
+static void test_file_sink(void **state)
+{
+    (void)state;
+    char errs[2048] = "";
+    sl_config_t cfg;
+    int n = load(&cfg,
+                 "[sink \"arch\"]\ntype = file\ntopics = audio/*\ndirectory = /var/x\n"
+                 "format = jsonl\nrotate_bytes = 1MiB\nrotate_interval = 2m\nfsync = rotate\n"
+                 "workers = 2\n"
+                 "[sink \"d\"]\ntype = file\ntopics = a\ndirectory = /var/y\nformat = raw\n",
+                 errs, sizeof(errs));
+    assert_int_equal(n, 0);
+    const sl_sink_conf_t *c = &cfg.sinks.v[0];
+    assert_int_equal(c->type, SL_SINK_FILE);
+    assert_string_equal(c->directory, "/var/x");
+    assert_int_equal(c->format, 0);
+    assert_int_equal(c->rotate_bytes, 1 << 20);
+    assert_int_equal(c->rotate_interval_ms, 120000);
+    assert_int_equal(c->fsync_mode, SL_FILE_SYNC_ROTATE);
+    assert_int_equal(c->workers, 2);
+    c = &cfg.sinks.v[1];
+    assert_int_equal(c->format, 2);
+    assert_int_equal(c->fsync_mode, SL_FILE_SYNC_BATCH);
+    assert_int_equal(c->rotate_bytes, 64 << 20);
+    assert_int_equal(c->workers, 4);
+    sl_config_dispose(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full),
+        cmocka_unit_test(test_file_sink),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""Sink benchmarks (issue 13), reported as ratios measured on one machine in one run.
+
+    /usr/bin/python3 bench/sinks.py [--quick] [--bin build/sluice]
+
+* webhook, batched: a backlog of N small messages on 8 lossless topics (published first, with
+  no sink), then a server with a webhook sink (start = oldest, 100 per request, 8 in flight)
+  drains it into a fast local receiver (raw asyncio, its own process): messages/s, and the
+  ratio to a sequential keep-alive loop of single POSTs against the same receiver (requests/s).
+* webhook, unbatched: the same with format = raw (one message per request, 8 in flight):
+  messages per sluice CPU-second, against the loop's requests per client CPU-second.
+* RSS per in-flight request: 512 topics, one message each, a receiver that never answers;
+  sink max_in_flight 512 against 8: (RSS difference) / 504.
+* file sink (jsonl, fsync = rotate): a backlog drained into files, bytes written per second,
+  against dd (bs=1M, conv=fdatasync) of the same size in the same directory.
+* publish-to-receiver latency: 1,000 msg/s of single POSTs for 5 s, linger 0; the receiver
+  takes now - the send time carried in the payload; p50, p99.
+
+Results: bench/out/sinks-<timestamp>/results.txt (key=value lines).
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench" / "chaos"))
+import loadkit as lk  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# ---- the receiver: a minimal HTTP/1.1 server in its own process ----------------------------
+
+def receiver_main(port, mode, count, ready, lat_conn):
+    lats = []
+
+    class H(asyncio.Protocol):
+        def connection_made(self, t):
+            self.t, self.buf = t, b""
+
+        def data_received(self, d):
+            self.buf += d
+            while True:
+                i = self.buf.find(b"\r\n\r\n")
+                if i < 0:
+                    return
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", self.buf[:i])
+                n = int(m.group(1)) if m else 0
+                if len(self.buf) < i + 4 + n:
+                    return
+                body = self.buf[i + 4:i + 4 + n]
+                self.buf = self.buf[i + 4 + n:]
+                if mode == "hold":
+                    continue
+                if mode == "raw":
+                    k = 1
+                else:
+                    k = body.count(b"\n") or 1
+                    if mode == "latency":
+                        now = time.time_ns()
+                        for line in body.split(b"\n"):
+                            if line:
+                                lats.append((now - int(json.loads(line)["data"])) / 1e6)
+                with count.get_lock():
+                    count.value += k
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(H, "127.0.0.1", port, backlog=1024)
+        ready.set()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        srv.close()
+
+    asyncio.run(run())
+    if lat_conn is not None:
+        lat_conn.send(lats)
+
+
+class Receiver:
+    def __init__(self, mode):
+        self.port = free_port()
+        self.count = mp.Value("q", 0)
+        ready = mp.Event()
+        self.parent, child = mp.Pipe()
+        self.p = mp.Process(target=receiver_main,
+                            args=(self.port, mode, self.count, ready, child), daemon=True)
+        self.p.start()
+        ready.wait(10)
+
+    def stop(self):
+        self.p.terminate()
+        lats = self.parent.recv() if self.parent.poll(10) else []
+        self.p.join(5)
+        return lats
+
+
+# ---- sluice ------------------------------------------------------------------------------
+
+class Sluice:
+    def __init__(self, binary, conf, data):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+        (self.dir / "s.ini").write_text(
+            f"[server]\nlisten = 127.0.0.1:{self.port}\ndata_dir = {data}\nlog_level = warn\n"
+            "memory_limit = 1GiB\n" + conf)
+        self.p = subprocess.Popen([binary, "--config", str(self.dir / "s.ini")],
+                                  stderr=open(self.dir / "log", "w"))
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.c = lk.KeepAlive(self.port)
+
+    def cpu(self):
+        f = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(self):
+        for line in open(f"/proc/{self.p.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def metric(self, name, **labels):
+        return lk.metric(self.c.metrics(), name, **labels)
+
+    def stop(self):
+        self.c.close()
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+LOSSLESS = "[topic \"b/*\"]\ndurability = lossless\nfsync = never\ndisk_quota = 8GiB\n"
+
+
+def backlog(binary, data, topics, per_topic, payload):
+    """Publishes per_topic messages to each topic (no sink), then stops the server."""
+    s = Sluice(binary, LOSSLESS, data)
+    line = payload + b"\n"
+    chunk = 2000
+    for t in topics:
+        left = per_topic
+        while left > 0:
+            k = min(chunk, left)
+            st, _, _ = s.c.request("POST", f"/topics/{t}", line * k,
+                                   "Content-Type: application/x-ndjson\r\n")
+            assert st == 202, st
+            left -= k
+    s.stop()
+
+
+def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total"):
+    """A server with the sink on the backlog: seconds and sluice CPU to deliver `total`."""
+    s = Sluice(binary, LOSSLESS + conf, data)
+    cpu0, t0 = s.cpu(), time.monotonic()
+    while s.metric(key, sink="s") < total:
+        time.sleep(0.05)
+        if time.monotonic() - t0 > 600:
+            break
+    dt, cpu = time.monotonic() - t0, s.cpu() - cpu0
+    s.stop()
+    return dt, cpu
+
+
+def loop_rate(port, seconds):
+    """A sequential keep-alive loop of single-message POSTs: requests/s and per CPU-second."""
+    c = lk.KeepAlive(port)
+    n, t0, c0 = 0, time.monotonic(), time.process_time()
+    while time.monotonic() - t0 < seconds:
+        c.request("POST", "/x", b"x" * 64)
+        n += 1
+    dt, cpu = time.monotonic() - t0, time.process_time() - c0
+    c.close()
+    return n / dt, n / cpu
+
+
+def sink_conf(port):
+    return ("[sink \"s\"]\ntype = webhook\ntopics = b/*\nstart = oldest\nallow_private = true\n"
+            f"url = http://127.0.0.1:{port}/in\nbatch_linger = 0\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--bin", default=os.environ.get("SLUICE_BIN", str(REPO / "build/sluice")))
+    a = ap.parse_args()
+    out = REPO / "bench" / "out" / ("sinks-" + time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    res = {}
+
+    def report(k, v):
+        res[k] = v
+        print(f"{k}={v}", flush=True)
+
+    topics = [f"b/{i}" for i in range(8)]
+    payload = b'{"k":"0123456789abcdef0123456789abcdef"}'
+    n_batched = 100_000 if a.quick else 400_000
+    n_single = 10_000 if a.quick else 30_000
+
+    # Sequential loop against the fast receiver.
+    r = Receiver("count")
+    loop_rps, loop_per_cpu = loop_rate(r.port, 3)
+    report("loop_requests_per_s", round(loop_rps))
+    report("loop_requests_per_cpu_s", round(loop_per_cpu))
+
+    # Batched.
+    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    backlog(a.bin, data, topics, n_batched // 8, payload)
+    dt, cpu = drain(a.bin, data, sink_conf(r.port) + "batch_max_messages = 100\nmax_in_flight = 8\n",
+                    n_batched)
+    report("batched_messages_per_s", round(n_batched / dt))
+    report("batched_vs_loop", round(n_batched / dt / loop_rps, 1))
+    report("batched_sluice_cpu_s", round(cpu, 2))
+    shutil.rmtree(data, ignore_errors=True)
+    r.stop()
+
+    # Unbatched.
+    r = Receiver("raw")
+    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    backlog(a.bin, data, topics, n_single // 8, payload)
+    dt, cpu = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
+                    n_single)
+    report("unbatched_messages_per_s", round(n_single / dt))
+    report("unbatched_messages_per_sluice_cpu_s", round(n_single / cpu) if cpu else "n/a")
+    report("unbatched_per_cpu_vs_loop", round(n_single / cpu / loop_per_cpu, 2) if cpu else "n/a")
+    shutil.rmtree(data, ignore_errors=True)
+    r.stop()
+
+    # RSS per in-flight request.
+    r = Receiver("hold")
+    rss = {}
+    for cap in (8, 512):
+        data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+        s = Sluice(a.bin, "[sinks]\nmax_in_flight = 1024\nmax_host_connections = 1024\n"
+                   f"[sink \"s\"]\ntype = webhook\ntopics = h/*\nallow_private = true\n"
+                   f"url = http://127.0.0.1:{r.port}/h\nbatch_linger = 0\ntimeout = 60s\n"
+                   f"max_in_flight = {cap}\n", data)
+        for i in range(512):
+            s.c.request("POST", f"/topics/h/{i}", b"x" * 100)
+        t0 = time.monotonic()
+        while s.metric("sluice_sink_in_flight", sink="s") < cap and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        rss[cap] = s.rss()
+        s.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    r.stop()
+    report("rss_per_in_flight_request_kib", round((rss[512] - rss[8]) / 504 / 1024, 1))
+
+    # File sink against dd.
+    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    n_file = 200_000 if a.quick else 1_000_000
+    big = b'"' + b"p" * 200 + b'"'
+    backlog(a.bin, data, topics, n_file // 8, big)
+    fdir = data / "files"
+    dt, cpu = drain(a.bin, data, f"[sink \"s\"]\ntype = file\ntopics = b/*\nstart = oldest\n"
+                    f"directory = {fdir}\nformat = jsonl\nfsync = rotate\nbatch_linger = 0\n"
+                    "rotate_bytes = 64MiB\n", n_file)
+    written = sum(f.stat().st_size for f in fdir.rglob("*.jsonl"))
+    report("file_sink_mib_per_s", round(written / dt / lk.MiB, 1))
+    mb = max(1, written // lk.MiB)
+    t0 = time.monotonic()
+    subprocess.run(["dd", "if=/dev/zero", f"of={data}/dd.tmp", "bs=1M", f"count={mb}",
+                    "conv=fdatasync"], capture_output=True, check=True)
+    dd = mb / (time.monotonic() - t0)
+    report("dd_mib_per_s", round(dd, 1))
+    report("file_sink_vs_dd", round(written / dt / lk.MiB / dd, 2))
+    shutil.rmtree(data, ignore_errors=True)
+
+    # Latency at 1,000 msg/s, linger 0.
+    r = Receiver("latency")
+    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    s = Sluice(a.bin, f"[sink \"s\"]\ntype = webhook\ntopics = l\nallow_private = true\n"
+               f"url = http://127.0.0.1:{r.port}/l\nbatch_linger = 0\n", data)
+    t0 = time.monotonic()
+    for i in range(5000):
+        d = t0 + i / 1000 - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        s.c.request("POST", "/topics/l", str(time.time_ns()).encode())
+    time.sleep(1)
+    s.stop()
+    lats = sorted(r.stop())
+    if lats:
+        report("latency_messages", len(lats))
+        report("latency_p50_ms", round(lk.percentile(lats, 50), 2))
+        report("latency_p99_ms", round(lk.percentile(lats, 99), 2))
+    shutil.rmtree(data, ignore_errors=True)
+    (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in res.items()))
+    print(f"# results in {out}")
+
+
+if __name__ == "__main__":
+    main()
