@@ -41,49 +41,15 @@ const char *sl_close_reason_name(sl_close_reason_t r)
     return r < SL_CLOSE__COUNT ? names[r] : "unknown";
 }
 
-typedef struct out {
-    char *buf;
-    size_t len, cap;
-} out_t;
-
-static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(out_t *o, const char *fmt, ...)
+static void head(sl_buf_t *o, const char *name, const char *type, const char *help)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        o->cap *= 2;
-        o->buf = sl_realloc(o->buf, o->cap);
-    }
+    sl_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* Appends bytes as they are (a large block through vsnprintf costs a pass per doubling). */
-static void put_bytes(out_t *o, const char *p, size_t n)
-{
-    while (o->cap - o->len <= n) {
-        o->cap *= 2;
-        o->buf = sl_realloc(o->buf, o->cap);
-    }
-    memcpy(o->buf + o->len, p, n);
-    o->len += n;
-    o->buf[o->len] = '\0';
-}
-
-static void head(out_t *o, const char *name, const char *type, const char *help)
-{
-    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void one(out_t *o, const char *name, const char *type, const char *help, uint64_t v)
+static void one(sl_buf_t *o, const char *name, const char *type, const char *help, uint64_t v)
 {
     head(o, name, type, help);
-    put(o, "%s %" PRIu64 "\n", name, v);
+    sl_buf_printf(o, "%s %" PRIu64 "\n", name, v);
 }
 
 static char *(*extra_render)(void *arg, size_t *len);
@@ -152,11 +118,11 @@ char *sl_metrics_sources(size_t *len)
 char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
 {
     const sl_metrics_t *m = &sl_metrics;
-    out_t o = {.buf = sl_malloc(8192), .len = 0, .cap = 8192};
+    sl_buf_t o = {.buf = sl_malloc(8192), .len = 0, .cap = 8192};
     one(&o, "sluice_connections", "gauge", "Open TCP connections.", m->connections);
     head(&o, "sluice_subscribers", "gauge", "Open subscriber connections by transport.");
-    put(&o, "sluice_subscribers{transport=\"sse\"} %" PRIu64 "\n", m->subscribers_sse);
-    put(&o, "sluice_subscribers{transport=\"ws\"} %" PRIu64 "\n", m->subscribers_ws);
+    sl_buf_printf(&o, "sluice_subscribers{transport=\"sse\"} %" PRIu64 "\n", m->subscribers_sse);
+    sl_buf_printf(&o, "sluice_subscribers{transport=\"ws\"} %" PRIu64 "\n", m->subscribers_ws);
     one(&o, "sluice_ws_connections", "gauge", "Open WebSocket connections (any mode).",
         m->ws_connections);
     one(&o, "sluice_ws_messages_received_total", "counter",
@@ -167,12 +133,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
          "Connections answered 503 at accept, by reason.");
     static const char *const rej[] = {"max_connections", "per_ip", "budget"};
     for (int i = 0; i < SL_REJECT_CONN__COUNT; i++)
-        put(&o, "sluice_connections_rejected_total{reason=\"%s\"} %" PRIu64 "\n", rej[i],
-            m->conn_rejected[i]);
+        sl_buf_printf(&o, "sluice_connections_rejected_total{reason=\"%s\"} %" PRIu64 "\n", rej[i],
+                      m->conn_rejected[i]);
     head(&o, "sluice_connections_closed_total", "counter", "Connections closed, by reason.");
     for (int i = 0; i < SL_CLOSE__COUNT; i++)
-        put(&o, "sluice_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
-            sl_close_reason_name((sl_close_reason_t)i), m->closed[i]);
+        sl_buf_printf(&o, "sluice_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
+                      sl_close_reason_name((sl_close_reason_t)i), m->closed[i]);
     one(&o, "sluice_topics", "gauge", "Topics in the registry.", hub->ntopics);
     one(&o, "sluice_messages_published_total", "counter", "Messages accepted for publishing.",
         m->published);
@@ -185,16 +151,16 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         "disk_timeout",     "reserved_event", "origin_not_allowed", "unauthorized", "rate_limited",
         "source_topic"};
     for (int i = 0; i < SL_REJECT_PUB__COUNT; i++)
-        put(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
-            m->pub_rejected[i]);
+        sl_buf_printf(&o, "sluice_publish_rejected_total{reason=\"%s\"} %" PRIu64 "\n", prej[i],
+                      m->pub_rejected[i]);
     one(&o, "sluice_origin_rejected_total", "counter",
         "Requests and WebSocket handshakes refused for an Origin not in the allow-list.",
         m->origin_rejected);
     head(&o, "sluice_auth_rejected_total", "counter",
          "Requests, handshakes and WebSocket publishes refused by authorization, by reason.");
     for (int i = 1; i < SL_AUTH_R__COUNT; i++)
-        put(&o, "sluice_auth_rejected_total{reason=\"%s\"} %" PRIu64 "\n", sl_auth_reason_name(i),
-            m->auth_rejected[i]);
+        sl_buf_printf(&o, "sluice_auth_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
+                      sl_auth_reason_name(i), m->auth_rejected[i]);
     one(&o, "sluice_auth_tokens_accepted_total", "counter", "Tokens that verified.",
         m->auth_accepted);
     one(&o, "sluice_auth_expired_total", "counter",
@@ -203,12 +169,12 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         "WebSocket tokens replaced with {\"sluice\":\"token\"}.", m->auth_refreshed);
     head(&o, "sluice_rate_limited_total", "counter",
          "Publishes and connections refused by a rate limit, by what and key.");
-    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"subject\"} %" PRIu64 "\n",
-        m->rate_limited[0]);
-    put(&o, "sluice_rate_limited_total{what=\"publish\",key=\"ip\"} %" PRIu64 "\n",
-        m->rate_limited[1]);
-    put(&o, "sluice_rate_limited_total{what=\"connection\",key=\"ip\"} %" PRIu64 "\n",
-        m->rate_limited[2]);
+    sl_buf_printf(&o, "sluice_rate_limited_total{what=\"publish\",key=\"subject\"} %" PRIu64 "\n",
+                  m->rate_limited[0]);
+    sl_buf_printf(&o, "sluice_rate_limited_total{what=\"publish\",key=\"ip\"} %" PRIu64 "\n",
+                  m->rate_limited[1]);
+    sl_buf_printf(&o, "sluice_rate_limited_total{what=\"connection\",key=\"ip\"} %" PRIu64 "\n",
+                  m->rate_limited[2]);
     one(&o, "sluice_auth_key_reloads_total", "counter", "Key sets loaded on SIGHUP.",
         m->auth_reloads);
     one(&o, "sluice_auth_key_reload_failures_total", "counter",
@@ -229,8 +195,8 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
          "New durable cursors refused by a limit, by reason.");
     static const char *const crej[] = {"per_topic", "total", "per_subject"};
     for (int i = 0; i < SL_REJECT_CURSOR__COUNT; i++)
-        put(&o, "sluice_cursors_rejected_total{reason=\"%s\"} %" PRIu64 "\n", crej[i],
-            m->cursors_rejected[i]);
+        sl_buf_printf(&o, "sluice_cursors_rejected_total{reason=\"%s\"} %" PRIu64 "\n", crej[i],
+                      m->cursors_rejected[i]);
     one(&o, "sluice_spill_corrupt_total", "counter",
         "Corrupt records or files found in logs (recovery and reads).", ls->corrupt);
     one(&o, "sluice_spill_truncated_bytes_total", "counter",
@@ -247,19 +213,19 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
     one(&o, "sluice_heartbeats_total", "counter", "Heartbeats sent.", m->heartbeats);
     head(&o, "sluice_gaps_total", "counter", "Gap markers decided (policy skip), by reason.");
     for (int i = 0; i < SL_LAG__COUNT; i++)
-        put(&o, "sluice_gaps_total{reason=\"%s\"} %" PRIu64 "\n",
-            sl_lag_reason_name((sl_lag_reason_t)i), m->gaps[i]);
+        sl_buf_printf(&o, "sluice_gaps_total{reason=\"%s\"} %" PRIu64 "\n",
+                      sl_lag_reason_name((sl_lag_reason_t)i), m->gaps[i]);
     one(&o, "sluice_gap_messages_total", "counter",
         "Messages readers missed (covered by gap or overflow markers).", m->gap_messages);
     head(&o, "sluice_overflow_disconnects_total", "counter",
          "Readers disconnected by policy disconnect, by reason.");
     for (int i = 0; i < SL_LAG__COUNT; i++)
-        put(&o, "sluice_overflow_disconnects_total{reason=\"%s\"} %" PRIu64 "\n",
-            sl_lag_reason_name((sl_lag_reason_t)i), m->overflow_disconnects[i]);
+        sl_buf_printf(&o, "sluice_overflow_disconnects_total{reason=\"%s\"} %" PRIu64 "\n",
+                      sl_lag_reason_name((sl_lag_reason_t)i), m->overflow_disconnects[i]);
     head(&o, "sluice_evictions_total", "counter", "Messages dropped from rings, by reason.");
     for (int i = 0; i < SL_EVICT__COUNT; i++)
-        put(&o, "sluice_evictions_total{reason=\"%s\"} %" PRIu64 "\n",
-            sl_evict_reason_name((sl_evict_reason_t)i), m->evictions[i]);
+        sl_buf_printf(&o, "sluice_evictions_total{reason=\"%s\"} %" PRIu64 "\n",
+                      sl_evict_reason_name((sl_evict_reason_t)i), m->evictions[i]);
     one(&o, "sluice_memory_accounted_bytes", "gauge", "Bytes charged to the memory budget.",
         sl_budget.used);
     one(&o, "sluice_memory_peak_bytes", "gauge", "Highest accounted bytes seen.", sl_budget.peak);
@@ -267,23 +233,23 @@ char *sl_metrics_render(const struct sl_hub *hub, size_t *len)
         sl_budget.limit);
     head(&o, "sluice_http_responses_total", "counter", "HTTP responses, by status code.");
     for (int i = 0; i < SL_HTTP_CODES - 1; i++)
-        put(&o, "sluice_http_responses_total{code=\"%d\"} %" PRIu64 "\n", http_codes[i],
-            m->http_codes[i]);
-    put(&o, "sluice_http_responses_total{code=\"other\"} %" PRIu64 "\n",
-        m->http_codes[SL_HTTP_CODES - 1]);
+        sl_buf_printf(&o, "sluice_http_responses_total{code=\"%d\"} %" PRIu64 "\n", http_codes[i],
+                      m->http_codes[i]);
+    sl_buf_printf(&o, "sluice_http_responses_total{code=\"other\"} %" PRIu64 "\n",
+                  m->http_codes[SL_HTTP_CODES - 1]);
     one(&o, "process_resident_memory_bytes", "gauge", "Resident set size.", resident_bytes());
     one(&o, "process_open_fds", "gauge", "Open file descriptors.", open_fds());
     if (extra_render != NULL) {
         size_t elen = 0;
         char *e = extra_render(extra_arg, &elen);
         if (e != NULL)
-            put_bytes(&o, e, elen);
+            sl_buf_put(&o, e, elen);
         free(e);
     }
     if (extra_metrics != NULL) {
         size_t n;
         char *x = extra_metrics(&n);
-        put(&o, "%.*s", (int)n, x);
+        sl_buf_printf(&o, "%.*s", (int)n, x);
         free(x);
     }
     *len = o.len;

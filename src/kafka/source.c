@@ -724,28 +724,6 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 /* ---- metrics and status ----------------------------------------------------------------- */
 
-typedef struct out {
-    char *buf;
-    size_t len, cap;
-} out_t;
-
-static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(out_t *o, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        o->cap = 2 * o->cap + (size_t)(n > 0 ? n : 0);
-        o->buf = sl_realloc(o->buf, o->cap);
-    }
-}
-
 static const char *const state_names[] = {"starting", "running", "stopping", "closed"};
 static const char *const part_states[] = {"new", "assigned", "paused", "revoked"};
 
@@ -756,24 +734,27 @@ static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
 
 static char *render_metrics(size_t *len)
 {
-    out_t o = {sl_malloc(4096), 0, 4096};
+    sl_buf_t o = {sl_malloc(4096), 0, 4096};
     uint64_t now = sl_now_ms();
-    put(&o, "# HELP sluice_kafka_messages_total Kafka records by what became of them.\n"
-            "# TYPE sluice_kafka_messages_total counter\n");
+    sl_buf_printf(&o, "# HELP sluice_kafka_messages_total Kafka records by what became of them.\n"
+                      "# TYPE sluice_kafka_messages_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
-        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"published\"} %" PRIu64 "\n",
+        sl_buf_printf(
+            &o, "sluice_kafka_messages_total{source=\"%s\",result=\"published\"} %" PRIu64 "\n",
             s->conf->name, s->published);
-        put(&o, "sluice_kafka_messages_total{source=\"%s\",result=\"duplicate\"} %" PRIu64 "\n",
+        sl_buf_printf(
+            &o, "sluice_kafka_messages_total{source=\"%s\",result=\"duplicate\"} %" PRIu64 "\n",
             s->conf->name, s->duplicates);
         for (int r = 0; r < REJ__COUNT; r++)
-            put(&o,
+            sl_buf_printf(
+                &o,
                 "sluice_kafka_messages_total{source=\"%s\",result=\"rejected\",reason=\"%s\"} "
                 "%" PRIu64 "\n",
                 s->conf->name, rej_names[r], s->rejected[r]);
     }
-    put(&o, "# HELP sluice_kafka_partitions Partitions of a source by state.\n"
-            "# TYPE sluice_kafka_partitions gauge\n");
+    sl_buf_printf(&o, "# HELP sluice_kafka_partitions Partitions of a source by state.\n"
+                      "# TYPE sluice_kafka_partitions gauge\n");
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
         uint64_t assigned = 0, paused = 0;
@@ -782,77 +763,84 @@ static char *render_metrics(size_t *len)
                 s->parts[j]->kp.state == SL_KP_ACTIVE || s->parts[j]->kp.state == SL_KP_PAUSED;
             paused += s->parts[j]->kp.state == SL_KP_PAUSED;
         }
-        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"assigned\"} %" PRIu64 "\n",
-            s->conf->name, assigned);
-        put(&o, "sluice_kafka_partitions{source=\"%s\",state=\"paused\"} %" PRIu64 "\n",
-            s->conf->name, paused);
+        sl_buf_printf(&o, "sluice_kafka_partitions{source=\"%s\",state=\"assigned\"} %" PRIu64 "\n",
+                      s->conf->name, assigned);
+        sl_buf_printf(&o, "sluice_kafka_partitions{source=\"%s\",state=\"paused\"} %" PRIu64 "\n",
+                      s->conf->name, paused);
     }
-    put(&o, "# HELP sluice_kafka_pauses_total Partition pauses, by reason.\n"
-            "# TYPE sluice_kafka_pauses_total counter\n");
+    sl_buf_printf(&o, "# HELP sluice_kafka_pauses_total Partition pauses, by reason.\n"
+                      "# TYPE sluice_kafka_pauses_total counter\n");
     for (size_t i = 0; i < ks.n; i++)
         for (int r = 0; r < SL_KP_WHY__COUNT; r++)
-            put(&o, "sluice_kafka_pauses_total{source=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
-                ks.v[i]->conf->name, sl_kp_why_name((sl_kp_why_t)r), ks.v[i]->pauses[r]);
-    put(&o, "# HELP sluice_kafka_resumes_total Partition resumes.\n"
-            "# TYPE sluice_kafka_resumes_total counter\n");
+            sl_buf_printf(&o,
+                          "sluice_kafka_pauses_total{source=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
+                          ks.v[i]->conf->name, sl_kp_why_name((sl_kp_why_t)r), ks.v[i]->pauses[r]);
+    sl_buf_printf(&o, "# HELP sluice_kafka_resumes_total Partition resumes.\n"
+                      "# TYPE sluice_kafka_resumes_total counter\n");
     for (size_t i = 0; i < ks.n; i++)
-        put(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
-            ks.v[i]->resumes);
-    put(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
-            "# TYPE sluice_kafka_paused_seconds_total counter\n");
+        sl_buf_printf(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->resumes);
+    sl_buf_printf(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
+                      "# TYPE sluice_kafka_paused_seconds_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
         uint64_t ms = 0;
         for (size_t j = 0; j < ks.v[i]->nparts; j++)
             ms += paused_ms_of(ks.v[i]->parts[j], now);
-        put(&o, "sluice_kafka_paused_seconds_total{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
-            (double)ms / 1000.0);
+        sl_buf_printf(&o, "sluice_kafka_paused_seconds_total{source=\"%s\"} %.3f\n",
+                      ks.v[i]->conf->name, (double)ms / 1000.0);
     }
-    put(&o, "# HELP sluice_kafka_rebalances_total Assignments and revocations served.\n"
-            "# TYPE sluice_kafka_rebalances_total counter\n");
+    sl_buf_printf(&o, "# HELP sluice_kafka_rebalances_total Assignments and revocations served.\n"
+                      "# TYPE sluice_kafka_rebalances_total counter\n");
     for (size_t i = 0; i < ks.n; i++)
-        put(&o, "sluice_kafka_rebalances_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
-            ks.v[i]->rebalances);
-    put(&o, "# HELP sluice_kafka_commits_total Offset commits, by result.\n"
-            "# TYPE sluice_kafka_commits_total counter\n");
+        sl_buf_printf(&o, "sluice_kafka_rebalances_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->rebalances);
+    sl_buf_printf(&o, "# HELP sluice_kafka_commits_total Offset commits, by result.\n"
+                      "# TYPE sluice_kafka_commits_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
-        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"ok\"} %" PRIu64 "\n",
-            ks.v[i]->conf->name, ks.v[i]->commits);
-        put(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
-            ks.v[i]->conf->name, ks.v[i]->commit_errors);
+        sl_buf_printf(&o, "sluice_kafka_commits_total{source=\"%s\",result=\"ok\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->commits);
+        sl_buf_printf(&o,
+                      "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->commit_errors);
     }
-    put(&o, "# HELP sluice_kafka_offset_gaps_total Records whose offset skipped past the head of "
+    sl_buf_printf(
+        &o, "# HELP sluice_kafka_offset_gaps_total Records whose offset skipped past the head of "
             "a topic holding messages (ids no longer offsets).\n"
             "# TYPE sluice_kafka_offset_gaps_total counter\n");
     for (size_t i = 0; i < ks.n; i++)
-        put(&o, "sluice_kafka_offset_gaps_total{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
-            ks.v[i]->offset_gaps);
-    put(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
-            "# TYPE sluice_kafka_stash_bytes gauge\n");
+        sl_buf_printf(&o, "sluice_kafka_offset_gaps_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->offset_gaps);
+    sl_buf_printf(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
+                      "# TYPE sluice_kafka_stash_bytes gauge\n");
     for (size_t i = 0; i < ks.n; i++) {
         uint64_t b = 0;
         for (size_t j = 0; j < ks.v[i]->nparts; j++)
             b += ks.v[i]->parts[j]->kp.stash.data ? ks.v[i]->parts[j]->kp.stash.bytes : 0;
-        put(&o, "sluice_kafka_stash_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name, b);
+        sl_buf_printf(&o, "sluice_kafka_stash_bytes{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, b);
     }
-    put(&o, "# HELP sluice_kafka_prefetch_bytes librdkafka's prefetch, charged to the budget.\n"
+    sl_buf_printf(
+        &o, "# HELP sluice_kafka_prefetch_bytes librdkafka's prefetch, charged to the budget.\n"
             "# TYPE sluice_kafka_prefetch_bytes gauge\n");
     for (size_t i = 0; i < ks.n; i++)
-        put(&o, "sluice_kafka_prefetch_bytes{source=\"%s\"} %" PRIu64 "\n", ks.v[i]->conf->name,
-            ks.v[i]->prefetch_charge);
-    put(&o, "# HELP sluice_kafka_seconds_since_progress Since a record was last taken.\n"
-            "# TYPE sluice_kafka_seconds_since_progress gauge\n");
+        sl_buf_printf(&o, "sluice_kafka_prefetch_bytes{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->prefetch_charge);
+    sl_buf_printf(&o, "# HELP sluice_kafka_seconds_since_progress Since a record was last taken.\n"
+                      "# TYPE sluice_kafka_seconds_since_progress gauge\n");
     for (size_t i = 0; i < ks.n; i++)
-        put(&o, "sluice_kafka_seconds_since_progress{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
+        sl_buf_printf(
+            &o, "sluice_kafka_seconds_since_progress{source=\"%s\"} %.3f\n", ks.v[i]->conf->name,
             ks.v[i]->last_progress_ms ? (double)(now - ks.v[i]->last_progress_ms) / 1000.0 : 0.0);
-    put(&o, "# HELP sluice_kafka_committed_offset The group's committed offset per partition.\n"
+    sl_buf_printf(
+        &o, "# HELP sluice_kafka_committed_offset The group's committed offset per partition.\n"
             "# TYPE sluice_kafka_committed_offset gauge\n");
     for (size_t i = 0; i < ks.n; i++)
         for (size_t j = 0; j < ks.v[i]->nparts; j++) {
             kpe_t *e = ks.v[i]->parts[j];
-            put(&o,
-                "sluice_kafka_committed_offset{source=\"%s\",kafka_topic=\"%s\","
-                "partition=\"%d\"} %" PRId64 "\n",
-                ks.v[i]->conf->name, e->ktopic, (int)e->partition, e->committed);
+            sl_buf_printf(&o,
+                          "sluice_kafka_committed_offset{source=\"%s\",kafka_topic=\"%s\","
+                          "partition=\"%d\"} %" PRId64 "\n",
+                          ks.v[i]->conf->name, e->ktopic, (int)e->partition, e->committed);
         }
     *len = o.len;
     return o.buf;
@@ -860,12 +848,13 @@ static char *render_metrics(size_t *len)
 
 static char *render_sources(size_t *len)
 {
-    out_t o = {sl_malloc(1024), 0, 1024};
+    sl_buf_t o = {sl_malloc(1024), 0, 1024};
     uint64_t now = sl_now_ms();
-    put(&o, "[");
+    sl_buf_printf(&o, "[");
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
-        put(&o,
+        sl_buf_printf(
+            &o,
             "%s{\"name\":\"%s\",\"type\":\"kafka\",\"state\":\"%s\",\"cluster_id\":\"%s\","
             "\"brokers_down\":%s,\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64
             ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"partitions\":[",
@@ -874,21 +863,21 @@ static char *render_sources(size_t *len)
             s->commits);
         for (size_t j = 0; j < s->nparts; j++) {
             kpe_t *e = s->parts[j];
-            put(&o,
-                "%s{\"kafka_topic\":\"%s\",\"partition\":%d,\"state\":\"%s\","
-                "\"paused_reason\":%s%s%s,\"stored\":%" PRId64 ",\"committed\":%" PRId64
-                ",\"stash_bytes\":%zu,\"pauses\":%" PRIu64 ",\"resumes\":%" PRIu64
-                ",\"paused_ms\":%" PRIu64 "}",
-                j ? "," : "", e->ktopic, (int)e->partition, part_states[e->kp.state],
-                e->kp.state == SL_KP_PAUSED ? "\"" : "",
-                e->kp.state == SL_KP_PAUSED ? sl_kp_why_name(e->kp.why) : "null",
-                e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored, e->committed,
-                e->kp.stash.data ? e->kp.stash.bytes : 0, e->kp.pauses, e->kp.resumes,
-                paused_ms_of(e, now));
+            sl_buf_printf(&o,
+                          "%s{\"kafka_topic\":\"%s\",\"partition\":%d,\"state\":\"%s\","
+                          "\"paused_reason\":%s%s%s,\"stored\":%" PRId64 ",\"committed\":%" PRId64
+                          ",\"stash_bytes\":%zu,\"pauses\":%" PRIu64 ",\"resumes\":%" PRIu64
+                          ",\"paused_ms\":%" PRIu64 "}",
+                          j ? "," : "", e->ktopic, (int)e->partition, part_states[e->kp.state],
+                          e->kp.state == SL_KP_PAUSED ? "\"" : "",
+                          e->kp.state == SL_KP_PAUSED ? sl_kp_why_name(e->kp.why) : "null",
+                          e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored, e->committed,
+                          e->kp.stash.data ? e->kp.stash.bytes : 0, e->kp.pauses, e->kp.resumes,
+                          paused_ms_of(e, now));
         }
-        put(&o, "]}");
+        sl_buf_printf(&o, "]}");
     }
-    put(&o, "]");
+    sl_buf_printf(&o, "]");
     *len = o.len;
     return o.buf;
 }

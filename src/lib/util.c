@@ -3,6 +3,8 @@
  */
 #include "lib/util.h"
 
+#include <stdarg.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,4 +109,31 @@ uint64_t sl_random64(void)
         v = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
     }
     return v;
+}
+
+void sl_buf_printf(sl_buf_t *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = 2 * b->cap + (size_t)(n > 0 ? n : 0);
+        b->buf = sl_realloc(b->buf, b->cap);
+    }
+}
+
+void sl_buf_put(sl_buf_t *b, const char *p, size_t n)
+{
+    while (b->cap - b->len <= n) {
+        b->cap *= 2;
+        b->buf = sl_realloc(b->buf, b->cap);
+    }
+    memcpy(b->buf + b->len, p, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
 }

@@ -73,4 +73,17 @@ static inline int sl_list_linked(const sl_list_t *n)
 #define sl_list_each_safe(it, tmp, head)                                                           \
     for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
 
+/* A growable text buffer; buf is malloc'ed (sl_realloc) and belongs to whoever holds the
+ * struct. Start it with {sl_malloc(cap), 0, cap} (cap > 0). The text stays NUL-terminated. */
+typedef struct sl_buf {
+    char *buf;
+    size_t len, cap;
+} sl_buf_t;
+
+/* Appends formatted text, growing the buffer as needed. */
+void sl_buf_printf(sl_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Appends n bytes as they are (a large block through printf costs a pass per doubling). */
+void sl_buf_put(sl_buf_t *b, const char *p, size_t n);
+
 #endif
