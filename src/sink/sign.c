@@ -3,6 +3,7 @@
  */
 #include "sink/sign.h"
 
+#include "lib/base64.h"
 #include "lib/ws.h"
 
 #include <openssl/core_names.h>
@@ -11,46 +12,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-int sl_base64_decode(const char *in, size_t n, unsigned char *out, size_t cap)
-{
-    while (n > 0 && in[n - 1] == '=')
-        n--;
-    if (n % 4 == 1)
-        return -1;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64val((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= cap)
-                return -1;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return (int)o;
-}
 
 int sl_signer_add(sl_signer_t *s, const char *secret, size_t len)
 {

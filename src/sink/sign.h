@@ -40,6 +40,5 @@ int sl_signer_sign(const sl_signer_t *s, const char *id, uint64_t ts, const void
                    size_t body_len, char *out);
 
 /* Base64 decoding (standard alphabet, padding optional). Returns the decoded length or -1. */
-int sl_base64_decode(const char *in, size_t n, unsigned char *out, size_t cap);
 
 #endif
