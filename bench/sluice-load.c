@@ -572,7 +572,7 @@ static void run_publishing(client_t *pub, FILE *csv, double *rss_max, double *sl
     double t0 = now_s(), next = t0, next_sample = t0;
     double *st = malloc(sizeof(double) * 100000), *sr = malloc(sizeof(double) * 100000);
     size_t ns = 0;
-    uint64_t last_events = 0;
+    uint64_t last_events = 0, last_ok = 0;
     *rss_max = 0;
     while (now_s() < t0 + opt_duration) {
         double t = now_s();
@@ -590,11 +590,13 @@ static void run_publishing(client_t *pub, FILE *csv, double *rss_max, double *sl
             }
             if (csv != NULL) {
                 double wmax = win_max_ms;
-                fprintf(csv, "%.2f,%.0f,%.0f,%.3f,%.3f\n", t - t0, rss,
+                fprintf(csv, "%.2f,%.0f,%.0f,%.3f,%.3f,%.0f\n", t - t0, rss,
                         (double)(total_events - last_events) / (opt_sample_ms / 1000.0),
-                        win_pct_reset(0.99), wmax);
+                        win_pct_reset(0.99), wmax,
+                        (double)(pub_ok - last_ok) / (opt_sample_ms / 1000.0));
             }
             last_events = total_events;
+            last_ok = pub_ok;
             next_sample += opt_sample_ms / 1000.0;
         }
         int wait_ms = (int)((next - now_s()) * 1000);
@@ -702,7 +704,7 @@ static int scenario_stalled(void)
             perror(opt_csv);
             return 1;
         }
-        fprintf(csv, "t_s,rss_bytes,deliveries_per_s,p99_ms,max_ms\n");
+        fprintf(csv, "t_s,rss_bytes,deliveries_per_s,p99_ms,max_ms,accepted_per_s\n");
     }
     double base = server_rss();
     for (long i = 0; i < opt_fast; i++)

@@ -39,6 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadkit as lk  # noqa: E402
+from abchart import plot_ab  # noqa: E402
 from proc import NchanServer, Server  # noqa: E402
 from report import out_dir, verdict  # noqa: E402
 from sampling import Sampler, slope_mb_per_min  # noqa: E402
@@ -114,10 +115,12 @@ def run(kind, duration, waves, out, label):
         for ln in lines[1:]:
             v = dict(zip(head, ln.split(",")))
             lat.append({"t": round(float(v["t_s"]) + t_off + 1.0, 2), "p99_ms": v.get("p99_ms"),
-                        "max_ms": v.get("max_ms")})
+                        "max_ms": v.get("max_ms"), "accepted_per_s": v.get("accepted_per_s", ""),
+                        "deliveries_per_s": v.get("deliveries_per_s", "")})
     except (OSError, IndexError, KeyError, ValueError):
         pass
-    lk.write_rows(out / f"latency-{label}.csv", lat, ["t", "p99_ms", "max_ms"])
+    lk.write_rows(out / f"latency-{label}.csv", lat,
+                  ["t", "p99_ms", "max_ms", "accepted_per_s", "deliveries_per_s"])
     res = {"kind": kind, "label": label, "rows": rows, "kv": kv, "load_rc": rc, "capped": capped,
            "mixed": mixed, "opened": {k: sum(w.opened[k] for w in opened) for k in ("sse", "ws")},
            "open_failed": sum(w.failed for w in opened),
@@ -269,13 +272,10 @@ def main():
             nchan_pub_blocked=nk.get("pub_blocked", "n/a"),
             nchan_fast_missing=nk.get("fast_missing", "n/a"),
             nchan_fast_p99_ms=nk.get("fast_p99_ms", "n/a"), nchan_capped=int(nres["capped"]))
-        lk.plot_curves(out / "stalled-ab.png",
-                       f"A/B, same load: {FAST} fast + waves of {STALLED} stalled readers, "
-                       f"{RATE} msg/s x 1 KiB (log scale)",
-                       [(csv, "t", "rss_mb", "sluice RSS"),
-                        (out / "stalled-nchan.csv", "t", "rss_mb", "nginx + nchan RSS")],
-                       "server RSS (MB, log scale)",
-                       hlines=[(LIMIT_MB, "sluice memory_limit (64 MiB)", "red")], logscale=True)
+        plot_ab(out, out / "stalled-ab.png",
+                f"A/B, same load: {FAST} fast + waves of {STALLED} stalled readers, {RATE} msg/s "
+                f"x 1 KiB; fast p99 sluice {figures.get('fast_p99_ms')} ms, nchan "
+                f"{figures.get('nchan_fast_p99_ms')} ms")
     failed = figures.pop("failed", [])
     if failed:
         figures["failed"] = ",".join(failed)
