@@ -185,7 +185,15 @@ static void mark_dirty(sl_hub_t *hub, sl_topic_t *t)
 int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
                    const size_t *lens, size_t n, uint64_t *first_seq)
 {
+    return sl_hub_publish_at(hub, t, 0, event, payloads, lens, n, first_seq);
+}
+
+int sl_hub_publish_at(sl_hub_t *hub, sl_topic_t *t, uint64_t seq, const char *event,
+                      const char *const *payloads, const size_t *lens, size_t n,
+                      uint64_t *first_seq)
+{
     const sl_backend_t *be = t->backend;
+    uint64_t old_head = t->head_seq;
     int rc;
     if (be != NULL && (rc = be->admit(t)) != 0)
         return rc;
@@ -198,8 +206,14 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
     }
     /* Each message's charge is released when it is freed; hand the reservation over. */
     sl_budget_release(total);
-    if (be != NULL && (rc = be->prepare(t, n)) != 0)
+    /* The head jumps now, so that the storage prepares for the seqs it will really get; it
+     * is put back if the storage refuses. */
+    if (seq > old_head + 1)
+        sl_topic_skip(t, seq - 1);
+    if (be != NULL && (rc = be->prepare(t, n)) != 0) {
+        t->head_seq = old_head;
         return rc;
+    }
     uint64_t now = sl_now_ms();
     *first_seq = t->head_seq + 1;
     for (size_t i = 0; i < n; i++) {
@@ -219,6 +233,40 @@ int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *
     if (t->nreaders > 0)
         mark_dirty(hub, t);
     return 0;
+}
+
+static void (*reader_ready_cb)(sl_reader_t *r);
+
+void sl_reader_set_ready_cb(void (*on_ready)(sl_reader_t *r))
+{
+    reader_ready_cb = on_ready;
+}
+
+void sl_reader_notify_ready(sl_reader_t *r)
+{
+    if (r->sub != NULL && r->sub->ops->disk_ready != NULL)
+        r->sub->ops->disk_ready(r->sub);
+    else if (reader_ready_cb != NULL)
+        reader_ready_cb(r);
+}
+
+void sl_reader_gap(sl_reader_t *r, uint64_t from, uint64_t to, uint64_t missed)
+{
+    if (r->mark & SL_MARK_GAP) {
+        r->gap_to = to;
+        r->gap_missed += missed;
+    } else {
+        r->mark |= SL_MARK_GAP;
+        r->gap_from = from;
+        r->gap_from_known = 1;
+        r->gap_to = to;
+        r->gap_missed = missed;
+        r->mark_reason = SL_LAG_EVICTED;
+        sl_metrics.gaps[SL_LAG_EVICTED]++;
+    }
+    sl_metrics.gap_messages += missed;
+    if (r->next <= to)
+        r->next = to + 1;
 }
 
 static void make_ready(sl_hub_t *hub, sl_sub_t *sub)

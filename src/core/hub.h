@@ -21,9 +21,9 @@ typedef struct sl_sub_ops {
      * overflow marker and close if sub->overflow is set. Called only when the sub is not
      * writing. Must not call back into sl_hub_flush. Returns the bytes it wrote or queued. */
     size_t (*deliver)(struct sl_sub *sub);
-    /* Optional: a disk read for one of the sub's readers completed (lossless topics). Without
-     * it the store's global callback (sl_ll_set_ready_cb) is used. Lets readers other than
-     * connections (sinks) read back from a log. */
+    /* Optional: a read-back for one of the sub's readers completed (a lossless topic's log,
+     * Kafka). Without it the global callback (sl_reader_set_ready_cb) is used. Lets readers
+     * other than connections (sinks) read back. */
     void (*disk_ready)(struct sl_sub *sub);
 } sl_sub_ops_t;
 
@@ -104,6 +104,14 @@ void sl_hub_sweep_storage(sl_hub_t *hub, uint64_t now_ms);
  * topics if needed). On success *first_seq is the seq of the first; returns 0 or SL_EOVERLOAD. */
 int sl_hub_publish(sl_hub_t *hub, sl_topic_t *t, const char *event, const char *const *payloads,
                    const size_t *lens, size_t n, uint64_t *first_seq);
+
+/* As sl_hub_publish, but the first message gets seq `seq` when that is past head + 1: the
+ * topic's head jumps and the seqs skipped are holes (an external log's offsets that this topic
+ * has no message for: compacted, transaction markers, records routed elsewhere). 0 means
+ * head + 1. Nothing changes if the publish is refused. */
+int sl_hub_publish_at(sl_hub_t *hub, sl_topic_t *t, uint64_t seq, const char *event,
+                      const char *const *payloads, const size_t *lens, size_t n,
+                      uint64_t *first_seq);
 
 /* Makes room for n bytes in the budget by evicting the oldest messages across topics, and
  * charges them. Returns 0 or SL_EOVERLOAD (nothing left to evict). */

@@ -153,6 +153,8 @@ int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head)
         return SL_EBUSY;
     }
     t->head_seq = head;
+    /* What came before the new numbering was never seen here: a reader below it missed it. */
+    t->evicted_seq = head;
     sl_list_t *it;
     sl_list_each(it, &t->readers)
     {
@@ -175,12 +177,47 @@ void sl_topic_free(sl_topic_t *t)
     sl_bfree(t, sizeof(*t));
 }
 
+size_t sl_topic_index(const sl_topic_t *t, uint64_t seq)
+{
+    if (t->count == 0)
+        return 0;
+    uint64_t tail = sl_topic_tail(t);
+    if (seq <= tail)
+        return 0;
+    if (seq > t->head_seq)
+        return t->count;
+    /* Contiguous (the common case): the slot seq - tail holds it. */
+    uint64_t d = seq - tail;
+    if (d < t->count && sl_topic_nth(t, (size_t)d)->seq == seq)
+        return (size_t)d;
+    /* Past holes the message is at or before that slot. */
+    size_t lo = 0, hi = d < t->count ? (size_t)d : t->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sl_topic_nth(t, mid)->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+sl_msg_t *sl_topic_at(const sl_topic_t *t, uint64_t seq)
+{
+    size_t i = sl_topic_index(t, seq);
+    return i < t->count ? sl_topic_nth(t, i) : NULL;
+}
+
 sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq)
 {
-    uint64_t tail = sl_topic_tail(t);
-    if (t->count == 0 || seq < tail || seq > t->head_seq)
-        return NULL;
-    return t->ring[(t->first + (size_t)(seq - tail)) & (t->cap - 1)];
+    sl_msg_t *m = sl_topic_at(t, seq);
+    return m != NULL && m->seq == seq ? m : NULL;
+}
+
+void sl_topic_skip(sl_topic_t *t, uint64_t head)
+{
+    assert(head > t->head_seq);
+    t->head_seq = head;
 }
 
 static void ring_grow(sl_topic_t *t)
@@ -205,6 +242,7 @@ sl_msg_t *sl_topic_pop_tail(sl_topic_t *t)
     t->count--;
     t->bytes -= m->payload_len;
     t->last_evicted_gseq = m->gseq;
+    t->evicted_seq = m->seq;
     m->topic = NULL;
     return m;
 }
@@ -247,18 +285,18 @@ static void queue_gap(sl_reader_t *r, uint64_t from, int from_known, uint64_t to
     r->gap_missed = missed;
 }
 
-/* Index (seq) of the first retained message with gseq > g, or head+1. Ring gseqs increase. */
+/* The seq of the first retained message with gseq > g, or head+1. Ring gseqs increase. */
 static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
 {
-    uint64_t lo = sl_topic_tail(t), hi = t->head_seq + 1;
+    size_t lo = 0, hi = t->count;
     while (lo < hi) {
-        uint64_t mid = lo + (hi - lo) / 2;
-        if (sl_topic_get(t, mid)->gseq > g)
+        size_t mid = lo + (hi - lo) / 2;
+        if (sl_topic_nth(t, mid)->gseq > g)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return lo;
+    return lo < t->count ? sl_topic_nth(t, lo)->seq : t->head_seq + 1;
 }
 
 int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl_start_t *start,
@@ -275,12 +313,14 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     t->nreaders++;
     t->idle_since_ms = 0;
     uint64_t tail = sl_reader_floor(r);
+    /* Where "the oldest" is: the floor, or the ring's tail for a backend that says so. */
+    uint64_t oldest = r->disk_ok && t->backend->oldest_in_ring ? sl_topic_tail(t) : tail;
     switch (start->kind) {
     case SL_START_NEW:
         r->next = t->head_seq + 1;
         break;
     case SL_START_OLDEST:
-        r->next = tail;
+        r->next = oldest;
         break;
     case SL_START_SINCE:
         if (start->epoch != t->epoch || start->seq > t->head_seq) {
@@ -289,7 +329,7 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
              * log holds disagree, as with another epoch. */
             r->mark |= SL_MARK_RESET;
             r->ahead = (uint8_t)(start->epoch == t->epoch);
-            r->next = tail;
+            r->next = oldest;
         } else if (start->seq == t->head_seq) {
             r->next = t->head_seq + 1;
         } else {
@@ -299,7 +339,7 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     case SL_START_GSEQ:
         if (start->epoch != stream_epoch) {
             r->mark |= SL_MARK_RESET;
-            r->next = tail;
+            r->next = oldest;
             break;
         }
         r->next = first_after_gseq(t, start->seq);
@@ -332,6 +372,10 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
     const sl_topic_conf_t *c = &t->conf;
     uint64_t tail = sl_reader_floor(r), head = t->head_seq;
     *missed = 0;
+    if (r->next < tail && r->next > t->evicted_seq && tail == sl_topic_tail(t)) {
+        /* Nothing was evicted at or after next: it points into a hole before the tail. */
+        r->next = tail;
+    }
     if (r->next < tail) {
         *reason = SL_LAG_EVICTED;
         *missed = tail - r->next;
@@ -346,9 +390,11 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
         r->soft_since_ms = 0;
         return SL_CHECK_OK;
     }
-    const sl_msg_t *m = sl_topic_get(t, r->next);
+    if (r->next < sl_topic_tail(t))
+        return SL_CHECK_OK; /* reading back: its lag is not held against it */
+    const sl_msg_t *m = sl_topic_at(t, r->next);
     if (m == NULL)
-        return SL_CHECK_OK; /* reading back from the log: its lag is not held against it */
+        return SL_CHECK_OK;
     uint64_t lag_msgs = head - r->next + 1;
     uint64_t lag_bytes = t->cum_bytes - m->cum_bytes + m->payload_len;
     int act = 0;
@@ -378,7 +424,8 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
         return SL_CHECK_OVERFLOW;
     }
     if (head > r->next) {
-        /* Skip to the newest message: everything before it is reported as a gap. */
+        /* Skip to the newest message: everything before it is reported as a gap (counted in
+         * ids, holes included). */
         *missed = head - r->next;
         queue_gap(r, r->next, 1, head - 1, *missed, *reason);
         r->next = head;

@@ -6,12 +6,19 @@
  * hub drives it and the transports turn its decisions into bytes.
  *
  * Invariants:
- *   - ring[first .. first+count) holds seqs tail..head, contiguous and increasing, where
- *     head = head_seq and tail = head_seq - count + 1 (tail = head_seq + 1 when empty);
+ *   - ring[first .. first+count) holds messages in increasing seq order from tail to head,
+ *     where head = head_seq is the newest message's seq and tail the oldest's (head_seq + 1
+ *     when empty). Seqs are contiguous unless the topic's head jumped (sl_hub_publish_at, a
+ *     topic fed by an external log whose offsets skip): the seqs in between are *holes*, ids
+ *     that no message has. A hole is not a loss; a reader passes it silently. Nothing is
+ *     allocated for a hole, whatever its width;
  *   - every message in a ring is also on the hub's publish-order list (msg->all) and holds one
  *     reference for the ring; each in-flight write holds one more;
  *   - a reader's `next` is the seq it needs next: tail <= next <= head + 1 once checked by
- *     sl_reader_check(); before that it may be below tail (it fell behind eviction).
+ *     sl_reader_check(); before that it may be below tail (it fell behind eviction). It may
+ *     point into a hole: it is then owed the first message after it;
+ *   - evicted_seq is the newest evicted message's seq: a reader below the tail but past it
+ *     missed only holes.
  */
 #ifndef SL_TOPIC_H
 #define SL_TOPIC_H
@@ -81,13 +88,16 @@ typedef struct sl_reader {
 struct sl_topic;
 
 /* A topic's storage beyond its ring, as a table of functions: the lossless log
- * (store/lossless.c) is the first; a topic fed by Kafka will be the next. The hub calls these
- * and nothing else of a storage; a topic without one (t->backend NULL) lives in its ring only.
- * The backend's state hangs off the topic (t->ll for the log) and is freed by `free`. Loop
- * thread only. */
+ * (store/lossless.c) and a lossy topic fed by Kafka (kafka/readback.c). The hub and the
+ * transports call these and nothing else of a storage; a topic without one (t->backend NULL)
+ * lives in its ring only. The backend's state hangs off the topic (t->ll for the log,
+ * t->backend_state otherwise) and is freed by `free`. Loop thread only. */
 typedef struct sl_backend {
     const char *name;
     int reads_back; /* readers behind the ring read older messages back from it */
+    /* `from=oldest` starts at the ring's tail, not at the storage's floor (Kafka: a partition's
+     * whole retention is not what a subscriber asking for the oldest retained means). */
+    int oldest_in_ring;
     /* May messages be appended now? 0, SL_EFULL (push back on the publisher) or SL_EDISK (the
      * storage failed: refuse). Asked before anything is charged. */
     int (*admit)(struct sl_topic *t);
@@ -105,6 +115,15 @@ typedef struct sl_backend {
      * already the new one; `same_epoch` says whether it changed): 0 if the storage can follow,
      * else SL_EBUSY. Optional (NULL: as for a topic without storage). */
     int (*rebase)(struct sl_topic *t, int same_epoch, uint64_t head);
+    /* Read-back (when reads_back), for a reader r with r->disk_ok whose `next` is below the
+     * ring's tail. `read_next` returns the next message its read-back batch holds for it (seq
+     * >= r->next: a seq above it means the ids between are holes), a borrowed reference valid
+     * until r's next call, or NULL. `read_fetch` then starts a read-back (marking r->disk_wait;
+     * sl_reader_notify_ready(r) is called when it completes) and returns 1, or returns 0 when
+     * nothing is to be read: r is not behind, or what it needs is gone, in which case a gap
+     * marker has been queued and counted and r->next moved past it. */
+    sl_msg_t *(*read_next)(sl_reader_t *r);
+    int (*read_fetch)(sl_reader_t *r);
 } sl_backend_t;
 
 /* One topic's log. Owned by the hub, freed by sl_topic_free() when it is idle past its TTL or
@@ -130,7 +149,9 @@ typedef struct sl_topic {
     uint64_t idle_since_ms;      /* when it last became empty with no readers; 0 if in use */
     const sl_backend_t *backend; /* its storage beyond the ring, or NULL */
     struct sl_lossless *ll;      /* the lossless backend's state: the on-disk log */
-    uint64_t disk_floor;         /* lossless: first seq the log still holds; UINT64_MAX if none */
+    void *backend_state;         /* another backend's state */
+    uint64_t disk_floor;  /* first seq the backend may still hold for read-back; UINT64_MAX none */
+    uint64_t evicted_seq; /* seq of the newest message evicted from the ring; 0 if none */
 } sl_topic_t;
 
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */
@@ -150,15 +171,37 @@ int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head);
  * already have unlinked it from every hub list; ring messages are unlinked from msg->all here. */
 void sl_topic_free(sl_topic_t *t);
 
+/* The oldest retained message's seq, or head + 1 when the ring is empty. */
 static inline uint64_t sl_topic_tail(const sl_topic_t *t)
 {
-    return t->head_seq - t->count + 1;
+    return t->count ? t->ring[t->first]->seq : t->head_seq + 1;
 }
 
-/* The retained message with sequence `seq`, or NULL if it is outside tail..head. */
+/* The i-th retained message, oldest first (i < count). */
+static inline sl_msg_t *sl_topic_nth(const sl_topic_t *t, size_t i)
+{
+    return t->ring[(t->first + i) & (t->cap - 1)];
+}
+
+/* The index (0..count) of the first retained message whose seq is >= `seq`. O(1) while seqs
+ * are contiguous, a binary search past holes. */
+size_t sl_topic_index(const sl_topic_t *t, uint64_t seq);
+
+/* The retained message with sequence `seq`, or NULL if none has it (outside tail..head, or a
+ * hole). */
 sl_msg_t *sl_topic_get(const sl_topic_t *t, uint64_t seq);
 
-/* Appends `m` (taking over the caller's reference) as seq head+1. The caller links m->all.
+/* The first retained message whose seq is >= `seq`, or NULL if there is none. This is what a
+ * reader whose `next` is `seq` (and not below the tail) is owed next: holes are passed. */
+sl_msg_t *sl_topic_at(const sl_topic_t *t, uint64_t seq);
+
+/* Moves the head forward to `head` (> head_seq) without a message, so that the next message
+ * appended gets seq head + 1: the ids between are holes. The caller appends that message at
+ * once (sl_hub_publish_at). */
+void sl_topic_skip(sl_topic_t *t, uint64_t head);
+
+/* Appends `m` (taking over the caller's reference) as seq head+1 (the head may have been moved
+ * by sl_topic_skip). The caller links m->all.
  * Then evicts from the tail to honour max_messages and max_bytes; evicted messages are passed
  * to `on_evict` (which must unlink m->all and drop the ring's reference). */
 typedef void (*sl_evict_cb)(sl_topic_t *t, sl_msg_t *m, sl_evict_reason_t why, void *arg);
@@ -218,15 +261,35 @@ static inline int sl_reader_ready(const sl_reader_t *r)
     return r->mark != SL_MARK_NONE || (r->next <= r->topic->head_seq && !r->disk_wait);
 }
 
-/* The oldest seq reader r can still be given: the ring's tail, or for a reader that reads from
- * a lossless topic's log, the oldest seq in the log. */
+/* The oldest seq reader r can still be given: the ring's tail, or for a reader that reads back
+ * (a lossless topic's log, Kafka), the oldest seq the backend may still hold. */
 static inline uint64_t sl_reader_floor(const sl_reader_t *r)
 {
-    uint64_t tail = r->topic->head_seq - r->topic->count + 1;
+    uint64_t tail = sl_topic_tail(r->topic);
     if (r->disk_ok && r->topic->disk_floor < tail)
         return r->topic->disk_floor;
     return tail;
 }
+
+/* Read-back through r's topic backend (see sl_backend_t): the next message its batch holds, or
+ * NULL; and starting a read (1) or not (0). */
+static inline sl_msg_t *sl_reader_read_next(sl_reader_t *r)
+{
+    return r->disk_ok ? r->topic->backend->read_next(r) : NULL;
+}
+static inline int sl_reader_read_fetch(sl_reader_t *r)
+{
+    return r->disk_ok ? r->topic->backend->read_fetch(r) : 0;
+}
+
+/* Tells r's subscriber that a read-back for r completed: its sub's own callback
+ * (sl_sub_ops_t.disk_ready) if it has one, else the one set here (connections). */
+void sl_reader_notify_ready(sl_reader_t *r);
+void sl_reader_set_ready_cb(void (*on_ready)(sl_reader_t *r));
+
+/* Queues (or widens) a gap marker for reader r over seqs from..to (`missed` messages, reason
+ * evicted), counts it, and moves r->next to to + 1. For read-back backends. */
+void sl_reader_gap(sl_reader_t *r, uint64_t from, uint64_t to, uint64_t missed);
 
 /* Message ids. */
 #define SL_ID_MAX 48

@@ -31,6 +31,18 @@
  * (sl_topic_rebase) to the partition's epoch with head = offset, so the record gets
  * seq = offset + 1 and id <E>-<offset+1>. A record whose offset is not past the head is a
  * duplicate (redelivered after a rebalance, restart or outage) and is dropped and counted.
+ * A record whose offset skips past head + 1 (compaction, transaction markers, records that
+ * other keys routed to other topics, records rejected) is published at seq = offset + 1 all
+ * the same (sl_hub_publish_at): the topic's head jumps and the ids between are holes, which
+ * readers pass without a gap marker and which cost no memory however wide. So ids always
+ * equal offsets + 1, on every node; a lossless topic's log keeps the same holes. (The other
+ * way, a contiguous internal seq with the offset carried beside it, would have needed the
+ * offset in every frame, in the disk records and in every resume lookup.) Skips are counted
+ * in sluice_kafka_offset_skips_total, not as gaps.
+ *
+ * Read-back (kafka/readback.c). A lossy topic bound to a partition gets the Kafka backend: a
+ * reader behind its ring reads the missed records back from Kafka with the source's second,
+ * group-less consumer; what Kafka no longer has is a counted gap.
  */
 #include "kafka/source.h"
 
@@ -41,6 +53,7 @@
 #include "core/rules.h"
 #include "core/topic.h"
 #include "kafka/kpart.h"
+#include "kafka/readback.h"
 #include "store/lossless.h"
 
 #include <errno.h>
@@ -85,7 +98,6 @@ typedef struct kpe {
     sl_waiter_t w;         /* waits for room on a lossless topic, while paused for it */
     int wake;              /* the waiter was woken: offer the stash again */
     int budget_retry;      /* paused for the budget: offer the stash again at the next tick */
-    int gap_logged;        /* offsets skipped: logged once per partition */
     uint32_t rej_logged;   /* reasons already logged for this partition (bits) */
     uint64_t paused_at_ms; /* while paused */
     uint64_t paused_ms;    /* in total */
@@ -123,7 +135,8 @@ typedef struct ksrc {
     uint64_t last_progress_ms;
     /* counters */
     uint64_t published, duplicates, rejected[REJ__COUNT], pauses[SL_KP_WHY__COUNT], resumes;
-    uint64_t rebalances, commits, commit_errors, offset_gaps, errors;
+    uint64_t rebalances, commits, commit_errors, offset_skips, errors;
+    sl_krb_t *rb; /* read-back for readers behind the rings of its lossy topics */
 } ksrc_t;
 
 static struct {
@@ -312,10 +325,10 @@ static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, co
                 o.reason = REJ_FAN_IN;
                 return o;
             }
-        } else if (t->count == 0 && want - 1 != t->head_seq &&
+        } else if (t->count == 0 && want - 1 < t->head_seq &&
                    sl_topic_rebase(t, e->epoch, want - 1) == 0) {
-            /* An empty ring follows the record: forwards past skipped offsets, or back to the
-             * last record a lossless log holds after a crash recovery skipped ids. */
+            /* An empty ring follows the record back to the last record a lossless log holds
+             * after a crash recovery skipped ids. */
         } else if (want <= t->head_seq) {
             /* Redelivered. Done only once the original is written, if the topic is lossless. */
             s->duplicates++;
@@ -326,23 +339,17 @@ static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, co
                 o.v = SL_KV_DUPLICATE;
             }
             return o;
-        } else if (want > t->head_seq + 1 && sl_topic_rebase(t, e->epoch, want - 1) != 0) {
-            /* Offsets skipped (compaction, transaction markers, retention while paused) in a
-             * topic that still holds messages: the seqs stay contiguous, so from here on ids
-             * are one topic's numbering rather than offsets. Counted and logged once. */
-            s->offset_gaps++;
-            if (!e->gap_logged) {
-                e->gap_logged = 1;
-                SL_WARN("kafka offsets skipped; ids of this topic no longer equal offsets",
-                        "source=%s kafka_topic=%s partition=%d topic=%s head=%" PRIu64
-                        " offset=%" PRId64,
-                        s->conf->name, e->ktopic, (int)e->partition, t->name, t->head_seq, off);
-            }
         }
+        sl_krb_bind(s->rb, t, e->ktopic, e->partition);
     }
-    int rc = sl_hub_publish(ks.hub, t, ev, &payload, &plen, 1, &o.seq);
+    /* Offsets this topic has no record for (compaction, transaction markers, other keys'
+     * records): the head jumps to the record's id, the ids between are holes. */
+    uint64_t at = s->conf->fan_in_local ? 0 : want;
+    int skip = at > t->head_seq + 1;
+    int rc = sl_hub_publish_at(ks.hub, t, at, ev, &payload, &plen, 1, &o.seq);
     if (rc == 0) {
         s->published++;
+        s->offset_skips += skip;
         o.v = t->ll != NULL ? SL_KV_PENDING : SL_KV_DONE;
     } else if (rc == SL_EFULL) {
         o.v = SL_KV_FULL;
@@ -424,27 +431,6 @@ static void on_room(sl_waiter_t *w, int status)
     start_idle(e->src);
 }
 
-typedef struct hdr_arg {
-    rd_kafka_headers_t *h;
-} hdr_arg_t;
-
-static int get_header(void *arg, const char *name, size_t len, const char **val, size_t *vlen)
-{
-    hdr_arg_t *a = arg;
-    char n[80];
-    if (a->h == NULL || len >= sizeof(n))
-        return 0;
-    memcpy(n, name, len);
-    n[len] = '\0';
-    const void *v;
-    size_t sz;
-    if (rd_kafka_header_get_last(a->h, n, &v, &sz) != 0 || v == NULL)
-        return 0;
-    *val = v;
-    *vlen = sz;
-    return 1;
-}
-
 /* One record from the consumer queue. */
 static void on_record(ksrc_t *s, rd_kafka_message_t *m)
 {
@@ -452,34 +438,19 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
     kpe_t *e = part_find(s, ktopic, m->partition, 0);
     if (e == NULL || sl_kp_accept(&e->kp, m->offset) != SL_KP_ACT_NONE)
         return; /* not ours (any more): Kafka delivers it again after the resume or assign */
-    hdr_arg_t ha = {NULL};
-    rd_kafka_message_headers(m, &ha.h);
-    sl_tmpl_vars_t v = {.kafka_topic = ktopic,
-                        .kafka_topic_len = strlen(ktopic),
-                        .partition = m->partition,
-                        .key = m->key,
-                        .key_len = m->key ? m->key_len : 0,
-                        .header = get_header,
-                        .header_arg = &ha};
     char name[NAME_CAP], evbuf[80];
     const char *ev = NULL;
     const char *payload = m->payload ? (const char *)m->payload : "";
     size_t plen = m->payload ? m->len : 0;
     offer_t o = {.v = SL_KV_REJECTED};
-    int n = sl_tmpl_render(s->conf->topic_tmpl, &v, name, sizeof(name));
-    if (n <= 0 || !sl_topic_name_valid(name, (size_t)n, ks.cfg->max_topic_name)) {
+    int n = sl_kafka_route(s->conf, ks.cfg->max_topic_name, m, name, sizeof(name), evbuf,
+                           sizeof(evbuf), &ev);
+    if (n == SL_KRB_ROUTE_BAD_TOPIC)
         o.reason = REJ_BAD_TOPIC;
-        if (n < 0)
-            strcpy(name, "(too long)");
-    } else if (s->conf->event_tmpl != NULL &&
-               sl_tmpl_render(s->conf->event_tmpl, &v, evbuf, sizeof(evbuf)) != 0 &&
-               (evbuf[0] == '\0' || sl_rule_event(evbuf, strlen(evbuf)).status != 0)) {
+    else if (n == SL_KRB_ROUTE_BAD_EVENT)
         o.reason = REJ_BAD_EVENT;
-    } else {
-        if (s->conf->event_tmpl != NULL && evbuf[0] != '\0')
-            ev = evbuf;
+    else
         o = offer(e, name, (size_t)n, ev, payload, plen, m->offset);
-    }
     if (o.v == SL_KV_REJECTED) {
         reject_log(e, o.reason, name);
         if (s->conf->reject_pause) {
@@ -732,6 +703,34 @@ static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
     return e->paused_ms + (e->paused_at_ms ? now - e->paused_at_ms : 0);
 }
 
+/* The read-back counters of every source, one family at a time. */
+static void render_readback_metrics(sl_buf_t *o)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"sluice_kafka_readbacks_total", "counter",
+         "Read-backs from Kafka for readers behind a ring."},
+        {"sluice_kafka_readback_messages_total", "counter", "Messages read back from Kafka."},
+        {"sluice_kafka_readback_gaps_total", "counter",
+         "Gaps read-backs gave (offsets Kafka no longer has, or a read-back that timed out)."},
+        {"sluice_kafka_readback_missed_total", "counter", "Ids in those gaps."},
+        {"sluice_kafka_readbacks_active", "gauge", "Read-backs running."},
+        {"sluice_kafka_readbacks_queued", "gauge", "Read-backs waiting for a slot."},
+    };
+    for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+        sl_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name,
+                      fam[f].type);
+        for (size_t i = 0; i < ks.n; i++) {
+            sl_krb_stats_t st;
+            sl_krb_get_stats(ks.v[i]->rb, &st);
+            uint64_t v[] = {st.readbacks, st.messages, st.gaps, st.missed, st.active, st.queued};
+            sl_buf_printf(o, "%s{source=\"%s\"} %" PRIu64 "\n", fam[f].name, ks.v[i]->conf->name,
+                          v[f]);
+        }
+    }
+}
+
 static char *render_metrics(size_t *len)
 {
     sl_buf_t o = {sl_malloc(4096), 0, 4096};
@@ -803,13 +802,13 @@ static char *render_metrics(size_t *len)
                       "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
                       ks.v[i]->conf->name, ks.v[i]->commit_errors);
     }
-    sl_buf_printf(
-        &o, "# HELP sluice_kafka_offset_gaps_total Records whose offset skipped past the head of "
-            "a topic holding messages (ids no longer offsets).\n"
-            "# TYPE sluice_kafka_offset_gaps_total counter\n");
+    sl_buf_printf(&o, "# HELP sluice_kafka_offset_skips_total Records whose offset skipped past "
+                      "their topic's head (the ids between are holes, not gaps).\n"
+                      "# TYPE sluice_kafka_offset_skips_total counter\n");
     for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_offset_gaps_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->offset_gaps);
+        sl_buf_printf(&o, "sluice_kafka_offset_skips_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->offset_skips);
+    render_readback_metrics(&o);
     sl_buf_printf(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
                       "# TYPE sluice_kafka_stash_bytes gauge\n");
     for (size_t i = 0; i < ks.n; i++) {
@@ -853,14 +852,20 @@ static char *render_sources(size_t *len)
     sl_buf_printf(&o, "[");
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
+        sl_krb_stats_t rst;
+        sl_krb_get_stats(s->rb, &rst);
         sl_buf_printf(
             &o,
             "%s{\"name\":\"%s\",\"type\":\"kafka\",\"state\":\"%s\",\"cluster_id\":\"%s\","
             "\"brokers_down\":%s,\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64
-            ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"partitions\":[",
+            ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"offset_skips\":%" PRIu64
+            ",\"readback\":{\"readbacks\":%" PRIu64 ",\"messages\":%" PRIu64 ",\"gaps\":%" PRIu64
+            ",\"missed\":%" PRIu64 ",\"timeouts\":%" PRIu64
+            ",\"active\":%u,\"queued\":%u},\"partitions\":[",
             i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
-            s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes,
-            s->commits);
+            s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes, s->commits,
+            s->offset_skips, rst.readbacks, rst.messages, rst.gaps, rst.missed, rst.timeouts,
+            rst.active, rst.queued);
         for (size_t j = 0; j < s->nparts; j++) {
             kpe_t *e = s->parts[j];
             sl_buf_printf(&o,
@@ -1081,6 +1086,7 @@ int sl_kafka_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, void 
         ksrc_t *s = sl_calloc(1, sizeof(*s));
         s->conf = &cfg->sources[i];
         s->pipefd[0] = s->pipefd[1] = -1;
+        s->rb = sl_krb_new(loop, s->conf, cfg);
         ks.v[ks.n++] = s;
         if (start_source(s) != 0) {
             s->state = SRC_CLOSED;
@@ -1213,6 +1219,7 @@ void sl_kafka_dispose(void)
     for (size_t i = 0; i < ks.n; i++) {
         if (ks.v[i]->state != SRC_CLOSED || ks.v[i]->parts != NULL)
             free_source(ks.v[i]);
+        sl_krb_free(ks.v[i]->rb);
         free(ks.v[i]);
     }
     free(ks.v);
@@ -1227,6 +1234,7 @@ void sl_kafka_stop(void)
     ks.stopping = 1;
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
+        sl_krb_stop(s->rb);
         if (s->state >= SRC_STOPPING || s->rk == NULL)
             continue;
         s->state = SRC_STOPPING;

@@ -549,7 +549,7 @@ static sl_reader_t *next_reader(sl_sub_t *sub)
         sl_reader_t *r = &sub->readers[i];
         if (r->next > r->topic->head_seq)
             continue;
-        sl_msg_t *m = sl_topic_get(r->topic, r->next);
+        sl_msg_t *m = sl_topic_at(r->topic, r->next);
         if (m != NULL && m->gseq < best_gseq) {
             best = r;
             best_gseq = m->gseq;
@@ -616,11 +616,12 @@ static size_t deliver(sl_sub_t *sub)
         sl_reader_t *r = sub->multi ? next_reader(sub) : &sub->readers[0];
         if (r == NULL || r->next > r->topic->head_seq)
             break;
-        sl_msg_t *m = sl_topic_get(r->topic, r->next);
-        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
-            /* Behind the ring of a lossless topic: read back from its log (or report a hole
-             * in it, which the next write carries). */
-            if (!sl_ll_fetch(r) && r->mark != SL_MARK_NONE)
+        sl_msg_t *m = r->next >= sl_topic_tail(r->topic) ? sl_topic_at(r->topic, r->next) : NULL;
+        if (m == NULL && r->disk_ok && (m = sl_reader_read_next(r)) == NULL) {
+            /* Behind the ring of a topic that reads back (a lossless log, Kafka): read back,
+             * or report what is gone (a gap the next write carries) or pass holes. */
+            if (!sl_reader_read_fetch(r) &&
+                (r->mark != SL_MARK_NONE || r->next >= sl_topic_tail(r->topic)))
                 sl_hub_sub_ready(&c->srv->hub, sub, now);
             break;
         }
@@ -629,7 +630,7 @@ static size_t deliver(sl_sub_t *sub)
         bytes += tp->put_msg(c, w, m);
         sl_msg_ref(m);
         w->msgs[w->nmsgs++] = m;
-        r->next++;
+        r->next = m->seq + 1; /* past any hole before it */
     }
     if (w->niov == 0) {
         sub_write_free(w);
@@ -643,7 +644,7 @@ static size_t deliver(sl_sub_t *sub)
     return bytes;
 }
 
-/* A disk read for reader r completed (lossless.c). */
+/* A read-back for reader r completed (its topic's backend). */
 static void on_disk_ready(sl_reader_t *r)
 {
     sl_conn_t *c = sl_container_of(r->sub, sl_conn_t, sub);
@@ -655,7 +656,7 @@ static void on_disk_ready(sl_reader_t *r)
 
 void sl_conn_init_disk(void)
 {
-    sl_ll_set_ready_cb(on_disk_ready);
+    sl_reader_set_ready_cb(on_disk_ready);
 }
 
 void sl_conn_pump(sl_conn_t *c)

@@ -861,10 +861,10 @@ static size_t take(stream_t *st, int fetch)
     while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
         if (r->next > st->topic->head_seq)
             break;
-        sl_msg_t *m = sl_topic_get(st->topic, r->next);
-        if (m == NULL && r->disk_ok && (m = sl_ll_next(r)) == NULL) {
+        sl_msg_t *m = r->next >= sl_topic_tail(st->topic) ? sl_topic_at(st->topic, r->next) : NULL;
+        if (m == NULL && r->disk_ok && (m = sl_reader_read_next(r)) == NULL) {
             if (fetch)
-                (void)sl_ll_fetch(r);
+                (void)sl_reader_read_fetch(r);
             break;
         }
         if (m == NULL)
@@ -875,7 +875,7 @@ static size_t take(stream_t *st, int fetch)
         st->msgs[st->nmsgs++] = m;
         bytes += m->payload_len;
         added += m->payload_len;
-        r->next++;
+        r->next = m->seq + 1; /* past any hole before it */
         sl_metrics.deliveries++;
     }
     st->send_n = st->nmsgs;
@@ -925,8 +925,13 @@ static size_t stream_deliver(sl_sub_t *sub)
     }
     st->lingered = 0;
     size_t bytes = take(st, 1);
-    if (st->nmsgs == 0 && !st->gap)
+    if (st->nmsgs == 0 && !st->gap) {
+        /* A read-back that queued a gap or passed holes has nothing to send yet: go again. */
+        if (r->mark != SL_MARK_NONE || (!r->disk_wait && r->next <= st->topic->head_seq &&
+                                        r->next >= sl_topic_tail(st->topic)))
+            sl_hub_sub_ready(s->hub, sub, now);
         return 0;
+    }
     sub->writing = 1;
     st->attempt = 0;
     try_send(st);
@@ -1022,12 +1027,13 @@ static void stream_backlog(const stream_t *st, uint64_t *msgs, uint64_t *bytes)
     *bytes = 0;
     for (uint32_t i = 0; i < st->nmsgs; i++)
         *bytes += st->msgs[i]->payload_len;
-    for (uint64_t q = r->next; q <= st->topic->head_seq; q++) {
-        (*msgs)++;
-        const sl_msg_t *m = sl_topic_get(st->topic, q);
-        if (m != NULL)
-            *bytes += m->payload_len;
-    }
+    /* Owed ids (holes included: a topic fed by Kafka counts offsets), and the bytes of those
+     * still in the ring. */
+    const sl_topic_t *t = st->topic;
+    if (r->next <= t->head_seq)
+        *msgs += t->head_seq - r->next + 1;
+    for (size_t i = sl_topic_index(t, r->next); i < t->count; i++)
+        *bytes += sl_topic_nth(t, i)->payload_len;
 }
 
 /* The stream's oldest unacknowledged message's age (ms), 0 when none is known. */
@@ -1038,7 +1044,7 @@ static uint64_t stream_oldest_ms(const stream_t *st, uint64_t now)
     if (st->nmsgs > 0)
         m = st->msgs[0];
     else if (r->next <= st->topic->head_seq)
-        m = sl_topic_get(st->topic, r->next);
+        m = r->next >= sl_topic_tail(st->topic) ? sl_topic_at(st->topic, r->next) : NULL;
     return m != NULL && now > m->ts_ms ? now - m->ts_ms : 0;
 }
 

@@ -33,7 +33,6 @@ static uv_loop_t *ll_loop;
 static char *ll_data_dir;
 static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
 static const sl_config_t *ll_cfg;
-static void (*ll_on_ready)(sl_reader_t *r);
 static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
 
 static void ll_update(sl_lossless_t *ll);
@@ -47,19 +46,10 @@ void sl_ll_setup(uv_loop_t *loop, const char *data_dir)
     ll_data_dir = data_dir ? sl_strdup(data_dir) : NULL;
 }
 
-void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r))
-{
-    ll_on_ready = on_ready;
-}
-
-/* A read for r completed (or the write it waited for): its sub's own callback if it has one
- * (a sink), else the global one (connections). */
+/* A read for r completed (or the write it waited for). */
 static void notify_ready(sl_reader_t *r)
 {
-    if (r->sub != NULL && r->sub->ops->disk_ready != NULL)
-        r->sub->ops->disk_ready(r->sub);
-    else if (ll_on_ready)
-        ll_on_ready(r);
+    sl_reader_notify_ready(r);
 }
 
 /* ---- directories and files ------------------------------------------------------------ */
@@ -955,6 +945,14 @@ void sl_ll_append(sl_topic_t *t, sl_msg_t *m)
         ll->cappending = ll->cappending ? ll->cappending * 2 : 64;
         ll->pending = sl_realloc(ll->pending, ll->cappending * sizeof(*ll->pending));
     }
+    /* An empty active segment without a file yet follows a jump of the head (holes), so that
+     * it starts at its name. */
+    sl_seg_t *act = &ll->segs[ll->nsegs - 1];
+    if (ll->npending == 0 && ll->job == NULL && ll->fd < 0 && act->last < act->base &&
+        m->seq > act->base) {
+        act->base = m->seq;
+        act->last = m->seq - 1;
+    }
     sl_msg_ref(m);
     ll->pending[ll->npending++] = m;
     ll->unwritten += sl_rec_size(m->event_len, m->payload_len);
@@ -966,7 +964,7 @@ void sl_ll_append(sl_topic_t *t, sl_msg_t *m)
 
 uint64_t sl_ll_floor(const sl_topic_t *t)
 {
-    uint64_t tail = t->head_seq - t->count + 1;
+    uint64_t tail = sl_topic_tail(t);
     return t->disk_floor < tail ? t->disk_floor : tail;
 }
 
@@ -1063,6 +1061,10 @@ sl_msg_t *sl_ll_next(sl_reader_t *r)
         b->pos++;
     if (b->pos < b->n && b->v[b->pos]->seq == r->next)
         return b->v[b->pos++];
+    /* In a log whose ids are an external log's offsets, ids the log skips are holes (offsets
+     * with no message for this topic), passed silently; recovery never cuts such a log. */
+    if (b->pos < b->n && r->topic->ll->external)
+        return b->v[b->pos++];
     if (b->pos >= b->n) {
         batch_free(b);
         r->disk = NULL;
@@ -1104,7 +1106,7 @@ int sl_ll_fetch(sl_reader_t *r)
 {
     sl_topic_t *t = r->topic;
     sl_lossless_t *ll = t->ll;
-    uint64_t tail = t->head_seq - t->count + 1;
+    uint64_t tail = sl_topic_tail(t);
     if (!r->disk_ok || ll == NULL || r->next >= tail || r->disk_job != NULL)
         return 0;
     uint64_t hole = batch_hole_end(r);
@@ -1124,7 +1126,12 @@ int sl_ll_fetch(sl_reader_t *r)
     /* Not in the log: a hole before the next segment, or (which should not happen) nothing
      * up to the ring. Either way the reader is told and moves on. */
     uint64_t resume = i < ll->nsegs ? ll->segs[i].base : tail;
-    if (resume > r->next) {
+    if (resume > r->next && ll->external && resume <= tail) {
+        /* Ids between segments of an external log: holes (see sl_ll_next), passed. */
+        r->next = resume;
+        if (resume == tail)
+            return 0;
+    } else if (resume > r->next) {
         mark_hole(r, resume);
         return 0;
     }
@@ -1439,7 +1446,8 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
                         "path=%s at=%" PRIu64 " dropped_bytes=%" PRIu64, path, sc.valid_len, cut);
             }
         }
-        if (sc.count > 0 && sc.first != bases[i]) {
+        /* An external log's active segment may have been named before the head jumped. */
+        if (sc.count > 0 && (sc.first < bases[i] || (sc.first > bases[i] && !external))) {
             SL_ERROR("segment does not start at its name, skipped", "path=%s", path);
             sl_metrics.log.corrupt++;
             free(sc.index.v);
@@ -1474,6 +1482,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     if (ll->segs[ll->nsegs - 1].len >= conf.segment_bytes)
         seg_add(ll, head + 1);
     t->head_seq = head;
+    t->evicted_seq = head; /* none of it is in the ring: a reader below it missed it there */
     ll->written_seq = ll->durable_seq = head;
     update_floor(ll);
     read_cursors(t);
@@ -1601,6 +1610,8 @@ const sl_backend_t sl_ll_backend = {
     .idle = sl_ll_idle,
     .free = ll_free_backend,
     .rebase = ll_rebase,
+    .read_next = sl_ll_next,
+    .read_fetch = sl_ll_fetch,
 };
 
 /* A new topic whose settings say lossless gets a log (in memory until something must be

@@ -157,13 +157,14 @@ void sl_ll_append(sl_topic_t *t, sl_msg_t *m);
 /* The first seq a disk-capable reader can still get (ring or disk). */
 uint64_t sl_ll_floor(const sl_topic_t *t);
 
-/* Delivery from disk. sl_ll_next() returns the next message for reader r if its batch holds it
- * (a borrowed reference, valid until r's next call), else NULL; then, if r is behind the ring,
- * sl_ll_fetch() schedules a read (marking r->disk_wait) and returns 1, or 0 when nothing is to
- * be read. `on_ready(sub)` is called when a read completes. */
+/* Delivery from disk, the backend's read_next and read_fetch (core/topic.h). sl_ll_next()
+ * returns the next message for reader r if its batch holds it (a borrowed reference, valid
+ * until r's next call), else NULL; in an external log, ids it skips are holes and it returns
+ * the next message past them. Then, if r is behind the ring, sl_ll_fetch() schedules a read
+ * (marking r->disk_wait) and returns 1, or 0 when nothing is to be read.
+ * sl_reader_notify_ready(r) is called when a read completes. */
 sl_msg_t *sl_ll_next(sl_reader_t *r);
 int sl_ll_fetch(sl_reader_t *r);
-void sl_ll_set_ready_cb(void (*on_ready)(sl_reader_t *r));
 /* Drops r's batch and cancels its read; for reader detach. */
 void sl_ll_reader_gone(sl_reader_t *r);
 

@@ -225,7 +225,7 @@ int sl_spill_scan(const char *path, int repair, sl_scan_t *out)
                 }
                 break;
             }
-            if (s == SL_REC_CORRUPT || (out->count > 0 && rec.seq != out->last + 1)) {
+            if (s == SL_REC_CORRUPT || (out->count > 0 && rec.seq <= out->last)) {
                 out->corrupt = 1;
                 stop = 1;
                 break;

@@ -5,6 +5,8 @@ join takes about 3 s, so waits are generous; each test uses its own consumer gro
 import re
 import time
 
+import pytest
+
 from kafka_mock import source_section, unique_group
 
 ID = re.compile(r"^([0-9a-f]{16})-(\d+)$")
@@ -460,3 +462,140 @@ def test_resume_on_another_node_by_last_event_id(kafka_mock, sluice_factory):
     ids = [e["id"] for e in first + rest]
     assert len(set(ids)) == 50 and [int(i.split("-")[1]) for i in ids] == list(range(1, 51))
     assert sub.no_event_within(0.5)
+
+
+def _published(srv, n):
+    return sources(srv)["k"]["published"] >= n
+
+
+def test_reader_behind_the_ring_reads_back_from_kafka(kafka_mock, sluice_factory):
+    """A reader resuming from an id older than a small ring gets exactly the missing records
+    from Kafka, then the live ones, in order and with no gap marker; read-backs are counted."""
+    kafka_mock.topic("rb", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rb", topic="rb/{partition}",
+                       topics=[("rb/*", {"max_messages": 10})])
+    kafka_mock.produce("rb", 0, 600, prefix="r")
+    wait_for(lambda: _published(srv, 600), 30, "600 published")
+    ring = read_n(srv.sse("/topics/rb/0?from=oldest"), 10)
+    epoch = ID.match(ring[0]["id"]).group(1)
+    assert [int(ID.match(e["id"]).group(2)) for e in ring] == list(range(591, 601))
+    sub = srv.sse("/topics/rb/0", headers={"Last-Event-ID": f"{epoch}-20"})
+    evs = read_n(sub, 580)
+    assert all(e["event"] is None for e in evs), [e for e in evs if e["event"]][:1]
+    assert [e["data"] for e in evs] == [f"r{i}" for i in range(20, 600)]
+    assert [e["id"] for e in evs] == [f"{epoch}-{i}" for i in range(21, 601)]
+    kafka_mock.produce("rb", 0, 3, prefix="live")
+    evs = read_n(sub, 3)
+    assert [(e["data"], e["id"]) for e in evs] == \
+        [(f"live{i}", f"{epoch}-{601 + i}") for i in range(3)]
+    m = srv.metrics()
+    assert m.v('sluice_kafka_readbacks_total{source="k"}') >= 2  # batches of at most 512
+    # 21..590 from Kafka, 591..600 from the ring.
+    assert m.v('sluice_kafka_readback_messages_total{source="k"}') == 570
+    assert m.v('sluice_kafka_readback_gaps_total{source="k"}') == 0
+    assert m.v('sluice_gaps_total{reason="evicted"}') == 0
+    rb = sources(srv)["k"]["readback"]
+    assert rb["messages"] == 570 and rb["active"] == 0 and rb["queued"] == 0
+
+
+def test_read_back_past_kafka_retention_is_a_counted_gap(kafka_mock, sluice_factory):
+    """After the mock's retention (5 MiB per partition) dropped the oldest records, a reader
+    resuming from before the log start gets one gap marker counting exactly the offsets gone
+    (the next record's offset says where the log starts), then every record after it."""
+    import json
+    kafka_mock.topic("ret", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="ret", topic="ret/{partition}",
+                       topics=[("ret/*", {"max_messages": 5})])
+    n = 90
+    for i in range(3):  # 90 x 100 KB: well past 5 MiB; each third taken before the next
+        kafka_mock.produce("ret", 0, n // 3, prefix=f"x{i}-", size=100_000)
+        wait_for(lambda: _published(srv, (i + 1) * n // 3), 60, f"{(i + 1) * n // 3} published")
+    ring = read_n(srv.sse("/topics/ret/0?from=oldest"), 5)
+    epoch = ID.match(ring[0]["id"]).group(1)
+    before = srv.metrics()
+    sub = srv.sse("/topics/ret/0", headers={"Last-Event-ID": f"{epoch}-0"})
+    gap = sub.read_event(timeout=15)
+    assert gap["event"] == "sluice.gap", gap
+    body = json.loads(gap["data"])
+    assert body["from"] == f"{epoch}-1"
+    gone = body["missed"]
+    assert gone > 0 and body["to"] == f"{epoch}-{gone}"
+    evs = read_n(sub, n - gone, timeout=60)
+    # The first record after the gap is the log start: offset `gone`, id gone + 1.
+    assert [e["id"] for e in evs] == [f"{epoch}-{i}" for i in range(gone + 1, n + 1)]
+    want = [f"x{i // 30}-{i % 30}" for i in range(n)]
+    assert [e["data"].rstrip(".") for e in evs] == want[gone:]
+    assert all(e["event"] is None for e in evs)
+    after = srv.metrics()
+    assert after.v('sluice_kafka_readback_missed_total{source="k"}') - \
+        before.v('sluice_kafka_readback_missed_total{source="k"}') == gone
+    assert after.v("sluice_gap_messages_total") - before.v("sluice_gap_messages_total") == gone
+    # A second reader from before the log start is told at once, by the same count.
+    sub2 = srv.sse("/topics/ret/0", headers={"Last-Event-ID": f"{epoch}-0"})
+    gap2 = sub2.read_event(timeout=15)
+    assert gap2["event"] == "sluice.gap" and json.loads(gap2["data"])["missed"] == gone
+
+
+def test_reader_gone_mid_read_back_frees_it(kafka_mock, sluice_factory):
+    """Readers that disconnect while their read-back runs cancel it: nothing is left running
+    or queued, the memory accounted returns (and the sanitizer build finds no leak at exit)."""
+    kafka_mock.topic("rg", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rg", topic="rg/{partition}",
+                       topics=[("rg/*", {"max_messages": 5})])
+    kafka_mock.produce("rg", 0, 2000, prefix="g", size=200)
+    wait_for(lambda: _published(srv, 2000), 30, "2000 published")
+    epoch = ID.match(read_n(srv.sse("/topics/rg/0?from=oldest"), 1)[0]["id"]).group(1)
+    base = srv.metrics().v("sluice_memory_accounted_bytes")
+    subs = [srv.sse("/topics/rg/0", headers={"Last-Event-ID": f"{epoch}-{i * 100}"})
+            for i in range(8)]
+    for s in subs[:4]:
+        read_n(s, 1)  # these have read back something; the others may be queued
+    for s in subs:
+        s.close()
+    wait_for(lambda: (lambda r: r["active"] == 0 and r["queued"] == 0)(
+        sources(srv)["k"]["readback"]), 20, "no read-back left")
+    # Nothing read back stays charged: what remains is the read-back consumer's prefetch
+    # (1 MiB, charged while it exists) beside what was there before, within noise.
+    wait_for(lambda: srv.metrics().v("sluice_memory_accounted_bytes")
+             <= base + (1 << 20) + 256 * 1024, 20, "read-back memory released")
+    # The source still serves a new reader.
+    sub = srv.sse("/topics/rg/0", headers={"Last-Event-ID": f"{epoch}-1990"})
+    assert [e["data"].rstrip(".") for e in read_n(sub, 10)] == [f"g{i}" for i in range(1990, 2000)]
+
+
+
+@pytest.mark.parametrize("durability", ["lossy", "lossless"])
+def test_offsets_of_other_keys_are_holes_not_gaps(kafka_mock, sluice_factory, durability):
+    """One partition whose records alternate between two keys, routed by key to two topics:
+    each topic sees every other offset. Ids stay <E>-<offset+1>, nothing reads as a gap: not
+    live, not for a reader resuming from an id inside a hole, not when reading back past a
+    small ring (from Kafka for a lossy topic, from the log for a lossless one)."""
+    kafka_mock.topic("hk", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="hk", topic="hk/{key}",
+                       topics=[("hk/*", {"durability": durability, "max_messages": 3})])
+    n = 20
+    for i in range(n):
+        kafka_mock.produce("hk", 0, 1, prefix=f"a{i}-", key="a")  # offset 2i
+        kafka_mock.produce("hk", 0, 1, prefix=f"b{i}-", key="b")  # offset 2i + 1
+    wait_for(lambda: _published(srv, 2 * n), 30, f"{2 * n} published")
+    oldest = read_n(srv.sse("/topics/hk/a?from=oldest"), 1)[0]
+    epoch = ID.match(oldest["id"]).group(1)
+    # The oldest a lossy topic offers is its ring's (3 messages); a lossless one, its log's.
+    assert oldest["id"] == f"{epoch}-{2 * (n - 3) + 1 if durability == 'lossy' else 1}"
+    before = srv.metrics()
+    assert before.v('sluice_kafka_offset_skips_total{source="k"}') == 2 * (n - 1)
+    # Resuming from b's first id (a hole of hk/a) and from a's own first id.
+    for topic, last, first in (("a", f"{epoch}-2", 1), ("b", f"{epoch}-2", 1),
+                               ("a", f"{epoch}-1", 1)):
+        sub = srv.sse(f"/topics/hk/{topic}", headers={"Last-Event-ID": last})
+        evs = read_n(sub, n - first)
+        assert all(e["event"] is None for e in evs), [e for e in evs if e["event"]][:1]
+        assert [e["data"] for e in evs] == [f"{topic}{i}-0" for i in range(first, n)]
+        base = 1 if topic == "a" else 2
+        assert [e["id"] for e in evs] == [f"{epoch}-{2 * i + base}" for i in range(first, n)]
+    kafka_mock.produce("hk", 0, 1, prefix="live", key="a")  # offset 2n
+    assert sub.read_event(timeout=10)["id"] == f"{epoch}-{2 * n + 1}"
+    after = srv.metrics()
+    assert after.v("sluice_gap_messages_total") == before.v("sluice_gap_messages_total")
+    assert after.v('sluice_gaps_total{reason="evicted"}') == \
+        before.v('sluice_gaps_total{reason="evicted"}')

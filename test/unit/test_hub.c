@@ -238,6 +238,95 @@ static void test_flush_contract(void **state)
     assert_int_equal(a->nreaders + b->nreaders, 0);
 }
 
+/* A topic whose head jumps (an external log's offsets skipping): the ids between are holes
+ * that cost nothing, that readers pass without a gap, and that eviction does not turn into
+ * gaps; a reader that lost a real message still gets one. */
+static void test_holes(void **state)
+{
+    (void)state;
+    sl_topic_t *t = topic("h");
+    uint64_t gaps0 = sl_metrics.gaps[SL_LAG_EVICTED], first;
+    const char *p = "x";
+    size_t len = 1;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(publish(t, "a"), 0);
+    assert_int_equal(sl_hub_publish_at(&hub, t, 10000001, NULL, &p, &len, 1, &first), 0);
+    assert_int_equal(first, 10000001);
+    assert_int_equal(t->head_seq, 10000001);
+    assert_int_equal(t->count, 4);
+    assert_true(t->cap <= 16); /* no slot for a hole */
+    assert_null(sl_topic_get(t, 4));
+    assert_null(sl_topic_get(t, 10000000));
+    assert_int_equal(sl_topic_get(t, 3)->seq, 3);
+    assert_int_equal(sl_topic_at(t, 4)->seq, 10000001);
+    assert_int_equal(sl_topic_at(t, 2)->seq, 2);
+    assert_int_equal(sl_topic_index(t, 9999999), 3);
+    assert_null(sl_topic_at(t, 10000002));
+    /* 0 and head + 1 publish as before. */
+    assert_int_equal(sl_hub_publish_at(&hub, t, 0, NULL, &p, &len, 1, &first), 0);
+    assert_int_equal(first, 10000002);
+    assert_int_equal(sl_hub_publish_at(&hub, t, 10000003, NULL, &p, &len, 1, &first), 0);
+    assert_int_equal(first, 10000003);
+
+    /* A reader resuming inside the hole owes nothing missed: no gap, the next message is
+     * the one after the hole. */
+    sl_sub_t s1;
+    memset(&s1, 0, sizeof(s1));
+    s1.ops = &fake_ops;
+    sl_start_t st = {.kind = SL_START_SINCE, .epoch = t->epoch, .seq = 3};
+    sl_sub_init(&hub, &s1, &t, &st, 1);
+    sl_reader_t *r = &s1.readers[0];
+    assert_int_equal(r->mark, SL_MARK_NONE);
+    assert_int_equal(sl_topic_at(t, r->next)->seq, 10000001);
+
+    /* Eviction past the hole: a reader inside it is moved silently; one whose message was
+     * evicted gets a gap. */
+    t->conf.max_messages = 1;
+    assert_int_equal(sl_hub_publish_at(&hub, t, 20000001, NULL, &p, &len, 1, &first), 0);
+    assert_int_equal(sl_topic_tail(t), 20000001);
+    assert_int_equal(t->evicted_seq, 10000003);
+    sl_sub_t s2, s3;
+    memset(&s2, 0, sizeof(s2));
+    memset(&s3, 0, sizeof(s3));
+    s2.ops = s3.ops = &fake_ops;
+    sl_start_t in_hole = {.kind = SL_START_SINCE, .epoch = t->epoch, .seq = 10000005};
+    sl_sub_init(&hub, &s2, &t, &in_hole, 1);
+    assert_int_equal(s2.readers[0].mark, SL_MARK_NONE);
+    assert_int_equal(s2.readers[0].next, 20000001);
+    assert_int_equal(sl_metrics.gaps[SL_LAG_EVICTED] - gaps0, 0);
+    sl_start_t lost = {.kind = SL_START_SINCE, .epoch = t->epoch, .seq = 10000002};
+    sl_sub_init(&hub, &s3, &t, &lost, 1);
+    assert_true(s3.readers[0].mark & SL_MARK_GAP);
+    assert_int_equal(s3.readers[0].next, 20000001);
+    assert_int_equal(sl_metrics.gaps[SL_LAG_EVICTED] - gaps0, 1);
+    /* The first reader was still at 4 (evicted): its check gives it the gap too. */
+    sl_hub_check_reader(&hub, r, 0);
+    assert_true(r->mark & SL_MARK_GAP);
+
+    /* A renumbering (a topic bound to another partition): what came before it was never seen
+     * here, so a reader below it has missed it. */
+    sl_sub_dispose(&hub, &s1);
+    sl_sub_dispose(&hub, &s2);
+    sl_sub_dispose(&hub, &s3);
+    sl_msg_t *m;
+    while ((m = sl_topic_pop_tail(t)) != NULL) {
+        sl_msg_unlink(m);
+        sl_msg_unref(m);
+    }
+    assert_int_equal(sl_topic_rebase(t, 77, 500), 0);
+    assert_int_equal(t->evicted_seq, 500);
+    assert_int_equal(publish(t, "b"), 0);
+    assert_int_equal(t->head_seq, 501);
+    sl_sub_t s4;
+    memset(&s4, 0, sizeof(s4));
+    s4.ops = &fake_ops;
+    sl_start_t old = {.kind = SL_START_SINCE, .epoch = 77, .seq = 100};
+    sl_sub_init(&hub, &s4, &t, &old, 1);
+    assert_true(s4.readers[0].mark & SL_MARK_GAP);
+    assert_int_equal(s4.readers[0].gap_missed, 400);
+    sl_sub_dispose(&hub, &s4);
+}
+
 static void test_pending_pool(void **state)
 {
     (void)state;
@@ -294,6 +383,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_evictable_follows_references, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_contract, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_holes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

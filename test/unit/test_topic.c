@@ -98,6 +98,51 @@ static void test_ring_bounds_and_arithmetic(void **state)
     assert_int_equal(sl_budget.used, start);
 }
 
+/* Lookups in a ring with holes (seqs that skip, as an external log's offsets do) against a
+ * linear scan, through growth, wrap-around and eviction, with skips from 1 to millions. */
+static void test_holes_lookup(void **state)
+{
+    (void)state;
+    uint64_t start = sl_budget.used;
+    sl_topic_conf_t c = conf(37);
+    sl_topic_t *t = sl_topic_new("h", 1, &c, 0);
+    uint64_t rnd = 12345;
+    for (int i = 0; i < 2000; i++) {
+        rnd = rnd * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t r = (uint32_t)(rnd >> 33);
+        /* Mostly contiguous, sometimes a small skip, rarely a huge one. */
+        uint64_t skip = r % 4 ? 0 : r % 64 ? r % 5 + 1 : 5000000 + r % 1000;
+        if (skip)
+            sl_topic_skip(t, t->head_seq + skip);
+        append(t, "p", 0);
+        assert_true(t->cap <= 64); /* a slot per message, none per hole */
+        if (i % 50 != 0)
+            continue;
+        /* Every seq from below the tail to past the head, around each message. */
+        for (size_t k = 0; k < t->count; k++) {
+            uint64_t s0 = sl_topic_nth(t, k)->seq;
+            uint64_t prev = k ? sl_topic_nth(t, k - 1)->seq : s0 - 3;
+            for (uint64_t q = prev + 1; q <= s0 + 1; q++) {
+                size_t lin = 0;
+                while (lin < t->count && sl_topic_nth(t, lin)->seq < q)
+                    lin++;
+                assert_int_equal(sl_topic_index(t, q), lin);
+                sl_msg_t *at = sl_topic_at(t, q);
+                assert_ptr_equal(at, lin < t->count ? sl_topic_nth(t, lin) : NULL);
+                sl_msg_t *g = sl_topic_get(t, q);
+                assert_ptr_equal(g, at != NULL && at->seq == q ? at : NULL);
+                if (q - prev > 4 && q < s0 - 2)
+                    q = s0 - 2; /* a huge hole: its middle is like its ends */
+            }
+        }
+        assert_int_equal(sl_topic_tail(t), sl_topic_nth(t, 0)->seq);
+        assert_int_equal(sl_topic_nth(t, t->count - 1)->seq, t->head_seq);
+    }
+    free_topic(t);
+    assert_true(sl_list_empty(&order));
+    assert_int_equal(sl_budget.used, start);
+}
+
 /* An empty topic takes an external log's coordinates: its next message is head+1 in the given
  * epoch, and its frame says so; a topic holding messages refuses. */
 static void test_rebase(void **state)
@@ -476,6 +521,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_ring_bounds_and_arithmetic, setup),
         cmocka_unit_test_setup(test_rebase, setup),
+        cmocka_unit_test_setup(test_holes_lookup, setup),
         cmocka_unit_test_setup(test_max_bytes_keeps_newest, setup),
         cmocka_unit_test_setup(test_refcount_outlives_eviction, setup),
         cmocka_unit_test_setup(test_reader_start_points, setup),
