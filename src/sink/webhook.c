@@ -57,6 +57,10 @@
 #define POOL_BODY_MAX (64 * 1024)
 /* A pooled request unused this long is freed (by the sweep). */
 #define POOL_IDLE_MS 30000
+/* A webhook stream that still owes messages writes its durable cursor at most this often (a
+ * caught-up stream at once): each checkpoint is a file written and synced on the thread pool,
+ * which cost more than the request itself when every request of a backlog wrote one. */
+#define ACK_EVERY_MS 100
 /* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
 static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
                                          500, 1000, 2500, 5000, 10000, 30000};
@@ -113,7 +117,9 @@ struct stream {
     char origin[ORIGIN_MAX];
     size_t origin_len;
     sl_cursor_t *cursor;
-    sl_msg_t **msgs; /* the batch: references held until delivered */
+    uint64_t ack_seq; /* delivered up to here, not yet acknowledged to the cursor (0: none) */
+    uint64_t ack_ms;  /* when the cursor was last acknowledged */
+    sl_msg_t **msgs;  /* the batch: references held until delivered */
     uint32_t nmsgs, send_n;
     int gap;
     uint64_t gap_from, gap_to, gap_missed;
@@ -596,18 +602,35 @@ static void drop_front(stream_t *st, uint32_t n)
     st->nmsgs -= n;
 }
 
+/* Writes what was delivered to the durable cursor. */
+static void ack_flush(stream_t *st, uint64_t now)
+{
+    if (st->ack_seq == 0)
+        return;
+    sl_ll_ack(st->topic, st->cursor, st->ack_seq);
+    st->ack_seq = 0;
+    st->ack_ms = now;
+}
+
 /* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
- * acknowledge and go on. */
+ * acknowledge and go on. A webhook stream with more to send acknowledges at most every
+ * ACK_EVERY_MS (the sweep and shutdown write what is left); otherwise at once. */
 static void passed(stream_t *st, uint32_t n, int ok)
 {
     sink_t *k = st->sink;
     if (n > 0) {
         uint64_t last = st->msgs[n - 1]->seq;
-        if (st->cursor != NULL)
-            sl_ll_ack(st->topic, st->cursor, last);
         if (ok)
             k->delivered += n;
         drop_front(st, n);
+        if (st->cursor != NULL) {
+            uint64_t now = sl_now_ms();
+            int owes = st->nmsgs > 0 || st->sub.readers[0].next <= st->topic->head_seq;
+            st->ack_seq = last;
+            if (k->conf->type != SL_SINK_WEBHOOK || !owes || k->all->stopping ||
+                now - st->ack_ms >= ACK_EVERY_MS)
+                ack_flush(st, now);
+        }
     }
     if (st->nmsgs == 0)
         st->sent = 0;
@@ -1404,9 +1427,19 @@ static void on_sweep(uv_timer_t *h)
     sl_sinks_t *s = h->data;
     uint64_t now = sl_now_ms();
     sl_sched_sweep(&s->sched, now);
-    if (now > POOL_IDLE_MS)
-        for (size_t i = 0; i < s->n; i++)
-            pool_trim(&s->v[i], now - POOL_IDLE_MS);
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        if (now > POOL_IDLE_MS)
+            pool_trim(k, now - POOL_IDLE_MS);
+        /* Acknowledgements a busy stream held back, if it has not sent since. */
+        sl_list_t *it;
+        sl_list_each(it, &k->streams)
+        {
+            stream_t *st = sl_container_of(it, stream_t, link);
+            if (st->ack_seq != 0 && now - st->ack_ms >= ACK_EVERY_MS)
+                ack_flush(st, now);
+        }
+    }
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1461,6 +1494,7 @@ static void finish(sl_sinks_t *s)
             stream_t *st = sl_container_of(it, stream_t, link);
             if (st->req != NULL)
                 end_request(st, 0);
+            ack_flush(st, sl_now_ms());
             release_breaker(st);
             sl_list_remove(&st->ss.wait_link);
             drop_front(st, st->nmsgs);
@@ -1602,6 +1636,10 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
     curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)sc->max_host_connections);
     curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)sc->max_in_flight);
+    /* The cache of idle connections: by default four per easy handle attached, which is few
+     * when handles are detached as soon as their transfer ends, and connections were closed
+     * and opened again under a steady load. */
+    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)sc->max_in_flight);
     uv_timer_init(loop, &s->curl_timer);
     uv_timer_init(loop, &s->sweep_timer);
     uv_timer_init(loop, &s->drain_timer);
