@@ -1,20 +1,28 @@
 #!/usr/bin/python3
 """Sink benchmarks (issue 13), reported as ratios measured on one machine in one run.
 
-    /usr/bin/python3 bench/sinks.py [--quick] [--bin build/sluice]
+    /usr/bin/python3 bench/sinks.py [--quick] [--bin build/sluice] [--py-receiver]
+
+The receiver is build/sluice-sinkrecv (bench/sink-receiver.c: C, epoll, llhttp, its own
+process; answers 200 on kept-alive connections and counts ndjson lines); --py-receiver uses the
+older asyncio receiver instead (about 2,000 requests/s of 100-line bodies, so it caps the
+batched figure). The sequential loop is measured twice against the same receiver: in Python
+(lk.KeepAlive, the baseline of the first figures) and in C (`sluice-sinkrecv --loop`).
 
 * webhook, batched: a backlog of N small messages on 8 lossless topics (published first, with
   no sink), then a server with a webhook sink (start = oldest, 100 per request, 8 in flight)
-  drains it into a fast local receiver (raw asyncio, its own process): messages/s, and the
-  ratio to a sequential keep-alive loop of single POSTs against the same receiver (requests/s).
+  drains it into the receiver: messages/s, and the ratio to the sequential keep-alive loop of
+  single POSTs against the same receiver (requests/s).
 * webhook, unbatched: the same with format = raw (one message per request, 8 in flight):
   messages per sluice CPU-second, against the loop's requests per client CPU-second.
-* RSS per in-flight request: 512 topics, one message each, a receiver that never answers;
-  sink max_in_flight 512 against 8: (RSS difference) / 504.
+* RSS per in-flight request: 512 topics, one message each, a receiver that never answers
+  (the asyncio one, mode hold); sink max_in_flight 512 against 8: (RSS difference) / 504.
 * file sink (jsonl, fsync = rotate): a backlog drained into files, bytes written per second,
   against dd (bs=1M, conv=fdatasync) of the same size in the same directory.
 * publish-to-receiver latency: 1,000 msg/s of single POSTs for 5 s, linger 0; the receiver
-  takes now - the send time carried in the payload; p50, p99.
+  takes now - the send time carried in the payload; p50, p99, max (nearest rank). Beside it,
+  for the machine's part of the tail: the round trips of those publishes, and of the same
+  paced loop of POSTs sent straight to a receiver (no sluice) right after.
 
 Results: bench/out/sinks-<timestamp>/results.txt (key=value lines).
 """
@@ -97,16 +105,46 @@ def receiver_main(port, mode, count, ready, lat_conn):
         lat_conn.send(lats)
 
 
+class CReceiver:
+    """build/sluice-sinkrecv in its own process: count() is the messages it has received."""
+
+    def __init__(self, binary, latency=False):
+        self.p = subprocess.Popen([binary] + (["--latency"] if latency else []),
+                                  stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        assert line.startswith("port="), line
+        self.port = int(line.split("=")[1])
+        self.c = lk.KeepAlive(self.port)
+
+    def stats(self):
+        st, body, _ = self.c.request("GET", "/stats")
+        assert st == 200, st
+        return {k: float(v) for k, v in (kv.split("=") for kv in body.decode().split())}
+
+    def count(self):
+        return self.stats()["messages"]
+
+    def stop(self):
+        st = self.stats()
+        self.c.close()
+        self.p.terminate()
+        self.p.communicate(timeout=10)
+        return st
+
+
 class Receiver:
     def __init__(self, mode):
         self.port = free_port()
-        self.count = mp.Value("q", 0)
+        self.count_v = mp.Value("q", 0)
         ready = mp.Event()
         self.parent, child = mp.Pipe()
         self.p = mp.Process(target=receiver_main,
-                            args=(self.port, mode, self.count, ready, child), daemon=True)
+                            args=(self.port, mode, self.count_v, ready, child), daemon=True)
         self.p.start()
         ready.wait(10)
+
+    def count(self):
+        return self.count_v.value
 
     def stop(self):
         self.p.terminate()
@@ -186,6 +224,14 @@ def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total")
     return dt, cpu
 
 
+def c_loop_rate(binary, port, seconds):
+    """The same loop in C (sluice-sinkrecv --loop): requests/s and per client CPU-second."""
+    out = subprocess.run([binary, "--loop", "--port", str(port), "--seconds", str(seconds),
+                          "--size", "64"], capture_output=True, text=True, check=True).stdout
+    kv = dict(x.split("=") for x in out.split())
+    return float(kv["requests_per_s"]), float(kv["requests_per_cpu_s"])
+
+
 def loop_rate(port, seconds):
     """A sequential keep-alive loop of single-message POSTs: requests/s and per CPU-second."""
     c = lk.KeepAlive(port)
@@ -207,7 +253,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=os.environ.get("SLUICE_BIN", str(REPO / "build/sluice")))
+    ap.add_argument("--py-receiver", action="store_true",
+                    help="the asyncio receiver for the throughput figures (the old baseline)")
     a = ap.parse_args()
+    recv_bin = str(Path(a.bin).parent / "sluice-sinkrecv")
+
+    def receiver(mode):
+        return Receiver(mode) if a.py_receiver else CReceiver(recv_bin)
     out = REPO / "bench" / "out" / ("sinks-" + time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     res = {}
@@ -221,25 +273,31 @@ def main():
     n_batched = 100_000 if a.quick else 400_000
     n_single = 10_000 if a.quick else 30_000
 
-    # Sequential loop against the fast receiver.
-    r = Receiver("count")
+    # Sequential loops against the fast receiver: Python (the first baseline), then C.
+    r = receiver("count")
     loop_rps, loop_per_cpu = loop_rate(r.port, 3)
     report("loop_requests_per_s", round(loop_rps))
     report("loop_requests_per_cpu_s", round(loop_per_cpu))
+    cloop_rps, cloop_per_cpu = c_loop_rate(recv_bin, r.port, 3)
+    report("c_loop_requests_per_s", round(cloop_rps))
+    report("c_loop_requests_per_cpu_s", round(cloop_per_cpu))
 
     # Batched.
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
     backlog(a.bin, data, topics, n_batched // 8, payload)
+    got0 = r.count()
     dt, cpu = drain(a.bin, data, sink_conf(r.port) + "batch_max_messages = 100\nmax_in_flight = 8\n",
                     n_batched)
     report("batched_messages_per_s", round(n_batched / dt))
     report("batched_vs_loop", round(n_batched / dt / loop_rps, 1))
+    report("batched_vs_c_loop", round(n_batched / dt / cloop_rps, 1))
     report("batched_sluice_cpu_s", round(cpu, 2))
+    report("batched_receiver_messages", round(r.count() - got0))
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
 
     # Unbatched.
-    r = Receiver("raw")
+    r = receiver("raw")
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
     backlog(a.bin, data, topics, n_single // 8, payload)
     dt, cpu = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
@@ -247,6 +305,9 @@ def main():
     report("unbatched_messages_per_s", round(n_single / dt))
     report("unbatched_messages_per_sluice_cpu_s", round(n_single / cpu) if cpu else "n/a")
     report("unbatched_per_cpu_vs_loop", round(n_single / cpu / loop_per_cpu, 2) if cpu else "n/a")
+    report("unbatched_per_cpu_vs_c_loop",
+           round(n_single / cpu / cloop_per_cpu, 2) if cpu else "n/a")
+    report("unbatched_receiver_messages", round(r.count()))
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
 
@@ -292,23 +353,49 @@ def main():
     shutil.rmtree(data, ignore_errors=True)
 
     # Latency at 1,000 msg/s, linger 0.
-    r = Receiver("latency")
+    r = Receiver("latency") if a.py_receiver else CReceiver(recv_bin, latency=True)
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
     s = Sluice(a.bin, f"[sink \"s\"]\ntype = webhook\ntopics = l\nallow_private = true\n"
                f"url = http://127.0.0.1:{r.port}/l\nbatch_linger = 0\n", data)
+    t0 = time.monotonic()
+    rtt = []
+    for i in range(5000):
+        d = t0 + i / 1000 - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        rtt.append(s.c.request("POST", "/topics/l", str(time.time_ns()).encode())[2] * 1000)
+    t0 = time.monotonic()
+    while r.count() < 5000 and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    s.stop()
+    if a.py_receiver:
+        lats = sorted(r.stop())
+        st = {"latency_n": len(lats), "latency_p50_ms": lk.percentile(lats, 0.50),
+              "latency_p99_ms": lk.percentile(lats, 0.99), "latency_max_ms": max(lats or [0])}
+    else:
+        st = r.stop()
+    report("latency_messages", round(st["latency_n"]))
+    report("latency_p50_ms", round(st["latency_p50_ms"], 2))
+    report("latency_p99_ms", round(st["latency_p99_ms"], 2))
+    report("latency_max_ms", round(st["latency_max_ms"], 2))
+    # The machine's share of that tail: the publishes' own round trips, and the same paced
+    # loop of POSTs straight to a receiver (no sluice), in the same run.
+    report("publish_rtt_p50_ms", round(lk.percentile(rtt, 0.50), 2))
+    report("publish_rtt_p99_ms", round(lk.percentile(rtt, 0.99), 2))
+    r = CReceiver(recv_bin)
+    c = lk.KeepAlive(r.port)
+    direct = []
     t0 = time.monotonic()
     for i in range(5000):
         d = t0 + i / 1000 - time.monotonic()
         if d > 0:
             time.sleep(d)
-        s.c.request("POST", "/topics/l", str(time.time_ns()).encode())
-    time.sleep(1)
-    s.stop()
-    lats = sorted(r.stop())
-    if lats:
-        report("latency_messages", len(lats))
-        report("latency_p50_ms", round(lk.percentile(lats, 50), 2))
-        report("latency_p99_ms", round(lk.percentile(lats, 99), 2))
+        direct.append(c.request("POST", "/x", b"x" * 64)[2] * 1000)
+    c.close()
+    r.stop()
+    report("direct_post_rtt_p50_ms", round(lk.percentile(direct, 0.50), 2))
+    report("direct_post_rtt_p99_ms", round(lk.percentile(direct, 0.99), 2))
+    report("direct_post_rtt_max_ms", round(max(direct), 2))
     shutil.rmtree(data, ignore_errors=True)
     (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in res.items()))
     print(f"# results in {out}")

@@ -78,6 +78,48 @@ out_free_mac:
     return rc;
 }
 
+int sl_signer_prepare(sl_signer_t *s)
+{
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (m == NULL)
+        return -1;
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    int rc = 0;
+    for (size_t i = 0; i < s->n && rc == 0; i++) {
+        /* The context holds its own reference to the algorithm. */
+        s->ctx[i] = EVP_MAC_CTX_new(m);
+        if (s->ctx[i] == NULL || EVP_MAC_init(s->ctx[i], s->key[i], s->len[i], params) != 1)
+            rc = -1;
+    }
+    EVP_MAC_free(m);
+    if (rc != 0)
+        sl_signer_dispose(s);
+    return rc;
+}
+
+void sl_signer_dispose(sl_signer_t *s)
+{
+    for (size_t i = 0; i < SL_SIGN_MAX_SECRETS; i++) {
+        EVP_MAC_CTX_free(s->ctx[i]);
+        s->ctx[i] = NULL;
+    }
+}
+
+/* HMAC with a keyed context: initialising it without a key starts over with the same key. */
+static int hmac_keyed(EVP_MAC_CTX *ctx, const char *pre, size_t plen, const void *body, size_t blen,
+                      unsigned char mac[32])
+{
+    size_t outl = 0;
+    if (EVP_MAC_init(ctx, NULL, 0, NULL) == 1 &&
+        EVP_MAC_update(ctx, (const unsigned char *)pre, plen) == 1 &&
+        (blen == 0 || EVP_MAC_update(ctx, body, blen) == 1) &&
+        EVP_MAC_final(ctx, mac, &outl, 32) == 1 && outl == 32)
+        return 0;
+    return -1;
+}
+
 int sl_signer_sign(const sl_signer_t *s, const char *id, uint64_t ts, const void *body,
                    size_t body_len, char *out)
 {
@@ -88,7 +130,10 @@ int sl_signer_sign(const sl_signer_t *s, const char *id, uint64_t ts, const void
     size_t o = 0;
     for (size_t i = 0; i < s->n; i++) {
         unsigned char mac[32];
-        if (hmac_sha256(s->key[i], s->len[i], pre, (size_t)plen, body, body_len, mac) != 0)
+        int rc = s->ctx[i] != NULL
+                     ? hmac_keyed(s->ctx[i], pre, (size_t)plen, body, body_len, mac)
+                     : hmac_sha256(s->key[i], s->len[i], pre, (size_t)plen, body, body_len, mac);
+        if (rc != 0)
             return -1;
         if (i > 0)
             out[o++] = ' ';

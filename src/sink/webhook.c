@@ -38,7 +38,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +53,14 @@
  * connection is dropped (a receiver that answers and then hangs must not cost a retry). */
 #define BODY_GRACE_MS 1000
 #define SWEEP_MS 1000
+/* A pooled request keeps a body buffer up to this size; a larger one is freed. */
+#define POOL_BODY_MAX (64 * 1024)
+/* A pooled request unused this long is freed (by the sweep). */
+#define POOL_IDLE_MS 30000
+/* A webhook stream that still owes messages writes its durable cursor at most this often (a
+ * caught-up stream at once): each checkpoint is a file written and synced on the thread pool,
+ * which cost more than the request itself when every request of a backlog wrote one. */
+#define ACK_EVERY_MS 100
 /* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
 static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
                                          500, 1000, 2500, 5000, 10000, 30000};
@@ -62,12 +69,23 @@ static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
 typedef struct sink sink_t;
 typedef struct stream stream_t;
 
-/* One request in flight. Owned by its stream; freed in finish_request(). */
+/* A request's own header lines (those that change from batch to batch), in this order. */
+enum { H_CT, H_ID, H_TS, H_SIG, H_SID, H_CTL, H_N };
+
+/* One request: a curl easy handle with its buffers. In flight it is its stream's (st->req);
+ * between requests it waits in its sink's pool (sink->pool), options set, for the next
+ * stream of that sink, so a request costs no easy handle, no header list and (up to
+ * POOL_BODY_MAX) no body buffer. Only a request that ended cleanly (CURLE_OK) goes back; one
+ * with an error, a timeout or an abandoned body is freed (req_free), as are pooled ones idle
+ * for POOL_IDLE_MS and all of them at shutdown. A sink has at most max_in_flight of them. */
 typedef struct req {
     CURL *easy;
-    stream_t *st;
+    sink_t *sink;
+    stream_t *st;    /* while in flight */
+    sl_list_t link;  /* sink->pool, while pooled */
+    uint64_t url_of; /* the stream (id) whose URL the handle has; 0: none */
+    uint64_t idle_since;
     sl_bbuf_t body;
-    struct curl_slist *hdrs;
     int got_2xx;
     int refused_private;
     uint64_t started_ms;
@@ -77,6 +95,10 @@ typedef struct req {
     char retry_after[64];
     size_t ralen;
     char errbuf[CURL_ERROR_SIZE];
+    /* The header list curl sends: these nodes, then the stream's fixed lines (st->hdrs). */
+    struct curl_slist hn[H_N];
+    char hct[48], hid[160], hts[48], hsid[96];
+    char hsig[24 + SL_SIGN_MAX_SECRETS * 48 + 1];
 } req_t;
 
 /* One topic of one sink: a reader (the sub) and at most one batch. Owned by its sink; freed
@@ -90,10 +112,14 @@ struct stream {
     int lingered;
     uv_timer_t timer;
     char *url;
+    uint64_t id;             /* unique among the sink's streams, never 0 */
+    struct curl_slist *hdrs; /* fixed header lines: sluice-topic, Expect:, the sink's */
     char origin[ORIGIN_MAX];
     size_t origin_len;
     sl_cursor_t *cursor;
-    sl_msg_t **msgs; /* the batch: references held until delivered */
+    uint64_t ack_seq; /* delivered up to here, not yet acknowledged to the cursor (0: none) */
+    uint64_t ack_ms;  /* when the cursor was last acknowledged */
+    sl_msg_t **msgs;  /* the batch: references held until delivered */
     uint32_t nmsgs, send_n;
     int gap;
     uint64_t gap_from, gap_to, gap_missed;
@@ -120,6 +146,9 @@ struct sink {
     sl_list_t streams;
     size_t nstreams;
     sl_ss_group_t group; /* in flight, cap, disabled */
+    sl_list_t pool;      /* idle requests (req_t.link), most recently used last */
+    size_t nreqs;        /* requests in flight or pooled */
+    uint64_t reqs_made;  /* easy handles made (logged at stop) */
     /* Counters (logged at stop; labels would be sink names, never URLs). */
     uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
         gap_messages, stopped_streams;
@@ -127,10 +156,15 @@ struct sink {
     uint64_t dur_le[NDUR + 1], dur_count, dur_sum_ms;
 };
 
+/* A socket curl uses, with its poll. Ours (opened by on_open_socket) live as long as the
+ * socket: between transfers, while the connection waits in curl's cache, the poll is only
+ * stopped, and it is closed when curl closes the socket. Any other socket curl watches gets
+ * one for as long as curl watches it. Freed in on_sock_closed. */
 typedef struct sock {
     uv_poll_t poll;
     curl_socket_t fd;
     sl_sinks_t *all;
+    int own;      /* opened by on_open_socket: only on_close_socket ends it */
     int close_fd; /* curl closed it while the poll was live: close in the close callback */
 } sock_t;
 
@@ -151,6 +185,7 @@ struct sl_sinks {
     uint64_t jobs;      /* file jobs on the thread pool: finish() waits for them */
     int finish_pending; /* finish() was asked for while jobs ran */
     int handles;        /* open handles of ours (streams' timers, polls, the rest) */
+    uint64_t stream_ids;
 };
 
 static void try_send(stream_t *st);
@@ -203,6 +238,31 @@ static void on_poll(uv_poll_t *h, int status, int events)
     check_done(s);
 }
 
+/* A sock for fd, registered in byfd. Returns NULL when libuv refuses the fd. */
+static sock_t *sock_new(sl_sinks_t *s, curl_socket_t fd, int own)
+{
+    sock_t *sk = sl_calloc(1, sizeof(*sk));
+    sk->fd = fd;
+    sk->all = s;
+    sk->own = own;
+    if (uv_poll_init_socket(s->loop, &sk->poll, fd) != 0) {
+        free(sk);
+        return NULL;
+    }
+    sk->poll.data = s;
+    s->handles++;
+    if ((size_t)fd >= s->nbyfd) {
+        size_t n = s->nbyfd ? s->nbyfd : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        s->byfd = sl_realloc(s->byfd, n * sizeof(*s->byfd));
+        memset(s->byfd + s->nbyfd, 0, (n - s->nbyfd) * sizeof(*s->byfd));
+        s->nbyfd = n;
+    }
+    s->byfd[fd] = sk;
+    return sk;
+}
+
 static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
@@ -212,29 +272,20 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         if (sk != NULL) {
             curl_multi_assign(s->multi, fd, NULL);
             uv_poll_stop(&sk->poll);
-            sock_close(sk);
+            /* Ours wait, stopped, for the connection's next transfer or for its close. */
+            if (!sk->own)
+                sock_close(sk);
         }
         return 0;
     }
     if (sk == NULL) {
-        sk = sl_calloc(1, sizeof(*sk));
-        sk->fd = fd;
-        sk->all = s;
-        if (uv_poll_init_socket(s->loop, &sk->poll, fd) != 0) {
-            free(sk);
+        /* A socket of ours is open (and its sock live) until on_close_socket: the fd number
+         * cannot belong to anything else meanwhile. */
+        sk = (size_t)fd < s->nbyfd ? s->byfd[fd] : NULL;
+        if (sk == NULL || !sk->own || uv_is_closing((uv_handle_t *)&sk->poll))
+            sk = sock_new(s, fd, 0);
+        if (sk == NULL)
             return -1;
-        }
-        sk->poll.data = s;
-        s->handles++;
-        if ((size_t)fd >= s->nbyfd) {
-            size_t n = s->nbyfd ? s->nbyfd : 64;
-            while (n <= (size_t)fd)
-                n *= 2;
-            s->byfd = sl_realloc(s->byfd, n * sizeof(*s->byfd));
-            memset(s->byfd + s->nbyfd, 0, (n - s->nbyfd) * sizeof(*s->byfd));
-            s->nbyfd = n;
-        }
-        s->byfd[fd] = sk;
         curl_multi_assign(s->multi, fd, sk);
     }
     int ev = 0;
@@ -270,11 +321,16 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
 {
     req_t *rq = clientp;
     (void)purpose;
-    if (!rq->st->sink->conf->allow_private && sl_addr_private(&addr->addr)) {
+    if (!rq->sink->conf->allow_private && sl_addr_private(&addr->addr)) {
         rq->refused_private = 1;
         return CURL_SOCKET_BAD;
     }
-    return socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    curl_socket_t fd = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (fd >= 0 && sock_new(rq->sink->all, fd, 1) == NULL) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    return fd;
 }
 
 static int on_close_socket(void *clientp, curl_socket_t fd)
@@ -338,17 +394,6 @@ static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, cu
     return rq->got_2xx && sl_now_ms() - rq->headers_at >= BODY_GRACE_MS;
 }
 
-static void add_header(req_t *rq, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add_header(req_t *rq, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    rq->hdrs = curl_slist_append(rq->hdrs, line);
-}
-
 static void build_body(stream_t *st, sl_bbuf_t *b)
 {
     sink_t *k = st->sink;
@@ -372,49 +417,25 @@ static void build_body(stream_t *st, sl_bbuf_t *b)
     sl_batch_end(b, fmt);
 }
 
-static void start_request(stream_t *st)
+/* A new request for sink k, with every option that does not change from one request to the
+ * next. */
+static req_t *req_new(sink_t *k)
 {
-    sink_t *k = st->sink;
-    sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
     req_t *rq = sl_bcalloc(sizeof(*rq));
-    rq->st = st;
-    build_body(st, &rq->body);
-    char id[128];
-    sl_topic_t *t = st->topic;
-    int raw_gap = st->gap && c->format == SL_FMT_RAW;
-    if (st->send_n > 0 && !raw_gap)
-        snprintf(id, sizeof(id), "msg_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex, st->msgs[0]->seq,
-                 st->msgs[st->send_n - 1]->seq);
-    else
-        snprintf(id, sizeof(id), "gap_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex, st->gap_from,
-                 st->gap_to);
-    uint64_t ts = sl_wall_ms() / 1000;
-    add_header(rq, "Content-Type: %s",
-               raw_gap ? "application/json" : sl_batch_content_type(c->format));
-    add_header(rq, "webhook-id: %s", id);
-    add_header(rq, "webhook-timestamp: %" PRIu64, ts);
-    if (k->signer.n > 0) {
-        char sig[SL_SIGN_MAX_SECRETS * 48 + 1];
-        if (sl_signer_sign(&k->signer, id, ts, rq->body.p, rq->body.len, sig) > 0)
-            add_header(rq, "webhook-signature: %s", sig);
-    }
-    add_header(rq, "sluice-topic: %s", t->name);
-    if (st->send_n > 0 && !raw_gap)
-        add_header(rq, "sluice-id: %s-%" PRIu64, t->epoch_hex, st->msgs[0]->seq);
-    if (raw_gap)
-        add_header(rq, "sluice-control: gap");
-    add_header(rq, "Expect:");
-    for (size_t i = 0; i < c->nheaders; i++)
-        rq->hdrs = curl_slist_append(rq->hdrs, c->headers[i]);
-
     CURL *e = curl_easy_init();
+    if (e == NULL) {
+        /* Only an allocation can fail in there. */
+        SL_ERROR("out of memory: libcurl cannot make a handle", NULL);
+        abort();
+    }
     rq->easy = e;
-    curl_easy_setopt(e, CURLOPT_URL, st->url);
+    rq->sink = k;
+    sl_list_init(&rq->link);
+    k->nreqs++;
+    k->reqs_made++;
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body.p ? rq->body.p : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body.len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, rq->hdrs);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, &rq->hn[0]);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -434,25 +455,136 @@ static void start_request(stream_t *st)
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, rq);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, k->all);
     curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    return rq;
+}
+
+/* Frees a request that is neither in flight nor pooled. */
+static void req_free(req_t *rq)
+{
+    rq->sink->nreqs--;
+    curl_easy_cleanup(rq->easy);
+    sl_bbuf_free(&rq->body);
+    sl_bfree(rq, sizeof(*rq));
+}
+
+/* A pooled request of sink k, or a new one. Whatever the last request left is cleared here:
+ * the answer, the status flags, the error buffer and the header lines (curl resets its own
+ * per-transfer state, status included, when the transfer starts). */
+static req_t *req_get(sink_t *k)
+{
+    req_t *rq;
+    if (!sl_list_empty(&k->pool)) {
+        rq = sl_container_of(k->pool.prev, req_t, link);
+        sl_list_remove(&rq->link);
+    } else {
+        rq = req_new(k);
+    }
+    rq->got_2xx = 0;
+    rq->refused_private = 0;
+    rq->headers_at = 0;
+    rq->alen = 0;
+    rq->ralen = 0;
+    rq->errbuf[0] = '\0';
+    return rq;
+}
+
+/* Frees the pooled requests of k idle since before `before` (all of them with UINT64_MAX). The
+ * pool's head holds the longest idle. */
+static void pool_trim(sink_t *k, uint64_t before)
+{
+    while (!sl_list_empty(&k->pool)) {
+        req_t *rq = sl_container_of(k->pool.next, req_t, link);
+        if (rq->idle_since >= before)
+            break;
+        sl_list_remove(&rq->link);
+        req_free(rq);
+    }
+}
+
+/* Appends header line `line` as node *n of the request's own list. */
+static void hdr_put(req_t *rq, int *n, char *line)
+{
+    rq->hn[*n].data = line;
+    rq->hn[*n].next = NULL;
+    if (*n > 0)
+        rq->hn[*n - 1].next = &rq->hn[*n];
+    (*n)++;
+}
+
+static void start_request(stream_t *st)
+{
+    sink_t *k = st->sink;
+    sl_sinks_t *s = k->all;
+    const sl_sink_conf_t *c = k->conf;
+    req_t *rq = req_get(k);
+    rq->st = st;
+    build_body(st, &rq->body);
+    sl_topic_t *t = st->topic;
+    int raw_gap = st->gap && c->format == SL_FMT_RAW;
+    /* The id's text starts after "webhook-id: " (12 bytes). */
+    if (st->send_n > 0 && !raw_gap)
+        snprintf(rq->hid, sizeof(rq->hid), "webhook-id: msg_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex,
+                 st->msgs[0]->seq, st->msgs[st->send_n - 1]->seq);
+    else
+        snprintf(rq->hid, sizeof(rq->hid), "webhook-id: gap_%s_%" PRIu64 "_%" PRIu64, t->epoch_hex,
+                 st->gap_from, st->gap_to);
+    uint64_t ts = sl_wall_ms() / 1000;
+    int n = 0;
+    snprintf(rq->hct, sizeof(rq->hct), "Content-Type: %s",
+             raw_gap ? "application/json" : sl_batch_content_type(c->format));
+    hdr_put(rq, &n, rq->hct);
+    hdr_put(rq, &n, rq->hid);
+    snprintf(rq->hts, sizeof(rq->hts), "webhook-timestamp: %" PRIu64, ts);
+    hdr_put(rq, &n, rq->hts);
+    if (k->signer.n > 0) {
+        /* The value starts after "webhook-signature: " (19 bytes). */
+        memcpy(rq->hsig, "webhook-signature: ", 19);
+        if (sl_signer_sign(&k->signer, rq->hid + 12, ts, rq->body.p, rq->body.len, rq->hsig + 19) >
+            0)
+            hdr_put(rq, &n, rq->hsig);
+    }
+    if (st->send_n > 0 && !raw_gap) {
+        snprintf(rq->hsid, sizeof(rq->hsid), "sluice-id: %s-%" PRIu64, t->epoch_hex,
+                 st->msgs[0]->seq);
+        hdr_put(rq, &n, rq->hsid);
+    }
+    static char ctl_gap[] = "sluice-control: gap";
+    if (raw_gap)
+        hdr_put(rq, &n, ctl_gap);
+    rq->hn[n - 1].next = st->hdrs;
+
+    CURL *e = rq->easy;
+    if (rq->url_of != st->id) {
+        curl_easy_setopt(e, CURLOPT_URL, st->url);
+        rq->url_of = st->id;
+    }
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body.p ? rq->body.p : "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body.len);
     rq->started_ms = sl_now_ms();
     st->req = rq;
     curl_multi_add_handle(s->multi, e);
 }
 
-/* Releases a request's resources and its in-flight slots (not its outcome). */
-static void free_request(stream_t *st)
+/* Ends the stream's request (not its outcome): back to the pool when `reuse` (it ended
+ * cleanly and the sinks are not stopping), freed otherwise. */
+static void end_request(stream_t *st, int reuse)
 {
     req_t *rq = st->req;
     sink_t *k = st->sink;
     curl_multi_remove_handle(k->all->multi, rq->easy);
-    curl_easy_cleanup(rq->easy);
-    curl_slist_free_all(rq->hdrs);
-    sl_bbuf_free(&rq->body);
-    sl_bfree(rq, sizeof(*rq));
     st->req = NULL;
+    rq->st = NULL;
+    if (!reuse || k->all->stopping) {
+        req_free(rq);
+        return;
+    }
+    if (rq->body.cap > POOL_BODY_MAX)
+        sl_bbuf_free(&rq->body);
+    rq->idle_since = sl_now_ms();
+    sl_list_insert_tail(&k->pool, &rq->link);
 }
 
 /* ---- the stream ----------------------------------------------------------------------- */
@@ -470,18 +602,35 @@ static void drop_front(stream_t *st, uint32_t n)
     st->nmsgs -= n;
 }
 
+/* Writes what was delivered to the durable cursor. */
+static void ack_flush(stream_t *st, uint64_t now)
+{
+    if (st->ack_seq == 0)
+        return;
+    sl_ll_ack(st->topic, st->cursor, st->ack_seq);
+    st->ack_seq = 0;
+    st->ack_ms = now;
+}
+
 /* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
- * acknowledge and go on. */
+ * acknowledge and go on. A webhook stream with more to send acknowledges at most every
+ * ACK_EVERY_MS (the sweep and shutdown write what is left); otherwise at once. */
 static void passed(stream_t *st, uint32_t n, int ok)
 {
     sink_t *k = st->sink;
     if (n > 0) {
         uint64_t last = st->msgs[n - 1]->seq;
-        if (st->cursor != NULL)
-            sl_ll_ack(st->topic, st->cursor, last);
         if (ok)
             k->delivered += n;
         drop_front(st, n);
+        if (st->cursor != NULL) {
+            uint64_t now = sl_now_ms();
+            int owes = st->nmsgs > 0 || st->sub.readers[0].next <= st->topic->head_seq;
+            st->ack_seq = last;
+            if (k->conf->type != SL_SINK_WEBHOOK || !owes || k->all->stopping ||
+                now - st->ack_ms >= ACK_EVERY_MS)
+                ack_flush(st, now);
+        }
     }
     if (st->nmsgs == 0)
         st->sent = 0;
@@ -592,7 +741,9 @@ static void request_done(stream_t *st, CURLcode res)
     else if (cls == SL_STATUS_RETRY)
         SL_DEBUG("sink request failed", "sink=%s topic=%s status=%ld error=%s", c->name,
                  st->topic->name, status, res != CURLE_OK ? curl_easy_strerror(res) : "-");
-    free_request(st);
+    /* Only a handle whose transfer ended cleanly is used again: after an error, a timeout or
+     * an abandoned body (a 2xx that hung) it is freed, and curl closes its connection. */
+    end_request(st, res == CURLE_OK);
 
     if (s->stopping) {
         /* Draining: keep what was delivered, send nothing more. */
@@ -947,6 +1098,17 @@ static void stream_disk_ready(sl_sub_t *sub)
 
 static const sl_sub_ops_t stream_ops = {.deliver = stream_deliver, .disk_ready = stream_disk_ready};
 
+/* curl_slist_append, aborting when it cannot allocate (it copies `line`). */
+static struct curl_slist *hdr_append(struct curl_slist *l, const char *line)
+{
+    struct curl_slist *r = curl_slist_append(l, line);
+    if (r == NULL) {
+        SL_ERROR("out of memory: libcurl cannot make a header list", NULL);
+        abort();
+    }
+    return r;
+}
+
 static void stream_new(sink_t *k, sl_topic_t *t)
 {
     sl_sinks_t *s = k->all;
@@ -965,6 +1127,14 @@ static void stream_new(sink_t *k, sl_topic_t *t)
         st->url = sl_strdup(url);
         int ol = sl_url_origin(url, st->origin, sizeof(st->origin));
         st->origin_len = ol > 0 ? (size_t)ol : 0;
+        st->id = ++s->stream_ids;
+        /* The header lines that never change for this stream, after each request's own. */
+        char line[1024];
+        snprintf(line, sizeof(line), "sluice-topic: %s", t->name);
+        st->hdrs = hdr_append(NULL, line);
+        st->hdrs = hdr_append(st->hdrs, "Expect:");
+        for (size_t i = 0; i < c->nheaders; i++)
+            st->hdrs = hdr_append(st->hdrs, c->headers[i]);
     } else {
         st->fw = sl_fwriter_new(c->directory, t->name, t->name_len,
                                 c->format == SL_FMT_RAW ? "raw" : "jsonl", c->fsync_mode,
@@ -1261,7 +1431,21 @@ static char *render_metrics(void *arg, size_t *len)
 static void on_sweep(uv_timer_t *h)
 {
     sl_sinks_t *s = h->data;
-    sl_sched_sweep(&s->sched, sl_now_ms());
+    uint64_t now = sl_now_ms();
+    sl_sched_sweep(&s->sched, now);
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        if (now > POOL_IDLE_MS)
+            pool_trim(k, now - POOL_IDLE_MS);
+        /* Acknowledgements a busy stream held back, if it has not sent since. */
+        sl_list_t *it;
+        sl_list_each(it, &k->streams)
+        {
+            stream_t *st = sl_container_of(it, stream_t, link);
+            if (st->ack_seq != 0 && now - st->ack_ms >= ACK_EVERY_MS)
+                ack_flush(st, now);
+        }
+    }
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1285,6 +1469,7 @@ static void on_stream_timer_closed(uv_handle_t *h)
     sl_sinks_t *s = st->sink->all;
     s->handles--;
     free(st->url);
+    curl_slist_free_all(st->hdrs);
     if (st->fw != NULL) {
         /* Closing may fsync (fsync = batch or rotate): shutdown only, after the last job. */
         sl_fwriter_free(st->fw);
@@ -1314,7 +1499,8 @@ static void finish(sl_sinks_t *s)
         {
             stream_t *st = sl_container_of(it, stream_t, link);
             if (st->req != NULL)
-                free_request(st);
+                end_request(st, 0);
+            ack_flush(st, sl_now_ms());
             release_breaker(st);
             sl_list_remove(&st->ss.wait_link);
             drop_front(st, st->nmsgs);
@@ -1324,14 +1510,17 @@ static void finish(sl_sinks_t *s)
         }
         SL_INFO("sink stopped",
                 "sink=%s delivered=%" PRIu64 " requests_ok=%" PRIu64 " failed=%" PRIu64
-                " rejected=%" PRIu64 " dead_letters=%" PRIu64 " gap_messages=%" PRIu64,
+                " rejected=%" PRIu64 " dead_letters=%" PRIu64 " gap_messages=%" PRIu64
+                " handles_made=%" PRIu64,
                 k->conf->name, k->delivered, k->requests_ok, k->requests_failed,
-                k->requests_rejected, k->dead_letters, k->gap_messages);
+                k->requests_rejected, k->dead_letters, k->gap_messages, k->reqs_made);
     }
     if (s->hub->on_topic_arg == s)
         s->hub->on_topic = NULL;
     sl_metrics_set_extra(NULL, NULL);
     sl_metrics_set_sinks_json(NULL, NULL);
+    for (size_t i = 0; i < s->n; i++)
+        pool_trim(&s->v[i], UINT64_MAX);
     curl_multi_cleanup(s->multi);
     s->multi = NULL;
     for (size_t i = 0; i < s->nbyfd; i++)
@@ -1412,13 +1601,19 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
         k->all = s;
         k->conf = &sc->v[i];
         sl_list_init(&k->streams);
+        sl_list_init(&k->pool);
         snprintf(k->cursor_name, sizeof(k->cursor_name), "sink.%s", k->conf->name);
         k->group.no_breaker = k->conf->type == SL_SINK_FILE;
         k->group.cap = k->group.no_breaker ? k->conf->workers : k->conf->max_in_flight;
         if (k->conf->signing_secret_file != NULL && load_secrets(k) != 0)
             *err = -EINVAL;
+        else if (k->signer.n > 0 && sl_signer_prepare(&k->signer) != 0)
+            SL_WARN("cannot prepare the signing keys, signing without them", "sink=%s",
+                    k->conf->name);
     }
     if (*err != 0) {
+        for (size_t i = 0; i < s->n; i++)
+            sl_signer_dispose(&s->v[i].signer);
         free(s->v);
         free(s);
         curl_global_cleanup();
@@ -1447,6 +1642,10 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
     curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)sc->max_host_connections);
     curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)sc->max_in_flight);
+    /* The cache of idle connections: by default four per easy handle attached, which is few
+     * when handles are detached as soon as their transfer ends, and connections were closed
+     * and opened again under a steady load. */
+    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)sc->max_in_flight);
     uv_timer_init(loop, &s->curl_timer);
     uv_timer_init(loop, &s->sweep_timer);
     uv_timer_init(loop, &s->drain_timer);
@@ -1478,6 +1677,8 @@ void sl_sinks_free(sl_sinks_t *s)
     if (s == NULL)
         return;
     sl_breg_dispose(&s->breg);
+    for (size_t i = 0; i < s->n; i++)
+        sl_signer_dispose(&s->v[i].signer);
     free(s->byfd);
     free(s->v);
     free(s);

@@ -513,3 +513,69 @@ def test_retry_after_as_a_date(sluice_factory, tmp_path, receiver, status):
     # Without Retry-After the backoff would be at most 20-200 ms.
     assert t[1] - t[0] >= 0.5, t
     assert receiver.wait(lambda r: r.delivered_payloads() == ["x"])
+
+
+def test_reused_handles_start_fresh(sluice_factory, tmp_path, receiver):
+    # One stream sends every request on one pooled curl handle (each of these answers ends
+    # cleanly, so the handle goes back to the pool). Nothing of one answer may reach the next
+    # request's outcome: a Retry-After, the start of a body, a 2xx seen in the headers.
+    dlq = Receiver()
+    try:
+        receiver.set("script", script=[
+            {"status": 503, "retry_after": 4},   # a, then its retry about 4 s later
+            {"status": 200, "body": "y" * 600},  # a delivered, with a body past the 512 kept
+            {"status": 500},                     # b: no Retry-After, so a short backoff
+            {"status": 200},                     # b delivered
+            {"status": 400, "body": "fresh"},    # c: poison, dead-lettered with this answer
+            {"status": 200, "delay": 1.5},       # d: a slow 2xx, delivered once
+        ])
+        srv = start(sluice_factory, tmp_path, {
+            "s": webhook(receiver.url(), retry_max="10s", breaker_failures=1000,
+                         dead_letter="dlq/s"),
+            "d": webhook(dlq.url("/dlq"), topics="dlq/*")})
+        for i, p in enumerate(["a", "b", "c", "d", "e"]):
+            srv.publish("t/a", p)
+            assert receiver.wait(lambda r: len(r.all()) >= [2, 4, 5, 6, 7][i], timeout=20), \
+                [(d.body, d.status) for d in receiver.all()]
+        assert receiver.wait(lambda r: r.delivered_payloads() == ["a", "b", "d", "e"])
+        t = [d.t for d in receiver.all()]
+        assert t[1] - t[0] >= 3.0, t  # a's Retry-After was honoured
+        assert t[3] - t[2] < 2.0, t   # b's retry did not inherit it (4 s)
+        assert dlq.wait(lambda r: len(r.delivered_payloads("dlq/s")) == 1)
+        env = json.loads(dlq.delivered_payloads("dlq/s")[0])
+        assert env["message"]["data"] == "c" and env["status"] == 400
+        assert env["answer"] == "fresh", env["answer"]  # not the end of an earlier answer
+        # The slow 2xx was not cut short by the flags of the 2xx before it on the handle.
+        assert sum(b'"d"' in d.body for d in receiver.all()) == 1
+        srv.signal(signal.SIGTERM)
+        assert srv.wait_exit(15) == 0
+        # And it was one handle: every request ended cleanly, so none was made anew.
+        line = [x for x in srv.logs().splitlines() if "sink stopped" in x and "sink=s " in x]
+        assert line and "handles_made=1 " in line[0] + " ", line
+    finally:
+        dlq.close()
+
+
+def test_sigterm_mid_backlog_keeps_what_was_acknowledged(sluice_factory, tmp_path, receiver):
+    # A stream draining a backlog checkpoints its cursor at most every 100 ms; what it held
+    # back is written at shutdown, so a clean restart sends nothing a 2xx already took.
+    topics = {"t/*": {"durability": "lossless"}}
+    data = tmp_path / "data"
+    receiver.set("slow", delay=0.01)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), format="raw")},
+                topics=topics, data=data)
+    srv.publish("t/a", "m0")
+    srv.publish_batch("t/a", [f"m{i}" for i in range(1, 400)])
+    assert receiver.wait(lambda r: len(r.ok()) >= 60, timeout=20)
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(15) == 0, srv.logs()
+    first = [d.body.decode() for d in receiver.ok()]
+    assert 60 <= len(first) < 400, len(first)  # stopped mid-backlog
+    receiver.set("ok")
+    start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), format="raw")},
+          topics=topics, data=data)
+    assert receiver.wait(lambda r: len(r.ok()) >= 400, timeout=30), len(receiver.ok())
+    every = [d.body.decode() for d in receiver.ok()]
+    assert every[:len(first)] == first
+    assert every[len(first):] == [f"m{i}" for i in range(len(first), 400)], \
+        every[len(first):len(first) + 5]

@@ -14,6 +14,9 @@ Modes (Receiver.mode):
   hang_headers  never answers (the request times out)
   hang_body     sends 200 headers, then never finishes the body
   reset         accepts the request, then drops the connection
+  script        answers from the list `script`, one entry per request, in order: a dict
+                with `status` (200), `body` ("answer <status>"), `retry_after` and `delay`
+                (seconds before answering); 200 once the list is used up
 Other endpoints: down_url() (nothing listens) and never_accepting_url() (a listener whose
 backlog is never accepted).
 """
@@ -54,6 +57,7 @@ class Receiver:
         self.retry_after = None
         self.reject = None
         self.reject_status = 400  # reject_id: the status of the refused message
+        self.script = []
         self.secrets = [base64.b64decode(s[6:] if s.startswith("whsec_") else s)
                         for s in secrets]
         self.deliveries = []
@@ -150,12 +154,16 @@ class Receiver:
             if mode == "flapping":
                 self._flap += 1
                 status = 500 if self._flap % 2 else 200
+            step = (self.script.pop(0) if self.script else {}) if mode == "script" else {}
             self._verify(request, body)
         answer = None
         if mode in ("ok", "slow"):
             answer = 200
         elif mode in ("status", "flapping"):
             answer = status
+        elif mode == "script":
+            answer = step.get("status", 200)
+            ra, delay = step.get("retry_after"), step.get("delay", 0)
         elif mode == "reject_id":
             # Dead letters (posted under /dlq) carry the rejected payload: accept those.
             hit = reject is not None and reject.encode() in body
@@ -164,7 +172,7 @@ class Receiver:
                      time.monotonic())
         with self._lock:
             self.deliveries.append(d)
-        if mode == "slow":
+        if mode in ("slow", "script") and delay:
             await asyncio.sleep(delay)
         if mode == "hang_headers":
             await asyncio.sleep(3600)
@@ -184,7 +192,8 @@ class Receiver:
             headers["Retry-After"] = str(ra() if callable(ra) else ra)
         if answer is not None and 300 <= answer < 400:
             headers["Location"] = "/redirected"  # must not be followed
-        return web.Response(status=answer, text="answer %d" % answer, headers=headers)
+        text = step.get("body", "answer %d" % answer)
+        return web.Response(status=answer, text=text, headers=headers)
 
     def _run(self):
         asyncio.set_event_loop(self._loop)

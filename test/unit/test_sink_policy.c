@@ -110,6 +110,21 @@ static void test_sign_vector(void **state)
     int n = sl_signer_sign(&s, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, strlen(body), out);
     assert_int_equal(n, (int)strlen("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
     assert_string_equal(out, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    /* Prepared (keyed contexts, reused): the same signature, again and again, and a different
+     * body between two uses leaves nothing behind. */
+    assert_int_equal(sl_signer_prepare(&s), 0);
+    assert_non_null(s.ctx[0]);
+    for (int round = 0; round < 3; round++) {
+        char other[256];
+        assert_true(sl_signer_sign(&s, "msg_x", 1, "other", 5, other) > 0);
+        assert_string_not_equal(other, out);
+        char again[256];
+        n = sl_signer_sign(&s, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, strlen(body),
+                           again);
+        assert_string_equal(again, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+    sl_signer_dispose(&s);
+    assert_null(s.ctx[0]);
     /* Two secrets (rotation): both signatures, space-separated, the first unchanged. */
     const char *text = "# rotation\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n\n  c2Vjb25k  \n";
     sl_signer_t two;
@@ -121,6 +136,12 @@ static void test_sign_vector(void **state)
     assert_true(n > 0);
     assert_true(strncmp(out, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v1,", 51) == 0);
     assert_int_equal((size_t)n, strlen(out));
+    char slow[256];
+    memcpy(slow, out, sizeof(slow));
+    assert_int_equal(sl_signer_prepare(&two), 0);
+    n = sl_signer_sign(&two, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, strlen(body), out);
+    assert_string_equal(out, slow);
+    sl_signer_dispose(&two);
     /* Malformed secrets. */
     const char *badtext = "whsec_ok==\nnot base64!\n";
     sl_signer_t b3;
