@@ -63,6 +63,8 @@
 #define SCRATCH (256u << 10)
 /* A stream's batch array starts this small and grows while batches need more. */
 #define MSGS_MIN 64
+/* A file stream behind its topic moves its durable cursor at most this often (see ack). */
+#define FILE_ACK_MS 250
 /* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
 static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
                                          500, 1000, 2500, 5000, 10000, 30000};
@@ -123,6 +125,7 @@ struct stream {
     /* A lossless topic with nothing on disk yet: the durable cursor is made with its first
      * message (make_cursor), so a sink alone never makes a topic's directory. */
     int want_cursor;
+    uint64_t ack_seq, acked_ms; /* the last seq passed; when the cursor last moved (ack) */
 };
 
 struct sink {
@@ -490,6 +493,25 @@ static void drop_front(stream_t *st, uint32_t n)
     st->nmsgs -= n;
 }
 
+/* Moves the durable cursor to seq. Every move is a cursor file the log writes and syncs on the
+ * thread pool (about 10 ms), one in flight per topic: a file stream draining a backlog wrote
+ * one per job, and eight topics' saves took the pool from the writes and the reads. A file
+ * stream therefore moves its cursor at most every FILE_ACK_MS while it is behind, and at once
+ * when it has caught up (or at shutdown): a crash in between costs a redelivery that the
+ * commit index skips, never a duplicate line. Webhook streams move it every time (each
+ * redelivery would be a duplicate request). */
+static void ack(stream_t *st, uint64_t seq)
+{
+    uint64_t now = sl_now_ms();
+    const sl_reader_t *r = &st->sub.readers[0];
+    st->ack_seq = seq;
+    if (st->sink->conf->type == SL_SINK_FILE && r->next <= st->topic->head_seq &&
+        now - st->acked_ms < FILE_ACK_MS && !st->sink->all->stopping)
+        return;
+    st->acked_ms = now;
+    sl_ll_ack(st->topic, st->cursor, seq);
+}
+
 /* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
  * acknowledge and go on. */
 static void passed(stream_t *st, uint32_t n, int ok)
@@ -498,7 +520,7 @@ static void passed(stream_t *st, uint32_t n, int ok)
     if (n > 0) {
         uint64_t last = st->msgs[n - 1]->seq;
         if (st->cursor != NULL)
-            sl_ll_ack(st->topic, st->cursor, last);
+            ack(st, last);
         if (ok)
             k->delivered += n;
         drop_front(st, n);
@@ -1383,6 +1405,9 @@ static void on_sweep(uv_timer_t *h)
         sl_list_each(it, &s->v[i].streams)
         {
             stream_t *st = sl_container_of(it, stream_t, link);
+            /* A cursor move that ack() held back and no later one carried. */
+            if (st->cursor != NULL && st->ack_seq > st->cursor->checkpoint)
+                ack(st, st->ack_seq);
             if (st->msgs_cap > MSGS_MIN && st->nmsgs == 0 && st->ss.state == SL_SS_IDLE &&
                 !st->sub.writing) {
                 st->msgs = sl_brealloc(st->msgs, st->msgs_cap * sizeof(*st->msgs),
@@ -1476,6 +1501,8 @@ static void finish(sl_sinks_t *s)
         sl_list_each_safe(it, tmp, &k->streams)
         {
             stream_t *st = sl_container_of(it, stream_t, link);
+            if (st->cursor != NULL && st->ack_seq > st->cursor->checkpoint)
+                sl_ll_ack(st->topic, st->cursor, st->ack_seq);
             if (st->req != NULL)
                 free_request(st);
             release_breaker(st);
