@@ -282,6 +282,9 @@ static void test_writer_jsonl(void **state)
     char *got = malloc(sz + 1);
     assert_int_equal(read_all(path, got, sz + 1), want.len);
     assert_memory_equal(got, want.p, want.len);
+    const char first[] = "{\"id\":\"e1-1\",\"topic\":\"a/b\",\"data\":\"m1\"}\n";
+    assert_memory_equal(got + sizeof(gap) - 1, first, sizeof(first) - 1);
+    assert_non_null(strstr(got, "{\"id\":\"e1-600\",\"topic\":\"a/b\",\"data\":\"m600\"}\n"));
     assert_non_null(strstr(got, "\"event\":\"kind.a\""));
     assert_non_null(strstr(got, "\"encoding\":\"base64\""));
 
