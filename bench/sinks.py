@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Sink benchmarks (issue 13), reported as ratios measured on one machine in one run.
 
-    /usr/bin/python3 bench/sinks.py [--quick] [--bin build/sluice] [--py-receiver]
+    /usr/bin/python3 bench/sinks.py [--quick] [--file-only] [--bin build/sluice] [--py-receiver]
 
 The receiver is build/sluice-sinkrecv (bench/sink-receiver.c: C, epoll, llhttp, its own
 process; answers 200 on kept-alive connections and counts ndjson lines); --py-receiver uses the
@@ -17,8 +17,13 @@ batched figure). The sequential loop is measured twice against the same receiver
   messages per sluice CPU-second, against the loop's requests per client CPU-second.
 * RSS per in-flight request: 512 topics, one message each, a receiver that never answers
   (the asyncio one, mode hold); sink max_in_flight 512 against 8: (RSS difference) / 504.
-* file sink (jsonl, fsync = rotate): a backlog drained into files, bytes written per second,
-  against dd (bs=1M, conv=fdatasync) of the same size in the same directory.
+* file sink (jsonl, fsync = rotate): a backlog of 200,000 x 200 B payloads on 8 lossless topics
+  (1,000,000 without --quick) drained into files. Like with like: the sink's time runs from the
+  server's spawn until every message is acknowledged *and* the server has exited after SIGTERM
+  (closing a segment fsyncs it under fsync = rotate, so the bytes are then on disk), against
+  `dd if=/dev/zero bs=1M iflag=count_bytes conv=fdatasync` of exactly the bytes the sink wrote,
+  into the same directory (same filesystem), run right after it. Also reported: the rate until
+  the last acknowledgement (page cache) against dd without conv=fdatasync.
 * publish-to-receiver latency: 1,000 msg/s of single POSTs for 5 s, linger 0; the receiver
   takes now - the send time carried in the payload; p50, p99, max (nearest rank). Beside it,
   for the machine's part of the tail: the round trips of those publishes, and of the same
@@ -211,16 +216,25 @@ def backlog(binary, data, topics, per_topic, payload):
     s.stop()
 
 
-def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total"):
-    """A server with the sink on the backlog: seconds and sluice CPU to deliver `total`."""
+def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total", poll=0.05,
+          timed_stop=False):
+    """A server with the sink on the backlog: seconds and sluice CPU to deliver `total` (and,
+    with timed_stop, seconds until the server has exited after SIGTERM as a third value; its
+    clock then starts before the server is spawned, since the sink starts draining before the
+    port answers)."""
+    t_spawn = time.monotonic()
     s = Sluice(binary, LOSSLESS + conf, data)
     cpu0, t0 = s.cpu(), time.monotonic()
+    if timed_stop:
+        cpu0, t0 = 0.0, t_spawn
     while s.metric(key, sink="s") < total:
-        time.sleep(0.05)
+        time.sleep(poll)
         if time.monotonic() - t0 > 600:
             break
     dt, cpu = time.monotonic() - t0, s.cpu() - cpu0
     s.stop()
+    if timed_stop:
+        return dt, cpu, time.monotonic() - t0
     return dt, cpu
 
 
@@ -249,12 +263,49 @@ def sink_conf(port):
             f"url = http://127.0.0.1:{port}/in\nbatch_linger = 0\n")
 
 
+def file_sink_bench(a, topics, report):
+    """The file sink against dd (see the docstring at the top)."""
+    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    n_file = 200_000 if a.quick else 1_000_000
+    big = b'"' + b"p" * 200 + b'"'
+    backlog(a.bin, data, topics, n_file // 8, big)
+    fdir = data / "files"
+    subprocess.run(["sync"], check=True)  # the backlog's own dirty pages are not the sink's
+    dt, cpu, dt_stop = drain(
+        a.bin, data, f"[sink \"s\"]\ntype = file\ntopics = b/*\nstart = oldest\n"
+        f"directory = {fdir}\nformat = jsonl\nfsync = rotate\nbatch_linger = 0\n"
+        "rotate_bytes = 64MiB\n", n_file, poll=0.01, timed_stop=True)
+    written = sum(f.stat().st_size for f in fdir.rglob("*.jsonl"))
+    report("file_sink_bytes", written)
+    report("file_sink_sluice_cpu_s", round(cpu, 2))
+
+    def dd_rate(sync):
+        subprocess.run(["sync"], check=True)  # starts clean, as the sink did
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", f"of={data}/dd.tmp", "bs=1M", f"count={written}",
+                        "iflag=count_bytes"] + (["conv=fdatasync"] if sync else []),
+                       capture_output=True, check=True)
+        rate = written / lk.MiB / (time.monotonic() - t0)
+        os.unlink(data / "dd.tmp")
+        return rate
+
+    dd_sync, dd_cache = dd_rate(True), dd_rate(False)
+    report("file_sink_durable_mib_per_s", round(written / dt_stop / lk.MiB, 1))
+    report("dd_fdatasync_mib_per_s", round(dd_sync, 1))
+    report("file_sink_vs_dd", round(written / dt_stop / lk.MiB / dd_sync, 2))
+    report("file_sink_mib_per_s", round(written / dt / lk.MiB, 1))
+    report("dd_page_cache_mib_per_s", round(dd_cache, 1))
+    report("file_sink_vs_dd_page_cache", round(written / dt / lk.MiB / dd_cache, 2))
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=os.environ.get("SLUICE_BIN", str(REPO / "build/sluice")))
     ap.add_argument("--py-receiver", action="store_true",
                     help="the asyncio receiver for the throughput figures (the old baseline)")
+    ap.add_argument("--file-only", action="store_true", help="only the file sink against dd")
     a = ap.parse_args()
     recv_bin = str(Path(a.bin).parent / "sluice-sinkrecv")
 
@@ -269,6 +320,11 @@ def main():
         print(f"{k}={v}", flush=True)
 
     topics = [f"b/{i}" for i in range(8)]
+    if a.file_only:
+        file_sink_bench(a, topics, report)
+        (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in res.items()))
+        print(f"# results in {out}")
+        return
     payload = b'{"k":"0123456789abcdef0123456789abcdef"}'
     n_batched = 100_000 if a.quick else 400_000
     n_single = 10_000 if a.quick else 30_000
@@ -332,25 +388,7 @@ def main():
     r.stop()
     report("rss_per_in_flight_request_kib", round((rss[512] - rss[8]) / 504 / 1024, 1))
 
-    # File sink against dd.
-    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
-    n_file = 200_000 if a.quick else 1_000_000
-    big = b'"' + b"p" * 200 + b'"'
-    backlog(a.bin, data, topics, n_file // 8, big)
-    fdir = data / "files"
-    dt, cpu = drain(a.bin, data, f"[sink \"s\"]\ntype = file\ntopics = b/*\nstart = oldest\n"
-                    f"directory = {fdir}\nformat = jsonl\nfsync = rotate\nbatch_linger = 0\n"
-                    "rotate_bytes = 64MiB\n", n_file)
-    written = sum(f.stat().st_size for f in fdir.rglob("*.jsonl"))
-    report("file_sink_mib_per_s", round(written / dt / lk.MiB, 1))
-    mb = max(1, written // lk.MiB)
-    t0 = time.monotonic()
-    subprocess.run(["dd", "if=/dev/zero", f"of={data}/dd.tmp", "bs=1M", f"count={mb}",
-                    "conv=fdatasync"], capture_output=True, check=True)
-    dd = mb / (time.monotonic() - t0)
-    report("dd_mib_per_s", round(dd, 1))
-    report("file_sink_vs_dd", round(written / dt / lk.MiB / dd, 2))
-    shutil.rmtree(data, ignore_errors=True)
+    file_sink_bench(a, topics, report)
 
     # Latency at 1,000 msg/s, linger 0.
     r = Receiver("latency") if a.py_receiver else CReceiver(recv_bin, latency=True)

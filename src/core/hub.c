@@ -421,6 +421,21 @@ static void expire_by_age(sl_hub_t *hub, sl_topic_t *t, uint64_t now_ms)
         evict_one(t, sl_topic_pop_tail(t), SL_EVICT_MAX_AGE, hub);
 }
 
+/* With go 0: 1 if every reader of t (none at all included) can let go of it now (their subs
+ * have `release` and agree). With go 1: tells each to. */
+static int readers_release(sl_topic_t *t, int go)
+{
+    sl_list_t *it, *tmp;
+    sl_list_each_safe(it, tmp, &t->readers)
+    {
+        sl_reader_t *r = sl_container_of(it, sl_reader_t, link);
+        sl_sub_t *sub = r->sub;
+        if (sub->ops->release == NULL || !sub->ops->release(sub, r, go))
+            return 0;
+    }
+    return 1;
+}
+
 void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms)
 {
     sl_list_t *it, *tmp;
@@ -441,14 +456,21 @@ void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms)
             }
         }
         /* A lossless topic only subscribed to has nothing on disk and goes the same way. */
-        if (t->nreaders == 0 && t->count == 0 && (t->backend == NULL || t->backend->idle(t))) {
+        if (t->count == 0 && (t->backend == NULL || t->backend->idle(t)) && readers_release(t, 0)) {
             if (t->idle_since_ms == 0) {
                 t->idle_since_ms = now_ms ? now_ms : 1;
             } else if (now_ms - t->idle_since_ms >= hub->cfg->topic_idle_ttl_ms) {
+                readers_release(t, 1);
+                if (t->nreaders > 0) {
+                    SL_ERROR("a reader did not let go of an idle topic", "topic=%s", t->name);
+                    continue;
+                }
                 SL_DEBUG("topic freed", "topic=%s", t->name);
                 unlink_topic(hub, t);
                 free_topic(t);
             }
+        } else if (t->nreaders > 0) {
+            t->idle_since_ms = 0; /* a reader still needs it: the TTL starts again when not */
         }
     }
 }

@@ -25,6 +25,14 @@ typedef struct sl_sub_ops {
      * Kafka). Without it the global callback (sl_reader_set_ready_cb) is used. Lets readers
      * other than connections (sinks) read back. */
     void (*disk_ready)(struct sl_sub *sub);
+    /* Optional: the sub's readers do not keep their topics alive (a sink's streams). A topic
+     * with no messages, idle storage and only such readers is freed after topic_idle_ttl like
+     * a topic with none: the sweep asks each reader's sub whether it can let go of reader r
+     * now (`go` 0: returns 1 if so, changing nothing), and when all can, tells each to (`go`
+     * 1: the sub detaches r before returning, as sl_sub_dispose does, and returns 1). A sub
+     * that still needs the topic (a batch in flight, messages owed) returns 0 and the topic
+     * stays. Without it a reader keeps its topic alive. */
+    int (*release)(struct sl_sub *sub, sl_reader_t *r, int go);
 } sl_sub_ops_t;
 
 /* A subscriber: the transport-independent delivery state of one connection. Embedded in its
@@ -162,7 +170,8 @@ static inline int sl_hub_pending(const sl_hub_t *hub)
  * that becomes ready again during the pass waits for the next one. */
 void sl_hub_flush(sl_hub_t *hub, uint64_t now_ms);
 
-/* The periodic pass: max_age eviction, soft-lag and lag-age checks, idle topic freeing. */
+/* The periodic pass: max_age eviction, soft-lag and lag-age checks, idle topic freeing (see
+ * sl_sub_ops_t.release for readers that do not keep a topic alive). */
 void sl_hub_sweep(sl_hub_t *hub, uint64_t now_ms);
 
 #endif

@@ -245,8 +245,11 @@ int sl_sinkconf_key(sl_sinks_conf_t *s, const char *section, const char *key, co
     }
     int rc = table(c, sink_keys, sizeof(sink_keys) / sizeof(sink_keys[0]), key, val, err, errlen,
                    &found);
-    if (found)
+    if (found) {
+        if (rc == 0 && strcmp(key, "batch_max_messages") == 0)
+            c->batch_max_messages_set = 1;
         return rc;
+    }
     rc = 0;
     if (strcmp(key, "type") == 0) {
         if (strcmp(val, "webhook") == 0)

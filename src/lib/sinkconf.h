@@ -25,6 +25,7 @@ typedef struct sl_sink_conf {
     char *url;
     int format; /* sl_sink_format_t (sink/batch.h): 0 ndjson, 1 json, 2 raw */
     uint64_t batch_max_messages, batch_max_bytes, batch_linger_ms;
+    int batch_max_messages_set; /* given in the file (a file sink has its own default) */
     uint64_t max_in_flight;
     uint64_t connect_timeout_ms, timeout_ms;
     uint64_t retry_initial_ms, retry_max_ms;

@@ -81,6 +81,63 @@ static void put_id(sl_bbuf_t *b, const char *epoch_hex, uint64_t seq)
     sl_bbuf_put(b, id, (size_t)n);
 }
 
+size_t sl_batch_line_max(size_t topic_len, size_t event_len, size_t len)
+{
+    /* {"id":"<16 hex>-<20 digits>","topic":S,"event":S,"data":S,"encoding":"base64"}\n, each
+     * string at most 6 bytes a byte and its quotes (base64 takes fewer). */
+    return 128 + 6 * topic_len + 6 * event_len + 6 * len;
+}
+
+/* One envelope, without a separator or newline, into out (sl_batch_line_max bytes at least). */
+static size_t put_envelope(char *out, const char *topic, size_t topic_len, const char *epoch_hex,
+                           uint64_t seq, const char *event, const char *payload, size_t len)
+{
+    size_t cap = sl_batch_line_max(topic_len, event != NULL ? strlen(event) : 0, len);
+    /* {"id":"<epoch>-<seq>","topic": without printf (visible in a file sink's profile) */
+    size_t el = strlen(epoch_hex), n = 0;
+    memcpy(out, "{\"id\":\"", 7);
+    n += 7;
+    memcpy(out + n, epoch_hex, el);
+    n += el;
+    out[n++] = '-';
+    char digits[20];
+    size_t nd = 0;
+    do {
+        digits[nd++] = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq > 0);
+    while (nd > 0)
+        out[n++] = digits[--nd];
+    memcpy(out + n, "\",\"topic\":", 10);
+    n += 10;
+    (void)sl_json_put_string(out, &n, cap, topic, topic_len);
+    if (event != NULL) {
+        memcpy(out + n, ",\"event\":", 9);
+        n += 9;
+        (void)sl_json_put_string(out, &n, cap, event, strlen(event));
+    }
+    memcpy(out + n, ",\"data\":", 8);
+    n += 8;
+    if (sl_utf8_valid(payload, len)) {
+        (void)sl_json_put_string(out, &n, cap, payload, len);
+        out[n++] = '}';
+    } else {
+        out[n++] = '"';
+        n += sl_base64_encode(out + n, payload, len);
+        memcpy(out + n, "\",\"encoding\":\"base64\"}", 22);
+        n += 22;
+    }
+    return n;
+}
+
+size_t sl_batch_put_line(char *out, const char *topic, size_t topic_len, const char *epoch_hex,
+                         uint64_t seq, const char *event, const char *payload, size_t len)
+{
+    size_t n = put_envelope(out, topic, topic_len, epoch_hex, seq, event, payload, len);
+    out[n++] = '\n';
+    return n;
+}
+
 void sl_batch_add(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,
                   size_t topic_len, const char *epoch_hex, uint64_t seq, const char *event,
                   const char *payload, size_t len)
@@ -90,27 +147,13 @@ void sl_batch_add(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *to
         return;
     }
     sep(b, fmt, n);
-    sl_bbuf_put(b, "{\"id\":", 6);
-    put_id(b, epoch_hex, seq);
-    sl_bbuf_put(b, ",\"topic\":", 9);
-    put_str(b, topic, topic_len);
-    if (event != NULL) {
-        sl_bbuf_put(b, ",\"event\":", 9);
-        put_str(b, event, strlen(event));
-    }
-    sl_bbuf_put(b, ",\"data\":", 8);
-    if (sl_utf8_valid(payload, len)) {
-        put_str(b, payload, len);
-        sl_bbuf_put(b, "}", 1);
-    } else {
-        sl_bbuf_reserve(b, 4 * ((len + 2) / 3) + 2);
-        b->p[b->len++] = '"';
-        b->len += sl_base64_encode(b->p + b->len, payload, len);
-        b->p[b->len++] = '"';
-        sl_bbuf_put(b, ",\"encoding\":\"base64\"}", 21);
-    }
+    sl_bbuf_reserve(b, sl_batch_line_max(topic_len, event != NULL ? strlen(event) : 0, len));
     if (fmt == SL_FMT_NDJSON)
-        sl_bbuf_put(b, "\n", 1);
+        b->len +=
+            sl_batch_put_line(b->p + b->len, topic, topic_len, epoch_hex, seq, event, payload, len);
+    else
+        b->len +=
+            put_envelope(b->p + b->len, topic, topic_len, epoch_hex, seq, event, payload, len);
 }
 
 void sl_batch_add_gap(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,

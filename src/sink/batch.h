@@ -36,6 +36,13 @@ void sl_batch_begin(sl_bbuf_t *b, sl_sink_format_t fmt);
 void sl_batch_add(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,
                   size_t topic_len, const char *epoch_hex, uint64_t seq, const char *event,
                   const char *payload, size_t len);
+/* The most bytes sl_batch_put_line writes for a message with these lengths. */
+size_t sl_batch_line_max(size_t topic_len, size_t event_len, size_t len);
+/* Writes one ndjson envelope and its newline into out, which holds sl_batch_line_max bytes at
+ * least; returns its length. Allocates nothing and touches no budget, so it may run on a
+ * worker thread over immutable inputs. */
+size_t sl_batch_put_line(char *out, const char *topic, size_t topic_len, const char *epoch_hex,
+                         uint64_t seq, const char *event, const char *payload, size_t len);
 /* Adds a gap envelope (missed may be 0 when unknown: "missed":null). */
 void sl_batch_add_gap(sl_bbuf_t *b, sl_sink_format_t fmt, uint32_t n, const char *topic,
                       size_t topic_len, const char *epoch_hex, uint64_t from, uint64_t to,

@@ -2,7 +2,8 @@
  * A file sink's writer: one topic's segment files (see fileidx.h for the layout and the commit
  * rule), written with plain blocking POSIX calls. It runs on libuv's thread pool (webhook.c
  * queues one job per stream at a time, so a writer is never used by two threads at once) and
- * touches neither the loop nor the memory budget.
+ * touches neither the loop nor the memory budget: it reads the job's messages (immutable) and
+ * writes from the job's scratch buffer, many records a syscall.
  *
  * States: CLOSED (no segment open; `recovered` says whether the start-up scan ran) ──write──►
  * OPEN (fd and ifd valid) ──rotation due──► OPEN on the next segment; any I/O error closes
@@ -12,6 +13,7 @@
 #ifndef SL_SINK_FILE_H
 #define SL_SINK_FILE_H
 
+#include "core/msg.h"
 #include "sink/fileidx.h"
 
 #include <stddef.h>
@@ -26,6 +28,7 @@ typedef struct sl_fwriter {
     int fd, ifd;    /* data and index of the open segment, -1 when closed */
     uint32_t index; /* the open (or next) segment's number */
     uint64_t size, isize, opened_ms;
+    uint64_t wb_from; /* fsync = rotate: writeback was started for the data below this */
     int recovered;
     int have_last;
     sl_fileidx_rec_t last; /* the last committed write */
@@ -34,16 +37,24 @@ typedef struct sl_fwriter {
     char what[48]; /* the call that failed */
 } sl_fwriter_t;
 
-/* One write: records buf[0..ends[0]), [ends[0]..ends[1]) …; record i carries message seq
- * seqs[i], except a leading gap line (has_gap) whose seq is 0. */
+/* One write: the records of msgs[0..n) (seq ascending), after an optional gap line. A record
+ * is the message's payload and a newline (raw) or its jsonl envelope (sink/batch.h), built
+ * here, on the worker, from the messages' immutable fields: the caller holds a reference to
+ * each message and changes nothing of the job until the write returns. */
 typedef struct sl_fjob {
-    const char *buf;
-    const size_t *ends;
-    const uint64_t *seqs;
+    sl_msg_t *const *msgs;
     uint32_t n;
-    int has_gap;
+    int raw;
+    const char *gap; /* a jsonl gap envelope line written first, or NULL */
+    size_t gap_len;
+    const char *topic; /* for the envelopes */
+    size_t topic_len;
     const char *epoch;
     uint64_t now_ms;
+    /* jsonl: where envelopes are built and written from, at least the largest record's
+     * sl_batch_line_max bytes (the caller's memory, charged to the budget on the loop). */
+    char *scratch;
+    size_t scratch_cap;
 } sl_fjob_t;
 
 /* A writer for topic `topic` under `directory`; nothing is opened yet. */

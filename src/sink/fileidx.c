@@ -104,13 +104,16 @@ int sl_fileseg_rotate_due(uint64_t size, uint64_t opened_ms, uint64_t now_ms, ui
     return rotate_ms > 0 && now_ms >= opened_ms && now_ms - opened_ms >= rotate_ms;
 }
 
+int sl_fileidx_written(const sl_fileidx_rec_t *last, const char *epoch, uint64_t seq)
+{
+    return last != NULL && seq <= last->seq && strcmp(last->epoch, epoch) == 0;
+}
+
 uint32_t sl_fileidx_skip(const sl_fileidx_rec_t *last, const char *epoch, const uint64_t *seqs,
                          uint32_t n)
 {
-    if (last == NULL || strcmp(last->epoch, epoch) != 0)
-        return 0;
     uint32_t i = 0;
-    while (i < n && seqs[i] <= last->seq)
+    while (i < n && sl_fileidx_written(last, epoch, seqs[i]))
         i++;
     return i;
 }

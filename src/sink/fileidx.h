@@ -47,6 +47,10 @@ uint32_t sl_fileseg_parse(const char *name, const char *ext);
 int sl_fileseg_rotate_due(uint64_t size, uint64_t opened_ms, uint64_t now_ms, uint64_t rotate_bytes,
                           uint64_t rotate_ms);
 
+/* 1 when the index says the message with this epoch and seq was written (last is the last
+ * commit, or NULL when there is none). */
+int sl_fileidx_written(const sl_fileidx_rec_t *last, const char *epoch, uint64_t seq);
+
 /* How many of the n records with these seqs (ascending) a write must skip because the index
  * says they were written: those with seq <= last->seq when the epochs match. */
 uint32_t sl_fileidx_skip(const sl_fileidx_rec_t *last, const char *epoch, const uint64_t *seqs,

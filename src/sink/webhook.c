@@ -61,6 +61,17 @@
  * caught-up stream at once): each checkpoint is a file written and synced on the thread pool,
  * which cost more than the request itself when every request of a backlog wrote one. */
 #define ACK_EVERY_MS 100
+/* A file sink's batch_max_messages when the configuration gives none: its batches are bounded
+ * by batch_max_bytes (a job writes up to that much in a few syscalls), not by a count made for
+ * HTTP requests. */
+#define FILE_BATCH_MESSAGES 16384
+/* A file job's jsonl scratch buffer: envelopes are built into it on the worker and written
+ * each time it fills. */
+#define SCRATCH (256u << 10)
+/* A stream's batch array starts this small and grows while batches need more. */
+#define MSGS_MIN 64
+/* A file stream behind its topic moves its durable cursor at most this often (see ack). */
+#define FILE_ACK_MS 250
 /* Upper bounds (ms) of the request-duration histogram's buckets; +Inf follows. */
 static const uint64_t dur_bounds_ms[] = {5,   10,   25,   50,   100,   250,
                                          500, 1000, 2500, 5000, 10000, 30000};
@@ -121,21 +132,25 @@ struct stream {
     uint64_t ack_ms;  /* when the cursor was last acknowledged */
     sl_msg_t **msgs;  /* the batch: references held until delivered */
     uint32_t nmsgs, send_n;
+    uint32_t msgs_cap; /* grows up to the sink's batch_msgs while a batch needs it */
     int gap;
     uint64_t gap_from, gap_to, gap_missed;
     unsigned attempt;
     req_t *req;
-    /* type = file: the writer and the job on the thread pool (one at a time). */
+    /* type = file: the writer and the job on the thread pool (one at a time). While it runs
+     * the worker reads the job, the batch's messages and the scratch; the loop changes none of
+     * them until file_done. */
     sl_fwriter_t *fw;
     uv_work_t work;
     int job_rc;
-    sl_bbuf_t fbody;
-    size_t *fends;   /* batch_max_messages + 1 */
-    uint64_t *fseqs; /* batch_max_messages + 1 */
-    uint32_t fn;
-    int fgap;
-    uint64_t job_now;
-    int sent; /* the batch went out at least once: it may not grow any more */
+    sl_fjob_t job;
+    sl_bbuf_t fgap;         /* the job's gap line */
+    char job_epoch[17];     /* the topic's epoch when the job was made */
+    size_t job_scratch_cap; /* the job's scratch buffer's size (from the sink's spares) */
+    int sent;               /* the batch went out at least once: it may not grow any more */
+    /* A lossless topic with nothing on disk yet: the durable cursor is made with its first
+     * message (make_cursor), so a sink alone never makes a topic's directory. */
+    int want_cursor;
 };
 
 struct sink {
@@ -149,6 +164,11 @@ struct sink {
     sl_list_t pool;      /* idle requests (req_t.link), most recently used last */
     size_t nreqs;        /* requests in flight or pooled */
     uint64_t reqs_made;  /* easy handles made (logged at stop) */
+    uint32_t batch_msgs; /* messages a batch may hold (batch_max_messages, or a file default) */
+    /* File sinks: scratch buffers for the jobs' jsonl (SCRATCH bytes each, at most `workers`
+     * kept; a job that needs a larger one gets its own). Budgeted; freed at the end. */
+    char **spare;
+    size_t nspare;
     /* Counters (logged at stop; labels would be sink names, never URLs). */
     uint64_t delivered, requests_ok, requests_failed, requests_rejected, retries, dead_letters,
         gap_messages, stopped_streams;
@@ -189,8 +209,10 @@ struct sl_sinks {
 };
 
 static void try_send(stream_t *st);
+static void on_stream_timer_closed(uv_handle_t *h);
 static size_t take(stream_t *st, int fetch);
 static void finish(sl_sinks_t *s);
+static void make_cursor(stream_t *st);
 
 /* ---- sockets and timers for curl ---------------------------------------------------- */
 
@@ -602,6 +624,17 @@ static void drop_front(stream_t *st, uint32_t n)
     st->nmsgs -= n;
 }
 
+/* How often a stream that still owes messages moves its durable cursor (at once when it has
+ * caught up, and at shutdown; the sweep writes a move held back longer). Every move is a cursor
+ * file written and synced on the thread pool, one in flight per topic: a backlog drained with
+ * one move per request or job spent more on them than on the deliveries, and held the pool
+ * from the file writes and the log reads. A crash in between costs a redelivery: a duplicate
+ * request for a webhook (at least once), nothing for a file, whose commit index skips it. */
+static uint64_t ack_every_ms(const sink_t *k)
+{
+    return k->conf->type == SL_SINK_FILE ? FILE_ACK_MS : ACK_EVERY_MS;
+}
+
 /* Writes what was delivered to the durable cursor. */
 static void ack_flush(stream_t *st, uint64_t now)
 {
@@ -613,8 +646,8 @@ static void ack_flush(stream_t *st, uint64_t now)
 }
 
 /* The front n messages of the batch are done with (delivered, or dead-lettered when !ok):
- * acknowledge and go on. A webhook stream with more to send acknowledges at most every
- * ACK_EVERY_MS (the sweep and shutdown write what is left); otherwise at once. */
+ * acknowledge and go on. A stream with more to send acknowledges at most every
+ * ack_every_ms() (the sweep and shutdown write what is left); otherwise at once. */
 static void passed(stream_t *st, uint32_t n, int ok)
 {
     sink_t *k = st->sink;
@@ -627,8 +660,7 @@ static void passed(stream_t *st, uint32_t n, int ok)
             uint64_t now = sl_now_ms();
             int owes = st->nmsgs > 0 || st->sub.readers[0].next <= st->topic->head_seq;
             st->ack_seq = last;
-            if (k->conf->type != SL_SINK_WEBHOOK || !owes || k->all->stopping ||
-                now - st->ack_ms >= ACK_EVERY_MS)
+            if (!owes || k->all->stopping || now - st->ack_ms >= ack_every_ms(k))
                 ack_flush(st, now);
         }
     }
@@ -823,14 +855,29 @@ static void request_done(stream_t *st, CURLcode res)
 static void file_work(uv_work_t *w)
 {
     stream_t *st = w->data;
-    sl_fjob_t j = {.buf = st->fbody.p,
-                   .ends = st->fends,
-                   .seqs = st->fseqs,
-                   .n = st->fn,
-                   .has_gap = st->fgap,
-                   .epoch = st->topic->epoch_hex,
-                   .now_ms = st->job_now};
-    st->job_rc = sl_fwriter_write(st->fw, &j);
+    st->job_rc = sl_fwriter_write(st->fw, &st->job);
+}
+
+/* A scratch buffer of at least `need` bytes for a job (a spare one when it is big enough). */
+static char *scratch_get(sink_t *k, size_t need, size_t *cap)
+{
+    if (need <= SCRATCH) {
+        *cap = SCRATCH;
+        return k->nspare > 0 ? k->spare[--k->nspare] : sl_balloc(SCRATCH);
+    }
+    *cap = need;
+    return sl_balloc(need);
+}
+
+static void scratch_put(sink_t *k, char *p, size_t cap)
+{
+    if (p == NULL)
+        return;
+    if (cap == SCRATCH && k->nspare < k->conf->workers) {
+        k->spare[k->nspare++] = p;
+        return;
+    }
+    sl_bfree(p, cap);
 }
 
 static void file_done(uv_work_t *w, int status)
@@ -840,8 +887,10 @@ static void file_done(uv_work_t *w, int status)
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
     int rc = status < 0 ? status : st->job_rc;
-    sl_bbuf_free(&st->fbody);
-    observe_duration(k, sl_now_ms() - st->job_now);
+    scratch_put(k, st->job.scratch, st->job_scratch_cap);
+    st->job.scratch = NULL;
+    sl_bbuf_free(&st->fgap);
+    observe_duration(k, sl_now_ms() - st->job.now_ms);
     s->jobs--;
     sl_sched_done(&s->sched, &st->ss, 0, 0, sl_now_ms());
     if (rc == 0) {
@@ -883,42 +932,30 @@ static void file_done(uv_work_t *w, int status)
     sl_sched_wake(&s->sched, 0, sl_now_ms());
 }
 
-/* Builds the batch's records (on the loop: the budget is not shared with the pool) and queues
- * the write. */
+/* Queues the batch's write. The records are built on the worker from the messages (the batch
+ * holds a reference to each and does not change until file_done); the loop only makes the gap
+ * line and hands over a scratch buffer charged to the budget, so the budget is never touched
+ * off the loop. */
 static void start_write(stream_t *st)
 {
     sink_t *k = st->sink;
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
     sl_topic_t *t = st->topic;
-    sl_bbuf_t *b = &st->fbody;
-    uint32_t n = 0;
-    b->len = 0;
-    st->fgap = 0;
-    if (st->gap && c->format != SL_FMT_RAW) {
+    int raw = c->format == SL_FMT_RAW;
+    sl_fjob_t *j = &st->job;
+    memset(j, 0, sizeof(*j));
+    memcpy(st->job_epoch, t->epoch_hex, sizeof(st->job_epoch));
+    st->fgap.len = 0;
+    if (st->gap && !raw) {
         /* Raw files hold payloads only: a gap there is counted and logged, not written. */
-        sl_batch_add_gap(b, SL_FMT_NDJSON, 0, t->name, t->name_len, t->epoch_hex, st->gap_from,
-                         st->gap_to, st->gap_missed);
-        st->fends[n] = b->len;
-        st->fseqs[n++] = 0;
-        st->fgap = 1;
+        sl_batch_add_gap(&st->fgap, SL_FMT_NDJSON, 0, t->name, t->name_len, st->job_epoch,
+                         st->gap_from, st->gap_to, st->gap_missed);
+        j->gap = st->fgap.p;
+        j->gap_len = st->fgap.len;
     }
-    for (uint32_t i = 0; i < st->send_n; i++) {
-        sl_msg_t *m = st->msgs[i];
-        if (c->format == SL_FMT_RAW) {
-            sl_bbuf_put(b, m->payload, m->payload_len);
-            sl_bbuf_put(b, "\n", 1);
-        } else {
-            sl_batch_add(b, SL_FMT_NDJSON, n, t->name, t->name_len, t->epoch_hex, m->seq, m->event,
-                         m->payload, m->payload_len);
-        }
-        st->fends[n] = b->len;
-        st->fseqs[n++] = m->seq;
-    }
-    st->fn = n;
-    if (n == 0) {
+    if (st->send_n == 0 && j->gap == NULL) {
         /* A gap alone on a raw file: nothing to write. */
-        sl_bbuf_free(b);
         if (st->gap)
             SL_WARN("file sink: messages missed (gap)", "sink=%s topic=%s missed=%" PRIu64, c->name,
                     t->name, st->gap_missed);
@@ -928,7 +965,24 @@ static void start_write(stream_t *st)
         sl_sched_wake(&s->sched, 0, sl_now_ms());
         return;
     }
-    st->job_now = sl_now_ms();
+    j->msgs = st->msgs;
+    j->n = st->send_n;
+    j->raw = raw;
+    j->topic = t->name;
+    j->topic_len = t->name_len;
+    j->epoch = st->job_epoch;
+    j->now_ms = sl_now_ms();
+    if (!raw && st->send_n > 0) {
+        size_t need = 0;
+        for (uint32_t i = 0; i < st->send_n; i++) {
+            const sl_msg_t *m = st->msgs[i];
+            size_t max = sl_batch_line_max(t->name_len, m->event_len, m->payload_len);
+            if (max > need)
+                need = max;
+        }
+        j->scratch = scratch_get(k, need, &st->job_scratch_cap);
+        j->scratch_cap = st->job_scratch_cap;
+    }
     st->work.data = st;
     s->jobs++;
     int rc = uv_queue_work(s->loop, &st->work, file_work, file_done);
@@ -998,6 +1052,15 @@ static void ss_disabled(sl_ss_t *ss)
 static const sl_ss_ops_t ss_ops = {
     .timer = ss_timer, .start = ss_start, .ready = ss_ready, .disabled = ss_disabled};
 
+/* Makes room for more messages in the batch (up to the sink's batch_msgs). */
+static void grow_msgs(stream_t *st)
+{
+    uint32_t max = st->sink->batch_msgs;
+    uint32_t cap = st->msgs_cap * 2 < max ? st->msgs_cap * 2 : max;
+    st->msgs = sl_brealloc(st->msgs, st->msgs_cap * sizeof(*st->msgs), cap * sizeof(*st->msgs));
+    st->msgs_cap = cap;
+}
+
 /* Adds what the reader has (ring, or a disk batch already read) to the batch, up to its caps;
  * with `fetch`, schedules a disk read when that is where the next message is (disk_ready
  * wakes the stream). Returns the payload bytes added. */
@@ -1005,7 +1068,9 @@ static size_t take(stream_t *st, int fetch)
 {
     const sl_sink_conf_t *c = st->sink->conf;
     sl_reader_t *r = &st->sub.readers[0];
-    uint64_t max = c->format == SL_FMT_RAW ? (st->gap ? 0 : 1) : c->batch_max_messages;
+    /* A raw webhook request carries one message (or the gap alone); a raw file takes many. */
+    uint64_t max = c->format == SL_FMT_RAW && c->type == SL_SINK_WEBHOOK ? (st->gap ? 0 : 1)
+                                                                         : st->sink->batch_msgs;
     size_t bytes = 0, added = 0;
     for (uint32_t i = 0; i < st->nmsgs; i++)
         bytes += st->msgs[i]->payload_len;
@@ -1022,6 +1087,8 @@ static size_t take(stream_t *st, int fetch)
             break;
         if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
             break;
+        if (st->nmsgs == st->msgs_cap)
+            grow_msgs(st);
         sl_msg_ref(m);
         st->msgs[st->nmsgs++] = m;
         bytes += m->payload_len;
@@ -1030,6 +1097,12 @@ static size_t take(stream_t *st, int fetch)
         sl_metrics.deliveries++;
     }
     st->send_n = st->nmsgs;
+    /* Read the next disk batch while this one is written: a reader behind the ring whose read
+     * batch is used up fetches now rather than after the write. */
+    if (fetch && r->disk_ok && r->disk_job == NULL && !r->disk_wait &&
+        (r->disk == NULL || r->disk->pos >= r->disk->n) && r->next <= st->topic->head_seq &&
+        sl_topic_get(st->topic, r->next) == NULL)
+        (void)sl_ll_fetch(r);
     return added;
 }
 
@@ -1040,7 +1113,11 @@ static size_t stream_deliver(sl_sub_t *sub)
     sink_t *k = st->sink;
     sl_sinks_t *s = k->all;
     const sl_sink_conf_t *c = k->conf;
-    if (s->stopping || st->ss.state != SL_SS_IDLE || k->group.disabled)
+    if (s->stopping)
+        return 0;
+    if (st->want_cursor && st->topic->ll->on_disk)
+        make_cursor(st);
+    if (st->ss.state != SL_SS_IDLE || k->group.disabled)
         return 0;
     sl_reader_t *r = &sub->readers[0];
     uint64_t now = sl_now_ms();
@@ -1067,8 +1144,8 @@ static size_t stream_deliver(sl_sub_t *sub)
     uint64_t owed = r->next <= st->topic->head_seq ? st->topic->head_seq - r->next + 1 : 0;
     if (owed == 0 && !st->gap)
         return 0;
-    if (c->batch_linger_ms > 0 && !st->lingered && owed < c->batch_max_messages &&
-        c->format != SL_FMT_RAW && !st->gap) {
+    if (c->batch_linger_ms > 0 && !st->lingered && owed < k->batch_msgs &&
+        !(c->format == SL_FMT_RAW && c->type == SL_SINK_WEBHOOK) && !st->gap) {
         st->lingered = 1;
         sub->writing = 1;
         sl_sched_linger(&s->sched, &st->ss, c->batch_linger_ms);
@@ -1096,7 +1173,63 @@ static void stream_disk_ready(sl_sub_t *sub)
         sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
 }
 
-static const sl_sub_ops_t stream_ops = {.deliver = stream_deliver, .disk_ready = stream_disk_ready};
+/* Detaches a stream from its topic and closes it (freed in its timer's close callback). */
+static void stream_close(stream_t *st)
+{
+    uv_timer_stop(&st->timer);
+    release_breaker(st);
+    sl_list_remove(&st->ss.wait_link);
+    sl_sub_dispose(st->sink->all->hub, &st->sub);
+    sl_list_remove(&st->link);
+    st->sink->nstreams--;
+    uv_close((uv_handle_t *)&st->timer, on_stream_timer_closed);
+}
+
+/* The hub's sweep asks whether the stream lets go of its idle topic (see sl_sub_ops_t). It
+ * does when it holds nothing and is owed nothing and has no durable cursor (a cursor keeps a
+ * lossless topic on disk anyway); the stream is closed, and the hub's on_topic makes a new one
+ * if the topic is created again. */
+static int stream_release(sl_sub_t *sub, sl_reader_t *r, int go)
+{
+    stream_t *st = sl_container_of(sub, stream_t, sub);
+    if (st->sink->all->stopping || st->ss.state != SL_SS_IDLE || sub->writing || st->nmsgs > 0 ||
+        st->gap || st->cursor != NULL || r->mark != SL_MARK_NONE ||
+        r->next <= st->topic->head_seq || r->disk != NULL || r->disk_job != NULL)
+        return 0;
+    if (go) {
+        SL_INFO("sink stream closed: its topic is idle", "sink=%s topic=%s", st->sink->conf->name,
+                st->topic->name);
+        stream_close(st);
+    }
+    return 1;
+}
+
+static const sl_sub_ops_t stream_ops = {
+    .deliver = stream_deliver, .disk_ready = stream_disk_ready, .release = stream_release};
+
+static void use_cursor(stream_t *st, sl_cursor_t *cu)
+{
+    st->cursor = cu;
+    cu->yields = st->sink->conf->skip_on_backlog;
+    st->sub.readers[0].cursor = cu;
+    sl_ll_cursor_use(cu, 1);
+}
+
+/* The first message of a lossless topic the stream has followed since before it had one: the
+ * durable cursor starts where the reader is (nothing of the log was delivered yet). */
+static void make_cursor(stream_t *st)
+{
+    sl_topic_t *t = st->topic;
+    const char *name = st->sink->cursor_name;
+    sl_cursor_t *cu = sl_ll_cursor(t, name, strlen(name), 0);
+    st->want_cursor = 0;
+    if (cu == NULL) {
+        cu = sl_ll_cursor(t, name, strlen(name), 1);
+        cu->checkpoint = st->sub.readers[0].next - 1;
+        sl_ll_cursor_created(t);
+    }
+    use_cursor(st, cu);
+}
 
 /* curl_slist_append, aborting when it cannot allocate (it copies `line`). */
 static struct curl_slist *hdr_append(struct curl_slist *l, const char *line)
@@ -1139,14 +1272,18 @@ static void stream_new(sink_t *k, sl_topic_t *t)
         st->fw = sl_fwriter_new(c->directory, t->name, t->name_len,
                                 c->format == SL_FMT_RAW ? "raw" : "jsonl", c->fsync_mode,
                                 c->rotate_bytes, c->rotate_interval_ms);
-        st->fends = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fends));
-        st->fseqs = sl_balloc((c->batch_max_messages + 1) * sizeof(*st->fseqs));
     }
-    st->msgs = sl_balloc(c->batch_max_messages * sizeof(*st->msgs));
+    st->msgs_cap = k->batch_msgs < MSGS_MIN ? k->batch_msgs : MSGS_MIN;
+    st->msgs = sl_balloc(st->msgs_cap * sizeof(*st->msgs));
     sl_ss_init(&st->ss, &k->group, st->origin, st->origin_len);
     sl_start_t start = {.kind = c->start_oldest ? SL_START_OLDEST : SL_START_NEW};
     sl_cursor_t *cu = NULL;
-    if (t->ll != NULL) {
+    if (t->ll != NULL && !t->ll->on_disk) {
+        /* Nothing to keep yet: read like a subscriber until the first message (publishing it
+         * makes the log's directory), then make the cursor from where the reader is. */
+        start.disk = 1;
+        st->want_cursor = 1;
+    } else if (t->ll != NULL) {
         size_t nl = strlen(k->cursor_name);
         cu = sl_ll_cursor(t, k->cursor_name, nl, 0);
         if (cu == NULL) {
@@ -1165,12 +1302,8 @@ static void stream_new(sink_t *k, sl_topic_t *t)
     sl_list_insert_tail(&k->streams, &st->link);
     k->nstreams++;
     sl_sub_init(s->hub, &st->sub, &t, &start, 1);
-    if (cu != NULL) {
-        st->cursor = cu;
-        cu->yields = c->skip_on_backlog;
-        st->sub.readers[0].cursor = cu;
-        sl_ll_cursor_use(cu, 1);
-    }
+    if (cu != NULL)
+        use_cursor(st, cu);
     SL_INFO("sink stream started", "sink=%s topic=%s", c->name, t->name);
 }
 
@@ -1437,13 +1570,20 @@ static void on_sweep(uv_timer_t *h)
         sink_t *k = &s->v[i];
         if (now > POOL_IDLE_MS)
             pool_trim(k, now - POOL_IDLE_MS);
-        /* Acknowledgements a busy stream held back, if it has not sent since. */
         sl_list_t *it;
         sl_list_each(it, &k->streams)
         {
             stream_t *st = sl_container_of(it, stream_t, link);
-            if (st->ack_seq != 0 && now - st->ack_ms >= ACK_EVERY_MS)
+            /* Acknowledgements a busy stream held back, if it has not passed more since. */
+            if (st->ack_seq != 0 && now - st->ack_ms >= ack_every_ms(k))
                 ack_flush(st, now);
+            /* A batch array grown by a backlog goes back to its small size once idle. */
+            if (st->msgs_cap > MSGS_MIN && st->nmsgs == 0 && st->ss.state == SL_SS_IDLE &&
+                !st->sub.writing) {
+                st->msgs = sl_brealloc(st->msgs, st->msgs_cap * sizeof(*st->msgs),
+                                       MSGS_MIN * sizeof(*st->msgs));
+                st->msgs_cap = MSGS_MIN;
+            }
         }
     }
 }
@@ -1463,6 +1603,31 @@ static void on_drain_deadline(uv_timer_t *h)
     finish(s);
 }
 
+/* Closing a file writer may fsync (fsync = batch or rotate): while the loop runs (a stream
+ * whose topic was freed) that is done on the thread pool, counted as a job. */
+typedef struct close_job {
+    uv_work_t work;
+    sl_sinks_t *all;
+    sl_fwriter_t *fw;
+} close_job_t;
+
+static void close_work(uv_work_t *w)
+{
+    close_job_t *j = w->data;
+    sl_fwriter_free(j->fw);
+}
+
+static void close_done(uv_work_t *w, int status)
+{
+    close_job_t *j = w->data;
+    sl_sinks_t *s = j->all;
+    (void)status;
+    free(j);
+    s->jobs--;
+    if (s->stopping && s->jobs == 0 && (s->finish_pending || s->sched.inflight == 0))
+        finish(s);
+}
+
 static void on_stream_timer_closed(uv_handle_t *h)
 {
     stream_t *st = h->data;
@@ -1470,13 +1635,22 @@ static void on_stream_timer_closed(uv_handle_t *h)
     s->handles--;
     free(st->url);
     curl_slist_free_all(st->hdrs);
-    if (st->fw != NULL) {
-        /* Closing may fsync (fsync = batch or rotate): shutdown only, after the last job. */
+    if (st->fw != NULL && !s->finished) {
+        close_job_t *j = sl_calloc(1, sizeof(*j));
+        j->work.data = j;
+        j->all = s;
+        j->fw = st->fw;
+        s->jobs++;
+        if (uv_queue_work(s->loop, &j->work, close_work, close_done) != 0) {
+            s->jobs--;
+            free(j);
+            sl_fwriter_free(st->fw);
+        }
+    } else if (st->fw != NULL) {
+        /* Shutdown, after the last job. */
         sl_fwriter_free(st->fw);
-        sl_bfree(st->fends, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fends));
-        sl_bfree(st->fseqs, (st->sink->conf->batch_max_messages + 1) * sizeof(*st->fseqs));
     }
-    sl_bfree(st->msgs, st->sink->conf->batch_max_messages * sizeof(*st->msgs));
+    sl_bfree(st->msgs, st->msgs_cap * sizeof(*st->msgs));
     sl_bfree(st, sizeof(*st));
 }
 
@@ -1604,6 +1778,12 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
         sl_list_init(&k->pool);
         snprintf(k->cursor_name, sizeof(k->cursor_name), "sink.%s", k->conf->name);
         k->group.no_breaker = k->conf->type == SL_SINK_FILE;
+        k->batch_msgs = (uint32_t)k->conf->batch_max_messages;
+        if (k->conf->type == SL_SINK_FILE) {
+            if (!k->conf->batch_max_messages_set)
+                k->batch_msgs = FILE_BATCH_MESSAGES;
+            k->spare = sl_calloc(k->conf->workers, sizeof(*k->spare));
+        }
         k->group.cap = k->group.no_breaker ? k->conf->workers : k->conf->max_in_flight;
         if (k->conf->signing_secret_file != NULL && load_secrets(k) != 0)
             *err = -EINVAL;
@@ -1677,8 +1857,13 @@ void sl_sinks_free(sl_sinks_t *s)
     if (s == NULL)
         return;
     sl_breg_dispose(&s->breg);
-    for (size_t i = 0; i < s->n; i++)
-        sl_signer_dispose(&s->v[i].signer);
+    for (size_t i = 0; i < s->n; i++) {
+        sink_t *k = &s->v[i];
+        sl_signer_dispose(&k->signer);
+        while (k->nspare > 0)
+            sl_bfree(k->spare[--k->nspare], SCRATCH);
+        free(k->spare);
+    }
     free(s->byfd);
     free(s->v);
     free(s);

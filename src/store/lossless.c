@@ -170,6 +170,12 @@ static void update_floor(sl_lossless_t *ll)
             break;
         }
     }
+    /* Nothing written yet, but messages appended: the log holds them as well (a reader behind
+     * the ring waits for their write, sl_ll_fetch). Without this a first burst larger than the
+     * ring, before its write completed, looked evicted and readers got a gap on a lossless
+     * topic. */
+    if (f == UINT64_MAX && ll->topic->head_seq > ll->written_seq)
+        f = ll->written_seq + 1;
     ll->topic->disk_floor = f;
 }
 
@@ -956,6 +962,8 @@ void sl_ll_append(sl_topic_t *t, sl_msg_t *m)
     sl_msg_ref(m);
     ll->pending[ll->npending++] = m;
     ll->unwritten += sl_rec_size(m->event_len, m->payload_len);
+    if (t->disk_floor == UINT64_MAX)
+        t->disk_floor = m->seq; /* see update_floor */
     if (!ll->broken)
         start_write(ll);
     if (!ll->full && compute_full(ll))

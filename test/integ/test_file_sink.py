@@ -155,6 +155,45 @@ def test_kill9_mid_write_no_duplicate_no_loss(sluice_factory, tmp_path):
     assert "a torn record was cut off" in srv2.logs()
 
 
+
+def test_kill9_mid_large_write_no_duplicate_no_loss(sluice_factory, tmp_path):
+    """The same with the default batches: a job writes hundreds of KiB in several syscalls
+    (its envelopes built in a scratch buffer that fills more than once), so a kill can leave
+    part of a job's records past the last commit."""
+    out = tmp_path / "out"
+    data = tmp_path / "data"
+    port = free_port()
+    conf = file_sink(out, batch_max_bytes="256KiB", rotate_bytes="2MiB", fsync="batch")
+    srv = start(sluice_factory, tmp_path, {"f": conf}, topics=LOSSLESS, data=data, port=port)
+    pad = "p" * 200
+    total = 30000
+    for k in range(0, total, 2000):
+        srv.publish_batch("t/a", [f"m{i}:{pad}" for i in range(k, min(k + 2000, total))])
+
+    def written():
+        return sum(f.stat().st_size for f in segments(out, "t/a"))
+
+    # Killed once the first job is in: the rest of the backlog is not.
+    assert wait_for(lambda: written() >= 100_000, interval=0.002)
+    srv.signal(signal.SIGKILL)
+    srv.wait_exit(5)
+    assert len(payloads(out, "t/a")) < total
+    newest = segments(out, "t/a")[-1]
+    with open(newest, "ab") as f:
+        f.write(b'{"id":"torn","data":"m')
+    srv2 = start(sluice_factory, tmp_path, {"f": conf}, topics=LOSSLESS, data=data, port=port)
+    srv2.publish("t/a", "last")
+    assert wait_for(lambda: "last" in payloads(out, "t/a"), timeout=60)
+    got = payloads(out, "t/a")
+    want = [f"m{i}:{pad}" for i in range(total)] + ["last"]
+    assert got == want, (len(got), len(set(got)))
+    assert "a torn record was cut off" in srv2.logs()
+    # A job of 256 KiB of payloads is more than one scratch buffer of envelopes.
+    idx = (out / "t%2Fa" / "0000000001.idx").read_text().splitlines()
+    sizes = [int(line.split()[2]) for line in idx]
+    assert max(b - a for a, b in zip([0] + sizes, sizes)) > 256 * 1024
+
+
 def test_unwritable_directory_recovers(sluice_factory, tmp_path):
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the directory should be")

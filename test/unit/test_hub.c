@@ -373,6 +373,84 @@ static void test_evictable_follows_references(void **state)
     assert_int_equal(sl_budget.evictable, e0);
 }
 
+/* Readers that do not keep their topics alive (sl_sub_ops_t.release): a topic whose readers
+ * all agree is freed after its TTL and they are told to let go; one that refuses keeps it (for
+ * the others too, who are not let go of it), and restarts the TTL; a plain reader keeps it. */
+static int weak_busy[2], weak_asked[2], weak_gone[2];
+static sl_sub_t weak[2];
+static size_t weak_deliver(sl_sub_t *sub)
+{
+    (void)sub;
+    return 0;
+}
+static int weak_release(sl_sub_t *sub, sl_reader_t *r, int go)
+{
+    int i = sub == &weak[1];
+    assert_ptr_equal(r, &sub->readers[0]);
+    weak_asked[i]++;
+    if (weak_busy[i])
+        return 0;
+    if (go) {
+        weak_gone[i]++;
+        sl_sub_dispose(&hub, sub);
+    }
+    return 1;
+}
+static const sl_sub_ops_t weak_ops = {.deliver = weak_deliver, .release = weak_release};
+
+static void test_sweep_weak_readers(void **state)
+{
+    (void)state;
+    cfg.topic_idle_ttl_ms = 1000;
+    sl_topic_t *t = topic("w");
+    sl_start_t st = {.kind = SL_START_NEW};
+    memset(weak, 0, sizeof(weak));
+    memset(weak_busy, 0, sizeof(weak_busy));
+    memset(weak_gone, 0, sizeof(weak_gone));
+    for (int i = 0; i < 2; i++) {
+        weak[i].ops = &weak_ops;
+        sl_sub_init(&hub, &weak[i], &t, &st, 1);
+    }
+    /* One busy: not idle, however long. */
+    weak_busy[1] = 1;
+    sl_hub_sweep(&hub, 10000);
+    sl_hub_sweep(&hub, 20000);
+    assert_int_equal(hub.ntopics, 1);
+    assert_int_equal(weak_gone[0] + weak_gone[1], 0);
+    /* Both free from 30000: freed 1000 later, not before (the TTL restarted). */
+    weak_busy[1] = 0;
+    sl_hub_sweep(&hub, 30000);
+    sl_hub_sweep(&hub, 30999);
+    assert_int_equal(hub.ntopics, 1);
+    assert_int_equal(weak_gone[0] + weak_gone[1], 0);
+    sl_hub_sweep(&hub, 31000);
+    assert_int_equal(hub.ntopics, 0);
+    assert_int_equal(weak_gone[0], 1);
+    assert_int_equal(weak_gone[1], 1);
+    assert_null(weak[0].readers);
+
+    /* A plain reader beside a weak one keeps the topic; the weak one is never let go. */
+    t = topic("p");
+    sl_sub_t plain;
+    memset(&plain, 0, sizeof(plain));
+    plain.ops = &fake_ops;
+    weak_gone[0] = 0;
+    sl_sub_init(&hub, &weak[0], &t, &st, 1);
+    sl_sub_init(&hub, &plain, &t, &st, 1);
+    sl_hub_sweep(&hub, 40000);
+    sl_hub_sweep(&hub, 50000);
+    assert_int_equal(hub.ntopics, 1);
+    assert_int_equal(weak_gone[0], 0);
+    /* A message in the ring keeps it too, whoever reads it. */
+    sl_sub_dispose(&hub, &plain);
+    publish(t, "m");
+    sl_hub_sweep(&hub, 60000);
+    sl_hub_sweep(&hub, 70000);
+    assert_int_equal(hub.ntopics, 1);
+    assert_int_equal(weak_gone[0], 0);
+    sl_sub_dispose(&hub, &weak[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +462,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_contract, setup, teardown),
         cmocka_unit_test_setup_teardown(test_holes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_weak_readers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
