@@ -193,7 +193,7 @@ def bench_throughput(a, res, work):
     mock = KafkaMock()
     try:
         mock.topic("tp", PARTS)
-        mock.flood("tp", -1, 0, 100)
+        mock.flood("tp", -1, a.rate, 100)
         t_flood = time.monotonic()
         time.sleep(2)
         c1 = ceiling(a.ceiling, mock, "tp", PARTS, a.window)
@@ -326,6 +326,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=str(REPO / "build" / "sluice"))
     ap.add_argument("--only", default="throughput,latency,rss,resume")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="throughput: the producer's records/s (0: flat out)")
     ap.add_argument("--source-extra", default="",
                     help="more [source] lines, separated by ';' (e.g. kafka.fetch.wait.max.ms=10)")
     a = ap.parse_args()
@@ -338,7 +340,7 @@ def main():
     out = REPO / "bench" / "out" / time.strftime("kafka-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     work = Path(tempfile.mkdtemp(prefix="sluice-kafka-bench-"))
-    res = {"quick": a.quick, "source_extra": a.source_extra}
+    res = {"quick": a.quick, "source_extra": a.source_extra, "rate": a.rate}
     only = a.only.split(",")
     try:
         if "throughput" in only:
