@@ -68,6 +68,8 @@
 #define WM_QUERY_MS 2000   /* paused partitions' watermarks are asked this often */
 #define WM_TIMEOUT_MS 1000 /* per blocking query, on the thread pool */
 #define WM_QUERY_MAX 64    /* partitions per query round */
+#define WM_ROUND_MS 4000   /* a round's thread is waited for this long (wm_work) */
+#define WM_PAUSE_MS 60000  /* no round for this long after one was abandoned */
 #define STABLE_MS 60000    /* a recreated consumer running this long resets the backoff */
 
 /* Why a record was not taken (metrics labels). */
@@ -157,6 +159,7 @@ typedef struct ksrc {
     uint64_t wm_next_ms;
     wmq_t *wmq;
     size_t nwmq;
+    int wm_abandoned;       /* the last round did not end in time (wm_work) */
     int failed;             /* the consumer raised a fatal error: it is destroyed, then made
                                again after backoff_ms */
     uint64_t backoff_ms;    /* the last delay before a recreation; 0 after a stable run */
@@ -827,17 +830,15 @@ static void on_tick(uv_timer_t *h)
  * refresh librdkafka's cached figures) and of running ones with no log start known yet, and
  * whether the topics of revoked partitions still exist. Blocking calls, bounded by
  * WM_TIMEOUT_MS each and the round by twice that. */
-static void wm_work(uv_work_t *w)
+static void wm_queries(rd_kafka_t *rk, wmq_t *wmq, size_t nwmq)
 {
-    ksrc_t *s = w->data;
     uint64_t deadline = sl_now_ms() + 2 * WM_TIMEOUT_MS;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->nwmq);
-    for (size_t i = 0; i < s->nwmq; i++)
-        if (s->wmq[i].want_committed)
-            rd_kafka_topic_partition_list_add(l, s->wmq[i].ktopic, s->wmq[i].partition)->opaque =
-                &s->wmq[i];
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)nwmq);
+    for (size_t i = 0; i < nwmq; i++)
+        if (wmq[i].want_committed)
+            rd_kafka_topic_partition_list_add(l, wmq[i].ktopic, wmq[i].partition)->opaque = &wmq[i];
     if (l->cnt > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_committed(s->rk, l, WM_TIMEOUT_MS);
+        rd_kafka_resp_err_t err = rd_kafka_committed(rk, l, WM_TIMEOUT_MS);
         for (int i = 0; i < l->cnt; i++) {
             wmq_t *q = l->elems[i].opaque;
             q->committed_err = err != 0 ? err : l->elems[i].err;
@@ -845,27 +846,27 @@ static void wm_work(uv_work_t *w)
         }
     }
     rd_kafka_topic_partition_list_destroy(l);
-    for (size_t i = 0; i < s->nwmq; i++) {
-        wmq_t *q = &s->wmq[i];
+    for (size_t i = 0; i < nwmq; i++) {
+        wmq_t *q = &wmq[i];
         if (!q->want_wm)
             continue;
         if (sl_now_ms() >= deadline) {
             q->wm_err = RD_KAFKA_RESP_ERR__TIMED_OUT;
             continue;
         }
-        q->wm_err = rd_kafka_query_watermark_offsets(s->rk, q->ktopic, q->partition, &q->lo, &q->hi,
+        q->wm_err = rd_kafka_query_watermark_offsets(rk, q->ktopic, q->partition, &q->lo, &q->hi,
                                                      WM_TIMEOUT_MS);
     }
-    for (size_t i = 0; i < s->nwmq; i++) {
-        wmq_t *q = &s->wmq[i];
+    for (size_t i = 0; i < nwmq; i++) {
+        wmq_t *q = &wmq[i];
         q->exists = -1;
         if (!q->want_exists || sl_now_ms() >= deadline)
             continue;
         /* A regex subscription loses a deleted topic without an error: only the metadata
          * of the topic tells a deletion from a rebalance. */
-        rd_kafka_topic_t *rkt = rd_kafka_topic_new(s->rk, q->ktopic, NULL);
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, q->ktopic, NULL);
         const struct rd_kafka_metadata *md;
-        if (rkt != NULL && rd_kafka_metadata(s->rk, 0, rkt, &md, WM_TIMEOUT_MS) == 0) {
+        if (rkt != NULL && rd_kafka_metadata(rk, 0, rkt, &md, WM_TIMEOUT_MS) == 0) {
             if (md->topic_cnt == 1)
                 q->exists = md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? 0
                             : md->topics[0].err == 0                                     ? 1
@@ -874,6 +875,80 @@ static void wm_work(uv_work_t *w)
         }
         if (rkt != NULL)
             rd_kafka_topic_destroy(rkt);
+    }
+}
+
+/* A round runs on a thread of its own, waited for at most WM_ROUND_MS: on librdkafka 2.0.2
+ * rd_kafka_query_watermark_offsets can wait for ever, its timeout notwithstanding, when the
+ * brokers vanish while it runs, and a stuck pool thread would keep the loop, hence a shutdown,
+ * from ending. Past the wait the round's thread is left to finish (or not) on its own with
+ * its partitions list, and its results are dropped. */
+typedef struct wmjob {
+    rd_kafka_t *rk;
+    wmq_t *q;
+    size_t n;
+    int done, abandoned;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+} wmjob_t;
+
+static void wmjob_free(wmjob_t *j, int with_queries)
+{
+    if (with_queries) {
+        for (size_t i = 0; i < j->n; i++)
+            free(j->q[i].ktopic);
+        free(j->q);
+    }
+    uv_cond_destroy(&j->cv);
+    uv_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static void wmjob_main(void *arg)
+{
+    wmjob_t *j = arg;
+    wm_queries(j->rk, j->q, j->n);
+    uv_mutex_lock(&j->mu);
+    j->done = 1;
+    int abandoned = j->abandoned;
+    uv_cond_signal(&j->cv);
+    uv_mutex_unlock(&j->mu);
+    if (abandoned)
+        wmjob_free(j, 1);
+}
+
+static void wm_work(uv_work_t *w)
+{
+    ksrc_t *s = w->data;
+    wmjob_t *j = sl_calloc(1, sizeof(*j));
+    j->rk = s->rk;
+    j->q = s->wmq;
+    j->n = s->nwmq;
+    uv_mutex_init(&j->mu);
+    uv_cond_init(&j->cv);
+    uv_thread_t t;
+    if (uv_thread_create(&t, wmjob_main, j) != 0) {
+        wmjob_free(j, 0);
+        return; /* no results this round */
+    }
+    pthread_detach(t);
+    uint64_t deadline = sl_now_ms() + WM_ROUND_MS;
+    uv_mutex_lock(&j->mu);
+    while (!j->done) {
+        uint64_t now = sl_now_ms();
+        if (now >= deadline)
+            break;
+        uv_cond_timedwait(&j->cv, &j->mu, (deadline - now) * 1000000);
+    }
+    int done = j->done;
+    j->abandoned = !done;
+    uv_mutex_unlock(&j->mu);
+    if (done) {
+        wmjob_free(j, 0);
+    } else {
+        s->wmq = NULL; /* the round's thread owns them now */
+        s->nwmq = 0;
+        s->wm_abandoned = 1;
     }
 }
 
@@ -913,6 +988,13 @@ static void wm_done(uv_work_t *w, int status)
     free(s->wmq);
     s->wmq = NULL;
     s->nwmq = 0;
+    if (s->wm_abandoned) {
+        s->wm_abandoned = 0;
+        s->wm_next_ms = now + WM_PAUSE_MS;
+        SL_WARN("kafka watermark query did not end in time (brokers unreachable?); paused "
+                "partitions' lag is not refreshed for a minute",
+                "source=%s", s->conf->name);
+    }
     if (s->state == SRC_STOPPING)
         stop_source(s);
 }
