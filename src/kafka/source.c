@@ -14,12 +14,19 @@
  * States of a source:
  *
  *   STARTING ──cluster id known (thread pool)──► RUNNING ──sl_kafka_stop──► STOPPING ──► CLOSED
- *       └──────────────────────sl_kafka_stop────────────────────────────────┘
+ *     ▲  └──────────────────────sl_kafka_stop──────┼─────────────────────────┘        ▲
+ *     │                                fatal error ▼                                  │
+ *     └──recreate (after backoff_ms)──────────── RESTARTING ──sl_kafka_stop───────────┘
  *
  * STARTING asks the cluster id off the loop (a blocking call) and retries it every
  * CLUSTER_ID_RETRY_MS until a broker answers; only then does the consumer subscribe, because
  * the ids of every record depend on it. STOPPING stores what is done, gives the consumer to the
  * thread pool to leave the group, commit and be destroyed, then closes the handles (CLOSED).
+ * RESTARTING (fail_source) gives the partitions up, destroys the failed consumer on the thread
+ * pool (destroy_failed, from the tick) and makes a new one after a backoff (recreate); the
+ * handles, the pipe and the cluster id stay. One uv_work_t runs the cluster id, the close and
+ * the destruction; a second runs the watermark and committed-offset rounds (wm_query). Both
+ * use the consumer, so nothing destroys it while either is busy.
  *
  * Partitions follow kafka/kpart.h (assigned, paused with a stash, revoked). Performed here:
  * pause and resume in librdkafka (only what kpart decided, so never a partition sluice did not
@@ -61,6 +68,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -70,6 +78,12 @@
 #define TICK_MS 50
 #define CLUSTER_ID_RETRY_MS 1000
 #define NAME_CAP 1024
+#define WM_QUERY_MS 2000   /* paused partitions' watermarks are asked this often */
+#define WM_TIMEOUT_MS 1000 /* per blocking query, on the thread pool */
+#define WM_QUERY_MAX 64    /* partitions per query round */
+#define WM_ROUND_MS 4000   /* a round's thread is waited for this long (wm_work) */
+#define WM_PAUSE_MS 60000  /* no round for this long after one was abandoned */
+#define STABLE_MS 60000    /* a recreated consumer running this long resets the backoff */
 
 /* Why a record was not taken (metrics labels). */
 enum {
@@ -84,7 +98,9 @@ enum {
 static const char *const rej_names[REJ__COUNT] = {"too_big",  "bad_topic", "bad_event",
                                                   "reserved", "fan_in",    "topic_limit"};
 
-enum { SRC_STARTING = 0, SRC_RUNNING, SRC_STOPPING, SRC_CLOSED };
+/* SRC_RESTARTING (after a fatal error) sorts after SRC_STOPPING on purpose: the callbacks that
+ * librdkafka may still run while a failed consumer is destroyed touch nothing, as when leaving. */
+enum { SRC_STARTING = 0, SRC_RUNNING, SRC_STOPPING, SRC_CLOSED, SRC_RESTARTING };
 
 struct ksrc;
 
@@ -101,8 +117,24 @@ typedef struct kpe {
     uint32_t rej_logged;   /* reasons already logged for this partition (bits) */
     uint64_t paused_at_ms; /* while paused */
     uint64_t paused_ms;    /* in total */
-    int64_t committed;     /* last offset the group coordinator confirmed; -1 none */
+    int64_t committed;     /* the group's committed offset, when committed_known == 1 */
+    int committed_known;   /* 0 not known yet, 1 known, 2 the group has none for it */
+    int64_t lo_wm, hi_wm;  /* watermarks as last known; -1 unknown */
+    uint64_t wm_ms;        /* when they were last refreshed */
+    int64_t resume_next;   /* after a resume: the offset the next record should have; -1 */
+    int gone;              /* Kafka said its topic does not exist (deleted): logged once */
+    int check_gone;        /* revoked: does its topic still exist? (asked off the loop) */
 } kpe_t;
+
+/* One partition of a watermark and committed-offset query, run on the thread pool. */
+typedef struct wmq {
+    char *ktopic;
+    int32_t partition;
+    int want_wm, want_committed, want_exists;
+    int64_t lo, hi, committed;
+    int wm_err, committed_err;
+    int exists; /* want_exists: 1 yes, 0 the cluster does not know the topic, -1 no answer */
+} wmq_t;
 
 /* A stashed record: one budgeted block holding the topic name, the event and the payload. */
 typedef struct stash_rec {
@@ -123,7 +155,8 @@ typedef struct ksrc {
     uv_work_t work;
     int work_busy;
     int handles_open;
-    int closed_cleanly; /* the group was left and the last offsets committed */
+    int closed_cleanly;    /* the group was left and the last offsets committed */
+    int destroy_abandoned; /* rd_kafka_destroy did not end in time (destroy_bounded) */
     char cluster_id[256];
     uint64_t cluster_retry_at_ms;
     kpe_t **parts;
@@ -133,9 +166,24 @@ typedef struct ksrc {
     int brokers_down; /* logged once per change */
     uint64_t prefetch_charge;
     uint64_t last_progress_ms;
+    uv_work_t wm_work; /* the watermark query: one in flight at most */
+    int wm_busy;
+    uint64_t wm_next_ms;
+    wmq_t *wmq;
+    size_t nwmq;
+    int wm_abandoned;       /* the last round did not end in time (wm_work) */
+    int failed;             /* the consumer raised a fatal error: it is destroyed, then made
+                               again after backoff_ms */
+    uint64_t backoff_ms;    /* the last delay before a recreation; 0 after a stable run */
+    uint64_t restart_at_ms; /* when to recreate; 0 while the failed one is being destroyed */
+    uint64_t created_ms;    /* when the current consumer was made */
+    int test_fatal_done;    /* the test hook fired */
     /* counters */
     uint64_t published, duplicates, rejected[REJ__COUNT], pauses[SL_KP_WHY__COUNT], resumes;
     uint64_t rebalances, commits, commit_errors, offset_skips, errors;
+    uint64_t fatal_errors, restarts, topics_gone, retention_gaps;
+    uint64_t retention_lost[2]; /* records retention removed from paused partitions, by the
+                                   durability of the topic they were for: lossy, lossless */
     sl_krb_t *rb; /* read-back for readers behind the rings of its lossy topics */
 } ksrc_t;
 
@@ -148,6 +196,7 @@ static struct {
     ksrc_t **v;
     size_t n;
     int stopping;
+    uint64_t test_fatal_after; /* SLUICE_KAFKA_TEST_FATAL_AFTER (tests only; README) */
 } ks;
 
 uint64_t sl_kafka_epoch(const char *cluster_id, const char *topic, int32_t partition)
@@ -165,6 +214,27 @@ uint64_t sl_kafka_epoch(const char *cluster_id, const char *topic, int32_t parti
         h *= 0x100000001b3ull;
     }
     return h ? h : 1;
+}
+
+int64_t sl_kafka_lag(int64_t hi, int64_t next)
+{
+    if (hi < 0 || next < 0)
+        return -1;
+    return hi > next ? hi - next : 0;
+}
+
+int64_t sl_kafka_retention_lost(int64_t expected, int64_t offset, int64_t lo, int reset_latest)
+{
+    if (expected < 0 || offset <= expected || lo <= expected)
+        return 0;
+    return (reset_latest || lo > offset ? offset : lo) - expected;
+}
+
+uint64_t sl_kafka_backoff_next(uint64_t prev)
+{
+    if (prev < 1000)
+        return 1000;
+    return prev >= 30000 ? 60000 : 2 * prev;
 }
 
 /* ---- partitions ------------------------------------------------------------------------- */
@@ -191,6 +261,8 @@ static kpe_t *part_find(ksrc_t *s, const char *topic, int32_t partition, int cre
     e->epoch = sl_kafka_epoch(s->cluster_id, topic, partition);
     e->kp.stored = -1;
     e->committed = -1;
+    e->lo_wm = e->hi_wm = -1;
+    e->resume_next = -1;
     s->parts[s->nparts++] = e;
     return s->last = e;
 }
@@ -230,13 +302,17 @@ static void perform(kpe_t *e, int act)
     if (e->kp.store_dirty)
         s->store_dirty = 1;
     if (act == SL_KP_ACT_PAUSE) {
-        set_paused(e, 1);
+        if (!s->failed)
+            set_paused(e, 1);
         s->pauses[e->kp.why]++;
         e->paused_at_ms = sl_now_ms();
         SL_DEBUG("kafka partition paused", "source=%s kafka_topic=%s partition=%d reason=%s",
                  s->conf->name, e->ktopic, (int)e->partition, sl_kp_why_name(e->kp.why));
     } else if (act == SL_KP_ACT_RESUME) {
-        set_paused(e, 0);
+        if (!s->failed)
+            set_paused(e, 0); /* a failed consumer is destroyed with its pauses */
+        if (e->kp.state == SL_KP_ACTIVE)
+            e->resume_next = e->kp.seen + 1;
         s->resumes++;
         e->paused_ms += sl_now_ms() - e->paused_at_ms;
         e->paused_at_ms = 0;
@@ -248,7 +324,7 @@ static void perform(kpe_t *e, int act)
 /* Hands librdkafka every offset kpart released since the last call. */
 static void store_offsets(ksrc_t *s)
 {
-    if (!s->store_dirty)
+    if (!s->store_dirty || s->failed)
         return;
     s->store_dirty = 0;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
@@ -431,6 +507,42 @@ static void on_room(sl_waiter_t *w, int status)
     start_idle(e->src);
 }
 
+/* The first record after a resume: did Kafka's retention pass the partition while it was
+ * paused? Returns how many records it removed (0 if none). */
+static int64_t retention_check(kpe_t *e, int64_t offset)
+{
+    ksrc_t *s = e->src;
+    int64_t expected = e->resume_next, lo = -1, hi = -1;
+    if (offset < expected)
+        return 0; /* an older record still queued: the next one tells */
+    e->resume_next = -1;
+    if (offset == expected)
+        return 0;
+    /* The fetch that delivered this record carried the log start; the paused partition's
+     * last query may know a later one. */
+    if (rd_kafka_get_watermark_offsets(s->rk, e->ktopic, e->partition, &lo, &hi) != 0)
+        lo = -1;
+    if (lo > e->lo_wm)
+        e->lo_wm = lo;
+    return sl_kafka_retention_lost(expected, offset, e->lo_wm, s->conf->start_latest);
+}
+
+/* Counts and logs records that retention removed from under a paused partition. Each event is
+ * logged: it happens at most once per pause. */
+static void retention_count(kpe_t *e, const sl_topic_t *t, int64_t lost, int64_t offset)
+{
+    ksrc_t *s = e->src;
+    int lossless = t != NULL && t->ll != NULL;
+    s->retention_gaps++;
+    s->retention_lost[lossless] += (uint64_t)lost;
+    SL_WARN(lossless ? "kafka retention removed records of a paused partition before sluice took "
+                       "them: a lossless topic lost them"
+                     : "kafka retention removed records of a paused partition before sluice took "
+                       "them",
+            "source=%s kafka_topic=%s partition=%d topic=%s lost=%" PRId64 " resumed_at=%" PRId64,
+            s->conf->name, e->ktopic, (int)e->partition, t != NULL ? t->name : "-", lost, offset);
+}
+
 /* One record from the consumer queue. */
 static void on_record(ksrc_t *s, rd_kafka_message_t *m)
 {
@@ -438,6 +550,7 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
     kpe_t *e = part_find(s, ktopic, m->partition, 0);
     if (e == NULL || sl_kp_accept(&e->kp, m->offset) != SL_KP_ACT_NONE)
         return; /* not ours (any more): Kafka delivers it again after the resume or assign */
+    int64_t lost = e->resume_next >= 0 ? retention_check(e, m->offset) : 0;
     char name[NAME_CAP], evbuf[80];
     const char *ev = NULL;
     const char *payload = m->payload ? (const char *)m->payload : "";
@@ -463,6 +576,8 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
         st = make_stash(o.reason == REJ_BAD_TOPIC ? "" : name,
                         o.reason == REJ_BAD_TOPIC ? 0 : strlen(name), ev, payload, plen);
     int act = sl_kp_offered(&e->kp, m->offset, o.v, o.t, o.seq, &st, o.why);
+    if (lost > 0)
+        retention_count(e, o.t, lost, m->offset);
     if (o.v == SL_KV_FULL && o.why != SL_KP_WHY_REJECT)
         wait_room(e, &o);
     perform(e, act);
@@ -471,8 +586,70 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
 
 /* ---- the consumer queue ----------------------------------------------------------------- */
 
-static void on_error_event(ksrc_t *s, rd_kafka_resp_err_t err, const char *what)
+static void give_up(kpe_t *e);
+
+/* 1 if the error text names `topic` as librdkafka writes it ("...: NAME: ..."); for errors
+ * that come without their topic. */
+static int mentions(const char *what, const char *topic)
 {
+    size_t n = strlen(topic);
+    for (const char *p = what; (p = strstr(p, topic)) != NULL; p++)
+        if (p >= what + 2 && p[-2] == ':' && p[-1] == ' ' && (p[n] == ':' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
+/* Kafka says a topic of the subscription does not exist: deleted (or never created). Its
+ * partitions are revoked by the group's next rebalance; the sluice topics they fed stay and
+ * keep serving what they hold. Counted and logged once per topic while it is gone. */
+static void topic_gone(ksrc_t *s, const char *ktopic, const char *what)
+{
+    int known = 0;
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        if (e->gone ||
+            !(ktopic != NULL ? strcmp(e->ktopic, ktopic) == 0 : mentions(what, e->ktopic)))
+            continue;
+        e->gone = 1;
+        known++;
+    }
+    if (known == 0) {
+        SL_DEBUG("kafka topic not available", "source=%s error=\"%s\"", s->conf->name, what);
+        return;
+    }
+    s->topics_gone++;
+    SL_WARN("kafka topic deleted (unknown to the cluster); its partitions are revoked, the sluice "
+            "topics they fed keep serving",
+            "source=%s partitions=%d error=\"%s\"", s->conf->name, known, what);
+}
+
+/* The consumer raised a fatal error: it cannot go on. Its partitions are given up here (their
+ * stashes freed: those records were not taken and are delivered again, as is everything after
+ * the last commit, which the topics' heads drop as duplicates); the tick destroys it on the
+ * thread pool and makes a new one after a backoff. Topics keep serving meanwhile. */
+static void fail_source(ksrc_t *s, const char *why)
+{
+    if (s->failed || (s->state != SRC_RUNNING && s->state != SRC_STARTING))
+        return;
+    s->failed = 1;
+    s->fatal_errors++;
+    s->state = SRC_RESTARTING;
+    s->backoff_ms = sl_kafka_backoff_next(s->backoff_ms);
+    s->restart_at_ms = 0;
+    uv_idle_stop(&s->idle);
+    for (size_t i = 0; i < s->nparts; i++)
+        if (s->parts[i]->kp.state == SL_KP_ACTIVE || s->parts[i]->kp.state == SL_KP_PAUSED)
+            give_up(s->parts[i]);
+    SL_ERROR("kafka consumer fatal error; it is made again after a backoff (topics keep serving, "
+             "records after the last commit come again and are dropped as duplicates)",
+             "source=%s error=\"%s\" backoff_ms=%" PRIu64 " fatal_errors=%" PRIu64, s->conf->name,
+             why, s->backoff_ms, s->fatal_errors);
+}
+
+static void on_error_event(ksrc_t *s, rd_kafka_message_t *m)
+{
+    rd_kafka_resp_err_t err = m->err;
+    const char *what = rd_kafka_message_errstr(m);
     if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
         return;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
@@ -485,12 +662,16 @@ static void on_error_event(ksrc_t *s, rd_kafka_resp_err_t err, const char *what)
         return;
     }
     s->errors++;
-    char fatal[256];
-    if (rd_kafka_fatal_error(s->rk, fatal, sizeof(fatal)) != 0)
-        SL_ERROR("kafka consumer fatal error; the source stops (restart sluice)",
-                 "source=%s error=\"%s\"", s->conf->name, fatal);
-    else
-        SL_DEBUG("kafka error", "source=%s error=\"%s\"", s->conf->name, what);
+    char fatal[256] = "";
+    if (rd_kafka_fatal_error(s->rk, fatal, sizeof(fatal)) != 0 || err == RD_KAFKA_RESP_ERR__FATAL) {
+        fail_source(s, fatal[0] ? fatal : what);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+        topic_gone(s, m->rkt != NULL ? rd_kafka_topic_name(m->rkt) : NULL, what);
+        return;
+    }
+    SL_DEBUG("kafka error", "source=%s error=\"%s\"", s->conf->name, what);
 }
 
 /* Serves one bounded turn of the queue. Returns 1 if the queue may hold more. */
@@ -505,7 +686,7 @@ static int serve(ksrc_t *s)
         if (m == NULL)
             break;
         if (m->err) {
-            on_error_event(s, m->err, rd_kafka_message_errstr(m));
+            on_error_event(s, m);
         } else {
             if (s->brokers_down) {
                 s->brokers_down = 0;
@@ -513,6 +694,12 @@ static int serve(ksrc_t *s)
             }
             on_record(s, m);
             published = 1;
+            if (ks.test_fatal_after != 0 && !s->test_fatal_done &&
+                s->published >= ks.test_fatal_after) {
+                s->test_fatal_done = 1;
+                rd_kafka_test_fatal_error(s->rk, RD_KAFKA_RESP_ERR__STATE,
+                                          "SLUICE_KAFKA_TEST_FATAL_AFTER");
+            }
         }
         rd_kafka_message_destroy(m);
         if ((n & 15) == 15 && sl_now_ms() >= deadline) {
@@ -523,7 +710,7 @@ static int serve(ksrc_t *s)
     store_offsets(s);
     if (published && ks.kick)
         ks.kick(ks.kick_arg);
-    return n > 0 && rd_kafka_queue_length(s->q) > 0;
+    return !s->failed && n > 0 && rd_kafka_queue_length(s->q) > 0;
 }
 
 static void drain_pipe(ksrc_t *s)
@@ -572,11 +759,23 @@ static int is_durable(void *arg, const void *topic, uint64_t seq)
 }
 
 static void start_cluster_id(ksrc_t *s);
+static void destroy_failed(ksrc_t *s);
+static void recreate(ksrc_t *s);
+static void wm_query(ksrc_t *s, uint64_t now);
 
 static void on_tick(uv_timer_t *h)
 {
     ksrc_t *s = h->data;
     uint64_t now = sl_now_ms();
+    if (s->failed) {
+        if (s->rk != NULL)
+            destroy_failed(s);
+        else if (s->restart_at_ms != 0 && now >= s->restart_at_ms)
+            recreate(s);
+        return;
+    }
+    if (s->state == SRC_RUNNING && s->backoff_ms != 0 && now - s->created_ms >= STABLE_MS)
+        s->backoff_ms = 0; /* ran long enough: the next fatal error waits 1 s again */
     if (s->state == SRC_STARTING && !s->work_busy && now >= s->cluster_retry_at_ms)
         start_cluster_id(s);
     for (size_t i = 0; i < s->nparts; i++) {
@@ -589,9 +788,263 @@ static void on_tick(uv_timer_t *h)
         }
     }
     store_offsets(s);
+    wm_query(s, now);
     /* A queue that became non-empty while a turn was ending signals nothing: look again. */
     if (rd_kafka_queue_length(s->q) > 0)
         start_idle(s);
+}
+
+/* ---- lag and committed offsets ---------------------------------------------------------- */
+
+/* The thread pool's part of a query round: the committed offsets of the partitions that do
+ * not know theirs, the watermarks of the paused ones (whose fetches, stopped, no longer
+ * refresh librdkafka's cached figures) and of running ones with no log start known yet, and
+ * whether the topics of revoked partitions still exist. Blocking calls, bounded by
+ * WM_TIMEOUT_MS each and the round by twice that. */
+static void wm_queries(rd_kafka_t *rk, wmq_t *wmq, size_t nwmq)
+{
+    uint64_t deadline = sl_now_ms() + 2 * WM_TIMEOUT_MS;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)nwmq);
+    for (size_t i = 0; i < nwmq; i++)
+        if (wmq[i].want_committed)
+            rd_kafka_topic_partition_list_add(l, wmq[i].ktopic, wmq[i].partition)->opaque = &wmq[i];
+    if (l->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_committed(rk, l, WM_TIMEOUT_MS);
+        for (int i = 0; i < l->cnt; i++) {
+            wmq_t *q = l->elems[i].opaque;
+            q->committed_err = err != 0 ? err : l->elems[i].err;
+            q->committed = l->elems[i].offset;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    for (size_t i = 0; i < nwmq; i++) {
+        wmq_t *q = &wmq[i];
+        if (!q->want_wm)
+            continue;
+        if (sl_now_ms() >= deadline) {
+            q->wm_err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+            continue;
+        }
+        q->wm_err = rd_kafka_query_watermark_offsets(rk, q->ktopic, q->partition, &q->lo, &q->hi,
+                                                     WM_TIMEOUT_MS);
+    }
+    for (size_t i = 0; i < nwmq; i++) {
+        wmq_t *q = &wmq[i];
+        q->exists = -1;
+        if (!q->want_exists || sl_now_ms() >= deadline)
+            continue;
+        /* A regex subscription loses a deleted topic without an error: only the metadata
+         * of the topic tells a deletion from a rebalance. */
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, q->ktopic, NULL);
+        const struct rd_kafka_metadata *md;
+        if (rkt != NULL && rd_kafka_metadata(rk, 0, rkt, &md, WM_TIMEOUT_MS) == 0) {
+            if (md->topic_cnt == 1)
+                q->exists = md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? 0
+                            : md->topics[0].err == 0                                     ? 1
+                                                                                         : -1;
+            rd_kafka_metadata_destroy(md);
+        }
+        if (rkt != NULL)
+            rd_kafka_topic_destroy(rkt);
+    }
+}
+
+/* A round runs on a thread of its own, waited for at most WM_ROUND_MS: on librdkafka 2.0.2
+ * rd_kafka_query_watermark_offsets can wait for ever, its timeout notwithstanding, when the
+ * brokers vanish while it runs, and a stuck pool thread would keep the loop, hence a shutdown,
+ * from ending. Past the wait the round's thread is left to finish (or not) on its own with
+ * its partitions list, and its results are dropped. */
+typedef struct wmjob {
+    rd_kafka_t *rk;
+    wmq_t *q;
+    size_t n;
+    int done, abandoned;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+} wmjob_t;
+
+static void wmjob_free(wmjob_t *j, int with_queries)
+{
+    if (with_queries) {
+        for (size_t i = 0; i < j->n; i++)
+            free(j->q[i].ktopic);
+        free(j->q);
+    }
+    uv_cond_destroy(&j->cv);
+    uv_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static void wmjob_main(void *arg)
+{
+    wmjob_t *j = arg;
+    wm_queries(j->rk, j->q, j->n);
+    uv_mutex_lock(&j->mu);
+    j->done = 1;
+    int abandoned = j->abandoned;
+    uv_cond_signal(&j->cv);
+    uv_mutex_unlock(&j->mu);
+    if (abandoned)
+        wmjob_free(j, 1);
+}
+
+static void wm_work(uv_work_t *w)
+{
+    ksrc_t *s = w->data;
+    wmjob_t *j = sl_calloc(1, sizeof(*j));
+    j->rk = s->rk;
+    j->q = s->wmq;
+    j->n = s->nwmq;
+    uv_mutex_init(&j->mu);
+    uv_cond_init(&j->cv);
+    uv_thread_t t;
+    if (uv_thread_create(&t, wmjob_main, j) != 0) {
+        wmjob_free(j, 0);
+        return; /* no results this round */
+    }
+    pthread_detach(t);
+    uint64_t deadline = sl_now_ms() + WM_ROUND_MS;
+    uv_mutex_lock(&j->mu);
+    while (!j->done) {
+        uint64_t now = sl_now_ms();
+        if (now >= deadline)
+            break;
+        uv_cond_timedwait(&j->cv, &j->mu, (deadline - now) * 1000000);
+    }
+    int done = j->done;
+    j->abandoned = !done;
+    uv_mutex_unlock(&j->mu);
+    if (done) {
+        wmjob_free(j, 0);
+    } else {
+        s->wmq = NULL; /* the round's thread owns them now */
+        s->nwmq = 0;
+        s->wm_abandoned = 1;
+    }
+}
+
+static void stop_source(ksrc_t *s);
+
+static void wm_done(uv_work_t *w, int status)
+{
+    ksrc_t *s = w->data;
+    uint64_t now = sl_now_ms();
+    s->wm_busy = 0;
+    for (size_t i = 0; i < s->nwmq; i++) {
+        wmq_t *q = &s->wmq[i];
+        kpe_t *e = status == 0 && !s->failed && s->state == SRC_RUNNING
+                       ? part_find(s, q->ktopic, q->partition, 0)
+                       : NULL;
+        if (e != NULL && q->want_committed && q->committed_err == 0) {
+            if (q->committed >= 0) {
+                if (e->committed_known != 1 || q->committed > e->committed)
+                    e->committed = q->committed;
+                e->committed_known = 1;
+            } else if (e->committed_known == 0) {
+                e->committed_known = 2; /* the group has never committed this partition */
+            }
+        }
+        if (e != NULL && q->want_wm && q->wm_err == 0) {
+            e->lo_wm = q->lo;
+            e->hi_wm = q->hi;
+            e->wm_ms = now;
+        }
+        if (e != NULL && q->want_exists && q->exists >= 0 && e->kp.state == SL_KP_REVOKED) {
+            e->check_gone = 0;
+            if (q->exists == 0)
+                topic_gone(s, e->ktopic, "not in the cluster's metadata after its revoke");
+        }
+        free(q->ktopic);
+    }
+    free(s->wmq);
+    s->wmq = NULL;
+    s->nwmq = 0;
+    if (s->wm_abandoned) {
+        s->wm_abandoned = 0;
+        s->wm_next_ms = now + WM_PAUSE_MS;
+        SL_WARN("kafka watermark query did not end in time (brokers unreachable?); paused "
+                "partitions' lag is not refreshed for a minute",
+                "source=%s", s->conf->name);
+    }
+    if (s->state == SRC_STOPPING)
+        stop_source(s);
+}
+
+/* Starts a query round when one is due: at most one in flight per source, every WM_QUERY_MS,
+ * not while the brokers are known to be down (it would only wait for its timeouts). */
+static void wm_query(ksrc_t *s, uint64_t now)
+{
+    if (s->state != SRC_RUNNING || s->failed || s->wm_busy || s->brokers_down ||
+        now < s->wm_next_ms)
+        return;
+    s->wm_next_ms = now + WM_QUERY_MS;
+    size_t n = 0;
+    for (size_t i = 0; i < s->nparts && n < WM_QUERY_MAX; i++) {
+        kpe_t *e = s->parts[i];
+        /* Paused: no fetch refreshes the cache. Running with no log start known yet: the
+         * lag of a partition the group never committed counts from it. */
+        int want_wm = e->kp.state == SL_KP_PAUSED || (e->kp.state == SL_KP_ACTIVE && e->lo_wm < 0);
+        int want_c = (e->kp.state == SL_KP_ACTIVE || want_wm) && e->committed_known == 0;
+        int want_x = e->kp.state == SL_KP_REVOKED && e->check_gone && !e->gone;
+        if (!want_wm && !want_c && !want_x)
+            continue;
+        if (s->wmq == NULL)
+            s->wmq = sl_calloc(WM_QUERY_MAX, sizeof(*s->wmq));
+        s->wmq[n++] = (wmq_t){.ktopic = sl_strdup(e->ktopic),
+                              .partition = e->partition,
+                              .want_wm = want_wm,
+                              .want_committed = want_c,
+                              .want_exists = want_x,
+                              .lo = -1,
+                              .hi = -1,
+                              .committed = -1};
+    }
+    if (n == 0)
+        return;
+    s->nwmq = n;
+    s->wm_busy = 1;
+    s->wm_work.data = s;
+    uv_queue_work(ks.loop, &s->wm_work, wm_work, wm_done);
+}
+
+/* Running partitions: librdkafka's cached watermarks, refreshed by every fetch response. */
+static void wm_cached(ksrc_t *s, uint64_t now)
+{
+    if (s->failed || s->rk == NULL || s->state != SRC_RUNNING)
+        return;
+    for (size_t i = 0; i < s->nparts; i++) {
+        kpe_t *e = s->parts[i];
+        int64_t lo, hi;
+        if (e->kp.state != SL_KP_ACTIVE ||
+            rd_kafka_get_watermark_offsets(s->rk, e->ktopic, e->partition, &lo, &hi) != 0 || hi < 0)
+            continue;
+        e->hi_wm = hi;
+        if (lo >= 0)
+            e->lo_wm = lo;
+        e->wm_ms = now;
+    }
+}
+
+/* The offset of the next record the partition has to take; -1 unknown. */
+static int64_t next_offset(const kpe_t *e)
+{
+    if (e->kp.state == SL_KP_PAUSED && e->kp.stash.data != NULL)
+        return e->kp.stash.offset;
+    if (e->kp.seen >= 0)
+        return e->kp.seen + 1;
+    if (e->committed_known == 1)
+        return e->committed;
+    /* No commit: the consumer starts at the log's start or end, as `start` says. */
+    if (e->committed_known == 2)
+        return e->src->conf->start_latest ? e->hi_wm : e->lo_wm;
+    return -1;
+}
+
+static int64_t lag_of(const kpe_t *e)
+{
+    if (e->kp.state != SL_KP_ACTIVE && e->kp.state != SL_KP_PAUSED)
+        return -1;
+    return sl_kafka_lag(e->hi_wm, next_offset(e));
 }
 
 /* ---- rebalances ------------------------------------------------------------------------- */
@@ -627,8 +1080,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     s->rebalances++;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        for (int i = 0; i < parts->cnt; i++)
-            sl_kp_assign(&part_find(s, parts->elems[i].topic, parts->elems[i].partition, 1)->kp);
+        for (int i = 0; i < parts->cnt; i++) {
+            kpe_t *e = part_find(s, parts->elems[i].topic, parts->elems[i].partition, 1);
+            sl_kp_assign(&e->kp);
+            e->committed_known = 0; /* another member may have moved it: asked again */
+            e->resume_next = -1;
+            e->gone = e->check_gone = 0;
+        }
         SL_INFO("kafka partitions assigned", "source=%s count=%d", s->conf->name, parts->cnt);
         if (coop)
             e2 = rd_kafka_incremental_assign(rk, parts);
@@ -645,8 +1103,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         rd_kafka_commit(rk, NULL, 1);
         for (int i = 0; i < parts->cnt; i++) {
             kpe_t *e = part_find(s, parts->elems[i].topic, parts->elems[i].partition, 0);
-            if (e != NULL)
+            if (e != NULL) {
                 give_up(e);
+                e->check_gone = 1;
+            }
         }
         SL_INFO("kafka partitions revoked", "source=%s count=%d", s->conf->name, parts->cnt);
         if (coop)
@@ -678,8 +1138,10 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     for (int i = 0; i < offsets->cnt; i++) {
         const rd_kafka_topic_partition_t *p = &offsets->elems[i];
         kpe_t *e = p->err == 0 ? part_find(s, p->topic, p->partition, 0) : NULL;
-        if (e != NULL && p->offset > e->committed)
+        if (e != NULL && p->offset >= 0 && (e->committed_known != 1 || p->offset > e->committed)) {
             e->committed = p->offset;
+            e->committed_known = 1;
+        }
     }
 }
 
@@ -695,7 +1157,8 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 /* ---- metrics and status ----------------------------------------------------------------- */
 
-static const char *const state_names[] = {"starting", "running", "stopping", "closed"};
+static const char *const state_names[] = {"starting", "running", "stopping", "closed",
+                                          "restarting"};
 static const char *const part_states[] = {"new", "assigned", "paused", "revoked"};
 
 static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
@@ -735,6 +1198,8 @@ static char *render_metrics(size_t *len)
 {
     sl_buf_t o = {sl_malloc(4096), 0, 4096};
     uint64_t now = sl_now_ms();
+    for (size_t i = 0; i < ks.n; i++)
+        wm_cached(ks.v[i], now);
     sl_buf_printf(&o, "# HELP sluice_kafka_messages_total Kafka records by what became of them.\n"
                       "# TYPE sluice_kafka_messages_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
@@ -836,13 +1301,73 @@ static char *render_metrics(size_t *len)
     for (size_t i = 0; i < ks.n; i++)
         for (size_t j = 0; j < ks.v[i]->nparts; j++) {
             kpe_t *e = ks.v[i]->parts[j];
+            if (e->committed_known != 1)
+                continue; /* not known (yet), or the group has none: no sample */
             sl_buf_printf(&o,
                           "sluice_kafka_committed_offset{source=\"%s\",kafka_topic=\"%s\","
                           "partition=\"%d\"} %" PRId64 "\n",
                           ks.v[i]->conf->name, e->ktopic, (int)e->partition, e->committed);
         }
+    sl_buf_printf(&o, "# HELP sluice_kafka_partition_lag Records a partition holds past the next "
+                      "one sluice takes (high watermark minus next offset), per assigned "
+                      "partition whose watermark is known.\n"
+                      "# TYPE sluice_kafka_partition_lag gauge\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (size_t j = 0; j < ks.v[i]->nparts; j++) {
+            kpe_t *e = ks.v[i]->parts[j];
+            int64_t lag = lag_of(e);
+            if (lag < 0)
+                continue;
+            sl_buf_printf(&o,
+                          "sluice_kafka_partition_lag{source=\"%s\",kafka_topic=\"%s\","
+                          "partition=\"%d\"} %" PRId64 "\n",
+                          ks.v[i]->conf->name, e->ktopic, (int)e->partition, lag);
+        }
+    sl_buf_printf(&o, "# HELP sluice_kafka_fatal_errors_total Fatal consumer errors (the consumer "
+                      "is made again after a backoff).\n"
+                      "# TYPE sluice_kafka_fatal_errors_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(&o, "sluice_kafka_fatal_errors_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->fatal_errors);
+    sl_buf_printf(&o, "# HELP sluice_kafka_consumer_restarts_total Consumers made again after a "
+                      "fatal error.\n"
+                      "# TYPE sluice_kafka_consumer_restarts_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(&o, "sluice_kafka_consumer_restarts_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->restarts);
+    sl_buf_printf(&o, "# HELP sluice_kafka_topics_deleted_total Kafka topics that disappeared "
+                      "from the cluster while assigned.\n"
+                      "# TYPE sluice_kafka_topics_deleted_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(&o, "sluice_kafka_topics_deleted_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->topics_gone);
+    sl_buf_printf(&o, "# HELP sluice_kafka_retention_gaps_total Resumes that found Kafka's "
+                      "retention had removed records of the paused partition.\n"
+                      "# TYPE sluice_kafka_retention_gaps_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(&o, "sluice_kafka_retention_gaps_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->retention_gaps);
+    sl_buf_printf(&o, "# HELP sluice_kafka_retention_lost_total Records retention removed before "
+                      "sluice took them, by the durability of their topic (lossless: lost).\n"
+                      "# TYPE sluice_kafka_retention_lost_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        for (int d = 0; d < 2; d++)
+            sl_buf_printf(&o,
+                          "sluice_kafka_retention_lost_total{source=\"%s\",durability=\"%s\"} "
+                          "%" PRIu64 "\n",
+                          ks.v[i]->conf->name, d ? "lossless" : "lossy",
+                          ks.v[i]->retention_lost[d]);
     *len = o.len;
     return o.buf;
+}
+
+/* Appends `"key":N` for n >= 0, else `"key":null`. */
+static void json_i64(sl_buf_t *o, const char *key, int64_t n)
+{
+    if (n >= 0)
+        sl_buf_printf(o, ",\"%s\":%" PRId64, key, n);
+    else
+        sl_buf_printf(o, ",\"%s\":null", key);
 }
 
 static char *render_sources(size_t *len)
@@ -854,31 +1379,60 @@ static char *render_sources(size_t *len)
         ksrc_t *s = ks.v[i];
         sl_krb_stats_t rst;
         sl_krb_get_stats(s->rb, &rst);
+        wm_cached(s, now);
         sl_buf_printf(
             &o,
             "%s{\"name\":\"%s\",\"type\":\"kafka\",\"state\":\"%s\",\"cluster_id\":\"%s\","
             "\"brokers_down\":%s,\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64
             ",\"resumes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"offset_skips\":%" PRIu64
             ",\"readback\":{\"readbacks\":%" PRIu64 ",\"messages\":%" PRIu64 ",\"gaps\":%" PRIu64
-            ",\"missed\":%" PRIu64 ",\"timeouts\":%" PRIu64
-            ",\"active\":%u,\"queued\":%u},\"partitions\":[",
+            ",\"missed\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"active\":%u,\"queued\":%u}"
+            ",\"fatal_errors\":%" PRIu64 ",\"restarts\":%" PRIu64 ",\"topics_deleted\":%" PRIu64
+            ",\"retention_gaps\":%" PRIu64 ",\"retention_lost\":%" PRIu64,
             i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
             s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes, s->commits,
             s->offset_skips, rst.readbacks, rst.messages, rst.gaps, rst.missed, rst.timeouts,
-            rst.active, rst.queued);
+            rst.active, rst.queued, s->fatal_errors, s->restarts, s->topics_gone,
+            s->retention_gaps, s->retention_lost[0] + s->retention_lost[1]);
+        json_i64(&o, "restart_in_ms",
+                 s->failed && s->restart_at_ms > now ? (int64_t)(s->restart_at_ms - now)
+                 : s->failed                         ? 0
+                                                     : -1);
+        if (s->last_progress_ms != 0)
+            sl_buf_printf(&o, ",\"seconds_since_progress\":%.3f",
+                          (double)(now - s->last_progress_ms) / 1000.0);
+        else
+            sl_buf_printf(&o, ",\"seconds_since_progress\":null");
+        sl_buf_printf(&o, ",\"partitions\":[");
         for (size_t j = 0; j < s->nparts; j++) {
             kpe_t *e = s->parts[j];
             sl_buf_printf(&o,
                           "%s{\"kafka_topic\":\"%s\",\"partition\":%d,\"state\":\"%s\","
-                          "\"paused_reason\":%s%s%s,\"stored\":%" PRId64 ",\"committed\":%" PRId64
+                          "\"paused_reason\":%s%s%s,\"stored\":%" PRId64
                           ",\"stash_bytes\":%zu,\"pauses\":%" PRIu64 ",\"resumes\":%" PRIu64
-                          ",\"paused_ms\":%" PRIu64 "}",
+                          ",\"paused_ms\":%" PRIu64 ",\"kafka_topic_deleted\":%s",
                           j ? "," : "", e->ktopic, (int)e->partition, part_states[e->kp.state],
                           e->kp.state == SL_KP_PAUSED ? "\"" : "",
                           e->kp.state == SL_KP_PAUSED ? sl_kp_why_name(e->kp.why) : "null",
-                          e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored, e->committed,
+                          e->kp.state == SL_KP_PAUSED ? "\"" : "", e->kp.stored,
                           e->kp.stash.data ? e->kp.stash.bytes : 0, e->kp.pauses, e->kp.resumes,
-                          paused_ms_of(e, now));
+                          paused_ms_of(e, now), e->gone ? "true" : "false");
+            /* committed: the group's offset, or null with the reason. */
+            json_i64(&o, "committed", e->committed_known == 1 ? e->committed : -1);
+            if (e->committed_known != 1)
+                sl_buf_printf(&o, ",\"committed_note\":\"%s\"",
+                              e->committed_known == 2 ? "the group has no committed offset"
+                              : e->kp.state == SL_KP_ACTIVE || e->kp.state == SL_KP_PAUSED
+                                  ? "not known yet (asked off the loop)"
+                                  : "not known");
+            json_i64(&o, "next_offset",
+                     e->kp.state == SL_KP_ACTIVE || e->kp.state == SL_KP_PAUSED ? next_offset(e)
+                                                                                : -1);
+            json_i64(&o, "lag", lag_of(e));
+            json_i64(&o, "high_watermark", e->hi_wm);
+            json_i64(&o, "log_start", e->lo_wm);
+            json_i64(&o, "watermark_age_ms", e->wm_ms ? (int64_t)(now - e->wm_ms) : -1);
+            sl_buf_printf(&o, "}");
         }
         sl_buf_printf(&o, "]}");
     }
@@ -906,7 +1460,7 @@ static void cluster_id_work(uv_work_t *w)
     }
 }
 
-static void stop_source(ksrc_t *s);
+static void subscribe(ksrc_t *s);
 
 static void cluster_id_done(uv_work_t *w, int status)
 {
@@ -916,6 +1470,8 @@ static void cluster_id_done(uv_work_t *w, int status)
         stop_source(s);
         return;
     }
+    if (s->failed)
+        return; /* the tick destroys the failed consumer */
     if (status != 0 || s->cluster_id[0] == '\0') {
         if (!s->brokers_down) {
             s->brokers_down = 1;
@@ -926,6 +1482,12 @@ static void cluster_id_done(uv_work_t *w, int status)
         return;
     }
     s->brokers_down = 0;
+    subscribe(s);
+}
+
+/* Subscribes the consumer (the cluster id is known): RUNNING. */
+static void subscribe(ksrc_t *s)
+{
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->conf->ntopics);
     for (size_t i = 0; i < s->conf->ntopics; i++)
         rd_kafka_topic_partition_list_add(l, s->conf->topics[i], RD_KAFKA_PARTITION_UA);
@@ -1021,31 +1583,41 @@ int sl_kafka_check_config(const sl_config_t *cfg, const char *path, FILE *errs)
     return n;
 }
 
-static int start_source(ksrc_t *s)
+/* Makes the source's consumer and points its queue's wake-ups at the pipe. Returns 0, or -1
+ * with err set. */
+static int make_consumer(ksrc_t *s, char *err, size_t cap)
 {
-    char err[512];
-    rd_kafka_conf_t *c = make_conf(s->conf, ks.cfg->node, err, sizeof(err));
+    rd_kafka_conf_t *c = make_conf(s->conf, ks.cfg->node, err, cap);
     if (c == NULL)
-        goto out_log;
+        return -1;
     rd_kafka_conf_set_opaque(c, s);
     rd_kafka_conf_set_rebalance_cb(c, on_rebalance);
     rd_kafka_conf_set_offset_commit_cb(c, on_commit);
     rd_kafka_conf_set_log_cb(c, on_log);
-    if ((s->rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof(err))) == NULL) {
+    if ((s->rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, cap)) == NULL) {
         rd_kafka_conf_destroy(c);
-        goto out_log;
+        return -1;
     }
     rd_kafka_poll_set_consumer(s->rk);
     rd_kafka_set_log_queue(s->rk, NULL);
     s->q = rd_kafka_queue_get_consumer(s->rk);
+    rd_kafka_queue_io_event_enable(s->q, s->pipefd[1], "1", 1);
+    s->created_ms = sl_now_ms();
+    return 0;
+}
+
+static int start_source(ksrc_t *s)
+{
+    char err[512];
     if (pipe(s->pipefd) != 0 || fcntl(s->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
         fcntl(s->pipefd[1], F_SETFL, O_NONBLOCK) != 0 ||
         fcntl(s->pipefd[0], F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(s->pipefd[1], F_SETFD, FD_CLOEXEC) != 0) {
         snprintf(err, sizeof(err), "pipe: %s", strerror(errno));
-        goto out_rk;
+        goto out_log; /* free_source closes what was opened */
     }
-    rd_kafka_queue_io_event_enable(s->q, s->pipefd[1], "1", 1);
+    if (make_consumer(s, err, sizeof(err)) != 0)
+        goto out_log;
     uv_poll_init(ks.loop, &s->poll, s->pipefd[0]);
     uv_idle_init(ks.loop, &s->idle);
     uv_timer_init(ks.loop, &s->tick);
@@ -1059,14 +1631,138 @@ static int start_source(ksrc_t *s)
     start_cluster_id(s);
     SL_INFO("kafka source starting", "source=%s brokers=%s", s->conf->name, s->conf->brokers);
     return 0;
-out_rk:
-    rd_kafka_queue_destroy(s->q);
-    rd_kafka_destroy(s->rk);
-    s->rk = NULL;
-    s->q = NULL;
 out_log:
     SL_ERROR("kafka source cannot start", "source=%s error=\"%s\"", s->conf->name, err);
     return SL_EINVAL;
+}
+
+/* ---- fatal errors ----------------------------------------------------------------------- */
+
+/* rd_kafka_destroy on a thread of its own, waited for at most `ms`. On librdkafka 2.0.2 it
+ * can hang for ever (seen after a subscribed topic was deleted: its main thread never ends);
+ * a shutdown or a recreation must still go on, so past the wait the instance is left to its
+ * thread, which frees the state below if it ever ends. Returns 1 if the instance was destroyed
+ * in time. Thread pool. */
+typedef struct destroyer {
+    rd_kafka_t *rk;
+    int flags;
+    int done, abandoned;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+} destroyer_t;
+
+static void destroyer_free(destroyer_t *d)
+{
+    uv_cond_destroy(&d->cv);
+    uv_mutex_destroy(&d->mu);
+    free(d);
+}
+
+static void destroy_main(void *arg)
+{
+    destroyer_t *d = arg;
+    rd_kafka_destroy_flags(d->rk, d->flags);
+    uv_mutex_lock(&d->mu);
+    d->done = 1;
+    int abandoned = d->abandoned;
+    uv_cond_signal(&d->cv);
+    uv_mutex_unlock(&d->mu);
+    if (abandoned)
+        destroyer_free(d);
+}
+
+static int destroy_bounded(rd_kafka_t *rk, int flags, uint64_t ms)
+{
+    destroyer_t *d = sl_calloc(1, sizeof(*d));
+    d->rk = rk;
+    d->flags = flags;
+    uv_mutex_init(&d->mu);
+    uv_cond_init(&d->cv);
+    uv_thread_t t;
+    if (uv_thread_create(&t, destroy_main, d) != 0) {
+        destroyer_free(d);
+        rd_kafka_destroy_flags(rk, flags);
+        return 1;
+    }
+    pthread_detach(t);
+    uint64_t deadline = sl_now_ms() + ms;
+    uv_mutex_lock(&d->mu);
+    while (!d->done) {
+        uint64_t now = sl_now_ms();
+        if (now >= deadline)
+            break;
+        uv_cond_timedwait(&d->cv, &d->mu, (deadline - now) * 1000000);
+    }
+    int done = d->done;
+    d->abandoned = !done;
+    uv_mutex_unlock(&d->mu);
+    if (done)
+        destroyer_free(d);
+    return done;
+}
+
+static void destroy_work(uv_work_t *w)
+{
+    ksrc_t *s = w->data;
+    /* A failed consumer cannot leave its group or commit: the group's session timeout
+     * removes it, and the next consumer starts from the last commit. */
+    rd_kafka_queue_destroy(s->q);
+    s->destroy_abandoned = !destroy_bounded(s->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE, 10000);
+}
+
+static void destroy_done(uv_work_t *w, int status)
+{
+    (void)status;
+    ksrc_t *s = w->data;
+    s->work_busy = 0;
+    s->rk = NULL;
+    s->q = NULL;
+    drain_pipe(s);
+    if (s->destroy_abandoned)
+        SL_WARN("kafka consumer not destroyed within 10 s (librdkafka hangs); it is left behind",
+                "source=%s", s->conf->name);
+    if (s->state == SRC_STOPPING) {
+        stop_source(s);
+        return;
+    }
+    s->restart_at_ms = sl_now_ms() + s->backoff_ms;
+}
+
+/* Destroys a failed consumer on the thread pool, once no other work uses it. */
+static void destroy_failed(ksrc_t *s)
+{
+    if (!s->failed || s->rk == NULL || s->work_busy || s->wm_busy)
+        return;
+    rd_kafka_queue_io_event_enable(s->q, -1, NULL, 0);
+    s->work_busy = 1;
+    s->work.data = s;
+    uv_queue_work(ks.loop, &s->work, destroy_work, destroy_done);
+}
+
+/* Makes the consumer again after a fatal error's backoff. */
+static void recreate(ksrc_t *s)
+{
+    char err[512];
+    s->restart_at_ms = 0;
+    if (make_consumer(s, err, sizeof(err)) != 0) {
+        s->backoff_ms = sl_kafka_backoff_next(s->backoff_ms);
+        s->restart_at_ms = sl_now_ms() + s->backoff_ms;
+        SL_ERROR("kafka consumer cannot be made again; retrying",
+                 "source=%s error=\"%s\""
+                 " backoff_ms=%" PRIu64,
+                 s->conf->name, err, s->backoff_ms);
+        return;
+    }
+    s->failed = 0;
+    s->restarts++;
+    s->state = SRC_STARTING;
+    s->brokers_down = 0;
+    SL_INFO("kafka consumer made again after a fatal error", "source=%s restarts=%" PRIu64,
+            s->conf->name, s->restarts);
+    if (s->cluster_id[0] != '\0')
+        subscribe(s);
+    else
+        start_cluster_id(s);
 }
 
 int sl_kafka_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, void (*kick)(void *arg),
@@ -1080,6 +1776,13 @@ int sl_kafka_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, void 
     ks.stopping = 0;
     if (cfg->nsources == 0)
         return 0;
+    /* A test hook, for the environment only (never the configuration or a peer): after N
+     * records, each source's consumer raises a fabricated fatal error once. */
+    const char *hook = getenv("SLUICE_KAFKA_TEST_FATAL_AFTER");
+    ks.test_fatal_after = hook != NULL ? strtoull(hook, NULL, 10) : 0;
+    if (ks.test_fatal_after != 0)
+        SL_WARN("test hook: each Kafka consumer raises a fatal error after N records",
+                "SLUICE_KAFKA_TEST_FATAL_AFTER=%" PRIu64, ks.test_fatal_after);
     sl_metrics_set_sources(render_metrics, render_sources);
     ks.v = sl_calloc(cfg->nsources, sizeof(*ks.v));
     for (size_t i = 0; i < cfg->nsources; i++) {
@@ -1160,8 +1863,17 @@ static void close_work(uv_work_t *w)
     int closed = rd_kafka_consumer_closed(s->rk);
     rd_kafka_queue_destroy(cq);
     rd_kafka_queue_destroy(s->q);
-    rd_kafka_destroy_flags(s->rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    int destroyed = destroy_bounded(s->rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                                    deadline > sl_now_ms() + 1000 ? deadline - sl_now_ms() : 1000);
     s->closed_cleanly = closed;
+    s->destroy_abandoned = !destroyed;
+}
+
+static void close_handles(ksrc_t *s)
+{
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&s->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&s->tick, on_handle_closed);
 }
 
 static void close_done(uv_work_t *w, int status)
@@ -1170,26 +1882,42 @@ static void close_done(uv_work_t *w, int status)
     ksrc_t *s = w->data;
     s->rk = NULL;
     s->q = NULL;
+    if (s->destroy_abandoned)
+        SL_WARN("kafka consumer not destroyed within the drain deadline (librdkafka hangs); the "
+                "process exits without it",
+                "source=%s", s->conf->name);
     if (s->closed_cleanly)
         SL_INFO("kafka source stopped", "source=%s published=%" PRIu64 " commits=%" PRIu64,
                 s->conf->name, s->published, s->commits);
     else
-        SL_WARN("kafka source stopped without leaving its group (brokers unreachable): the "
+        SL_WARN("kafka source stopped without leaving its group (brokers unreachable, or the "
+                "close timed out): the "
                 "last offsets may not be committed; records after them are delivered again "
                 "and dropped as duplicates",
                 "source=%s published=%" PRIu64, s->conf->name, s->published);
-    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
-    uv_close((uv_handle_t *)&s->idle, on_handle_closed);
-    uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+    close_handles(s);
 }
 
 static void stop_source(ksrc_t *s)
 {
-    if (s->work_busy)
-        return; /* cluster_id_done comes back here */
+    if (s->work_busy || s->wm_busy)
+        return; /* their done callbacks come back here */
+    if (s->failed && s->rk != NULL) {
+        destroy_failed(s); /* destroy_done comes back here */
+        return;
+    }
     uv_poll_stop(&s->poll);
     uv_idle_stop(&s->idle);
     uv_timer_stop(&s->tick);
+    if (s->failed) {
+        /* Waiting for its backoff: there is no consumer to close. */
+        sl_budget_release(s->prefetch_charge);
+        s->prefetch_charge = 0;
+        SL_INFO("kafka source stopped (its consumer had failed)", "source=%s published=%" PRIu64,
+                s->conf->name, s->published);
+        close_handles(s);
+        return;
+    }
     rd_kafka_queue_io_event_enable(s->q, -1, NULL, 0);
     for (size_t i = 0; i < s->nparts; i++) {
         kpe_t *e = s->parts[i];
@@ -1235,7 +1963,7 @@ void sl_kafka_stop(void)
     for (size_t i = 0; i < ks.n; i++) {
         ksrc_t *s = ks.v[i];
         sl_krb_stop(s->rb);
-        if (s->state >= SRC_STOPPING || s->rk == NULL)
+        if (s->state == SRC_STOPPING || s->state == SRC_CLOSED || (s->rk == NULL && !s->failed))
             continue;
         s->state = SRC_STOPPING;
         stop_source(s);

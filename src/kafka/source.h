@@ -36,4 +36,22 @@ int sl_kafka_check_config(const sl_config_t *cfg, const char *path, FILE *errs);
  * topic, partition), never 0, so every node names a record alike. Pure. */
 uint64_t sl_kafka_epoch(const char *cluster_id, const char *topic, int32_t partition);
 
+/* The lag of a partition: its high watermark `hi` minus `next`, the offset of the next record
+ * sluice has to take. -1 when either is unknown (negative); 0 when the watermark, being a
+ * cached or older figure, is below `next`. Pure. */
+int64_t sl_kafka_lag(int64_t hi, int64_t next);
+
+/* Records that Kafka's retention removed from under a paused partition: `expected` is the
+ * offset the partition should have delivered next after its resume, `offset` the one it did
+ * deliver, `lo` the partition's log start as last known (negative: unknown). Offsets missing
+ * below the log start were deleted by retention; those between the log start and `offset`
+ * are compaction or transaction markers, not losses, unless the consumer reset to the end of
+ * the log (`reset_latest`, start = latest), which skipped them too. 0 when nothing was lost.
+ * Pure. */
+int64_t sl_kafka_retention_lost(int64_t expected, int64_t offset, int64_t lo, int reset_latest);
+
+/* The delay before recreating a consumer after a fatal error: doubles from 1 s up to 60 s.
+ * `prev` is the previous delay (0 for the first failure). Pure. */
+uint64_t sl_kafka_backoff_next(uint64_t prev);
+
 #endif

@@ -21,6 +21,7 @@ def mock_bin():
 # Kafka protocol API keys and error codes used by the tests.
 API_FETCH = 1
 API_OFFSET_COMMIT = 8
+ERR_UNKNOWN_TOPIC = 3
 ERR_NOT_LEADER = 6
 ERR_COORDINATOR_NOT_AVAILABLE = 15
 
@@ -60,6 +61,19 @@ class KafkaMock:
 
     def push_errors(self, api_key, count, code):
         self.cmd(f"error {api_key} {count} {code}")
+
+    def topic_error(self, name, code):
+        """Metadata answers `code` for topic `name` (ERR_UNKNOWN_TOPIC: deleted; 0 clears)."""
+        self.cmd(f"topic-error {name} {code}")
+
+    def flood(self, topic, partition=-1, rate=0, size=100):
+        """A background producer: `rate` records a second (0: flat out) of `size` bytes, each
+        starting with t<realtime ns>:. One at a time."""
+        self.cmd(f"flood {topic} {partition} {rate} {size}")
+
+    def flood_stop(self):
+        """Stops the background producer; returns how many records it produced."""
+        return int(self.cmd("flood-stop").split()[1])
 
     def close(self):
         if self.proc.poll() is None:

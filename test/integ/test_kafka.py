@@ -409,8 +409,8 @@ def test_rebalance_two_processes_kill9_every_offset_once(kafka_mock, sluice_fact
         # The group's committed offset, as the last process to commit it saw it (a process
         # that got a partition with nothing left to consume has committed nothing for it).
         pa, pb = partitions(a), partitions(b2)
-        committed = {k: max(pa.get(k, {}).get("committed", -1), pb.get(k, {}).get("committed", -1))
-                     for k in both}
+        committed = {k: max(pa.get(k, {}).get("committed") or -1,
+                            pb.get(k, {}).get("committed") or -1) for k in both}
         return both if all(committed[k] == n and v["state"] == "assigned"
                            for k, v in both.items()) else None
     try:

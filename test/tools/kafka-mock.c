@@ -9,6 +9,14 @@
  *                                           with '.' to SIZE bytes, wait until all are acked
  *   down BROKER / up BROKER                 take a broker down or bring it back
  *   error APIKEY COUNT CODE                 the next COUNT requests of APIKEY fail with CODE
+ *   topic-error NAME CODE                   Metadata answers CODE for topic NAME (0 clears it):
+ *                                           with 3 (unknown topic or partition) the clients see
+ *                                           the topic deleted; the mock cannot delete its data
+ *   flood TOPIC PARTITION RATE SIZE         a background producer (one at a time): RATE records
+ *                                           a second (0: as fast as it can) of SIZE bytes, each
+ *                                           starting "t<CLOCK_REALTIME ns>:"; PARTITION -1
+ *                                           spreads them over the partitions
+ *   flood-stop                              stops it, answers "ok <records produced>"
  *   quit                                    (or end of input) destroy the cluster and exit
  *
  * pytest drives it (test/integ/kafka_mock.py); it is not part of the server.
@@ -16,9 +24,11 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int delivery_failed;
 
@@ -93,6 +103,64 @@ static int produce(rd_kafka_t *p, const char *topic, int part, long count, const
     return 0;
 }
 
+/* The background producer of `flood`. */
+static struct {
+    pthread_t thread;
+    int running;
+    volatile int stop;
+    rd_kafka_t *p;
+    char topic[256];
+    int partition;
+    long rate, size;
+    unsigned long long produced;
+} fl;
+
+static uint64_t now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *flood_main(void *arg)
+{
+    (void)arg;
+    char *buf = malloc((size_t)fl.size + 64);
+    uint64_t start = now_ns(CLOCK_MONOTONIC);
+    while (buf != NULL && !fl.stop) {
+        if (fl.rate > 0) {
+            /* Paced: never ahead of RATE a second since the start. */
+            uint64_t due = start + fl.produced * 1000000000ull / (uint64_t)fl.rate;
+            uint64_t now = now_ns(CLOCK_MONOTONIC);
+            if (now < due) {
+                struct timespec ts = {0, (long)(due - now < 1000000 ? due - now : 1000000)};
+                nanosleep(&ts, NULL);
+                rd_kafka_poll(fl.p, 0);
+                continue;
+            }
+        }
+        int n = snprintf(buf, (size_t)fl.size + 64,
+                         "t%llu:", (unsigned long long)now_ns(CLOCK_REALTIME));
+        while (n < fl.size)
+            buf[n++] = '.';
+        rd_kafka_resp_err_t err =
+            rd_kafka_producev(fl.p, RD_KAFKA_V_TOPIC(fl.topic), RD_KAFKA_V_PARTITION(fl.partition),
+                              RD_KAFKA_V_VALUE(buf, (size_t)n),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(fl.p, 10);
+            continue;
+        }
+        if (err == 0)
+            fl.produced++;
+        if ((fl.produced & 1023) == 0)
+            rd_kafka_poll(fl.p, 0);
+    }
+    free(buf);
+    rd_kafka_flush(fl.p, 10000);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     int nbrokers = argc > 1 ? atoi(argv[1]) : 1;
@@ -145,6 +213,39 @@ int main(int argc, char **argv)
             rd_kafka_resp_err_t e = cmd[0] == 'd' ? rd_kafka_mock_broker_set_down(mc, (int)x)
                                                   : rd_kafka_mock_broker_set_up(mc, (int)x);
             printf(e ? "err %s\n" : "ok\n", rd_kafka_err2str(e));
+        } else if (strcmp(cmd, "topic-error") == 0 && sscanf(line, "%*s %1023s %ld", a, &x) == 2) {
+            rd_kafka_mock_topic_set_error(mc, a, (rd_kafka_resp_err_t)x);
+            printf("ok\n");
+        } else if (strcmp(cmd, "flood") == 0 &&
+                   sscanf(line, "%*s %255s %ld %ld %ld", fl.topic, &x, &y, &size) == 4) {
+            if (fl.running || size < 0 || size > (1 << 20) || y < 0) {
+                printf("err flood running or bad arguments\n");
+                continue;
+            }
+            fl.partition = x < 0 ? RD_KAFKA_PARTITION_UA : (int)x;
+            fl.rate = y;
+            fl.size = size;
+            fl.produced = 0;
+            fl.stop = 0;
+            if ((fl.p = new_client(RD_KAFKA_PRODUCER, boot)) == NULL) {
+                printf("err cannot make the producer\n");
+                continue;
+            }
+            if (pthread_create(&fl.thread, NULL, flood_main, NULL) != 0) {
+                rd_kafka_destroy(fl.p);
+                printf("err cannot start the producer\n");
+                continue;
+            }
+            fl.running = 1;
+            printf("ok\n");
+        } else if (strcmp(cmd, "flood-stop") == 0) {
+            if (fl.running) {
+                fl.stop = 1;
+                pthread_join(fl.thread, NULL);
+                rd_kafka_destroy(fl.p);
+                fl.running = 0;
+            }
+            printf("ok %llu\n", fl.produced);
         } else if (strcmp(cmd, "error") == 0 && sscanf(line, "%*s %ld %ld %ld", &x, &y, &z) == 3) {
             for (long i = 0; i < y; i++)
                 rd_kafka_mock_push_request_errors(mc, (int16_t)x, 1, (rd_kafka_resp_err_t)z);
@@ -152,6 +253,11 @@ int main(int argc, char **argv)
         } else {
             printf("err unknown command\n");
         }
+    }
+    if (fl.running) {
+        fl.stop = 1;
+        pthread_join(fl.thread, NULL);
+        rd_kafka_destroy(fl.p);
     }
     rd_kafka_destroy(p);
     rd_kafka_mock_cluster_destroy(mc);

@@ -79,12 +79,60 @@ static void test_publish_rule(void **state)
     sl_config_dispose(&cfg);
 }
 
+static void test_lag(void **state)
+{
+    (void)state;
+    assert_int_equal(sl_kafka_lag(100, 40), 60);
+    assert_int_equal(sl_kafka_lag(100, 100), 0); /* caught up */
+    assert_int_equal(sl_kafka_lag(90, 100), 0);  /* an older watermark: never negative */
+    assert_int_equal(sl_kafka_lag(-1, 40), -1);  /* watermark unknown */
+    assert_int_equal(sl_kafka_lag(-1001, 40), -1);
+    assert_int_equal(sl_kafka_lag(100, -1), -1); /* next offset unknown */
+}
+
+static void test_retention_lost(void **state)
+{
+    (void)state;
+    /* Resumed where it paused: nothing lost. */
+    assert_int_equal(sl_kafka_retention_lost(50, 50, 200, 0), 0);
+    /* A hole above the log start is compaction or transaction markers, not a loss. */
+    assert_int_equal(sl_kafka_retention_lost(50, 60, 10, 0), 0);
+    /* The log start passed the paused position: everything below it was removed... */
+    assert_int_equal(sl_kafka_retention_lost(50, 200, 200, 0), 150);
+    /* ...and only that, when the consumer restarted from the log start and found a hole. */
+    assert_int_equal(sl_kafka_retention_lost(50, 230, 200, 0), 150);
+    /* start = latest: the reset skipped to the end of the log, past the log start too. */
+    assert_int_equal(sl_kafka_retention_lost(50, 900, 200, 1), 850);
+    /* Log start unknown, or an older record still queued: no claim. */
+    assert_int_equal(sl_kafka_retention_lost(50, 900, -1, 0), 0);
+    assert_int_equal(sl_kafka_retention_lost(50, 40, 200, 0), 0);
+    /* A log start newer than the record seen (a later query): bounded by the record. */
+    assert_int_equal(sl_kafka_retention_lost(50, 120, 300, 0), 70);
+}
+
+static void test_backoff(void **state)
+{
+    (void)state;
+    uint64_t d = sl_kafka_backoff_next(0);
+    assert_int_equal(d, 1000);
+    uint64_t seen[16];
+    for (int i = 0; i < 16; i++) {
+        seen[i] = d;
+        d = sl_kafka_backoff_next(d);
+    }
+    assert_int_equal(seen[1], 2000);
+    assert_int_equal(seen[2], 4000);
+    for (int i = 1; i < 16; i++)
+        assert_true(seen[i] >= seen[i - 1] && seen[i] <= 60000);
+    assert_int_equal(seen[15], 60000); /* capped */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_epoch),
-        cmocka_unit_test(test_check_properties),
-        cmocka_unit_test(test_publish_rule),
+        cmocka_unit_test(test_epoch),          cmocka_unit_test(test_check_properties),
+        cmocka_unit_test(test_publish_rule),   cmocka_unit_test(test_lag),
+        cmocka_unit_test(test_retention_lost), cmocka_unit_test(test_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
