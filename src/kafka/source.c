@@ -184,7 +184,7 @@ typedef struct ksrc {
     uint64_t fatal_errors, restarts, topics_gone, retention_gaps;
     uint64_t retention_lost[2]; /* records retention removed from paused partitions, by the
                                    durability of the topic they were for: lossy, lossless */
-    sl_krb_t *rb; /* read-back for readers behind the rings of its lossy topics */
+    sl_krb_t *rb;               /* read-back for readers behind the rings of its lossy topics */
 } ksrc_t;
 
 static struct {
@@ -1392,8 +1392,8 @@ static char *render_sources(size_t *len)
             i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
             s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes, s->commits,
             s->offset_skips, rst.readbacks, rst.messages, rst.gaps, rst.missed, rst.timeouts,
-            rst.active, rst.queued, s->fatal_errors, s->restarts, s->topics_gone,
-            s->retention_gaps, s->retention_lost[0] + s->retention_lost[1]);
+            rst.active, rst.queued, s->fatal_errors, s->restarts, s->topics_gone, s->retention_gaps,
+            s->retention_lost[0] + s->retention_lost[1]);
         json_i64(&o, "restart_in_ms",
                  s->failed && s->restart_at_ms > now ? (int64_t)(s->restart_at_ms - now)
                  : s->failed                         ? 0
