@@ -87,24 +87,34 @@ RECONNECT_EVERY = 240
 
 
 class KeepAlive:
-    """A raw keep-alive HTTP/1.1 connection: request() returns (status, body)."""
+    """A raw keep-alive HTTP/1.1 connection: request() returns (status, body), status 0 when it
+    failed. A request that fails on a connection kept from before (the server may have closed
+    it for its idle_timeout between two bursts, as it should) is sent once more on a new one:
+    `stale` counts those, `failed` the requests that failed on a fresh connection."""
 
     def __init__(self, port):
         self.port = port
         self.sock = None
+        self.stale = self.failed = 0
 
     def request(self, method, path, body=b"", ctype="text/plain"):
-        if self.sock is None:
-            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        req = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        try:
-            self.sock.sendall(req)
-            return read_response(self.sock, 30)
-        except (OSError, ConnectionError, ValueError, IndexError):
-            self.close()
-            return 0, b""
+        for _attempt in range(2):
+            fresh = self.sock is None
+            if fresh:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            req = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            try:
+                self.sock.sendall(req)
+                return read_response(self.sock, 30)
+            except (OSError, ConnectionError, ValueError, IndexError):
+                self.close()
+                if fresh:
+                    break
+                self.stale += 1
+        self.failed += 1
+        return 0, b""
 
     def close(self):
         if self.sock is not None:
@@ -542,6 +552,7 @@ def main():
              closed_write_stall=int(closed_ws), ghosts=counts["ghosts"],
              victims_killed=counts["victims"], floods=counts["floods"],
              flood_statuses="/".join(f"{k}:{v}" for k, v in sorted(statuses.items())),
+             flood_stale_reconnects=sum(fl.ka.stale for fl in floods),
              closed_by_reason="/".join(
                  f"{reason_of(k)}:{int(v)}" for k, v in m.items()
                  if k.startswith("sluice_connections_closed_total{")))
