@@ -40,14 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "test" / "integ"))
 from kafka_mock import KafkaMock, unique_group  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from sluice_proc import free_port  # noqa: E402
 
 
 def percentile(values, p):

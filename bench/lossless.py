@@ -41,16 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "integ"))
 from sluice_client import RawConn, http  # noqa: E402
+from sluice_proc import free_port  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def rss(pid):

@@ -49,15 +49,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench" / "chaos"))
+sys.path.insert(0, str(REPO / "test" / "integ"))
 import loadkit as lk  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from sluice_proc import free_port  # noqa: E402
 
 
 # ---- the receiver: a minimal HTTP/1.1 server in its own process ----------------------------
