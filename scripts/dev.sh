@@ -6,7 +6,7 @@
 #   scripts/dev.sh run     build, then run sluice on its embedded defaults (127.0.0.1:8080)
 #   scripts/dev.sh test    deps, format and layer checks, then unit + black-box tests on a
 #                          normal build and on an AddressSanitizer + UndefinedBehaviorSanitizer
-#                          build, the chaos suite's short profile (bench/chaos/run.sh) on the
+#                          build (Kafka black-box tests: normal build only), the chaos suite's short profile (bench/chaos/run.sh) on the
 #                          normal build and its hostile-clients scenario on the sanitizer build,
 #                          then every fuzz target for FUZZ_SECONDS (default 6: 13 targets, 78 s) each
 set -euo pipefail
