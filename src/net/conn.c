@@ -442,6 +442,8 @@ static void put_prefix(sl_conn_t *c, sub_write_t *w, size_t len)
 static void sub_write_done(sl_conn_t *c)
 {
     c->sub.writing = 0;
+    if (c->tp->written != NULL)
+        c->tp->written(c, sl_now_ms());
     if (c->close_after_write) {
         sl_conn_finish(c);
         return;

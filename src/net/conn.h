@@ -64,6 +64,8 @@ typedef struct sl_transport {
     void (*resume)(struct sl_conn *c, int kind, int status);
     /* Input held back is handled again. */
     void (*input_resumed)(struct sl_conn *c, uint64_t now_ms);
+    /* A subscriber write completed: its bytes are in the kernel. */
+    void (*written)(struct sl_conn *c, uint64_t now_ms);
     /* Deadlines of the protocol (pings), every sweep tick. */
     void (*tick)(struct sl_conn *c, uint64_t now_ms);
     /* Frees the transport's state (close callback). */

@@ -69,13 +69,14 @@ static size_t ws_take_prefix(sl_conn_t *c, char *dst)
         ws->pong_pending = 0;
     }
     if (ws->ping_due) {
-        /* The payload is the send time, which a client echoes back. */
-        uint64_t now = ws->ping_sent_ms;
+        /* The payload is the time it was queued, which a client echoes back. */
+        uint64_t now = ws->last_ping_ms;
         dst[n++] = (char)(0x80 | SL_WS_PING);
         dst[n++] = 8;
         for (int i = 0; i < 8; i++)
             dst[n++] = (char)(now >> (56 - 8 * i));
         ws->ping_due = 0;
+        ws->ping_writing = 1;
     }
     if (ws->out_len > 0) {
         memcpy(dst + n, ws->out, ws->out_len);
@@ -481,6 +482,7 @@ static void on_control(sl_conn_t *c, sl_ws_parser_t *p)
         break;
     case SL_WS_PONG:
         ws->ping_sent_ms = 0;
+        ws->ping_writing = 0;
         break;
     case SL_WS_CLOSE: {
         if (p->clen == 1) {
@@ -699,6 +701,18 @@ static void ws_input_resumed(sl_conn_t *c, uint64_t now_ms)
         c->ws->ping_sent_ms = now_ms;
 }
 
+/* The write carrying a ping is in the kernel: the peer can see it, its pong clock starts. A
+ * ping queued behind a write the peer does not read is the write stall's business, not a pong
+ * timeout: a slow but live reader is not closed as dead because its socket was full. */
+static void ws_written(sl_conn_t *c, uint64_t now_ms)
+{
+    sl_ws_t *ws = c->ws;
+    if (ws != NULL && ws->ping_writing) {
+        ws->ping_writing = 0;
+        ws->ping_sent_ms = now_ms;
+    }
+}
+
 static void ws_tick(sl_conn_t *c, uint64_t now)
 {
     sl_ws_t *ws = c->ws;
@@ -722,10 +736,22 @@ static void ws_tick(sl_conn_t *c, uint64_t now)
         sl_conn_close(c, SL_CLOSE_PING_TIMEOUT);
         return;
     }
-    if (cfg->ws_ping_interval_ms && ws->ping_sent_ms == 0 &&
+    /* A ping still behind unwritten data: the peer cannot answer it yet. If the socket takes
+     * nothing for a pong timeout (counted from the ping or from the last byte it took, the
+     * later), the peer is gone all the same; while it takes bytes, it is a slow live reader. */
+    if ((ws->ping_due || ws->ping_writing) && c->tcp.write_queue_size > 0 && !c->input_held &&
+        !c->parked) {
+        uint64_t since =
+            ws->last_ping_ms > c->stall_since_ms ? ws->last_ping_ms : c->stall_since_ms;
+        if (now - since >= cfg->ws_pong_timeout_ms) {
+            SL_INFO("websocket ping timeout", "unwritten_ms=%" PRIu64, now - since);
+            sl_conn_close(c, SL_CLOSE_PING_TIMEOUT);
+            return;
+        }
+    }
+    if (cfg->ws_ping_interval_ms && ws->ping_sent_ms == 0 && !ws->ping_due && !ws->ping_writing &&
         now - ws->last_ping_ms >= cfg->ws_ping_interval_ms) {
         ws->ping_due = 1;
-        ws->ping_sent_ms = now;
         ws->last_ping_ms = now;
         sl_metrics.ws_pings++;
         sl_conn_pump(c);
@@ -831,6 +857,7 @@ const sl_transport_t sl_ws_transport = {
     .input = ws_input,
     .resume = ws_resume,
     .input_resumed = ws_input_resumed,
+    .written = ws_written,
     .tick = ws_tick,
     .free = ws_free,
     .prefix_len = ws_prefix_len,

@@ -25,12 +25,13 @@ typedef struct sl_ws {
     size_t out_len, out_cap;
     char *topic; /* the first topic's name: raw publishes go there */
     size_t topic_len;
-    uint64_t ping_sent_ms; /* an unanswered ping was sent then; 0 if none */
-    uint64_t last_ping_ms;
-    uint8_t mode; /* SL_WS_SUB | SL_WS_PUB */
-    uint8_t json; /* format=json */
-    uint8_t ack;  /* ack=1 */
-    uint8_t ping_due;
+    uint64_t ping_sent_ms; /* an unanswered ping reached the kernel then; 0 if none */
+    uint64_t last_ping_ms; /* the last ping was queued then (its payload) */
+    uint8_t mode;          /* SL_WS_SUB | SL_WS_PUB */
+    uint8_t json;          /* format=json */
+    uint8_t ack;           /* ack=1 */
+    uint8_t ping_due;      /* a ping is queued for the next write */
+    uint8_t ping_writing;  /* a ping is in the write in flight: its pong clock starts when done */
     uint8_t pong_pending;
     uint8_t pong_len;
     uint8_t close_pending; /* a close frame is owed: the final write */

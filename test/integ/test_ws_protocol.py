@@ -481,3 +481,61 @@ def test_masked_length_encodings(sluice):
         assert len(m.payload) == n and m.opcode == OP_BINARY
     c.close()
 
+
+
+def test_slow_reader_behind_full_socket_is_not_a_pong_timeout(sluice_factory):
+    """A live reader draining a backlog slowly cannot see a ping queued behind the data it has
+    not read yet: the pong clock starts when the ping reaches the kernel. While the socket
+    takes bytes, the reader is slow, not dead; a socket that takes nothing for a pong timeout
+    is closed as before (test_stopped_reader_behind_full_socket_is_a_pong_timeout)."""
+    srv = sluice_factory(server={"ws_ping_interval": "500ms", "ws_pong_timeout": "1s",
+                                 "send_buffer": "4KiB", "write_stall_timeout": "30s"})
+    base = srv.metrics()
+    slow = ws_open(srv, "/topics/slowpong", rcvbuf=4096)
+    n, size = 60, 4096
+    for i in range(n):
+        srv.publish("slowpong", f"{i:04d}" + "y" * (size - 4))
+    # Read 4 KiB every 100 ms (about 6 s for the backlog, several pong timeouts), answering
+    # each ping as soon as it is read.
+    got, pings = [], 0
+    deadline = time.monotonic() + 30
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        data = slow.sock.recv(4096)
+        assert data, f"closed by the server after {len(got)} of {n} messages"
+        slow.buf += data
+        while True:
+            f = slow.parse_buffered_frame()
+            if f is None:
+                break
+            if f.opcode == OP_PING:
+                pings += 1
+                slow.send_pong(f.payload)
+            elif f.opcode in (OP_TEXT, OP_BINARY):
+                got.append(int(f.payload[:4]))
+            else:
+                pytest.fail(f"unexpected frame {f}")
+    assert got == list(range(n)), f"got {len(got)} of {n} messages"
+    assert pings >= 1, "no ping reached the slow reader"
+    srv.publish("slowpong", "after")
+    assert slow.read_message().payload == b"after"
+    key = 'sluice_connections_closed_total{reason="ping_timeout"}'
+    assert srv.metrics().v(key) == base.v(key), "a slow live reader was closed as dead"
+    slow.close()
+
+
+def test_stopped_reader_behind_full_socket_is_a_pong_timeout(sluice_factory):
+    """A reader that stops reading with its socket full never gets its ping: it is closed as a
+    ping timeout within ping interval + pong timeout, not after the (longer) write stall."""
+    srv = sluice_factory(server={"ws_ping_interval": "500ms", "ws_pong_timeout": "1s",
+                                 "send_buffer": "4KiB", "write_stall_timeout": "30s"})
+    base = srv.metrics()
+    stopped = ws_open(srv, "/topics/stoppong", rcvbuf=4096)
+    for i in range(60):
+        srv.publish("stoppong", f"{i:04d}" + "y" * 4092)
+    key = 'sluice_connections_closed_total{reason="ping_timeout"}'
+    srv.wait_metric(key, lambda v: v >= base.v(key) + 1, timeout=10)
+    assert stopped.closed_within(5), "the stopped reader's connection was not closed"
+    m = srv.metrics()
+    stall = 'sluice_connections_closed_total{reason="write_stall"}'
+    assert m.v(stall) == base.v(stall)
