@@ -148,6 +148,9 @@ struct stream {
     char job_epoch[17];     /* the topic's epoch when the job was made */
     size_t job_scratch_cap; /* the job's scratch buffer's size (from the sink's spares) */
     int sent;               /* the batch went out at least once: it may not grow any more */
+    /* A message read back (read_next hands each out once) that did not fit the batch: the
+     * next batch starts with it (a reference held). */
+    sl_msg_t *carry;
     /* A lossless topic with nothing on disk yet: the durable cursor is made with its first
      * message (make_cursor), so a sink alone never makes a topic's directory. */
     int want_cursor;
@@ -1077,7 +1080,19 @@ static size_t take(stream_t *st, int fetch)
     while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
         if (r->next > st->topic->head_seq)
             break;
-        sl_msg_t *m = r->next >= sl_topic_tail(st->topic) ? sl_topic_at(st->topic, r->next) : NULL;
+        sl_msg_t *m = NULL;
+        int owned = 0;
+        if (st->carry != NULL) {
+            if (st->carry->seq >= r->next) {
+                m = st->carry;
+                owned = 1;
+            } else {
+                sl_msg_unref(st->carry); /* the cursor moved past it (a gap) */
+            }
+            st->carry = NULL;
+        }
+        if (m == NULL)
+            m = r->next >= sl_topic_tail(st->topic) ? sl_topic_at(st->topic, r->next) : NULL;
         if (m == NULL && r->disk_ok && (m = sl_reader_read_next(r)) == NULL) {
             if (fetch)
                 (void)sl_reader_read_fetch(r);
@@ -1085,11 +1100,21 @@ static size_t take(stream_t *st, int fetch)
         }
         if (m == NULL)
             break;
-        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
+        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes) {
+            /* Not in this batch. A read-back message is not handed out again: keep it. */
+            if (m->seq < sl_topic_tail(st->topic)) {
+                if (!owned)
+                    sl_msg_ref(m);
+                st->carry = m;
+            } else if (owned) {
+                sl_msg_unref(m);
+            }
             break;
+        }
         if (st->nmsgs == st->msgs_cap)
             grow_msgs(st);
-        sl_msg_ref(m);
+        if (!owned)
+            sl_msg_ref(m);
         st->msgs[st->nmsgs++] = m;
         bytes += m->payload_len;
         added += m->payload_len;
@@ -1169,14 +1194,30 @@ static size_t stream_deliver(sl_sub_t *sub)
 static void stream_disk_ready(sl_sub_t *sub)
 {
     stream_t *st = sl_container_of(sub, stream_t, sub);
-    if (st->ss.state == SL_SS_IDLE && !st->sink->all->stopping)
+    if (st->sink->all->stopping)
+        return;
+    if (st->ss.state == SL_SS_IDLE) {
         sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
+        return;
+    }
+    /* A batch read back from disk that waits for a slot (or the registry, or a breaker) and
+     * was never sent keeps filling from the log, reading ahead, up to its caps: when slots are
+     * scarce, every request carries a full batch. */
+    if (!st->sent &&
+        (st->ss.state == SL_SS_WAIT_SLOT || st->ss.state == SL_SS_WAIT_BREG ||
+         st->ss.state == SL_SS_WAIT_BREAKER) &&
+        sub->readers[0].mark == SL_MARK_NONE)
+        take(st, 1);
 }
 
 /* Detaches a stream from its topic and closes it (freed in its timer's close callback). */
 static void stream_close(stream_t *st)
 {
     uv_timer_stop(&st->timer);
+    if (st->carry != NULL) {
+        sl_msg_unref(st->carry);
+        st->carry = NULL;
+    }
     release_breaker(st);
     sl_list_remove(&st->ss.wait_link);
     sl_sub_dispose(st->sink->all->hub, &st->sub);
@@ -1193,7 +1234,7 @@ static int stream_release(sl_sub_t *sub, sl_reader_t *r, int go)
 {
     stream_t *st = sl_container_of(sub, stream_t, sub);
     if (st->sink->all->stopping || st->ss.state != SL_SS_IDLE || sub->writing || st->nmsgs > 0 ||
-        st->gap || st->cursor != NULL || r->mark != SL_MARK_NONE ||
+        st->carry != NULL || st->gap || st->cursor != NULL || r->mark != SL_MARK_NONE ||
         r->next <= st->topic->head_seq || r->disk != NULL || r->disk_job != NULL)
         return 0;
     if (go) {

@@ -579,3 +579,55 @@ def test_sigterm_mid_backlog_keeps_what_was_acknowledged(sluice_factory, tmp_pat
     assert every[:len(first)] == first
     assert every[len(first):] == [f"m{i}" for i in range(len(first), 400)], \
         every[len(first):len(first) + 5]
+
+
+def test_backlog_read_back_goes_in_full_batches(sluice_factory, tmp_path, receiver):
+    """A stream draining a backlog from the log while it waits for a slot keeps reading ahead
+    into its batch: with slots scarce, every request but a stream's first (the batch it held
+    while the endpoint was down) and its last carries a full batch (here 64 x 16 KiB = 1 MiB),
+    not one log read (256 KiB) or two."""
+    topics = {"t/*": {"durability": "lossless", "max_bytes": "64KiB"}}
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), batch_max_messages=100, batch_max_bytes="1MiB",
+                     max_in_flight=1, retry_initial="50ms", retry_max="100ms",
+                     breaker_failures=1000)},
+        topics=topics, server={"memory_limit": "256MiB"})
+    n = 200
+    for t in ("t/a", "t/b"):
+        for start_i in range(0, n, 10):
+            srv.publish_batch(t, [f"{t}:{i:04d}:" + "z" * 16370 for i in range(start_i, start_i + 10)])
+    receiver.set("slow", delay=0.3)
+    assert receiver.wait(lambda r: len(r.delivered_payloads()) >= 2 * n, timeout=60), \
+        len(receiver.delivered_payloads())
+    for t in ("t/a", "t/b"):
+        got = [p for p in receiver.delivered_payloads() if p.startswith(t + ":")]
+        assert [int(p.split(":")[1]) for p in got] == list(range(n)), t
+        sizes = [len(d.envelopes()) for d in receiver.ok() if d.envelopes()[0]["topic"] == t]
+        assert max(sizes) == 64, sizes
+        small = [s for s in sizes[1:-1] if s < 64]
+        assert not small, f"{t}: batches after the first and before the last: {sizes}"
+
+
+def test_read_back_message_past_the_byte_cap_is_not_lost(sluice_factory, tmp_path, receiver):
+    """A batch read back from the log that reaches batch_max_bytes: the message that did not
+    fit is the next batch's first, not lost (it was once passed as a gap on a lossless
+    topic)."""
+    topics = {"t/*": {"durability": "lossless", "max_bytes": "16KiB"}}
+    receiver.set("status", status=503)
+    srv = start(sluice_factory, tmp_path, {
+        "s": webhook(receiver.url(), batch_max_messages=100, batch_max_bytes="40KiB",
+                     retry_initial="50ms", retry_max="100ms", breaker_failures=1000)},
+        topics=topics)
+    n = 60
+    for i in range(0, n, 10):
+        srv.publish_batch("t/a", [f"{j:04d}:" + "q" * 16000 for j in range(i, i + 10)])
+    receiver.set("ok")
+    assert receiver.wait(lambda r: len(r.delivered_payloads()) >= n, timeout=30), \
+        len(receiver.delivered_payloads())
+    got = [int(p.split(":")[0]) for p in receiver.delivered_payloads()]
+    assert got == list(range(n))
+    gaps = [e for d in receiver.ok() for e in d.envelopes() if e.get("sluice") == "gap"]
+    assert not gaps, gaps
+    sizes = [len(d.envelopes()) for d in receiver.ok()]
+    assert max(sizes) == 2, sizes  # 2 x 16 KiB fit in 40 KiB, a third does not
