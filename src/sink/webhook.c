@@ -1085,6 +1085,8 @@ static size_t take(stream_t *st, int fetch)
         }
         if (m == NULL)
             break;
+        if (m->seq > r->next && sl_reader_cross(r, m->seq))
+            break; /* ids declared lost before m: their gap goes first, in the next batch */
         if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)
             break;
         if (st->nmsgs == st->msgs_cap)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from kafka_mock import ERR_UNKNOWN_TOPIC, unique_group
+from kafka_mock import ERR_UNKNOWN_TOPIC, source_section, unique_group
 from lossless_util import ack_ok, stop
+from test_file_sink import records
 from test_kafka import ID, partitions, read_n, sources, start_source, wait_for
 
 TIGHT = {"durability": "lossless", "segment_bytes": "4KiB", "disk_quota": "16KiB",
@@ -213,14 +214,18 @@ def test_retention_loss_reaches_readers_as_a_gap(kafka_mock, sluice_factory, tmp
     """The records retention removed from under a paused partition are a counted gap for the
     topic's readers: a live reader, the durable reader that kept the partition paused, and a
     reader resuming by Last-Event-ID from before them each get one sluice.gap naming exactly
-    the lost ids (reason lost), then the records from the log start on."""
+    the lost ids (reason lost), then the records from the log start on; so does a file sink."""
     kafka_mock.topic("rg", 1)
-    group, data = unique_group(), tmp_path / "data"
+    group, data, out = unique_group(), tmp_path / "data", tmp_path / "out"
 
-    def start():
-        return start_source(sluice_factory, kafka_mock, group=group, kafka_topics="rg",
-                            topic="rg/{partition}", prefetch="512KiB", commit_interval="100ms",
-                            topics=[("rg/0", TIGHT)], server={"data_dir": str(data)})
+    def start(sink=True):
+        text = source_section("k", kafka_mock.bootstrap, group, kafka_topics="rg",
+                              topic="rg/{partition}", prefetch="512KiB", commit_interval="100ms")
+        if sink:  # a file sink: a durable reader of its own
+            text += f'[sink "f"]\ntype = file\ntopics = rg/*\ndirectory = {out}\n' \
+                "format = jsonl\nbatch_linger = 0\n"
+        return sluice_factory(server={"data_dir": str(data)}, topics=[("rg/0", TIGHT)],
+                              extra_text=text)
     srv = start()
     sub = srv.sse("/topics/rg/0?durable=r&from=oldest")
     wait_for(lambda: len(partitions(srv)) == 1, 30, "the partition assigned")
@@ -289,15 +294,28 @@ def test_retention_loss_reaches_readers_as_a_gap(kafka_mock, sluice_factory, tmp
     assert gap_of(ev) == (frm, to, missed, "lost")
     assert back.read_event(timeout=20)["id"] == after["id"]
 
+    # The file sink: one gap record with the same range and count, between the same records.
+    def sink_gap():
+        recs = records(out, "rg/0")
+        i = next((i for i, r in enumerate(recs) if r.get("sluice") == "gap"), None)
+        return recs if i is not None and len(recs) > i + 1 else None
+    recs = wait_for(sink_gap, 30, "the file sink's gap record")
+    i = next(i for i, r in enumerate(recs) if r.get("sluice") == "gap")
+    assert [r.get("sluice") for r in recs].count("gap") == 1
+    g = recs[i]
+    assert (seq_of({"id": g["from"]}), seq_of({"id": g["to"]}), g["missed"]) == \
+        (frm, to, missed), g
+    assert (recs[i - 1]["id"], recs[i + 1]["id"]) == (before["id"], after["id"])
+
     # Counted for every reader told, exactly the lost ids; no other gap.
     m = srv.metrics()
-    assert m.v('sluice_gaps_total{reason="lost"}') == 3
+    assert m.v('sluice_gaps_total{reason="lost"}') == 4
     assert m.v('sluice_gaps_total{reason="evicted"}') == 0
-    assert m.v("sluice_gap_messages_total") == 3 * lost
+    assert m.v("sluice_gap_messages_total") == 4 * lost
     stop(srv)
 
     # Across a restart: the log remembers the lost range, and a resume still gets the gap.
-    srv2 = start()
+    srv2 = start(sink=False)
     back = srv2.sse("/topics/rg/0", headers={"Last-Event-ID": before["id"]})
     ev = back.read_event(timeout=30)
     assert gap_of(ev) == (frm, to, missed, "lost")
