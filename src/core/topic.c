@@ -367,7 +367,9 @@ static void queue_gap(sl_reader_t *r, uint64_t from, int from_known, uint64_t to
     r->gap_missed = missed;
 }
 
-/* The seq of the first retained message with gseq > g, or head+1. Ring gseqs increase. */
+/* Where a reader resumes after stream position g: past the last retained message with
+ * gseq <= g (so that lost ids after it are crossed, and told), else at the first retained one,
+ * or head+1. Ring gseqs increase. */
 static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
 {
     size_t lo = 0, hi = t->count;
@@ -378,6 +380,8 @@ static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
         else
             lo = mid + 1;
     }
+    if (lo > 0)
+        return sl_topic_nth(t, lo - 1)->seq + 1;
     return lo < t->count ? sl_topic_nth(t, lo)->seq : t->head_seq + 1;
 }
 

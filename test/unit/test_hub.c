@@ -409,6 +409,18 @@ static void test_lost_ranges(void **state)
     since(&far, t, 12);
     walk(&far.readers[0], out, sizeof(out));
     assert_string_equal(out, "20 ");
+    /* A multi-topic stream resuming by position after message 3: the same gap. */
+    sl_sub_t multi;
+    memset(&multi, 0, sizeof(multi));
+    multi.ops = &fake_ops;
+    multi.multi = 1;
+    sl_start_t gs = {.kind = SL_START_GSEQ, .epoch = hub.epoch, .seq = sl_topic_get(t, 3)->gseq};
+    sl_sub_init(&hub, &multi, &t, &gs, 1);
+    walk(&multi.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g4-6/3 10 20 ");
+    sl_sub_dispose(&hub, &multi);
+    gaps0++;
+    msgs0 += 3;
     assert_int_equal(sl_metrics.gaps[SL_LAG_LOST] - gaps0, 3);
     assert_int_equal(sl_metrics.gap_messages - msgs0, 3 + 3 + 1);
     /* Two ranges crossed at once (no message between them): one marker, lost ids only. */
