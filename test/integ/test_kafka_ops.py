@@ -323,6 +323,47 @@ def test_retention_loss_reaches_readers_as_a_gap(kafka_mock, sluice_factory, tmp
     assert srv2.metrics().v("sluice_gap_messages_total") == lost
 
 
+def test_retention_loss_told_on_every_topic_of_the_partition(kafka_mock, sluice_factory):
+    """A partition feeding two topics by key: the records retention removed are lost ids for
+    the topic that had not passed them, told when its next record comes (after records of the
+    other topic); the topic bound by the first record after the loss has nothing to be told."""
+    kafka_mock.topic("rm", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rm", topic="rm/{key}",
+                       prefetch="512KiB", commit_interval="100ms", topics=[("rm/x", TIGHT)])
+    sub = srv.sse("/topics/rm/x?durable=r&from=oldest")
+    wait_for(lambda: len(partitions(srv)) == 1, 30, "the partition assigned")
+    live = srv.sse("/topics/rm/x")
+    kafka_mock.produce("rm", 0, 40, prefix="a", size=1024, key="x")
+    paused(srv, ("rm", 0))
+    kafka_mock.produce("rm", 0, 7000, prefix="b", size=1024, key="y")  # past the 5 MiB
+    wait_for(lambda: (lambda p: p["log_start"] and p["log_start"] > 40)(
+        partitions(srv)[("rm", 0)]), 30, "the log start past the paused position")
+    deadline = time.monotonic() + 60
+    while srv.metrics().v('sluice_kafka_retention_gaps_total{source="k"}') < 1:
+        assert time.monotonic() < deadline, partitions(srv)
+        drain_and_ack(srv, sub, "rm/x", quiet=0.5)
+    m = srv.metrics()
+    lost = m.v('sluice_kafka_retention_lost_total{durability="lossy",source="k"}') + \
+        m.v('sluice_kafka_retention_lost_total{durability="lossless",source="k"}')
+    assert lost > 0
+    kafka_mock.produce("rm", 0, 2, prefix="c", key="x")  # offsets 7040, 7041
+    seen = []
+    while len([e for e in seen if e["data"].startswith("c")]) < 2:
+        seen.append(live.read_event(timeout=20))
+    gaps = [i for i, e in enumerate(seen) if e["event"] == "sluice.gap"]
+    assert len(gaps) == 1, seen[-5:]
+    i = gaps[0]
+    frm, to, missed, reason = gap_of(seen[i])
+    assert (missed, reason) == (lost, "lost")
+    assert frm == seq_of(seen[i - 1]) + 1 and to == frm + lost - 1
+    assert [seq_of(e) for e in seen[i + 1:]] == [7041, 7042]
+    # The other topic began after the loss: no gap, its ids are offsets + 1.
+    other = srv.sse("/topics/rm/y?from=oldest")
+    first = other.read_event(timeout=20)
+    assert first["event"] is None and seq_of(first) > to
+    assert srv.metrics().v('sluice_gaps_total{reason="lost"}') >= 1
+
+
 def test_holes_are_not_gaps(kafka_mock, sluice_factory):
     """Offsets a topic has no record for (records another key routed to another topic, a
     record rejected as too big) are holes: a live reader and a resuming reader pass them with
