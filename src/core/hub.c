@@ -235,6 +235,13 @@ int sl_hub_publish_at(sl_hub_t *hub, sl_topic_t *t, uint64_t seq, const char *ev
     return 0;
 }
 
+void sl_hub_lose(sl_hub_t *hub, sl_topic_t *t, uint64_t from, uint64_t to)
+{
+    (void)hub;
+    sl_topic_lose(t, from, to);
+    SL_DEBUG("ids declared lost", "topic=%s from=%" PRIu64 " to=%" PRIu64, t->name, from, to);
+}
+
 static void (*reader_ready_cb)(sl_reader_t *r);
 
 void sl_reader_set_ready_cb(void (*on_ready)(sl_reader_t *r))
@@ -267,6 +274,31 @@ void sl_reader_gap(sl_reader_t *r, uint64_t from, uint64_t to, uint64_t missed)
     sl_metrics.gap_messages += missed;
     if (r->next <= to)
         r->next = to + 1;
+}
+
+int sl_reader_cross(sl_reader_t *r, uint64_t seq)
+{
+    uint64_t first = 0, last = 0;
+    if (seq <= r->next)
+        return 0;
+    uint64_t lost = sl_topic_lost(r->topic, r->next, seq - 1, &first, &last);
+    r->next = seq;
+    if (lost == 0)
+        return 0;
+    if (r->mark & SL_MARK_GAP) {
+        r->gap_to = last;
+        r->gap_missed += lost;
+    } else {
+        r->mark |= SL_MARK_GAP;
+        r->gap_from = first;
+        r->gap_from_known = 1;
+        r->gap_to = last;
+        r->gap_missed = lost;
+        r->mark_reason = SL_LAG_LOST;
+        sl_metrics.gaps[SL_LAG_LOST]++;
+    }
+    sl_metrics.gap_messages += lost;
+    return 1;
 }
 
 static void make_ready(sl_hub_t *hub, sl_sub_t *sub)

@@ -121,6 +121,14 @@ int sl_hub_publish_at(sl_hub_t *hub, sl_topic_t *t, uint64_t seq, const char *ev
                       const char *const *payloads, const size_t *lens, size_t n,
                       uint64_t *first_seq);
 
+/* Declares ids from..to of topic t lost (from <= to, both above the head): ids of messages
+ * that the topic's source (an external log) lost before the topic took them. The caller then
+ * publishes past `to` (sl_hub_publish_at): readers crossing the range get one gap marker
+ * (reason lost) counting exactly the lost ids they crossed, where a hole tells them nothing.
+ * Kept even if that publish is refused (declaring the same range again changes nothing); a
+ * lossless log records it with the message's id (the storage's prepare). */
+void sl_hub_lose(sl_hub_t *hub, sl_topic_t *t, uint64_t from, uint64_t to);
+
 /* Makes room for n bytes in the budget by evicting the oldest messages across topics, and
  * charges them. Returns 0 or SL_EOVERLOAD (nothing left to evict). */
 int sl_hub_reserve(sl_hub_t *hub, size_t n);

@@ -21,7 +21,7 @@
 
 const char *sl_lag_reason_name(sl_lag_reason_t r)
 {
-    static const char *const names[] = {"evicted", "lag_hard", "lag_soft", "lag_age"};
+    static const char *const names[] = {"evicted", "lag_hard", "lag_soft", "lag_age", "lost"};
     return r < SL_LAG__COUNT ? names[r] : "unknown";
 }
 
@@ -152,6 +152,8 @@ int sl_topic_rebase(sl_topic_t *t, uint64_t epoch, uint64_t head)
         snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, old);
         return SL_EBUSY;
     }
+    if (!same || head < t->head_seq)
+        sl_topic_set_losses(t, NULL, 0); /* they named ids of the old numbering */
     t->head_seq = head;
     /* What came before the new numbering was never seen here: a reader below it missed it. */
     t->evicted_seq = head;
@@ -173,6 +175,8 @@ void sl_topic_free(sl_topic_t *t)
         sl_msg_unref(m);
     }
     sl_bfree(t->ring, t->cap * sizeof(*t->ring));
+    if (t->losses != NULL)
+        sl_bfree(t->losses, SL_TOPIC_LOSSES_MAX * sizeof(*t->losses));
     sl_bfree(t->name, t->name_len + 1);
     sl_bfree(t, sizeof(*t));
 }
@@ -218,6 +222,84 @@ void sl_topic_skip(sl_topic_t *t, uint64_t head)
 {
     assert(head > t->head_seq);
     t->head_seq = head;
+}
+
+/* ---- lost ranges ------------------------------------------------------------------------ */
+
+void sl_topic_set_losses(sl_topic_t *t, const sl_loss_t *v, uint32_t n)
+{
+    assert(n <= SL_TOPIC_LOSSES_MAX);
+    if (n > 0 && t->losses == NULL)
+        t->losses = sl_balloc(SL_TOPIC_LOSSES_MAX * sizeof(*t->losses));
+    if (n > 0)
+        memcpy(t->losses, v, n * sizeof(*v));
+    if (n > 0 || t->nlosses > 0)
+        t->losses_gen++;
+    t->nlosses = n;
+}
+
+/* 1 if no reader can cross lost range l any more: a reader below it is below the ring's tail
+ * past evicted messages (an eviction gap covers it) and below what the storage holds. */
+static int loss_unreachable(const sl_topic_t *t, const sl_loss_t *l)
+{
+    return l->to < t->evicted_seq && (t->backend == NULL || !t->backend->reads_back ||
+                                      (t->disk_floor != UINT64_MAX && l->to < t->disk_floor));
+}
+
+void sl_topic_lose(sl_topic_t *t, uint64_t from, uint64_t to)
+{
+    assert(from <= to && from > t->head_seq);
+    if (t->losses == NULL)
+        t->losses = sl_balloc(SL_TOPIC_LOSSES_MAX * sizeof(*t->losses));
+    t->losses_gen++;
+    if (t->nlosses > 0) {
+        /* Declared again (a publish refused, then offered again), or adjacent: one range. */
+        sl_loss_t *l = &t->losses[t->nlosses - 1];
+        if (from <= l->to + 1 && to + 1 >= l->from) {
+            l->from = from < l->from ? from : l->from;
+            l->to = to > l->to ? to : l->to;
+            return;
+        }
+    }
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < t->nlosses; i++)
+        if (!loss_unreachable(t, &t->losses[i]))
+            t->losses[keep++] = t->losses[i];
+    t->nlosses = keep;
+    if (t->nlosses == SL_TOPIC_LOSSES_MAX) {
+        t->losses[0].to = t->losses[1].to;
+        memmove(&t->losses[1], &t->losses[2], (t->nlosses - 2) * sizeof(*t->losses));
+        t->nlosses--;
+    }
+    t->losses[t->nlosses].from = from;
+    t->losses[t->nlosses].to = to;
+    t->nlosses++;
+}
+
+uint64_t sl_topic_lost(const sl_topic_t *t, uint64_t from, uint64_t to, uint64_t *first,
+                       uint64_t *last)
+{
+    uint64_t n = 0;
+    if (to < from || t->nlosses == 0)
+        return 0;
+    /* The first range that ends at or after `from`. */
+    uint32_t lo = 0, hi = t->nlosses;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (t->losses[mid].to < from)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (uint32_t i = lo; i < t->nlosses && t->losses[i].from <= to; i++) {
+        uint64_t a = t->losses[i].from > from ? t->losses[i].from : from;
+        uint64_t b = t->losses[i].to < to ? t->losses[i].to : to;
+        if (n == 0)
+            *first = a;
+        *last = b;
+        n += b - a + 1;
+    }
+    return n;
 }
 
 static void ring_grow(sl_topic_t *t)
@@ -285,7 +367,9 @@ static void queue_gap(sl_reader_t *r, uint64_t from, int from_known, uint64_t to
     r->gap_missed = missed;
 }
 
-/* The seq of the first retained message with gseq > g, or head+1. Ring gseqs increase. */
+/* Where a reader resumes after stream position g: past the last retained message with
+ * gseq <= g (so that lost ids after it are crossed, and told), else at the first retained one,
+ * or head+1. Ring gseqs increase. */
 static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
 {
     size_t lo = 0, hi = t->count;
@@ -296,6 +380,8 @@ static uint64_t first_after_gseq(const sl_topic_t *t, uint64_t g)
         else
             lo = mid + 1;
     }
+    if (lo > 0)
+        return sl_topic_nth(t, lo - 1)->seq + 1;
     return lo < t->count ? sl_topic_nth(t, lo)->seq : t->head_seq + 1;
 }
 
@@ -373,8 +459,18 @@ sl_check_t sl_reader_check(sl_reader_t *r, uint64_t now_ms, int behind, sl_lag_r
     uint64_t tail = sl_reader_floor(r), head = t->head_seq;
     *missed = 0;
     if (r->next < tail && r->next > t->evicted_seq && tail == sl_topic_tail(t)) {
-        /* Nothing was evicted at or after next: it points into a hole before the tail. */
+        /* Nothing was evicted at or after next: it points into a hole before the tail, or
+         * into ids declared lost, which are told (whatever the policy: the reader did not
+         * fall behind) and counted exactly. */
+        uint64_t first = 0, last = 0;
+        uint64_t lost = sl_topic_lost(t, r->next, tail - 1, &first, &last);
         r->next = tail;
+        if (lost > 0) {
+            *reason = SL_LAG_LOST;
+            *missed = lost;
+            queue_gap(r, first, 1, last, lost, SL_LAG_LOST);
+            return SL_CHECK_OK;
+        }
     }
     if (r->next < tail) {
         *reason = SL_LAG_EVICTED;

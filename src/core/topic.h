@@ -18,7 +18,11 @@
  *     sl_reader_check(); before that it may be below tail (it fell behind eviction). It may
  *     point into a hole: it is then owed the first message after it;
  *   - evicted_seq is the newest evicted message's seq: a reader below the tail but past it
- *     missed only holes.
+ *     missed only holes (and the lost ranges there);
+ *   - losses[0 .. nlosses) are the ranges of ids declared lost (sl_hub_lose), sorted, disjoint
+ *     and not adjacent. A lost id is a hole that had a message the topic never got (an
+ *     external log removed it first): a reader crossing it is told, with a gap marker (reason
+ *     lost) that counts exactly the lost ids it crossed. A hole is not told.
  */
 #ifndef SL_TOPIC_H
 #define SL_TOPIC_H
@@ -43,6 +47,7 @@ typedef enum {
     SL_LAG_HARD,
     SL_LAG_SOFT,
     SL_LAG_AGE,
+    SL_LAG_LOST, /* ids declared lost by the topic's source (not the reader's doing) */
     SL_LAG__COUNT,
 } sl_lag_reason_t;
 const char *sl_lag_reason_name(sl_lag_reason_t r);
@@ -86,6 +91,15 @@ typedef struct sl_reader {
 } sl_reader_t;
 
 struct sl_topic;
+
+/* A range of ids declared lost, inclusive. */
+typedef struct sl_loss {
+    uint64_t from, to;
+} sl_loss_t;
+
+/* A topic remembers at most this many lost ranges; past it the oldest two merge (the ids
+ * between them then count as lost too). Ranges no reader can cross any more are dropped. */
+#define SL_TOPIC_LOSSES_MAX 32
 
 /* A topic's storage beyond its ring, as a table of functions: the lossless log
  * (store/lossless.c) and a lossy topic fed by Kafka (kafka/readback.c). The hub and the
@@ -152,6 +166,9 @@ typedef struct sl_topic {
     void *backend_state;         /* another backend's state */
     uint64_t disk_floor;  /* first seq the backend may still hold for read-back; UINT64_MAX none */
     uint64_t evicted_seq; /* seq of the newest message evicted from the ring; 0 if none */
+    sl_loss_t *losses;    /* SL_TOPIC_LOSSES_MAX slots once a loss is declared, else NULL */
+    uint32_t nlosses;
+    uint64_t losses_gen; /* changes whenever losses does (a storage records them) */
 } sl_topic_t;
 
 /* Creates an empty topic log with a fresh random epoch. `name` is copied. */
@@ -199,6 +216,20 @@ sl_msg_t *sl_topic_at(const sl_topic_t *t, uint64_t seq);
  * appended gets seq head + 1: the ids between are holes. The caller appends that message at
  * once (sl_hub_publish_at). */
 void sl_topic_skip(sl_topic_t *t, uint64_t head);
+
+/* Declares ids from..to (from <= to, all above the head) lost: the caller publishes a message
+ * past `to` next (sl_hub_lose). Merges with an overlapping or adjacent range; drops ranges no
+ * reader can cross any more (below both the evicted seq and the storage's floor); past
+ * SL_TOPIC_LOSSES_MAX merges the oldest two. */
+void sl_topic_lose(sl_topic_t *t, uint64_t from, uint64_t to);
+
+/* Replaces the topic's lost ranges by v[0..n) (sorted, disjoint; a storage's recovery). */
+void sl_topic_set_losses(sl_topic_t *t, const sl_loss_t *v, uint32_t n);
+
+/* How many ids in from..to (inclusive; none if to < from) are declared lost; when some are,
+ * *first and *last are the first and the last of them. */
+uint64_t sl_topic_lost(const sl_topic_t *t, uint64_t from, uint64_t to, uint64_t *first,
+                       uint64_t *last);
 
 /* Appends `m` (taking over the caller's reference) as seq head+1 (the head may have been moved
  * by sl_topic_skip). The caller links m->all.
@@ -290,6 +321,13 @@ void sl_reader_set_ready_cb(void (*on_ready)(sl_reader_t *r));
 /* Queues (or widens) a gap marker for reader r over seqs from..to (`missed` messages, reason
  * evicted), counts it, and moves r->next to to + 1. For read-back backends. */
 void sl_reader_gap(sl_reader_t *r, uint64_t from, uint64_t to, uint64_t missed);
+
+/* Reader r moves on from r->next to `seq` (> r->next): the message it is given next, or the
+ * first seq that the storage or the ring holds after ids it passes. Ids declared lost in
+ * between become a gap marker (reason lost; queued, or widening a pending gap), counted;
+ * holes are passed silently. r->next becomes seq. Returns 1 if lost ids were crossed: the
+ * marker must then go out before the message at `seq`. */
+int sl_reader_cross(sl_reader_t *r, uint64_t seq);
 
 /* Message ids. */
 #define SL_ID_MAX 48

@@ -224,14 +224,12 @@ static void job_done(job_t *j, int why, uint64_t eof_seq)
     } else {
         batch_free(b);
         if (why == END_TAIL) {
-            /* Everything between the reader and the ring is holes. */
-            if (r->next < tail)
-                r->next = tail;
+            /* Everything between the reader and the ring is holes, or ids the source declared
+             * lost (a gap). */
+            sl_reader_cross(r, tail);
         } else if (why == END_EOF) {
-            /* Kafka has nothing more up to its end: holes up to there. */
-            uint64_t to = eof_seq < tail ? eof_seq : tail;
-            if (r->next < to)
-                r->next = to;
+            /* Kafka has nothing more up to its end: holes up to there (or lost ids). */
+            sl_reader_cross(r, eof_seq < tail ? eof_seq : tail);
         } else if (why == END_TIMEOUT || why == END_STOP) {
             rb->st.timeouts += why == END_TIMEOUT;
             give_gap(rb, r, tail);
@@ -375,6 +373,9 @@ static void on_record(sl_krb_t *rb, const rd_kafka_message_t *m)
     j->want = m->offset + 1;
     if (seq < r->next)
         return; /* inside the gap just given */
+    uint64_t f, l;
+    if (sl_topic_lost(t, seq, seq, &f, &l) > 0)
+        return; /* the source declared it lost (it skipped it): a gap for every reader alike */
     /* A record this topic never had (routed elsewhere, rejected) is a hole. */
     char name[1024], evbuf[80];
     const char *ev;
@@ -706,9 +707,11 @@ static sl_msg_t *kb_read_next(sl_reader_t *r)
         return NULL;
     while (b->pos < b->n && b->v[b->pos]->seq < r->next)
         b->pos++;
-    /* A message past r->next: the ids between are holes. */
+    /* A message past r->next: the ids between are holes, or lost ids that the caller tells
+     * (sl_reader_cross) before it takes the message, which stays next until r->next passes
+     * it. */
     if (b->pos < b->n)
-        return b->v[b->pos++];
+        return b->v[b->pos];
     batch_free(b);
     r->disk = NULL;
     return NULL;

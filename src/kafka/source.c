@@ -84,6 +84,7 @@
 #define WM_ROUND_MS 4000   /* a round's thread is waited for this long (wm_work) */
 #define WM_PAUSE_MS 60000  /* no round for this long after one was abandoned */
 #define STABLE_MS 60000    /* a recreated consumer running this long resets the backoff */
+#define LOSSES_KEPT 4      /* retention losses a partition remembers for its topics */
 
 /* Why a record was not taken (metrics labels). */
 enum {
@@ -124,6 +125,11 @@ typedef struct kpe {
     int64_t resume_next;   /* after a resume: the offset the next record should have; -1 */
     int gone;              /* Kafka said its topic does not exist (deleted): logged once */
     int check_gone;        /* revoked: does its topic still exist? (asked off the loop) */
+    /* Offsets retention removed before sluice took them (the newest LOSSES_KEPT ranges,
+     * inclusive, oldest first): declared lost on each topic the partition feeds when it
+     * publishes past them (declare_losses), so that its readers are told. */
+    int64_t lost_from[LOSSES_KEPT], lost_to[LOSSES_KEPT];
+    int nlost;
 } kpe_t;
 
 /* One partition of a watermark and committed-offset query, run on the thread pool. */
@@ -367,6 +373,20 @@ static void reject_log(kpe_t *e, int reason, const char *name)
             e->ktopic, (int)e->partition, rej_names[reason], name);
 }
 
+/* The partition's retention losses that topic t (bound to it) has not passed become lost ids
+ * of t, before its record at seq `at` is published: its readers crossing them get a gap. Ids
+ * are offsets + 1. */
+static void declare_losses(const kpe_t *e, sl_topic_t *t, uint64_t at)
+{
+    for (int i = 0; i < e->nlost; i++) {
+        uint64_t from = (uint64_t)e->lost_from[i] + 1, to = (uint64_t)e->lost_to[i] + 1;
+        if (from <= t->head_seq)
+            from = t->head_seq + 1;
+        if (from <= to && to < at)
+            sl_hub_lose(ks.hub, t, from, to);
+    }
+}
+
 /* Offers one record (or a stash) to the topic `name`. */
 static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, const char *payload,
                      size_t plen, int64_t off)
@@ -419,8 +439,11 @@ static offer_t offer(kpe_t *e, const char *name, size_t nlen, const char *ev, co
         sl_krb_bind(s->rb, t, e->ktopic, e->partition);
     }
     /* Offsets this topic has no record for (compaction, transaction markers, other keys'
-     * records): the head jumps to the record's id, the ids between are holes. */
+     * records): the head jumps to the record's id, the ids between are holes, except those
+     * retention removed: lost. */
     uint64_t at = s->conf->fan_in_local ? 0 : want;
+    if (at != 0)
+        declare_losses(e, t, at);
     int skip = at > t->head_seq + 1;
     int rc = sl_hub_publish_at(ks.hub, t, at, ev, &payload, &plen, 1, &o.seq);
     if (rc == 0) {
@@ -527,6 +550,19 @@ static int64_t retention_check(kpe_t *e, int64_t offset)
     return sl_kafka_retention_lost(expected, offset, e->lo_wm, s->conf->start_latest);
 }
 
+/* Offsets from..to of partition e were removed by retention before sluice took them. */
+static void remember_loss(kpe_t *e, int64_t from, int64_t to)
+{
+    if (e->nlost == LOSSES_KEPT) {
+        memmove(e->lost_from, e->lost_from + 1, (LOSSES_KEPT - 1) * sizeof(*e->lost_from));
+        memmove(e->lost_to, e->lost_to + 1, (LOSSES_KEPT - 1) * sizeof(*e->lost_to));
+        e->nlost--;
+    }
+    e->lost_from[e->nlost] = from;
+    e->lost_to[e->nlost] = to;
+    e->nlost++;
+}
+
 /* Counts and logs records that retention removed from under a paused partition. Each event is
  * logged: it happens at most once per pause. */
 static void retention_count(kpe_t *e, const sl_topic_t *t, int64_t lost, int64_t offset)
@@ -551,6 +587,8 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
     if (e == NULL || sl_kp_accept(&e->kp, m->offset) != SL_KP_ACT_NONE)
         return; /* not ours (any more): Kafka delivers it again after the resume or assign */
     int64_t lost = e->resume_next >= 0 ? retention_check(e, m->offset) : 0;
+    if (lost > 0)
+        remember_loss(e, m->offset - lost, m->offset - 1);
     char name[NAME_CAP], evbuf[80];
     const char *ev = NULL;
     const char *payload = m->payload ? (const char *)m->payload : "";

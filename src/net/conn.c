@@ -581,6 +581,9 @@ static size_t deliver(sl_sub_t *sub)
         }
     }
     const sl_transport_t *tp = c->tp;
+    int crossed;
+again:
+    crossed = 0;
     /* Size the write for what is owed now, not for the largest batch. */
     uint64_t owed = 0;
     uint32_t marks = 0;
@@ -629,6 +632,11 @@ static size_t deliver(sl_sub_t *sub)
         }
         if (m == NULL)
             break;
+        if (m->seq > r->next && sl_reader_cross(r, m->seq)) {
+            /* Ids declared lost before m: their gap marker goes out before it. */
+            crossed = 1;
+            break;
+        }
         bytes += tp->put_msg(c, w, m);
         sl_msg_ref(m);
         w->msgs[w->nmsgs++] = m;
@@ -636,6 +644,8 @@ static size_t deliver(sl_sub_t *sub)
     }
     if (w->niov == 0) {
         sub_write_free(w);
+        if (crossed)
+            goto again; /* the marker first, now that it is owed; it is not owed twice */
         if (c->draining)
             send_final(c);
         return 0;

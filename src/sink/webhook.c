@@ -1100,8 +1100,11 @@ static size_t take(stream_t *st, int fetch)
         }
         if (m == NULL)
             break;
-        if (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes) {
-            /* Not in this batch. A read-back message is not handed out again: keep it. */
+        /* Ids declared lost before m: their gap goes first, in the next batch. Or m does not
+         * fit the batch's bytes. Either way a read-back message, which is not handed out
+         * again, is kept for the next batch. */
+        if ((m->seq > r->next && sl_reader_cross(r, m->seq)) ||
+            (st->nmsgs > 0 && bytes + m->payload_len > c->batch_max_bytes)) {
             if (m->seq < sl_topic_tail(st->topic)) {
                 if (!owned)
                     sl_msg_ref(m);

@@ -186,18 +186,31 @@ int sl_ll_new(sl_topic_t *t)
     return 0;
 }
 
-/* meta: the topic's full name, its epoch and the high-water mark of issued seqs. Names are
- * at most 1024 bytes (max_topic_name), so it fits META_CAP. */
-#define META_CAP 1200
+/* meta: the topic's full name, its epoch, the high-water mark of issued seqs, and the ranges
+ * of ids declared lost (`lost=FROM-TO`, at most SL_TOPIC_LOSSES_MAX lines of at most 47
+ * bytes). Names are at most 1024 bytes (max_topic_name), so it fits META_CAP. */
+#define META_CAP (1200 + SL_TOPIC_LOSSES_MAX * 48)
+
+/* Formats ll's meta into buf (META_CAP bytes); returns its length, or -ENAMETOOLONG. */
+static int format_meta(const sl_lossless_t *ll, uint64_t reserved, char *buf)
+{
+    const sl_topic_t *t = ll->topic;
+    int n = snprintf(buf, META_CAP, "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n%s", t->name,
+                     t->epoch_hex, reserved, ll->external ? "external=1\n" : "");
+    for (uint32_t i = 0; n >= 0 && n < META_CAP && i < t->nlosses; i++)
+        n += snprintf(buf + n, META_CAP - (size_t)n, "lost=%" PRIu64 "-%" PRIu64 "\n",
+                      t->losses[i].from, t->losses[i].to);
+    if (n < 0 || n >= META_CAP)
+        return -ENAMETOOLONG;
+    return n;
+}
 
 static int write_meta(const sl_lossless_t *ll, const char *dir, uint64_t reserved)
 {
     char meta[META_CAP];
-    const sl_topic_t *t = ll->topic;
-    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n%s", t->name,
-                     t->epoch_hex, reserved, ll->external ? "external=1\n" : "");
-    if (n < 0 || (size_t)n >= sizeof(meta))
-        return -ENAMETOOLONG;
+    int n = format_meta(ll, reserved, meta);
+    if (n < 0)
+        return n;
     return write_file_atomic(dir, "meta", meta, (size_t)n);
 }
 
@@ -231,6 +244,7 @@ static int make_on_disk(sl_lossless_t *ll)
         return SL_EDISK;
     }
     ll->reserved = reserved;
+    ll->losses_gen = t->losses_gen;
     ll->on_disk = 1;
     SL_INFO("lossless topic created", "topic=%s dir=%s", t->name, ll->dir);
     return 0;
@@ -276,9 +290,9 @@ static void meta_done(uv_work_t *req, int status)
 static void start_reserve(sl_lossless_t *ll, uint64_t reserved)
 {
     char meta[META_CAP];
-    const sl_topic_t *t = ll->topic;
-    int n = snprintf(meta, sizeof(meta), "name=%s\nepoch=%s\nreserved=%" PRIu64 "\n%s", t->name,
-                     t->epoch_hex, reserved, ll->external ? "external=1\n" : "");
+    int n = format_meta(ll, reserved, meta);
+    if (n < 0)
+        return; /* cannot happen: names are bounded; the mark is raised synchronously then */
     meta_job_t *j = sl_calloc(1, sizeof(*j));
     j->req.data = j;
     j->ll = ll;
@@ -296,6 +310,25 @@ int sl_ll_prepare(sl_topic_t *t, size_t n)
     if (ll->broken || make_on_disk(ll) != 0)
         return SL_EDISK;
     uint64_t need = t->head_seq + n;
+    if (t->losses_gen != ll->losses_gen) {
+        /* Ids were declared lost: meta records them before the message past them is given
+         * its id, so that readers are told across a restart too. Rare (a source's loss), so
+         * written here; after a mark being raised, which would otherwise land last. */
+        if (ll->reserving)
+            return SL_EFULL;
+        uint64_t mark = need > ll->reserved ? need + RESERVE_BLOCK : ll->reserved;
+        int rc = write_meta(ll, ll->dir, mark);
+        if (rc != 0) {
+            SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
+                     t->name, strerror(-rc));
+            sl_metrics.log.write_errors++;
+            ll->broken = 1;
+            ll_update(ll);
+            return SL_EDISK;
+        }
+        ll->reserved = mark;
+        ll->losses_gen = t->losses_gen;
+    }
     if (need > ll->reserved) {
         /* Wait for the write in flight rather than race it: the larger mark must land last. */
         if (ll->reserving)
@@ -1070,9 +1103,11 @@ sl_msg_t *sl_ll_next(sl_reader_t *r)
     if (b->pos < b->n && b->v[b->pos]->seq == r->next)
         return b->v[b->pos++];
     /* In a log whose ids are an external log's offsets, ids the log skips are holes (offsets
-     * with no message for this topic), passed silently; recovery never cuts such a log. */
+     * with no message for this topic), passed silently, or ids declared lost, which the
+     * caller tells (sl_reader_cross) before it takes the message; recovery never cuts such a
+     * log. The message stays next until r->next passes it. */
     if (b->pos < b->n && r->topic->ll->external)
-        return b->v[b->pos++];
+        return b->v[b->pos];
     if (b->pos >= b->n) {
         batch_free(b);
         r->disk = NULL;
@@ -1135,8 +1170,9 @@ int sl_ll_fetch(sl_reader_t *r)
      * up to the ring. Either way the reader is told and moves on. */
     uint64_t resume = i < ll->nsegs ? ll->segs[i].base : tail;
     if (resume > r->next && ll->external && resume <= tail) {
-        /* Ids between segments of an external log: holes (see sl_ll_next), passed. */
-        r->next = resume;
+        /* Ids between segments of an external log: holes (see sl_ll_next), passed, or lost
+         * ids, told. */
+        sl_reader_cross(r, resume);
         if (resume == tail)
             return 0;
     } else if (resume > r->next) {
@@ -1326,7 +1362,7 @@ static void read_cursors(sl_topic_t *t)
 #define NAME_CAP 1100
 
 static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *reserved,
-                     int *external)
+                     int *external, sl_loss_t *losses, uint32_t *nlosses)
 {
     char path[PATH_CAP + 8], line[META_CAP];
     snprintf(path, sizeof(path), "%s/meta", dir);
@@ -1336,6 +1372,7 @@ static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *res
     name[0] = '\0';
     *epoch = *reserved = 0;
     *external = 0;
+    *nlosses = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "name=", 5) == 0) {
             size_t l = strcspn(line + 5, "\n");
@@ -1348,6 +1385,17 @@ static int read_meta(const char *dir, char *name, uint64_t *epoch, uint64_t *res
             *reserved = strtoull(line + 9, NULL, 10);
         } else if (strncmp(line, "external=1", 10) == 0) {
             *external = 1;
+        } else if (strncmp(line, "lost=", 5) == 0 && *nlosses < SL_TOPIC_LOSSES_MAX) {
+            /* Sorted, disjoint and non-empty, as written; anything else is ignored. */
+            char *end;
+            uint64_t a = strtoull(line + 5, &end, 10), b = 0;
+            if (*end == '-')
+                b = strtoull(end + 1, &end, 10);
+            if (a >= 1 && b >= a && (*nlosses == 0 || a > losses[*nlosses - 1].to + 1)) {
+                losses[*nlosses].from = a;
+                losses[*nlosses].to = b;
+                (*nlosses)++;
+            }
         }
     }
     fclose(f);
@@ -1362,9 +1410,11 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     char name[NAME_CAP];
     uint64_t epoch, reserved;
     int external;
+    sl_loss_t losses[SL_TOPIC_LOSSES_MAX];
+    uint32_t nlosses;
     const char *dir = dirbuf;
     snprintf(dirbuf, sizeof(dirbuf), "%s/%s", base, entry);
-    if (read_meta(dir, name, &epoch, &reserved, &external) != 0) {
+    if (read_meta(dir, name, &epoch, &reserved, &external, losses, &nlosses) != 0) {
         SL_WARN("topic directory without meta ignored", "dir=%s", dir);
         return;
     }
@@ -1412,6 +1462,8 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     snprintf(t->epoch_hex, sizeof(t->epoch_hex), "%016" PRIx64, epoch);
     sl_lossless_t *ll = ll_new(t, sl_strdup(dir));
     ll->external = external;
+    sl_topic_set_losses(t, losses, nlosses);
+    ll->losses_gen = t->losses_gen;
     /* Segments, oldest first. */
     DIR *d = opendir(dir);
     uint64_t *bases = NULL;

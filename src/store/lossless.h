@@ -107,6 +107,9 @@ typedef struct sl_lossless {
      * after a crash does not skip past the mark, since the feed delivers the same messages
      * under the same ids again. */
     int external;
+    /* The topic's lost ranges (t->losses) as meta records them: losses_gen when meta was
+     * last written with them. A publish after a loss waits until meta has it. */
+    uint64_t losses_gen;
 } sl_lossless_t;
 
 /* Acknowledges seq (of epoch) on durable cursor cu of topic t: 0, or the HTTP status of the

@@ -1,14 +1,17 @@
 """Black-box tests of the Kafka source's operations side against librdkafka's mock cluster:
 per-partition lag and committed offsets, a fatal consumer error, a deleted Kafka topic,
-retention passing a paused partition, and every reject reason under both policies."""
+retention passing a paused partition (counted, and told to readers as a gap), and every reject
+reason under both policies."""
 
+import json
 import threading
 import time
 
 import pytest
 
-from kafka_mock import ERR_UNKNOWN_TOPIC
-from lossless_util import ack_ok
+from kafka_mock import ERR_UNKNOWN_TOPIC, source_section, unique_group
+from lossless_util import ack_ok, stop
+from test_file_sink import records
 from test_kafka import ID, partitions, read_n, sources, start_source, wait_for
 
 TIGHT = {"durability": "lossless", "segment_bytes": "4KiB", "disk_quota": "16KiB",
@@ -195,6 +198,195 @@ def test_retention_passing_a_paused_partition_is_a_counted_loss(kafka_mock, slui
     first_b = int(later[0][1:].split(".")[0])
     assert first_b >= log_start - 40, (first_b, log_start)
     assert sources(srv)["k"]["retention_gaps"] == 1
+
+
+def seq_of(ev):
+    return int(ID.match(ev["id"]).group(2))
+
+
+def gap_of(ev):
+    assert ev["event"] == "sluice.gap", ev
+    g = json.loads(ev["data"])
+    return seq_of({"id": g["from"]}), seq_of({"id": g["to"]}), g["missed"], g["reason"]
+
+
+def test_retention_loss_reaches_readers_as_a_gap(kafka_mock, sluice_factory, tmp_path):
+    """The records retention removed from under a paused partition are a counted gap for the
+    topic's readers: a live reader, the durable reader that kept the partition paused, and a
+    reader resuming by Last-Event-ID from before them each get one sluice.gap naming exactly
+    the lost ids (reason lost), then the records from the log start on; so does a file sink."""
+    kafka_mock.topic("rg", 1)
+    group, data, out = unique_group(), tmp_path / "data", tmp_path / "out"
+
+    def start(sink=True):
+        text = source_section("k", kafka_mock.bootstrap, group, kafka_topics="rg",
+                              topic="rg/{partition}", prefetch="512KiB", commit_interval="100ms")
+        if sink:  # a file sink: a durable reader of its own
+            text += f'[sink "f"]\ntype = file\ntopics = rg/*\ndirectory = {out}\n' \
+                "format = jsonl\nbatch_linger = 0\n"
+        return sluice_factory(server={"data_dir": str(data)}, topics=[("rg/0", TIGHT)],
+                              extra_text=text)
+    srv = start()
+    sub = srv.sse("/topics/rg/0?durable=r&from=oldest")
+    wait_for(lambda: len(partitions(srv)) == 1, 30, "the partition assigned")
+    live = srv.sse("/topics/rg/0")
+    kafka_mock.produce("rg", 0, 40, prefix="a", size=1024)
+    paused(srv, ("rg", 0))
+    kafka_mock.produce("rg", 0, 7000, prefix="b", size=1024)  # ~7 MiB: past the mock's 5 MiB
+    wait_for(lambda: (lambda p: p["log_start"] and p["log_start"] > 40)(
+        partitions(srv)[("rg", 0)]), 30, "the log start past the paused position")
+    # The durable reader acknowledges what it reads but the last message, and once the gap
+    # came, nothing from the message before it on: the log keeps that message and the ones
+    # after the gap for the resumes below (a resume point below what the log holds is an
+    # eviction gap over everything missed, holes and lost ids alike).
+    durable, acking = [], True
+    deadline = time.monotonic() + 60
+    while acking or not any(e["event"] == "sluice.gap" for e in durable):
+        assert time.monotonic() < deadline, "no sluice.gap for the durable reader; " \
+            f"retention gaps counted: {sources(srv)['k']['retention_gaps']}"
+        got = []
+        while True:
+            try:
+                got.append(sub.read_event(timeout=0.5))
+            except TimeoutError:
+                break
+        durable += got
+        if not acking or not got:
+            continue
+        gaps = [i for i, e in enumerate(got) if e["event"] == "sluice.gap"]
+        upto = got[:gaps[0]] if gaps else got
+        if len(upto) >= 2:
+            ack_ok(srv, "rg/0", "r", upto[-2]["id"])
+        acking = not gaps
+    m = srv.metrics()
+    assert m.v('sluice_kafka_retention_gaps_total{source="k"}') == 1
+    lost = m.v('sluice_kafka_retention_lost_total{durability="lossless",source="k"}')
+    assert lost > 0
+
+    def around_gap(events):
+        """The message before the gap, the gap, and the message after it."""
+        i = next(i for i, e in enumerate(events) if e["event"] == "sluice.gap")
+        assert i > 0 and len(events) > i + 1, events[max(0, i - 2):i + 3]
+        assert not [e for e in events[i + 1:] if e["event"] == "sluice.gap"], "one gap"
+        return events[i - 1], gap_of(events[i]), events[i + 1]
+
+    before, (frm, to, missed, reason), after = around_gap(durable)
+    assert reason == "lost"
+    assert missed == lost and frm == seq_of(before) + 1 and to == frm + lost - 1, \
+        (frm, to, missed, lost, before["id"])
+    assert seq_of(after) > to and after["data"].startswith("b")
+    # Every message before the gap came in order, none missed.
+    msgs = [e for e in durable if e["event"] != "sluice.gap"]
+    assert [seq_of(e) for e in msgs[:msgs.index(before) + 1]] == \
+        list(range(1, seq_of(before) + 1))
+
+    # The live reader: the same gap, between the same messages.
+    seen = []
+    while not any(e["id"] == after["id"] for e in seen):
+        seen.append(live.read_event(timeout=20))
+    lb, lgap, la = around_gap(seen)
+    assert (lb["id"], lgap, la["id"]) == (before["id"], (frm, to, missed, "lost"), after["id"])
+
+    # A reader resuming by Last-Event-ID from the message before the lost ids (read back from
+    # the lossless log): the same gap, then the message after it.
+    back = srv.sse("/topics/rg/0", headers={"Last-Event-ID": before["id"]})
+    ev = back.read_event(timeout=20)
+    assert gap_of(ev) == (frm, to, missed, "lost")
+    assert back.read_event(timeout=20)["id"] == after["id"]
+
+    # The file sink: one gap record with the same range and count, between the same records.
+    def sink_gap():
+        recs = records(out, "rg/0")
+        i = next((i for i, r in enumerate(recs) if r.get("sluice") == "gap"), None)
+        return recs if i is not None and len(recs) > i + 1 else None
+    recs = wait_for(sink_gap, 30, "the file sink's gap record")
+    i = next(i for i, r in enumerate(recs) if r.get("sluice") == "gap")
+    assert [r.get("sluice") for r in recs].count("gap") == 1
+    g = recs[i]
+    assert (seq_of({"id": g["from"]}), seq_of({"id": g["to"]}), g["missed"]) == \
+        (frm, to, missed), g
+    assert (recs[i - 1]["id"], recs[i + 1]["id"]) == (before["id"], after["id"])
+
+    # Counted for every reader told, exactly the lost ids; no other gap.
+    m = srv.metrics()
+    assert m.v('sluice_gaps_total{reason="lost"}') == 4
+    assert m.v('sluice_gaps_total{reason="evicted"}') == 0
+    assert m.v("sluice_gap_messages_total") == 4 * lost
+    stop(srv)
+
+    # Across a restart: the log remembers the lost range, and a resume still gets the gap.
+    srv2 = start(sink=False)
+    back = srv2.sse("/topics/rg/0", headers={"Last-Event-ID": before["id"]})
+    ev = back.read_event(timeout=30)
+    assert gap_of(ev) == (frm, to, missed, "lost")
+    assert back.read_event(timeout=20)["id"] == after["id"]
+    assert srv2.metrics().v("sluice_gap_messages_total") == lost
+
+
+def test_retention_loss_told_on_every_topic_of_the_partition(kafka_mock, sluice_factory):
+    """A partition feeding two topics by key: the records retention removed are lost ids for
+    the topic that had not passed them, told when its next record comes (after records of the
+    other topic); the topic bound by the first record after the loss has nothing to be told."""
+    kafka_mock.topic("rm", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="rm", topic="rm/{key}",
+                       prefetch="512KiB", commit_interval="100ms", topics=[("rm/x", TIGHT)])
+    sub = srv.sse("/topics/rm/x?durable=r&from=oldest")
+    wait_for(lambda: len(partitions(srv)) == 1, 30, "the partition assigned")
+    live = srv.sse("/topics/rm/x")
+    kafka_mock.produce("rm", 0, 40, prefix="a", size=1024, key="x")
+    paused(srv, ("rm", 0))
+    kafka_mock.produce("rm", 0, 7000, prefix="b", size=1024, key="y")  # past the 5 MiB
+    wait_for(lambda: (lambda p: p["log_start"] and p["log_start"] > 40)(
+        partitions(srv)[("rm", 0)]), 30, "the log start past the paused position")
+    deadline = time.monotonic() + 60
+    while srv.metrics().v('sluice_kafka_retention_gaps_total{source="k"}') < 1:
+        assert time.monotonic() < deadline, partitions(srv)
+        drain_and_ack(srv, sub, "rm/x", quiet=0.5)
+    m = srv.metrics()
+    lost = m.v('sluice_kafka_retention_lost_total{durability="lossy",source="k"}') + \
+        m.v('sluice_kafka_retention_lost_total{durability="lossless",source="k"}')
+    assert lost > 0
+    kafka_mock.produce("rm", 0, 2, prefix="c", key="x")  # offsets 7040, 7041
+    seen = []
+    while len([e for e in seen if e["data"].startswith("c")]) < 2:
+        seen.append(live.read_event(timeout=20))
+    gaps = [i for i, e in enumerate(seen) if e["event"] == "sluice.gap"]
+    assert len(gaps) == 1, seen[-5:]
+    i = gaps[0]
+    frm, to, missed, reason = gap_of(seen[i])
+    assert (missed, reason) == (lost, "lost")
+    assert frm == seq_of(seen[i - 1]) + 1 and to == frm + lost - 1
+    assert [seq_of(e) for e in seen[i + 1:]] == [7041, 7042]
+    # The other topic began after the loss: no gap, its ids are offsets + 1.
+    other = srv.sse("/topics/rm/y?from=oldest")
+    first = other.read_event(timeout=20)
+    assert first["event"] is None and seq_of(first) > to
+    assert srv.metrics().v('sluice_gaps_total{reason="lost"}') >= 1
+
+
+def test_holes_are_not_gaps(kafka_mock, sluice_factory):
+    """Offsets a topic has no record for (records another key routed to another topic, a
+    record rejected as too big) are holes: a live reader and a resuming reader pass them with
+    no gap marker, and nothing is counted as lost."""
+    kafka_mock.topic("hn", 1)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="hn", topic="hn/{key}",
+                       limits={"max_message_bytes": "1KiB"})
+    kafka_mock.produce("hn", 0, 2, prefix="x", key="x")  # offsets 0, 1
+    wait_for(lambda: "hn/x" in srv.topics(), 30, "the topic")
+    live = srv.sse("/topics/hn/x?from=oldest")
+    assert [seq_of(e) for e in read_n(live, 2)] == [1, 2]
+    kafka_mock.produce("hn", 0, 3, prefix="y", key="y")  # 2..4: to hn/y
+    kafka_mock.produce("hn", 0, 1, prefix="big", size=2000, key="x")  # 5: rejected
+    kafka_mock.produce("hn", 0, 2, prefix="z", key="x")  # 6, 7
+    evs = read_n(live, 2)
+    assert [(e["event"], seq_of(e)) for e in evs] == [(None, 7), (None, 8)], evs
+    epoch = ID.match(evs[0]["id"]).group(1)
+    back = srv.sse("/topics/hn/x", headers={"Last-Event-ID": f"{epoch}-2"})
+    assert [seq_of(e) for e in read_n(back, 2)] == [7, 8]
+    m = srv.metrics()
+    assert m.v('sluice_gaps_total{reason="lost"}') == 0
+    assert m.v('sluice_gaps_total{reason="evicted"}') == 0
+    assert m.v("sluice_gap_messages_total") == 0
 
 
 # ---- every reject reason under both policies ----------------------------------------------

@@ -327,6 +327,179 @@ static void test_holes(void **state)
     sl_sub_dispose(&hub, &s4);
 }
 
+/* What the transports' delivery loop (net/conn.c, deliver) gives reader r: gap markers as
+ * "g<from>-<to>/<missed>" and messages as their seqs, in order. */
+static void walk(sl_reader_t *r, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    sl_hub_check_reader(&hub, r, 0);
+    for (;;) {
+        if (r->mark & SL_MARK_GAP) {
+            n += (size_t)snprintf(out + n, cap - n, "g%llu-%llu/%llu ",
+                                  (unsigned long long)r->gap_from, (unsigned long long)r->gap_to,
+                                  (unsigned long long)r->gap_missed);
+            r->mark = SL_MARK_NONE;
+        }
+        if (r->next > r->topic->head_seq)
+            break;
+        sl_msg_t *m = sl_topic_at(r->topic, r->next);
+        if (m == NULL)
+            break;
+        if (m->seq > r->next && sl_reader_cross(r, m->seq))
+            continue; /* the marker first */
+        n += (size_t)snprintf(out + n, cap - n, "%llu ", (unsigned long long)m->seq);
+        r->next = m->seq + 1;
+    }
+}
+
+static void since(sl_sub_t *s, sl_topic_t *t, uint64_t seq)
+{
+    memset(s, 0, sizeof(*s));
+    s->ops = &fake_ops;
+    sl_start_t st = {.kind = seq ? SL_START_SINCE : SL_START_NEW, .epoch = t->epoch, .seq = seq};
+    sl_sub_init(&hub, s, &t, &st, 1);
+}
+
+static int publish_lost(sl_topic_t *t, uint64_t from, uint64_t to, uint64_t at)
+{
+    const char *p = "x";
+    size_t len = 1;
+    uint64_t first;
+    if (from)
+        sl_hub_lose(&hub, t, from, to);
+    int rc = sl_hub_publish_at(&hub, t, at, NULL, &p, &len, 1, &first);
+    if (rc == 0)
+        assert_int_equal(first, at);
+    return rc;
+}
+
+/* Ids declared lost beside holes: a reader crossing them (live, resuming from the ring, or
+ * below the tail past evicted messages) gets one gap marker counting exactly the lost ids it
+ * crossed, reason lost, counted; a reader crossing only holes gets nothing. */
+static void test_lost_ranges(void **state)
+{
+    (void)state;
+    char out[256];
+    sl_topic_t *t = topic("l");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(publish(t, "a"), 0);
+    sl_sub_t live, back, inside, holes, far;
+    since(&live, t, 0); /* caught up at 3 */
+    uint64_t gaps0 = sl_metrics.gaps[SL_LAG_LOST], msgs0 = sl_metrics.gap_messages;
+    /* 4..6 lost, 7..9 holes, then 10; then 11..19 holes only, then 20. */
+    assert_int_equal(publish_lost(t, 4, 6, 10), 0);
+    assert_int_equal(publish_lost(t, 0, 0, 20), 0);
+    assert_int_equal(t->nlosses, 1);
+    walk(&live.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g4-6/3 10 20 ");
+    assert_int_equal(live.readers[0].mark_reason, SL_LAG_LOST);
+    assert_int_equal(sl_metrics.gaps[SL_LAG_LOST] - gaps0, 1);
+    assert_int_equal(sl_metrics.gap_messages - msgs0, 3);
+    /* Resumes from the ring: before the range, inside it, in the holes after it. */
+    since(&back, t, 1);
+    walk(&back.readers[0], out, sizeof(out));
+    assert_string_equal(out, "2 3 g4-6/3 10 20 ");
+    since(&inside, t, 5);
+    walk(&inside.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g6-6/1 10 20 ");
+    since(&holes, t, 7);
+    walk(&holes.readers[0], out, sizeof(out));
+    assert_string_equal(out, "10 20 ");
+    since(&far, t, 12);
+    walk(&far.readers[0], out, sizeof(out));
+    assert_string_equal(out, "20 ");
+    /* A multi-topic stream resuming by position after message 3: the same gap. */
+    sl_sub_t multi;
+    memset(&multi, 0, sizeof(multi));
+    multi.ops = &fake_ops;
+    multi.multi = 1;
+    sl_start_t gs = {.kind = SL_START_GSEQ, .epoch = hub.epoch, .seq = sl_topic_get(t, 3)->gseq};
+    sl_sub_init(&hub, &multi, &t, &gs, 1);
+    walk(&multi.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g4-6/3 10 20 ");
+    sl_sub_dispose(&hub, &multi);
+    gaps0++;
+    msgs0 += 3;
+    assert_int_equal(sl_metrics.gaps[SL_LAG_LOST] - gaps0, 3);
+    assert_int_equal(sl_metrics.gap_messages - msgs0, 3 + 3 + 1);
+    /* Two ranges crossed at once (no message between them): one marker, lost ids only. */
+    assert_int_equal(publish_lost(t, 21, 22, 25), 0);
+    /* Declared, its publish refused (the range stays), declared again: no change. */
+    sl_hub_lose(&hub, t, 26, 27);
+    assert_int_equal(publish_lost(t, 26, 27, 30), 0);
+    assert_int_equal(t->nlosses, 3);
+    sl_sub_dispose(&hub, &live);
+    sl_sub_dispose(&hub, &back);
+    since(&live, t, 20);
+    walk(&live.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g21-22/2 25 g26-27/2 30 ");
+    since(&back, t, 20);
+    sl_reader_t *r = &back.readers[0];
+    assert_int_equal(sl_reader_cross(r, 30), 1);
+    assert_int_equal(r->gap_missed, 4);
+    assert_int_equal(r->gap_from, 21);
+    assert_int_equal(r->gap_to, 27);
+    assert_int_equal(r->next, 30);
+    assert_int_equal(sl_reader_cross(r, 30), 0);
+    /* Below the tail past evicted messages: the lost ids there are told, exactly. */
+    t->conf.max_messages = 1;
+    assert_int_equal(publish_lost(t, 31, 34, 40), 0);
+    assert_int_equal(sl_topic_tail(t), 40);
+    assert_int_equal(t->evicted_seq, 30);
+    sl_sub_dispose(&hub, &inside);
+    sl_sub_dispose(&hub, &holes);
+    sl_sub_dispose(&hub, &far);
+    since(&inside, t, 30);
+    walk(&inside.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g31-34/4 40 ");
+    assert_int_equal(inside.readers[0].mark_reason, SL_LAG_LOST);
+    since(&holes, t, 35);
+    walk(&holes.readers[0], out, sizeof(out));
+    assert_string_equal(out, "40 ");
+    /* Evicted messages: the eviction gap covers lost ids too (counted in ids, as ever). */
+    since(&far, t, 20);
+    walk(&far.readers[0], out, sizeof(out));
+    assert_string_equal(out, "g21-39/19 40 ");
+    assert_int_equal(far.readers[0].mark_reason, SL_LAG_EVICTED);
+    /* Ranges no reader can cross are dropped; the count stays bounded. */
+    for (uint64_t i = 0; i < 2 * SL_TOPIC_LOSSES_MAX; i++)
+        assert_int_equal(publish_lost(t, 41 + 3 * i, 41 + 3 * i, 43 + 3 * i), 0);
+    assert_true(t->nlosses <= 2);
+    /* A new epoch forgets them. */
+    sl_sub_dispose(&hub, &live);
+    sl_sub_dispose(&hub, &back);
+    sl_sub_dispose(&hub, &inside);
+    sl_sub_dispose(&hub, &holes);
+    sl_sub_dispose(&hub, &far);
+    sl_msg_t *m;
+    while ((m = sl_topic_pop_tail(t)) != NULL) {
+        sl_msg_unlink(m);
+        sl_msg_unref(m);
+    }
+    assert_int_equal(sl_topic_rebase(t, 99, 1000), 0);
+    assert_int_equal(t->nlosses, 0);
+}
+
+/* The bound on remembered ranges when every one is still reachable: the oldest two merge. */
+static void test_lost_ranges_cap(void **state)
+{
+    (void)state;
+    sl_topic_t *t = topic("c");
+    uint64_t first = 0, last = 0;
+    for (uint64_t i = 0; i < SL_TOPIC_LOSSES_MAX + 3; i++)
+        assert_int_equal(publish_lost(t, 10 * i + 1, 10 * i + 2, 10 * i + 5), 0);
+    assert_int_equal(t->nlosses, SL_TOPIC_LOSSES_MAX);
+    /* The newest are exact; the oldest absorbed the ids between the first four. */
+    assert_int_equal(
+        sl_topic_lost(t, 10 * (SL_TOPIC_LOSSES_MAX + 2), UINT64_MAX - 1, &first, &last), 2);
+    assert_int_equal(first, 10 * (SL_TOPIC_LOSSES_MAX + 2) + 1);
+    assert_int_equal(sl_topic_lost(t, 1, 32, &first, &last), 32);
+    assert_int_equal(first, 1);
+    assert_int_equal(last, 32);
+    assert_int_equal(sl_topic_lost(t, 7, 3, &first, &last), 0);
+}
+
 static void test_pending_pool(void **state)
 {
     (void)state;
@@ -462,6 +635,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_contract, setup, teardown),
         cmocka_unit_test_setup_teardown(test_holes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_ranges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_ranges_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep_weak_readers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
