@@ -131,10 +131,12 @@ def test_kill9_mid_write_no_duplicate_no_loss(sluice_factory, tmp_path):
     out = tmp_path / "out"
     data = tmp_path / "data"
     port = free_port()
-    conf = file_sink(out, batch_max_messages=5, rotate_bytes="16KiB", fsync="never")
+    # fsync = batch: every 5-record job waits for the disk, so the writes last long enough for
+    # the kill to land among them (with fsync = never the sink could finish first).
+    conf = file_sink(out, batch_max_messages=5, rotate_bytes="16KiB", fsync="batch")
     srv = start(sluice_factory, tmp_path, {"f": conf}, topics=LOSSLESS, data=data, port=port)
     srv.publish("t/a", "m0")
-    total = 3000
+    total = 6000
     for k in range(1, total, 200):
         srv.publish_batch("t/a", [f"m{i}" for i in range(k, min(k + 200, total))])
     # Killed while it writes: some records are in the files, not all.
@@ -148,7 +150,13 @@ def test_kill9_mid_write_no_duplicate_no_loss(sluice_factory, tmp_path):
         f.write(b'{"id":"torn","data":"m')
     srv2 = start(sluice_factory, tmp_path, {"f": conf}, topics=LOSSLESS, data=data, port=port)
     srv2.publish("t/a", f"m{total}")
-    assert wait_for(lambda: f"m{total}" in payloads(out, "t/a"), timeout=30)
+
+    def caught_up():
+        try:
+            return f"m{total}" in payloads(out, "t/a")
+        except AssertionError:  # the torn record, until the sink's first write cuts it
+            return False
+    assert wait_for(caught_up, timeout=30)
     got = payloads(out, "t/a")
     assert got == [f"m{i}" for i in range(total + 1)], \
         (len(got), len(set(got)), [x for x in got if got.count(x) > 1][:5])
