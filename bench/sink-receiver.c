@@ -8,7 +8,10 @@
  *       newline, format = raw, is one message). With --latency, every line's `"data":"<ns>"`
  *       (a wall-clock send time in nanoseconds, as bench/sinks.py publishes) gives a
  *       publish-to-receiver latency. `GET /stats` answers the counters as one line of
- *       key=value pairs (nothing else is counted for it); SIGTERM prints that line and exits.
+ *       key=value pairs (nothing else is counted for it), with the CLOCK_MONOTONIC times (ns)
+ *       of the first and the last counted message, so a drain is timed by its deliveries and
+ *       not by how often it is polled; `GET /reset` zeroes counters and times. SIGTERM
+ *       prints the stats line and exits.
  *       Prints `port=N` once listening (N is ephemeral unless --port is given).
  *
  *   sluice-sinkrecv --loop --port N [--seconds S] [--size B]
@@ -53,6 +56,7 @@ typedef struct conn {
 } conn_t;
 
 static uint64_t n_requests, n_messages, n_bytes;
+static uint64_t first_ns, last_ns; /* CLOCK_MONOTONIC of the first and last counted message */
 static double *lat_ms;
 static size_t n_lat;
 static int opt_latency;
@@ -68,6 +72,13 @@ static uint64_t wall_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -96,9 +107,10 @@ static int stats_line(char *buf, size_t cap)
         qsort(lat_ms, n_lat, sizeof(*lat_ms), cmp_double);
     return snprintf(buf, cap,
                     "requests=%llu messages=%llu bytes=%llu latency_n=%zu latency_p50_ms=%.3f "
-                    "latency_p99_ms=%.3f latency_max_ms=%.3f\n",
+                    "latency_p99_ms=%.3f latency_max_ms=%.3f first_ns=%llu last_ns=%llu\n",
                     (unsigned long long)n_requests, (unsigned long long)n_messages,
-                    (unsigned long long)n_bytes, n_lat, pct(50), pct(99), pct(100));
+                    (unsigned long long)n_bytes, n_lat, pct(50), pct(99), pct(100),
+                    (unsigned long long)first_ns, (unsigned long long)last_ns);
 }
 
 /* Latencies from the lines of one body: `"data":` followed by a send time in ns. */
@@ -182,6 +194,16 @@ static int on_message_complete(llhttp_t *h)
         out_put(c, body, (size_t)bl);
         return 0;
     }
+    if (llhttp_get_method(h) == HTTP_GET && strcmp(c->url, "/reset") == 0) {
+        n_requests = n_messages = n_bytes = first_ns = last_ns = 0;
+        n_lat = 0;
+        static const char done[] = "HTTP/1.1 204 No Content\r\n\r\n";
+        out_put(c, done, sizeof(done) - 1);
+        return 0;
+    }
+    last_ns = mono_ns();
+    if (first_ns == 0)
+        first_ns = last_ns;
     n_requests++;
     n_bytes += c->body_len;
     n_messages += c->body_nl > 0 ? c->body_nl : c->body_len > 0;

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Sink benchmarks (issue 13), reported as ratios measured on one machine in one run.
 
-    /usr/bin/python3 bench/sinks.py [--quick] [--file-only] [--bin build/sluice] [--py-receiver]
+    /usr/bin/python3 bench/sinks.py [--quick] [--file-only | --webhook-only] [--bin build/sluice]
+                                    [--py-receiver]
 
 The receiver is build/sluice-sinkrecv (bench/sink-receiver.c: C, epoll, llhttp, its own
 process; answers 200 on kept-alive connections and counts ndjson lines); --py-receiver uses the
@@ -12,7 +13,9 @@ batched figure). The sequential loop is measured twice against the same receiver
 * webhook, batched: a backlog of N small messages on 8 lossless topics (published first, with
   no sink), then a server with a webhook sink (start = oldest, 100 per request, 8 in flight)
   drains it into the receiver: messages/s, and the ratio to the sequential keep-alive loop of
-  single POSTs against the same receiver (requests/s).
+  single POSTs against the same receiver (requests/s). The drain is timed by the C receiver's
+  stamps of its first and last message (the spawn-to-last-message time is reported beside);
+  sluice's CPU is its whole CPU from spawn to the last message.
 * webhook, unbatched: the same with format = raw (one message per request, 8 in flight):
   messages per sluice CPU-second, against the loop's requests per client CPU-second.
 * RSS per in-flight request: 512 topics, one message each, a receiver that never answers
@@ -123,6 +126,10 @@ class CReceiver:
     def count(self):
         return self.stats()["messages"]
 
+    def reset(self):
+        st, _, _ = self.c.request("GET", "/reset")
+        assert st == 204, st
+
     def stop(self):
         st = self.stats()
         self.c.close()
@@ -211,11 +218,35 @@ def backlog(binary, data, topics, per_topic, payload):
 
 
 def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total", poll=0.05,
-          timed_stop=False):
+          timed_stop=False, recv=None):
     """A server with the sink on the backlog: seconds and sluice CPU to deliver `total` (and,
     with timed_stop, seconds until the server has exited after SIGTERM as a third value; its
     clock then starts before the server is spawned, since the sink starts draining before the
-    port answers)."""
+    port answers).
+
+    With recv (the C receiver), the drain is timed by the receiver's own stamps of its first
+    and last message (CLOCK_MONOTONIC), not by a poll of sluice's /metrics (which costs sluice
+    CPU and rounds up to the poll interval); the CPU is then sluice's whole CPU from its spawn
+    until the last message arrived (start-up recovery included), and the third value is the
+    time from the spawn to the last message."""
+    if recv is not None:
+        recv.reset()
+        t_spawn = time.monotonic_ns()
+        s = Sluice(binary, LOSSLESS + conf, data)
+        t0 = time.monotonic()
+        cpu_first = None
+        while True:
+            got = recv.count()
+            if cpu_first is None and got > 0:
+                cpu_first = s.cpu()
+            if got >= total or time.monotonic() - t0 > 600:
+                break
+            time.sleep(0.02)
+        cpu = s.cpu()
+        drain.cpu_after_first = cpu - (cpu_first or 0.0)
+        st = recv.stats()
+        s.stop()
+        return ((st["last_ns"] - st["first_ns"]) / 1e9, cpu, (st["last_ns"] - t_spawn) / 1e9)
     t_spawn = time.monotonic()
     s = Sluice(binary, LOSSLESS + conf, data)
     cpu0, t0 = s.cpu(), time.monotonic()
@@ -300,6 +331,8 @@ def main():
     ap.add_argument("--py-receiver", action="store_true",
                     help="the asyncio receiver for the throughput figures (the old baseline)")
     ap.add_argument("--file-only", action="store_true", help="only the file sink against dd")
+    ap.add_argument("--webhook-only", action="store_true",
+                    help="only the loops and the batched and unbatched webhook drains")
     a = ap.parse_args()
     recv_bin = str(Path(a.bin).parent / "sluice-sinkrecv")
 
@@ -336,12 +369,18 @@ def main():
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
     backlog(a.bin, data, topics, n_batched // 8, payload)
     got0 = r.count()
-    dt, cpu = drain(a.bin, data, sink_conf(r.port) + "batch_max_messages = 100\nmax_in_flight = 8\n",
-                    n_batched)
+    res_b = drain(a.bin, data, sink_conf(r.port) + "batch_max_messages = 100\nmax_in_flight = 8\n",
+                  n_batched, recv=None if a.py_receiver else r)
+    dt, cpu = res_b[0], res_b[1]
+    if len(res_b) == 3:
+        got0 = 0  # the receiver was reset
+        report("batched_spawn_to_last_s", round(res_b[2], 3))
+    report("batched_drain_s", round(dt, 3))
     report("batched_messages_per_s", round(n_batched / dt))
     report("batched_vs_loop", round(n_batched / dt / loop_rps, 1))
     report("batched_vs_c_loop", round(n_batched / dt / cloop_rps, 1))
     report("batched_sluice_cpu_s", round(cpu, 2))
+    report("batched_messages_per_sluice_cpu_s", round(n_batched / cpu) if cpu else "n/a")
     report("batched_receiver_messages", round(r.count() - got0))
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
@@ -350,8 +389,16 @@ def main():
     r = receiver("raw")
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
     backlog(a.bin, data, topics, n_single // 8, payload)
-    dt, cpu = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
-                    n_single)
+    res_u = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
+                  n_single, recv=None if a.py_receiver else r)
+    dt, cpu = res_u[0], res_u[1]
+    if len(res_u) == 3:
+        report("unbatched_spawn_to_last_s", round(res_u[2], 3))
+    report("unbatched_drain_s", round(dt, 3))
+    report("unbatched_sluice_cpu_s", round(cpu, 2))
+    if len(res_u) == 3:
+        # The CPU from the first delivery seen (20 ms polls) on: start-up recovery left out.
+        report("unbatched_sluice_cpu_s_from_first", round(drain.cpu_after_first, 2))
     report("unbatched_messages_per_s", round(n_single / dt))
     report("unbatched_messages_per_sluice_cpu_s", round(n_single / cpu) if cpu else "n/a")
     report("unbatched_per_cpu_vs_loop", round(n_single / cpu / loop_per_cpu, 2) if cpu else "n/a")
@@ -360,6 +407,10 @@ def main():
     report("unbatched_receiver_messages", round(r.count()))
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
+    if a.webhook_only:
+        (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in res.items()))
+        print(f"# results in {out}")
+        return
 
     # RSS per in-flight request.
     r = Receiver("hold")

@@ -180,7 +180,8 @@ int main(int argc, char **argv)
     sl_api_install(srv);
     /* Sinks read the hub beside the server and stop on the same signals. */
     int sink_err = 0;
-    sl_sinks_t *sinks = rc == 0 ? sl_sinks_start(&loop, &srv->hub, &cfg, &sink_err) : NULL;
+    sl_sinks_t *sinks =
+        rc == 0 ? sl_sinks_start(&loop, &srv->hub, &cfg, kick_server, srv, &sink_err) : NULL;
     if (sink_err != 0) {
         rc = sink_err;
         sl_server_shutdown(srv);

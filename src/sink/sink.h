@@ -17,9 +17,13 @@ struct sl_sinks;
 typedef struct sl_sinks sl_sinks_t;
 
 /* Starts every configured sink on `loop`, following the topics of `hub` that match (those that
- * exist now and those created later). `cfg` and `hub` must outlive the sinks. Returns the
- * sinks (NULL when none are configured) with *err 0, or NULL with *err < 0 (logged). */
-sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, int *err);
+ * exist now and those created later). `cfg` and `hub` must outlive the sinks. `kick(kick_arg)`
+ * is called when a stream became ready outside the hub's flush pass (a request done, a timer,
+ * a read-back): it must make the loop run that pass soon without blocking in poll (the
+ * server's sl_server_kick). Returns the sinks (NULL when none are configured) with *err 0, or
+ * NULL with *err < 0 (logged). */
+sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg,
+                           void (*kick)(void *), void *kick_arg, int *err);
 
 /* Shutdown, step one: no new request starts; requests in flight get `shutdown_drain`, then are
  * cancelled without moving any cursor (they are sent again after a restart); then every stream

@@ -194,6 +194,8 @@ typedef struct sock {
 struct sl_sinks {
     uv_loop_t *loop;
     sl_hub_t *hub;
+    void (*kick)(void *); /* makes the loop run the hub's flush pass without blocking */
+    void *kick_arg;
     const sl_config_t *cfg;
     CURLM *multi;
     uv_timer_t curl_timer, sweep_timer, drain_timer;
@@ -212,6 +214,19 @@ struct sl_sinks {
 };
 
 static void try_send(stream_t *st);
+
+/* A stream can take its next batch: the hub's next flush pass serves it. The stream is made
+ * ready from curl's, the timers' and the thread pool's callbacks, outside the hub's own pass,
+ * so the loop is kicked: without it, the loop could block in poll until some unrelated event
+ * (the server's 250 ms sweep, when the endpoint answers faster than anything else happens)
+ * while the ready stream waits. */
+static void sub_ready(sl_sinks_t *s, sl_sub_t *sub)
+{
+    sl_hub_sub_ready(s->hub, sub, sl_now_ms());
+    if (s->kick != NULL && sl_hub_pending(s->hub))
+        s->kick(s->kick_arg);
+}
+
 static void on_stream_timer_closed(uv_handle_t *h);
 static size_t take(stream_t *st, int fetch);
 static void finish(sl_sinks_t *s);
@@ -1044,7 +1059,7 @@ static void ss_ready(sl_ss_t *ss)
 {
     stream_t *st = sl_container_of(ss, stream_t, ss);
     st->sub.writing = 0;
-    sl_hub_sub_ready(st->sink->all->hub, &st->sub, sl_now_ms());
+    sub_ready(st->sink->all, &st->sub);
 }
 
 static void ss_disabled(sl_ss_t *ss)
@@ -1185,7 +1200,7 @@ static size_t stream_deliver(sl_sub_t *sub)
         /* A read-back that queued a gap or passed holes has nothing to send yet: go again. */
         if (r->mark != SL_MARK_NONE || (!r->disk_wait && r->next <= st->topic->head_seq &&
                                         r->next >= sl_topic_tail(st->topic)))
-            sl_hub_sub_ready(s->hub, sub, now);
+            sub_ready(s, sub);
         return 0;
     }
     sub->writing = 1;
@@ -1200,7 +1215,7 @@ static void stream_disk_ready(sl_sub_t *sub)
     if (st->sink->all->stopping)
         return;
     if (st->ss.state == SL_SS_IDLE) {
-        sl_hub_sub_ready(st->sink->all->hub, sub, sl_now_ms());
+        sub_ready(st->sink->all, sub);
         return;
     }
     /* A batch read back from disk that waits for a slot (or the registry, or a breaker) and
@@ -1797,7 +1812,8 @@ static int load_secrets(sink_t *k)
     return 0;
 }
 
-sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg, int *err)
+sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cfg,
+                           void (*kick)(void *), void *kick_arg, int *err)
 {
     *err = 0;
     const sl_sinks_conf_t *sc = &cfg->sinks;
@@ -1811,6 +1827,8 @@ sl_sinks_t *sl_sinks_start(uv_loop_t *loop, sl_hub_t *hub, const sl_config_t *cf
     sl_sinks_t *s = sl_calloc(1, sizeof(*s));
     s->loop = loop;
     s->hub = hub;
+    s->kick = kick;
+    s->kick_arg = kick_arg;
     s->cfg = cfg;
     s->n = sc->n;
     s->v = sl_calloc(s->n, sizeof(*s->v));

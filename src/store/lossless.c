@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -556,14 +557,162 @@ char *sl_ll_cursors_json(const sl_topic_t *t, size_t *len)
     return buf;
 }
 
-/* The cursor file, rewritten (atomically, on the thread pool) whenever a checkpoint moves; at
- * most one write in flight, the last state always written. */
+/* ---- the cursor file ------------------------------------------------------------------
+ *
+ * <topic dir>/cursors holds the checkpoints of the topic's durable cursors as text lines
+ * "name checkpoint [owner]". It is written at every checkpoint (for a draining sink, every
+ * 100 ms per topic), so what one write costs matters. The file is two slots of equal size (a
+ * power of two, at least 4 KiB); a slot is one header line
+ *
+ *     #sluice-cursors 2 size=<8 hex> gen=<16 hex> len=<8 hex> sum=<16 hex>\n
+ *
+ * then `len` bytes of text, padded with newlines to the slot's size. `sum` is the first 8
+ * bytes of the SHA-256 of the header up to "sum=" and of the text. A checkpoint overwrites in
+ * place the slot that does not hold the newest generation, with the next generation, and
+ * fdatasyncs it: no new inode, no rename, no directory fsync, and the file's size does not
+ * change, so fdatasync has no metadata to commit. Recovery takes the slot with a matching sum
+ * and the highest generation: a write torn by a crash spoils only the slot it was writing,
+ * and the other still holds the previous checkpoint. So a crash loses at most the checkpoint
+ * being written, as with the rename.
+ *
+ * The file is made (and made again, larger, when the text outgrows a slot, or after a failed
+ * write) as a whole through a temporary file, fsync, rename and a directory fsync: slot 0
+ * holds the state, slot 1 only padding. A file that does not start with the header is the
+ * plain-text format of earlier versions: it is read as such and replaced at the next save.
+ */
+#define CKPT_MAGIC "#sluice-cursors 2 "
+#define CKPT_HDR_LEN 87                 /* the header line, newline included */
+#define CKPT_SUM_AT (CKPT_HDR_LEN - 17) /* where the 16 hex digits of sum start */
+#define CKPT_MIN_SLOT 4096u
+#define CKPT_MAX_FILE (64u << 20) /* larger is not ours: refused at recovery */
+
+static uint64_t ckpt_sum(const char *hdr, const char *text, size_t len)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    if (c == NULL) /* out of memory, like sl_malloc */
+        abort();
+    if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(c, hdr, CKPT_SUM_AT) != 1 || EVP_DigestUpdate(c, text, len) != 1 ||
+        EVP_DigestFinal_ex(c, md, &mdlen) != 1 || mdlen < 8)
+        abort(); /* SHA-256 is always there: only memory can be missing */
+    EVP_MD_CTX_free(c);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | md[i];
+    return v;
+}
+
+/* Fills the slot (size bytes, size >= CKPT_HDR_LEN + len) with the header, text and padding. */
+static void ckpt_slot_format(char *slot, size_t size, uint64_t gen, const char *text, size_t len)
+{
+    char hdr[CKPT_HDR_LEN + 1];
+    snprintf(hdr, sizeof(hdr),
+             CKPT_MAGIC "size=%08x gen=%016" PRIx64 " len=%08x sum=", (unsigned)size, gen,
+             (unsigned)len);
+    uint64_t sum = ckpt_sum(hdr, text, len);
+    snprintf(hdr + CKPT_SUM_AT, sizeof(hdr) - CKPT_SUM_AT, "%016" PRIx64 "\n", sum);
+    memcpy(slot, hdr, CKPT_HDR_LEN);
+    memcpy(slot + CKPT_HDR_LEN, text, len);
+    memset(slot + CKPT_HDR_LEN + len, '\n', size - CKPT_HDR_LEN - len);
+}
+
+/* Parses a fixed-width hex field of n digits at p; -1 on anything else. */
+static int ckpt_hex(const char *p, int n, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int i = 0; i < n; i++) {
+        char ch = p[i];
+        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        x = x << 4 | (uint64_t)d;
+    }
+    *v = x;
+    return 0;
+}
+
+/* A slot of `size` bytes: 0 and its generation and text when its header and sum are intact,
+ * -1 otherwise. The slot comes from disk: every field is checked before it is used. */
+static int ckpt_slot_parse(const char *slot, size_t size, uint64_t *gen, const char **text,
+                           size_t *len)
+{
+    static const char magic[] = CKPT_MAGIC;
+    const size_t m = sizeof(magic) - 1;
+    uint64_t sz, g, l, sum;
+    if (size < CKPT_HDR_LEN || memcmp(slot, magic, m) != 0 || memcmp(slot + m, "size=", 5) != 0 ||
+        ckpt_hex(slot + m + 5, 8, &sz) != 0 || memcmp(slot + m + 13, " gen=", 5) != 0 ||
+        ckpt_hex(slot + m + 18, 16, &g) != 0 || memcmp(slot + m + 34, " len=", 5) != 0 ||
+        ckpt_hex(slot + m + 39, 8, &l) != 0 || memcmp(slot + m + 47, " sum=", 5) != 0 ||
+        ckpt_hex(slot + CKPT_SUM_AT, 16, &sum) != 0 || slot[CKPT_HDR_LEN - 1] != '\n')
+        return -1;
+    if (sz != size || l > size - CKPT_HDR_LEN)
+        return -1;
+    if (ckpt_sum(slot, slot + CKPT_HDR_LEN, (size_t)l) != sum)
+        return -1;
+    *gen = g;
+    *text = slot + CKPT_HDR_LEN;
+    *len = (size_t)l;
+    return 0;
+}
+
+/* What a cursor file's bytes hold. */
+typedef struct ckpt_view {
+    const char *text; /* the cursor lines */
+    size_t len;
+    size_t slot_size; /* 0: not the slotted format */
+    int slot;         /* the slot text is from */
+    uint64_t gen;
+} ckpt_view_t;
+
+/* Parses a cursor file's n bytes: 0 (slotted, the newest intact slot in v), 1 (the older plain
+ * text: all of it in v), or -1 (slotted, and no slot is intact). */
+static int ckpt_file_parse(const char *buf, size_t n, ckpt_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (n < sizeof(CKPT_MAGIC) - 1 || memcmp(buf, CKPT_MAGIC, sizeof(CKPT_MAGIC) - 1) != 0) {
+        v->text = buf;
+        v->len = n;
+        return 1;
+    }
+    /* Both slots have the file's half as their size: slot 0's header may be the torn one. */
+    size_t size = n / 2;
+    if (n % 2 != 0 || size < CKPT_HDR_LEN)
+        return -1;
+    int found = -1;
+    for (int s = 0; s < 2; s++) {
+        uint64_t g;
+        const char *t;
+        size_t l;
+        if (ckpt_slot_parse(buf + (size_t)s * size, size, &g, &t, &l) != 0)
+            continue;
+        if (found < 0 || g > v->gen) {
+            found = s;
+            v->gen = g;
+            v->text = t;
+            v->len = l;
+        }
+    }
+    if (found < 0)
+        return -1;
+    v->slot_size = size;
+    v->slot = found;
+    return 0;
+}
+
+/* One save of the cursor file, planned on the loop (ckpt_plan), done by ckpt_write on the
+ * thread pool or, at shutdown, synchronously. */
 typedef struct cursor_job {
     uv_work_t req;
     sl_lossless_t *ll;
     char *dir;
     char *text;
     size_t len;
+    size_t size;  /* slot size */
+    int in_place; /* overwrite `slot` of the existing file; else make the file anew */
+    int slot;     /* the slot written (0 when made anew) */
+    uint64_t gen; /* the generation written */
     int rc;
 } cursor_job_t;
 
@@ -583,10 +732,78 @@ static char *cursors_text(const sl_lossless_t *ll, size_t *len)
     return buf;
 }
 
+/* Fills j (text, slot, generation, mode) from ll's cursors and what is known of its file. */
+static void ckpt_plan(const sl_lossless_t *ll, cursor_job_t *j)
+{
+    j->text = cursors_text(ll, &j->len);
+    j->gen = ll->ckpt_gen + 1;
+    if (ll->ckpt_size != 0 && CKPT_HDR_LEN + j->len <= ll->ckpt_size) {
+        j->in_place = 1;
+        j->size = ll->ckpt_size;
+        j->slot = 1 - ll->ckpt_slot;
+        return;
+    }
+    /* Room for the text to double before the file is made again. */
+    size_t size = CKPT_MIN_SLOT;
+    while (size < 2 * (CKPT_HDR_LEN + j->len))
+        size *= 2;
+    j->in_place = 0;
+    j->size = size;
+    j->slot = 0;
+}
+
+/* Writes the planned save: 0 or a negative errno. Runs on the thread pool. An in-place save
+ * finding the file gone or of another size makes it anew instead (nothing was written yet). */
+static int ckpt_write(cursor_job_t *j)
+{
+    char *buf;
+    if (j->in_place) {
+        char path[PATH_CAP];
+        snprintf(path, sizeof(path), "%s/cursors", j->dir);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == 2 * (uint64_t)j->size) {
+            buf = sl_malloc(j->size);
+            ckpt_slot_format(buf, j->size, j->gen, j->text, j->len);
+            int rc = sl_spill_append(fd, (uint64_t)j->slot * j->size, buf, j->size, 1);
+            free(buf);
+            close(fd);
+            return rc;
+        }
+        if (fd >= 0)
+            close(fd);
+        j->in_place = 0;
+        j->slot = 0;
+        size_t size = CKPT_MIN_SLOT;
+        while (size < 2 * (CKPT_HDR_LEN + j->len))
+            size *= 2;
+        j->size = size;
+    }
+    buf = sl_malloc(2 * j->size);
+    ckpt_slot_format(buf, j->size, j->gen, j->text, j->len);
+    memset(buf + j->size, '\n', j->size);
+    int rc = write_file_atomic(j->dir, "cursors", buf, 2 * j->size);
+    free(buf);
+    return rc;
+}
+
+/* What a finished save teaches about the file: the next one goes to the other slot; after a
+ * failure, the file is made anew (the slot written may hold anything; the other is intact). */
+static void ckpt_learn(sl_lossless_t *ll, const cursor_job_t *j)
+{
+    ll->ckpt_gen = j->gen;
+    if (j->rc != 0) {
+        ll->ckpt_size = 0;
+        return;
+    }
+    ll->ckpt_size = j->size;
+    ll->ckpt_slot = j->slot;
+}
+
 static void cursor_work(uv_work_t *req)
 {
     cursor_job_t *j = req->data;
-    j->rc = write_file_atomic(j->dir, "cursors", j->text, j->len);
+    j->rc = ckpt_write(j);
 }
 
 static void cursor_done(uv_work_t *req, int status)
@@ -596,6 +813,8 @@ static void cursor_done(uv_work_t *req, int status)
     if (j->rc != 0)
         SL_ERROR("cursor file write failed", "dir=%s error=%s", j->dir, strerror(-j->rc));
     sl_lossless_t *ll = j->ll;
+    if (ll != NULL)
+        ckpt_learn(ll, j);
     free(j->text);
     free(j->dir);
     free(j);
@@ -620,8 +839,21 @@ static void save_cursors(sl_lossless_t *ll)
     j->req.data = j;
     j->ll = ll;
     j->dir = sl_strdup(ll->dir);
-    j->text = cursors_text(ll, &j->len);
+    ckpt_plan(ll, j);
     uv_queue_work(ll_loop, &j->req, cursor_work, cursor_done);
+}
+
+/* The same save, synchronously (shutdown: the loop has ended). */
+static int save_cursors_now(sl_lossless_t *ll)
+{
+    cursor_job_t j;
+    memset(&j, 0, sizeof(j));
+    j.dir = ll->dir;
+    ckpt_plan(ll, &j);
+    j.rc = ckpt_write(&j);
+    ckpt_learn(ll, &j);
+    free(j.text);
+    return j.rc;
 }
 
 /* ---- waiting publishers ---------------------------------------------------------------- */
@@ -1281,10 +1513,8 @@ void sl_ll_free(sl_topic_t *t)
     if (ll->fd >= 0)
         close(ll->fd);
     if (ll->on_disk && !ll->broken) {
-        size_t len;
-        char *text = cursors_text(ll, &len);
-        write_file_atomic(ll->dir, "cursors", text, len);
-        free(text);
+        if (save_cursors_now(ll) != 0)
+            SL_ERROR("cursor file write failed", "dir=%s", ll->dir);
         /* Everything issued is written now: the high-water mark comes down to the head, so
          * a clean restart continues the ids without a gap. */
         if (ll->written_seq == t->head_seq && ll->reserved > t->head_seq &&
@@ -1333,20 +1563,63 @@ static int parse_hex64(const char *s, uint64_t *v)
     return 0;
 }
 
+/* Reads the cursor file (see "the cursor file"): either format, every line checked. */
 static void read_cursors(sl_topic_t *t)
 {
+    sl_lossless_t *ll = t->ll;
     char path[PATH_CAP];
-    snprintf(path, sizeof(path), "%s/cursors", t->ll->dir);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
+    snprintf(path, sizeof(path), "%s/cursors", ll->dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return;
-    char line[256];
-    while (fgets(line, sizeof(line), f) != NULL) {
-        char name[128], owner[128] = "";
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 0 || (uint64_t)st.st_size > CKPT_MAX_FILE) {
+        SL_ERROR("cursor file unreadable or too large, cursors not restored", "path=%s", path);
+        close(fd);
+        return;
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    char *buf = sl_malloc(n + 1);
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    ckpt_view_t v;
+    int kind = ckpt_file_parse(buf, got, &v);
+    if (kind < 0) {
+        SL_ERROR("cursor file has no intact slot, cursors not restored", "path=%s bytes=%zu", path,
+                 got);
+        free(buf);
+        return;
+    }
+    if (kind == 0) {
+        ll->ckpt_size = v.slot_size;
+        ll->ckpt_slot = v.slot;
+        ll->ckpt_gen = v.gen;
+    }
+    const char *p = v.text, *end = v.text + v.len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        size_t n_line = (size_t)(le - p);
+        p = nl ? nl + 1 : end;
+        if (n_line == 0)
+            continue;
+        char line[256], name[128], owner[128] = "";
         unsigned long long ck;
-        int n = sscanf(line, "%100s %llu %100s", name, &ck, owner);
-        if (n < 2 || !sl_ll_cursor_name_valid(name, strlen(name)) ||
-            (n == 3 && strspn(owner, "0123456789abcdef") != 64) || strlen(owner) > 64) {
+        int k = 0;
+        if (n_line < sizeof(line)) {
+            memcpy(line, le - n_line, n_line);
+            line[n_line] = '\0';
+            k = sscanf(line, "%100s %llu %100s", name, &ck, owner);
+        }
+        if (k < 2 || !sl_ll_cursor_name_valid(name, strlen(name)) ||
+            (k == 3 && strspn(owner, "0123456789abcdef") != 64) || strlen(owner) > 64) {
             SL_WARN("bad line in cursor file ignored", "path=%s", path);
             continue;
         }
@@ -1354,7 +1627,7 @@ static void read_cursors(sl_topic_t *t)
         c->checkpoint = ck > t->head_seq ? t->head_seq : ck;
         memcpy(c->owner, owner, strlen(owner) + 1);
     }
-    fclose(f);
+    free(buf);
 }
 
 /* Reads a log directory's meta file: the full name (into name, NAME_CAP bytes), the epoch and

@@ -93,6 +93,11 @@ typedef struct sl_lossless {
     sl_list_t cursors;
     size_t ncursors;
     int cursors_busy, cursors_dirty; /* the cursor file is being written / must be again */
+    /* The cursor file's slots (lossless.c, "the cursor file"): their size (0: the file must be
+     * made anew), the one holding the newest generation, and that generation. */
+    size_t ckpt_size;
+    int ckpt_slot;
+    uint64_t ckpt_gen;
     sl_list_t waiters;
     int full;
     int broken;  /* the log cannot be written (disk error): publishes are refused */

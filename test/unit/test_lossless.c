@@ -331,6 +331,158 @@ static void test_cursor_names(void **state)
     assert_true(sl_ll_cursor_name_valid(long_name, 64));
 }
 
+/* The cursor file's format: the newest intact slot wins; a torn or damaged slot is passed
+ * over; the older plain text is recognised; header fields from disk are checked. */
+static void test_cursor_file_format(void **state)
+{
+    (void)state;
+    const size_t size = CKPT_MIN_SLOT;
+    char *f = malloc(2 * size);
+    ckpt_slot_format(f, size, 7, "a 5\n", 4);
+    ckpt_slot_format(f + size, size, 8, "a 9\nb 1\n", 8);
+    ckpt_view_t v;
+    assert_int_equal(ckpt_file_parse(f, 2 * size, &v), 0);
+    assert_int_equal(v.slot, 1);
+    assert_int_equal(v.gen, 8);
+    assert_int_equal(v.slot_size, size);
+    assert_int_equal(v.len, 8);
+    assert_memory_equal(v.text, "a 9\nb 1\n", 8);
+
+    /* A torn write of generation 8: its slot's tail is old, so its sum fails. */
+    f[size + CKPT_HDR_LEN + 2] = '7';
+    assert_int_equal(ckpt_file_parse(f, 2 * size, &v), 0);
+    assert_int_equal(v.slot, 0);
+    assert_int_equal(v.gen, 7);
+    assert_memory_equal(v.text, "a 5\n", 4);
+
+    /* A header torn in the middle, and a length that points past the slot. */
+    ckpt_slot_format(f + size, size, 8, "a 9\n", 4);
+    memset(f + size + 40, 0, 20);
+    assert_int_equal(ckpt_file_parse(f, 2 * size, &v), 0);
+    assert_int_equal(v.gen, 7);
+    ckpt_slot_format(f + size, size, 9, "a 9\n", 4);
+    memcpy(f + size + strlen(CKPT_MAGIC) + 39, "ffffffff", 8);
+    assert_int_equal(ckpt_file_parse(f, 2 * size, &v), 0);
+    assert_int_equal(v.gen, 7);
+
+    /* Slot 0 damaged too: nothing to restore, and it says so. */
+    f[CKPT_HDR_LEN] = 'x';
+    assert_int_equal(ckpt_file_parse(f, 2 * size, &v), -1);
+    /* A file cut short: not two equal slots. */
+    ckpt_slot_format(f, size, 7, "a 5\n", 4);
+    assert_int_equal(ckpt_file_parse(f, size + 100, &v), -1);
+    assert_int_equal(ckpt_file_parse(f, 2 * CKPT_HDR_LEN - 2, &v), -1);
+
+    /* The older format: plain lines. */
+    assert_int_equal(ckpt_file_parse("a 5\nb 6\n", 8, &v), 1);
+    assert_int_equal(v.len, 8);
+    assert_int_equal(v.slot_size, 0);
+    free(f);
+}
+
+static void read_file_bytes(const char *path, char *buf, size_t n)
+{
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, buf, n, 0), (ssize_t)n);
+    close(fd);
+}
+
+/* Saving on disk: the file is made once, then its slots are overwritten in place, in turn; a
+ * slot spoilt by a crash leaves the previous checkpoint; the plain-text file of earlier
+ * versions is read and replaced. */
+static void test_cursor_file_on_disk(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1 << 20, 0);
+    sl_lossless_t *ll = t->ll;
+    char tmpl[] = "/tmp/sluice-test-cursors-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    free(ll->dir);
+    ll->dir = sl_strdup(tmpl);
+    char path[PATH_CAP];
+    snprintf(path, sizeof(path), "%s/cursors", tmpl);
+    t->head_seq = 100;
+
+    sl_cursor_t *c = sl_ll_cursor(t, "a", 1, 1);
+    c->checkpoint = 5;
+    assert_int_equal(save_cursors_now(ll), 0);
+    struct stat st0, st;
+    assert_int_equal(stat(path, &st0), 0);
+    assert_int_equal(st0.st_size, 2 * CKPT_MIN_SLOT);
+    assert_int_equal(ll->ckpt_slot, 0);
+    c->checkpoint = 9;
+    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(ll->ckpt_slot, 1);
+    c->checkpoint = 12;
+    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(ll->ckpt_slot, 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_ino, st0.st_ino); /* in place, no rename */
+    assert_int_equal(st.st_size, st0.st_size);
+
+    /* A crash tore the write of 12 (slot 0): recovery finds 9. */
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "zz", 2, CKPT_HDR_LEN), 2);
+    close(fd);
+    sl_ll_cursor_delete(t, c);
+    ll->ckpt_size = 0;
+    read_cursors(t);
+    c = sl_ll_cursor(t, "a", 1, 0);
+    assert_non_null(c);
+    assert_int_equal(c->checkpoint, 9);
+    assert_int_equal(ll->ckpt_size, CKPT_MIN_SLOT);
+    assert_int_equal(ll->ckpt_slot, 1);
+    /* The next save goes to the spoilt slot, never over the good one. */
+    c->checkpoint = 20;
+    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(ll->ckpt_slot, 0);
+    char *buf = malloc(2 * CKPT_MIN_SLOT);
+    read_file_bytes(path, buf, 2 * CKPT_MIN_SLOT);
+    ckpt_view_t v;
+    assert_int_equal(ckpt_file_parse(buf, 2 * CKPT_MIN_SLOT, &v), 0);
+    assert_int_equal(v.slot, 0);
+    assert_memory_equal(v.text, "a 20\n", 5);
+    uint64_t g;
+    const char *tx;
+    size_t l;
+    assert_int_equal(ckpt_slot_parse(buf + CKPT_MIN_SLOT, CKPT_MIN_SLOT, &g, &tx, &l), 0);
+    assert_memory_equal(tx, "a 9\n", 4);
+
+    /* More cursors than a slot holds: the file is made anew, larger. */
+    for (int i = 0; i < 60; i++) {
+        char name[80];
+        int n = snprintf(name, sizeof(name), "cursor-with-a-long-name-%040d", i);
+        sl_ll_cursor(t, name, (size_t)n, 1)->checkpoint = (uint64_t)i;
+    }
+    assert_int_equal(save_cursors_now(ll), 0);
+    assert_true(ll->ckpt_size > CKPT_MIN_SLOT);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((size_t)st.st_size, 2 * ll->ckpt_size);
+
+    /* The plain-text file of earlier versions. */
+    while (!sl_list_empty(&ll->cursors))
+        sl_ll_cursor_delete(t, sl_container_of(ll->cursors.next, sl_cursor_t, link));
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "old 33\n", 7), 7);
+    close(fd);
+    ll->ckpt_size = 0;
+    read_cursors(t);
+    assert_int_equal(ll->ncursors, 1);
+    assert_int_equal(sl_ll_cursor(t, "old", 3, 0)->checkpoint, 33);
+    assert_int_equal(ll->ckpt_size, 0);
+    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 2 * CKPT_MIN_SLOT);
+
+    free(buf);
+    unlink(path);
+    rmdir(tmpl);
+    drop_topic(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +492,8 @@ int main(void)
         cmocka_unit_test(test_durable_and_deadlines),
         cmocka_unit_test(test_dir_names),
         cmocka_unit_test(test_cursor_names),
+        cmocka_unit_test(test_cursor_file_format),
+        cmocka_unit_test(test_cursor_file_on_disk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
