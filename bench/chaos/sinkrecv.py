@@ -20,6 +20,7 @@ class SinkReceiver:
         self.times = {}     # path -> request arrival times (monotonic)
         self.inflight = 0
         self.max_inflight = 0
+        self.log = []       # (arrival time, path, messages, answered status) per request
         self._host, self._port = host, port
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -47,6 +48,7 @@ class SinkReceiver:
             if mode == "down":
                 with self.lock:
                     self.requests["down"] += 1
+                    self.log.append((time.monotonic(), request.path, -1, 503))
                 return web.Response(status=503, text="down")
             if delay:
                 await asyncio.sleep(delay)
@@ -61,6 +63,7 @@ class SinkReceiver:
                     got.append((e["topic"], int(e["id"].rsplit("-", 1)[1])))
             with self.lock:
                 self.requests["ok"] += 1
+                self.log.append((time.monotonic(), request.path, len(got), 200))
                 for t, s in got:
                     self.seqs.setdefault(t, set()).add(s)
                 for t, n in gaps.items():
