@@ -7,8 +7,11 @@
 The receiver is build/sluice-sinkrecv (bench/sink-receiver.c: C, epoll, llhttp, its own
 process; answers 200 on kept-alive connections and counts ndjson lines); --py-receiver uses the
 older asyncio receiver instead (about 2,000 requests/s of 100-line bodies, so it caps the
-batched figure). The sequential loop is measured twice against the same receiver: in Python
-(lk.KeepAlive, the baseline of the first figures) and in C (`sluice-sinkrecv --loop`).
+batched figure). The sequential loop is measured three times against the same receiver: in
+Python (lk.KeepAlive, the baseline of the first figures), in C on a raw socket
+(`sluice-sinkrecv --loop`: the protocol's and the kernel's cost alone), and in C with libcurl's
+easy interface, one handle kept alive (`sluice-curlloop`: the simplest client built on the
+library the sink uses).
 
 * webhook, batched: a backlog of N small messages on 8 lossless topics (published first, with
   no sink), then a server with a webhook sink (start = oldest, 100 per request, 8 in flight)
@@ -271,6 +274,15 @@ def c_loop_rate(binary, port, seconds):
     return float(kv["requests_per_s"]), float(kv["requests_per_cpu_s"])
 
 
+def curl_loop_rate(binary, port, seconds):
+    """The same loop made with libcurl's easy interface, one handle reused (sluice-curlloop):
+    requests/s and per client CPU-second."""
+    out = subprocess.run([binary, "--port", str(port), "--seconds", str(seconds), "--size", "64"],
+                         capture_output=True, text=True, check=True).stdout
+    kv = dict(x.split("=") for x in out.split())
+    return float(kv["requests_per_s"]), float(kv["requests_per_cpu_s"])
+
+
 def loop_rate(port, seconds):
     """A sequential keep-alive loop of single-message POSTs: requests/s and per CPU-second."""
     c = lk.KeepAlive(port)
@@ -364,6 +376,10 @@ def main():
     cloop_rps, cloop_per_cpu = c_loop_rate(recv_bin, r.port, 3)
     report("c_loop_requests_per_s", round(cloop_rps))
     report("c_loop_requests_per_cpu_s", round(cloop_per_cpu))
+    curl_bin = str(Path(recv_bin).parent / "sluice-curlloop")
+    kloop_rps, kloop_per_cpu = curl_loop_rate(curl_bin, r.port, 3)
+    report("curl_loop_requests_per_s", round(kloop_rps))
+    report("curl_loop_requests_per_cpu_s", round(kloop_per_cpu))
 
     # Batched.
     data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
@@ -379,6 +395,7 @@ def main():
     report("batched_messages_per_s", round(n_batched / dt))
     report("batched_vs_loop", round(n_batched / dt / loop_rps, 1))
     report("batched_vs_c_loop", round(n_batched / dt / cloop_rps, 1))
+    report("batched_vs_curl_loop", round(n_batched / dt / kloop_rps, 1))
     report("batched_sluice_cpu_s", round(cpu, 2))
     report("batched_messages_per_sluice_cpu_s", round(n_batched / cpu) if cpu else "n/a")
     report("batched_receiver_messages", round(r.count() - got0))
@@ -404,6 +421,8 @@ def main():
     report("unbatched_per_cpu_vs_loop", round(n_single / cpu / loop_per_cpu, 2) if cpu else "n/a")
     report("unbatched_per_cpu_vs_c_loop",
            round(n_single / cpu / cloop_per_cpu, 2) if cpu else "n/a")
+    report("unbatched_per_cpu_vs_curl_loop",
+           round(n_single / cpu / kloop_per_cpu, 2) if cpu else "n/a")
     report("unbatched_receiver_messages", round(r.count()))
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
