@@ -1,7 +1,7 @@
 /*
  * Messages (see msg.h): built once per publish with their SSE frame, and the WebSocket
- * encodings built on first use and shared by every reader; reference counts and the budget's
- * evictable bytes.
+ * encodings built on first use and shared by every reader; bare messages (no frame) for
+ * read-backs that no SSE reader will see; reference counts and the budget's evictable bytes.
  */
 #include "core/msg.h"
 
@@ -80,6 +80,39 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
         memcpy(after, event, ev + 1);
         m->event = after;
         m->event_len = (uint16_t)ev;
+    }
+    return m;
+}
+
+static size_t bare_size(size_t event_len, size_t payload_len)
+{
+    return sizeof(sl_msg_t) + payload_len + (event_len ? event_len + 1 : 0);
+}
+
+size_t sl_msg_bare_charge(size_t event_len, size_t payload_len)
+{
+    return sl_budget_size(bare_size(event_len, payload_len));
+}
+
+sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, const char *payload,
+                          size_t payload_len)
+{
+    size_t size = bare_size(event_len, payload_len);
+    sl_msg_t *m = sl_malloc(size);
+    memset(m, 0, sizeof(*m));
+    m->refs = 1;
+    m->seq = seq;
+    m->charge = sl_budget_size(size);
+    sl_list_init(&m->all);
+    char *p = (char *)(m + 1);
+    memcpy(p, payload, payload_len);
+    m->payload = p;
+    m->payload_len = payload_len;
+    if (event_len > 0) {
+        memcpy(p + payload_len, event, event_len);
+        p[payload_len + event_len] = '\0';
+        m->event = p + payload_len;
+        m->event_len = (uint16_t)event_len;
     }
     return m;
 }

@@ -30,7 +30,7 @@ typedef struct sl_msg {
     const char *payload;    /* may point inside `frame` */
     size_t payload_len;
     const char *event; /* NUL-terminated, or NULL */
-    char *frame;       /* the SSE event: "id: ...\n" then the rest */
+    char *frame;       /* the SSE event: "id: ...\n" then the rest; NULL in a bare message */
     size_t frame_len;
     size_t id_line_len; /* length of the leading "id: ...\n" line */
     char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
@@ -48,6 +48,14 @@ typedef struct sl_msg {
  * Returns the message with one reference (the caller's, which sl_topic_append takes over). */
 sl_msg_t *sl_msg_new(const struct sl_topic *t, uint64_t seq, const char *event, const char *payload,
                      size_t payload_len);
+
+/* A message without an SSE frame (frame NULL, frame_len 0): payload and event copied, nothing
+ * encoded. For messages read back from storage for a reader whose sub never sends SSE frames
+ * (sl_sub_ops_t.frameless: a sink); such a message must never reach an SSE connection. Its
+ * charge is set (sl_msg_bare_charge) and not yet charged. Returns it with one reference. */
+sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, const char *payload,
+                          size_t payload_len);
+size_t sl_msg_bare_charge(size_t event_len, size_t payload_len);
 
 /* The number of bytes sl_msg_new will charge for this message. */
 size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);

@@ -24,6 +24,10 @@
 #define WRITE_BATCH_BYTES (4u << 20)
 /* One read for a reader brings back at most this much. */
 #define READ_BATCH_BYTES (256u << 10)
+/* … and for a frameless reader (a sink, see read_bytes) up to this much: its messages are bare
+ * (no SSE frame) and it goes through a backlog in jobs of up to batch_max_bytes, so larger
+ * reads mean fewer reads and fewer, larger jobs. */
+#define READ_BATCH_MAX (4u << 20)
 /* Paths are data_dir (bounded by the config) plus short names. */
 #define PATH_CAP 8192
 /* The high-water mark of issued seqs is raised this far ahead of the head (see lossless.h). */
@@ -985,6 +989,8 @@ typedef struct read_job {
     char path[PATH_CAP];
     uint64_t start, limit, from;
     uint64_t seg_base;
+    size_t max_bytes;
+    int bare; /* build bare messages (the reader's sub is frameless) */
     int rc;
     uint8_t *buf;
     size_t len;
@@ -994,8 +1000,24 @@ typedef struct read_job {
 static void read_work(uv_work_t *req)
 {
     read_job_t *j = req->data;
-    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, READ_BATCH_BYTES, &j->buf, &j->len,
+    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, &j->buf, &j->len,
                           &j->last);
+}
+
+/* How much one read brings back for r. A frameless reader reads up to READ_BATCH_MAX, scaled to
+ * the memory budget (1/256 of memory_limit: 4 MiB from 1 GiB, the default 256 MiB gives 1 MiB)
+ * and only while the budget has room for four times that (its messages cost about twice the
+ * bytes read, for small records); otherwise, and for any other reader, READ_BATCH_BYTES. */
+static size_t read_bytes(const sl_reader_t *r)
+{
+    if (r->sub == NULL || !r->sub->ops->frameless)
+        return READ_BATCH_BYTES;
+    uint64_t want = sl_budget.limit / 256;
+    if (want > READ_BATCH_MAX)
+        want = READ_BATCH_MAX;
+    if (want <= READ_BATCH_BYTES || !sl_budget_fits(4 * (size_t)want))
+        return READ_BATCH_BYTES;
+    return (size_t)want;
 }
 
 static void batch_free(sl_disk_batch_t *b)
@@ -1044,7 +1066,9 @@ static void read_done(uv_work_t *req, int status)
                 ev[rec.event_len] = '\0';
                 event = ev;
             }
-            sl_msg_t *m = sl_msg_new(t, rec.seq, event, rec.payload, rec.payload_len);
+            sl_msg_t *m = j->bare ? sl_msg_new_bare(rec.seq, event, event ? rec.event_len : 0,
+                                                    rec.payload, rec.payload_len)
+                                  : sl_msg_new(t, rec.seq, event, rec.payload, rec.payload_len);
             sl_budget_charge(m->charge);
             m->ts_ms = 0;
             m->topic = t; /* for the json envelope; the message is never in the ring */
@@ -1065,6 +1089,10 @@ sl_msg_t *sl_ll_next(sl_reader_t *r)
     sl_disk_batch_t *b = r->disk;
     if (b == NULL)
         return NULL;
+    /* A message returned by the last call and not taken (r->next did not pass it: a sink whose
+     * batch was full) is returned again, not skipped as a hole. */
+    while (b->pos > 0 && b->v[b->pos - 1]->seq >= r->next)
+        b->pos--;
     while (b->pos < b->n && b->v[b->pos]->seq < r->next)
         b->pos++;
     if (b->pos < b->n && b->v[b->pos]->seq == r->next)
@@ -1153,6 +1181,8 @@ int sl_ll_fetch(sl_reader_t *r)
     j->limit = s->len;
     j->from = r->next;
     j->seg_base = s->base;
+    j->max_bytes = read_bytes(r);
+    j->bare = r->sub != NULL && r->sub->ops->frameless;
     r->disk_job = j;
     r->disk_wait = 1;
     uv_queue_work(ll_loop, &j->req, read_work, read_done);

@@ -331,6 +331,59 @@ static void test_cursor_names(void **state)
     assert_true(sl_ll_cursor_name_valid(long_name, 64));
 }
 
+/* A read-back batch of bare messages seq first..first+n-1, skipping `hole` (0: none). */
+static sl_disk_batch_t *bare_batch(uint64_t first, uint32_t n, uint64_t hole)
+{
+    size_t size = sizeof(sl_disk_batch_t) + n * sizeof(sl_msg_t *);
+    sl_disk_batch_t *b = sl_balloc(size);
+    b->n = b->pos = 0;
+    b->size = size;
+    for (uint64_t seq = first; b->n < n; seq++) {
+        if (seq == hole)
+            continue;
+        sl_msg_t *m = sl_msg_new_bare(seq, "ev", 2, "payload", 7);
+        sl_budget_charge(m->charge);
+        assert_null(m->frame);
+        assert_string_equal(m->event, "ev");
+        assert_memory_equal(m->payload, "payload", 7);
+        b->v[b->n++] = m;
+    }
+    return b;
+}
+
+/* A reader that leaves the message sl_ll_next returned (a sink whose batch filled up) gets it
+ * again on its next call, not a gap; one that takes it gets the next; a real hole in the log
+ * still reads as one; the batch is dropped once used up. */
+static void test_read_next_untaken(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 1u << 30);
+    uint64_t start = sl_budget.used;
+    sl_reader_t r = {.topic = t, .next = 1, .disk_ok = 1};
+    r.disk = bare_batch(1, 5, 4); /* 1 2 3 5 6 */
+    sl_msg_t *m = sl_ll_next(&r);
+    assert_int_equal(m->seq, 1);
+    assert_int_equal(sl_ll_next(&r)->seq, 1); /* not taken: the same again */
+    r.next = 2;
+    assert_int_equal(sl_ll_next(&r)->seq, 2);
+    r.next = 3;
+    assert_int_equal(sl_ll_next(&r)->seq, 3);
+    assert_int_equal(sl_ll_next(&r)->seq, 3);
+    r.next = 4;
+    assert_null(sl_ll_next(&r)); /* 4 is a hole: sl_ll_fetch reports it */
+    assert_int_equal(batch_hole_end(&r), 5);
+    r.next = 5;
+    assert_int_equal(sl_ll_next(&r)->seq, 5);
+    r.next = 6;
+    assert_int_equal(sl_ll_next(&r)->seq, 6);
+    assert_int_equal(sl_ll_next(&r)->seq, 6);
+    r.next = 7;
+    assert_null(sl_ll_next(&r));
+    assert_null(r.disk);
+    assert_int_equal(sl_budget.used, start);
+    drop_topic(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_durable_and_deadlines),
         cmocka_unit_test(test_dir_names),
         cmocka_unit_test(test_cursor_names),
+        cmocka_unit_test(test_read_next_untaken),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
