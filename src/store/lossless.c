@@ -995,13 +995,47 @@ typedef struct read_job {
     uint8_t *buf;
     size_t len;
     uint64_t last;
+    sl_msg_block_t *block; /* bare: the messages, built on the worker (owns buf) */
 } read_job_t;
+
+/* The records of a bare read as one block of messages whose payloads stay in the buffer (the
+ * block takes it over). Runs on the worker: nothing shared is touched; the loop charges the
+ * block. */
+static void build_block(read_job_t *j)
+{
+    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and 64 KiB of slack,
+     * more for a record larger than that). */
+    size_t slack = (size_t)64 << 10;
+    size_t size = j->len > j->max_bytes + slack ? j->len : j->max_bytes + slack;
+    sl_msg_block_t *b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc);
+    j->buf = NULL;
+    size_t pos = 0;
+    while (pos < j->len && b->n < b->cap) {
+        sl_rec_t rec;
+        if (sl_rec_decode((const uint8_t *)b->buf + pos, j->len - pos, &rec) != SL_REC_OK)
+            break;
+        /* Events as sl_msg_new gets them (read_done): longer ones are not events. */
+        size_t ev = rec.event_len > 0 && rec.event_len < 65 ? rec.event_len : 0;
+        (void)sl_msg_block_add(b, rec.seq, rec.event, ev, rec.payload, rec.payload_len);
+        pos += rec.size;
+    }
+    if (b->n == 0) {
+        /* Nothing decoded (it was checked when read): read_done decodes the buffer again. */
+        j->buf = b->buf;
+        b->buf = NULL;
+        sl_msg_block_free(b);
+        b = NULL;
+    }
+    j->block = b;
+}
 
 static void read_work(uv_work_t *req)
 {
     read_job_t *j = req->data;
     j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, &j->buf, &j->len,
                           &j->last);
+    if (j->bare && j->rc > 0)
+        build_block(j);
 }
 
 /* How much one read brings back for r. A frameless reader reads up to READ_BATCH_MAX, scaled to
@@ -1033,6 +1067,8 @@ static void read_done(uv_work_t *req, int status)
     sl_reader_t *r = j->reader;
     (void)status;
     if (r == NULL) {
+        if (j->block != NULL)
+            sl_msg_block_free(j->block);
         free(j->buf);
         free(j);
         return;
@@ -1055,6 +1091,16 @@ static void read_done(uv_work_t *req, int status)
         b->pos = 0;
         b->size = size;
         size_t pos = 0;
+        if (j->block != NULL) {
+            /* Built on the worker: charged here, its messages handed over as they are. */
+            sl_msg_block_t *blk = j->block;
+            sl_budget_charge(blk->charge);
+            for (uint32_t i = 0; i < blk->n; i++) {
+                blk->msgs[i].topic = t;
+                b->v[b->n++] = &blk->msgs[i];
+            }
+            pos = j->len; /* nothing left to decode */
+        }
         while (pos < j->len) {
             sl_rec_t rec;
             if (sl_rec_decode(j->buf + pos, j->len - pos, &rec) != SL_REC_OK)

@@ -384,6 +384,39 @@ static void test_read_next_untaken(void **state)
     drop_topic(t);
 }
 
+/* A read-back block: payloads stay in the records' buffer, events are copied, and the block
+ * (and its charge) goes with the last of its messages, in whatever order they are dropped. */
+static void test_msg_block(void **state)
+{
+    (void)state;
+    sl_budget_set_limit(1ull << 30, 0);
+    uint64_t start = sl_budget.used;
+    for (int order = 0; order < 3; order++) {
+        char *buf = sl_malloc(64);
+        memcpy(buf, "aaaabbbbcccc", 12);
+        sl_msg_block_t *b = sl_msg_block_new(buf, 64, 3);
+        sl_msg_t *m[3];
+        m[0] = sl_msg_block_add(b, 10, NULL, 0, buf, 4);
+        m[1] = sl_msg_block_add(b, 11, "tick", 4, buf + 4, 4);
+        m[2] = sl_msg_block_add(b, 12, NULL, 0, buf + 8, 4);
+        sl_budget_charge(b->charge);
+        assert_true(sl_budget.used > start + 64);
+        assert_ptr_equal(m[1]->payload, buf + 4);
+        assert_string_equal(m[1]->event, "tick");
+        assert_int_equal(m[1]->event_len, 4);
+        assert_null(m[0]->event);
+        assert_null(m[2]->frame);
+        assert_int_equal(m[2]->seq, 12);
+        sl_msg_ref(m[order]); /* one of them held longer, as by a job in flight */
+        for (int i = 0; i < 3; i++)
+            sl_msg_unref(m[i]);
+        assert_true(sl_budget.used > start);
+        assert_memory_equal(m[order]->payload, "aaaabbbbcccc" + 4 * order, 4);
+        sl_msg_unref(m[order]);
+        assert_int_equal(sl_budget.used, start);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_dir_names),
         cmocka_unit_test(test_cursor_names),
         cmocka_unit_test(test_read_next_untaken),
+        cmocka_unit_test(test_msg_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
