@@ -1039,9 +1039,11 @@ static void read_work(uv_work_t *req)
 }
 
 /* How much one read brings back for r. A frameless reader reads up to READ_BATCH_MAX, scaled to
- * the memory budget (1/256 of memory_limit: 4 MiB from 1 GiB, the default 256 MiB gives 1 MiB)
- * and only while the budget has room for four times that (its messages cost about twice the
- * bytes read, for small records); otherwise, and for any other reader, READ_BATCH_BYTES. */
+ * the memory budget (1/256 of memory_limit: 4 MiB from 1 GiB, the default 256 MiB gives 1 MiB),
+ * while the budget stays under half full with four times that more charged (its messages cost
+ * about twice the bytes read, for small records): many sink streams catching up at once must
+ * not crowd publishers out of the budget with read-ahead. Otherwise, and for any other reader,
+ * READ_BATCH_BYTES. */
 static size_t read_bytes(const sl_reader_t *r)
 {
     if (r->sub == NULL || !r->sub->ops->frameless)
@@ -1049,7 +1051,7 @@ static size_t read_bytes(const sl_reader_t *r)
     uint64_t want = sl_budget.limit / 256;
     if (want > READ_BATCH_MAX)
         want = READ_BATCH_MAX;
-    if (want <= READ_BATCH_BYTES || !sl_budget_fits(4 * (size_t)want))
+    if (want <= READ_BATCH_BYTES || sl_budget.used + 4 * want > sl_budget.limit / 2)
         return READ_BATCH_BYTES;
     return (size_t)want;
 }

@@ -417,6 +417,34 @@ static void test_msg_block(void **state)
     }
 }
 
+/* Read sizes: 256 KiB for a subscriber; for a sink (frameless), 1/256 of memory_limit up to
+ * 4 MiB while the budget stays under half full with four times that charged. */
+static void test_read_bytes(void **state)
+{
+    (void)state;
+    static const sl_sub_ops_t conn_ops = {0}, sink_ops = {.frameless = 1};
+    sl_sub_t conn = {.ops = &conn_ops}, sink = {.ops = &sink_ops};
+    sl_reader_t rc = {.sub = &conn}, rs = {.sub = &sink}, none = {0};
+    sl_budget_set_limit(1ull << 30, 0);
+    uint64_t used = sl_budget.used;
+    assert_int_equal(read_bytes(&rc), READ_BATCH_BYTES);
+    assert_int_equal(read_bytes(&none), READ_BATCH_BYTES);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    sl_budget_set_limit(256ull << 20, 0);
+    assert_int_equal(read_bytes(&rs), 1u << 20);
+    sl_budget_set_limit(64ull << 20, 0);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
+    /* Past half of the budget: back to 256 KiB. */
+    sl_budget_set_limit(1ull << 30, 0);
+    size_t big = (size_t)(512u << 20) - (size_t)used - (size_t)(17u << 20);
+    sl_budget_charge(big);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    sl_budget_charge(2u << 20);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
+    sl_budget_release(big + (2u << 20));
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -428,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_cursor_names),
         cmocka_unit_test(test_read_next_untaken),
         cmocka_unit_test(test_msg_block),
+        cmocka_unit_test(test_read_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
