@@ -29,7 +29,10 @@ library the sink uses).
   (closing a segment fsyncs it under fsync = rotate, so the bytes are then on disk), against
   `dd if=/dev/zero bs=1M iflag=count_bytes conv=fdatasync` of exactly the bytes the sink wrote,
   into the same directory (same filesystem), run right after it. Also reported: the rate until
-  the last acknowledgement (page cache) against dd without conv=fdatasync.
+  the last acknowledgement (page cache) against dd without conv=fdatasync; the seconds from the
+  spawn until the port answers (the lossless logs are scanned at start-up) and from the last
+  acknowledgement until the exit; and the drain alone, the bytes written between the port
+  answering and the last acknowledgement over that time.
 * publish-to-receiver latency: 1,000 msg/s of single POSTs for 5 s, linger 0; the receiver
   takes now - the send time carried in the payload; p50, p99, max (nearest rank). Beside it,
   for the machine's part of the tail: the round trips of those publishes, and of the same
@@ -220,8 +223,12 @@ def backlog(binary, data, topics, per_topic, payload):
     s.stop()
 
 
+def tree_bytes(d, pattern):
+    return sum(f.stat().st_size for f in Path(d).rglob(pattern)) if Path(d).exists() else 0
+
+
 def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total", poll=0.05,
-          timed_stop=False, recv=None):
+          timed_stop=False, recv=None, files=None):
     """A server with the sink on the backlog: seconds and sluice CPU to deliver `total` (and,
     with timed_stop, seconds until the server has exited after SIGTERM as a third value; its
     clock then starts before the server is spawned, since the sink starts draining before the
@@ -231,7 +238,9 @@ def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total",
     and last message (CLOCK_MONOTONIC), not by a poll of sluice's /metrics (which costs sluice
     CPU and rounds up to the poll interval); the CPU is then sluice's whole CPU from its spawn
     until the last message arrived (start-up recovery included), and the third value is the
-    time from the spawn to the last message."""
+    time from the spawn to the last message. With `files` (a directory), drain.port_s and
+    drain.port_bytes are set: the seconds from the spawn until the port answered, and the
+    *.jsonl bytes written by then."""
     if recv is not None:
         recv.reset()
         t_spawn = time.monotonic_ns()
@@ -253,6 +262,8 @@ def drain(binary, data, conf, total, key="sluice_sink_delivered_messages_total",
     t_spawn = time.monotonic()
     s = Sluice(binary, LOSSLESS + conf, data)
     cpu0, t0 = s.cpu(), time.monotonic()
+    if files is not None:
+        drain.port_s, drain.port_bytes = t0 - t_spawn, tree_bytes(files, "*.jsonl")
     if timed_stop:
         cpu0, t0 = 0.0, t_spawn
     while s.metric(key, sink="s") < total:
@@ -311,8 +322,8 @@ def file_sink_bench(a, topics, report):
     dt, cpu, dt_stop = drain(
         a.bin, data, f"[sink \"s\"]\ntype = file\ntopics = b/*\nstart = oldest\n"
         f"directory = {fdir}\nformat = jsonl\nfsync = rotate\nbatch_linger = 0\n"
-        "rotate_bytes = 64MiB\n", n_file, poll=0.01, timed_stop=True)
-    written = sum(f.stat().st_size for f in fdir.rglob("*.jsonl"))
+        "rotate_bytes = 64MiB\n", n_file, poll=0.01, timed_stop=True, files=fdir)
+    written = tree_bytes(fdir, "*.jsonl")
     report("file_sink_bytes", written)
     report("file_sink_sluice_cpu_s", round(cpu, 2))
 
@@ -333,6 +344,12 @@ def file_sink_bench(a, topics, report):
     report("file_sink_mib_per_s", round(written / dt / lk.MiB, 1))
     report("dd_page_cache_mib_per_s", round(dd_cache, 1))
     report("file_sink_vs_dd_page_cache", round(written / dt / lk.MiB / dd_cache, 2))
+    # The drain alone: from the port answering (the log recovered, the server up) to the last
+    # acknowledgement, counting only the bytes written in that time (page cache).
+    report("file_sink_start_s", round(drain.port_s, 3))
+    report("file_sink_exit_s", round(dt_stop - dt, 3))
+    report("file_sink_drain_only_mib_per_s",
+           round((written - drain.port_bytes) / max(dt - drain.port_s, 1e-6) / lk.MiB, 1))
     shutil.rmtree(data, ignore_errors=True)
 
 

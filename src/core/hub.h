@@ -33,6 +33,11 @@ typedef struct sl_sub_ops {
      * that still needs the topic (a batch in flight, messages owed) returns 0 and the topic
      * stays. Without it a reader keeps its topic alive. */
     int (*release)(struct sl_sub *sub, sl_reader_t *r, int go);
+    /* The sub never sends a message's SSE frame (a sink's streams, which build their own
+     * envelopes): messages read back from storage for its readers are built bare
+     * (sl_msg_new_bare), and in larger reads. Only for readers whose read-back batch no other
+     * reader sees (batches are per reader). */
+    int frameless;
 } sl_sub_ops_t;
 
 /* A subscriber: the transport-independent delivery state of one connection. Embedded in its

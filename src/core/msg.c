@@ -1,7 +1,7 @@
 /*
  * Messages (see msg.h): built once per publish with their SSE frame, and the WebSocket
- * encodings built on first use and shared by every reader; reference counts and the budget's
- * evictable bytes.
+ * encodings built on first use and shared by every reader; bare messages (no frame) for
+ * read-backs that no SSE reader will see; reference counts and the budget's evictable bytes.
  */
 #include "core/msg.h"
 
@@ -84,6 +84,88 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
     return m;
 }
 
+static size_t bare_size(size_t event_len, size_t payload_len)
+{
+    return sizeof(sl_msg_t) + payload_len + (event_len ? event_len + 1 : 0);
+}
+
+size_t sl_msg_bare_charge(size_t event_len, size_t payload_len)
+{
+    return sl_budget_size(bare_size(event_len, payload_len));
+}
+
+sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, const char *payload,
+                          size_t payload_len)
+{
+    size_t size = bare_size(event_len, payload_len);
+    sl_msg_t *m = sl_malloc(size);
+    memset(m, 0, sizeof(*m));
+    m->refs = 1;
+    m->seq = seq;
+    m->charge = sl_budget_size(size);
+    sl_list_init(&m->all);
+    char *p = (char *)(m + 1);
+    memcpy(p, payload, payload_len);
+    m->payload = p;
+    m->payload_len = payload_len;
+    if (event_len > 0) {
+        memcpy(p + payload_len, event, event_len);
+        p[payload_len + event_len] = '\0';
+        m->event = p + payload_len;
+        m->event_len = (uint16_t)event_len;
+    }
+    return m;
+}
+
+sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap)
+{
+    sl_msg_block_t *b = sl_malloc(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t));
+    b->live = b->n = 0;
+    b->cap = cap;
+    b->buf = buf;
+    b->buf_size = buf_size;
+    b->charge =
+        sl_budget_size(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t)) + sl_budget_size(buf_size);
+    return b;
+}
+
+sl_msg_t *sl_msg_block_add(sl_msg_block_t *b, uint64_t seq, const char *event, size_t event_len,
+                           const char *payload, size_t payload_len)
+{
+    assert(b->n < b->cap);
+    sl_msg_t *m = &b->msgs[b->n++];
+    b->live++;
+    memset(m, 0, sizeof(*m));
+    m->refs = 1;
+    m->seq = seq;
+    m->block = b;
+    sl_list_init(&m->all);
+    m->payload = payload;
+    m->payload_len = payload_len;
+    if (event_len > 0) {
+        char *ev = sl_malloc(event_len + 1);
+        memcpy(ev, event, event_len);
+        ev[event_len] = '\0';
+        m->event = ev;
+        m->event_len = (uint16_t)event_len;
+        b->charge += sl_budget_size(event_len + 1);
+    }
+    return m;
+}
+
+static void block_dispose(sl_msg_block_t *b)
+{
+    for (uint32_t i = 0; i < b->n; i++)
+        free((char *)b->msgs[i].event);
+    free(b->buf);
+    free(b);
+}
+
+void sl_msg_block_free(sl_msg_block_t *b)
+{
+    block_dispose(b);
+}
+
 void sl_msg_link(sl_list_t *list, sl_msg_t *m)
 {
     sl_list_insert_tail(list, &m->all);
@@ -110,6 +192,15 @@ void sl_msg_unref(sl_msg_t *m)
     sl_bfree(m->multi_id, m->multi_id_cap);
     sl_bfree(m->ws_json, m->ws_json_cap);
     sl_budget_release(m->charge);
+    if (m->block != NULL) {
+        /* Part of a block: the block goes with its last message. */
+        sl_msg_block_t *b = m->block;
+        if (--b->live == 0) {
+            sl_budget_release(b->charge);
+            block_dispose(b);
+        }
+        return;
+    }
     free(m);
 }
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 struct sl_topic;
+struct sl_msg_block;
 
 /* An immutable published message. Owned by its references: the ring's and each in-flight
  * write's; freed by the last sl_msg_unref(). Its budget charge is released when freed. */
@@ -30,7 +31,7 @@ typedef struct sl_msg {
     const char *payload;    /* may point inside `frame` */
     size_t payload_len;
     const char *event; /* NUL-terminated, or NULL */
-    char *frame;       /* the SSE event: "id: ...\n" then the rest */
+    char *frame;       /* the SSE event: "id: ...\n" then the rest; NULL in a bare message */
     size_t frame_len;
     size_t id_line_len; /* length of the leading "id: ...\n" line */
     char *multi_id;     /* "id: <epoch>-<gseq>:<topic>\n", encoded on first use */
@@ -41,13 +42,47 @@ typedef struct sl_msg {
     uint8_t ws_hdr[10];
     char *ws_json;
     size_t ws_json_len, ws_json_cap;
+    struct sl_msg_block *block; /* a bare message of a read-back block, else NULL */
 } sl_msg_t;
+
+/* Bare messages read back together (sl_msg_block_new): one allocation holds them all, and
+ * their payloads point into the records' buffer, which the block owns. The block is charged to
+ * the budget as a whole (`charge`; its messages' own charges are 0) and freed, charge released,
+ * when the last of its messages is unreferenced. */
+typedef struct sl_msg_block {
+    uint32_t live; /* messages not yet freed */
+    uint32_t n, cap;
+    size_t charge;
+    void *buf; /* the records' bytes */
+    size_t buf_size;
+    sl_msg_t msgs[];
+} sl_msg_block_t;
 
 /* Builds a message for topic `t` (not yet appended): encodes its SSE frame once. The payload
  * and event are copied. `charge` is set; the caller must have reserved it in the budget.
  * Returns the message with one reference (the caller's, which sl_topic_append takes over). */
 sl_msg_t *sl_msg_new(const struct sl_topic *t, uint64_t seq, const char *event, const char *payload,
                      size_t payload_len);
+
+/* A message without an SSE frame (frame NULL, frame_len 0): payload and event copied, nothing
+ * encoded. For messages read back from storage for a reader whose sub never sends SSE frames
+ * (sl_sub_ops_t.frameless: a sink); such a message must never reach an SSE connection. Its
+ * charge is set (sl_msg_bare_charge) and not yet charged. Returns it with one reference. */
+sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, const char *payload,
+                          size_t payload_len);
+size_t sl_msg_bare_charge(size_t event_len, size_t payload_len);
+
+/* A block for up to `cap` bare messages whose payloads lie in `buf` (malloc'ed, buf_size
+ * bytes; the block takes ownership). Touches no shared state, so a worker thread may build a
+ * block; the loop thread charges it (sl_budget_charge(b->charge)) before any of its messages
+ * is used, and must not use a block that has no message (sl_msg_block_free it instead). */
+sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap);
+/* Adds a bare message to b (fewer than cap so far): its payload stays where it is (inside
+ * b->buf); the event, if any, is copied. Returns it, with one reference. Any thread. */
+sl_msg_t *sl_msg_block_add(sl_msg_block_t *b, uint64_t seq, const char *event, size_t event_len,
+                           const char *payload, size_t payload_len);
+/* Frees a block none of whose messages was handed out (an error path); releases nothing. */
+void sl_msg_block_free(sl_msg_block_t *b);
 
 /* The number of bytes sl_msg_new will charge for this message. */
 size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, size_t payload_len);

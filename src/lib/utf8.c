@@ -4,6 +4,8 @@
  */
 #include "lib/utf8.h"
 
+#include <string.h>
+
 /* The state packs the continuation bytes still needed (bits 0-1) and the allowed range of the
  * next byte (lo in bits 8-15, hi in bits 16-23), which is narrower than 80..BF only right after
  * E0, ED, F0 and F4 (overlongs, surrogates, beyond U+10FFFF). */
@@ -23,7 +25,15 @@ int sl_utf8_feed(uint32_t *state, const uint8_t *s, size_t n)
             continue;
         }
         if (c < 0x80) {
-            /* The common case: skip ASCII runs quickly. */
+            /* The common case: skip ASCII runs, eight bytes at a time while no byte of the
+             * word has its high bit set, then byte by byte up to the next non-ASCII byte. */
+            while (n - (i + 1) >= 8) {
+                uint64_t w;
+                memcpy(&w, s + i + 1, 8);
+                if (w & UINT64_C(0x8080808080808080))
+                    break;
+                i += 8;
+            }
             while (i + 1 < n && s[i + 1] < 0x80)
                 i++;
         } else if (c >= 0xc2 && c <= 0xdf) {

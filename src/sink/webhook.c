@@ -1263,8 +1263,11 @@ static int stream_release(sl_sub_t *sub, sl_reader_t *r, int go)
     return 1;
 }
 
-static const sl_sub_ops_t stream_ops = {
-    .deliver = stream_deliver, .disk_ready = stream_disk_ready, .release = stream_release};
+/* Frameless: a sink builds its own envelopes from payload and event, never an SSE frame. */
+static const sl_sub_ops_t stream_ops = {.deliver = stream_deliver,
+                                        .disk_ready = stream_disk_ready,
+                                        .release = stream_release,
+                                        .frameless = 1};
 
 static void use_cursor(stream_t *st, sl_cursor_t *cu)
 {

@@ -25,6 +25,10 @@
 #define WRITE_BATCH_BYTES (4u << 20)
 /* One read for a reader brings back at most this much. */
 #define READ_BATCH_BYTES (256u << 10)
+/* … and for a frameless reader (a sink, see read_bytes) up to this much: its messages are bare
+ * (no SSE frame) and it goes through a backlog in jobs of up to batch_max_bytes, so larger
+ * reads mean fewer reads and fewer, larger jobs. */
+#define READ_BATCH_MAX (4u << 20)
 /* Paths are data_dir (bounded by the config) plus short names. */
 #define PATH_CAP 8192
 /* The high-water mark of issued seqs is raised this far ahead of the head (see lossless.h). */
@@ -1250,17 +1254,71 @@ typedef struct read_job {
     char path[PATH_CAP];
     uint64_t start, limit, from;
     uint64_t seg_base;
+    size_t max_bytes;
+    int bare; /* build bare messages (the reader's sub is frameless) */
     int rc;
     uint8_t *buf;
     size_t len;
     uint64_t last;
+    sl_msg_block_t *block; /* bare: the messages, built on the worker (owns buf) */
 } read_job_t;
+
+/* The records of a bare read as one block of messages whose payloads stay in the buffer (the
+ * block takes it over). Runs on the worker: nothing shared is touched; the loop charges the
+ * block. */
+static void build_block(read_job_t *j)
+{
+    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and 64 KiB of slack,
+     * more for a record larger than that). */
+    size_t slack = (size_t)64 << 10;
+    size_t size = j->len > j->max_bytes + slack ? j->len : j->max_bytes + slack;
+    sl_msg_block_t *b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc);
+    j->buf = NULL;
+    size_t pos = 0;
+    while (pos < j->len && b->n < b->cap) {
+        sl_rec_t rec;
+        if (sl_rec_decode((const uint8_t *)b->buf + pos, j->len - pos, &rec) != SL_REC_OK)
+            break;
+        /* Events as sl_msg_new gets them (read_done): longer ones are not events. */
+        size_t ev = rec.event_len > 0 && rec.event_len < 65 ? rec.event_len : 0;
+        (void)sl_msg_block_add(b, rec.seq, rec.event, ev, rec.payload, rec.payload_len);
+        pos += rec.size;
+    }
+    if (b->n == 0) {
+        /* Nothing decoded (it was checked when read): read_done decodes the buffer again. */
+        j->buf = b->buf;
+        b->buf = NULL;
+        sl_msg_block_free(b);
+        b = NULL;
+    }
+    j->block = b;
+}
 
 static void read_work(uv_work_t *req)
 {
     read_job_t *j = req->data;
-    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, READ_BATCH_BYTES, &j->buf, &j->len,
+    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, &j->buf, &j->len,
                           &j->last);
+    if (j->bare && j->rc > 0)
+        build_block(j);
+}
+
+/* How much one read brings back for r. A frameless reader reads up to READ_BATCH_MAX, scaled to
+ * the memory budget (1/256 of memory_limit: 4 MiB from 1 GiB, the default 256 MiB gives 1 MiB),
+ * while the budget stays under half full with four times that more charged (its messages cost
+ * about twice the bytes read, for small records): many sink streams catching up at once must
+ * not crowd publishers out of the budget with read-ahead. Otherwise, and for any other reader,
+ * READ_BATCH_BYTES. */
+static size_t read_bytes(const sl_reader_t *r)
+{
+    if (r->sub == NULL || !r->sub->ops->frameless)
+        return READ_BATCH_BYTES;
+    uint64_t want = sl_budget.limit / 256;
+    if (want > READ_BATCH_MAX)
+        want = READ_BATCH_MAX;
+    if (want <= READ_BATCH_BYTES || sl_budget.used + 4 * want > sl_budget.limit / 2)
+        return READ_BATCH_BYTES;
+    return (size_t)want;
 }
 
 static void batch_free(sl_disk_batch_t *b)
@@ -1276,6 +1334,8 @@ static void read_done(uv_work_t *req, int status)
     sl_reader_t *r = j->reader;
     (void)status;
     if (r == NULL) {
+        if (j->block != NULL)
+            sl_msg_block_free(j->block);
         free(j->buf);
         free(j);
         return;
@@ -1298,6 +1358,16 @@ static void read_done(uv_work_t *req, int status)
         b->pos = 0;
         b->size = size;
         size_t pos = 0;
+        if (j->block != NULL) {
+            /* Built on the worker: charged here, its messages handed over as they are. */
+            sl_msg_block_t *blk = j->block;
+            sl_budget_charge(blk->charge);
+            for (uint32_t i = 0; i < blk->n; i++) {
+                blk->msgs[i].topic = t;
+                b->v[b->n++] = &blk->msgs[i];
+            }
+            pos = j->len; /* nothing left to decode */
+        }
         while (pos < j->len) {
             sl_rec_t rec;
             if (sl_rec_decode(j->buf + pos, j->len - pos, &rec) != SL_REC_OK)
@@ -1309,7 +1379,9 @@ static void read_done(uv_work_t *req, int status)
                 ev[rec.event_len] = '\0';
                 event = ev;
             }
-            sl_msg_t *m = sl_msg_new(t, rec.seq, event, rec.payload, rec.payload_len);
+            sl_msg_t *m = j->bare ? sl_msg_new_bare(rec.seq, event, event ? rec.event_len : 0,
+                                                    rec.payload, rec.payload_len)
+                                  : sl_msg_new(t, rec.seq, event, rec.payload, rec.payload_len);
             sl_budget_charge(m->charge);
             m->ts_ms = 0;
             m->topic = t; /* for the json envelope; the message is never in the ring */
@@ -1330,6 +1402,10 @@ sl_msg_t *sl_ll_next(sl_reader_t *r)
     sl_disk_batch_t *b = r->disk;
     if (b == NULL)
         return NULL;
+    /* A message returned by the last call and not taken (r->next did not pass it: a sink whose
+     * batch was full) is returned again, not skipped as a hole. */
+    while (b->pos > 0 && b->v[b->pos - 1]->seq >= r->next)
+        b->pos--;
     while (b->pos < b->n && b->v[b->pos]->seq < r->next)
         b->pos++;
     if (b->pos < b->n && b->v[b->pos]->seq == r->next)
@@ -1421,6 +1497,8 @@ int sl_ll_fetch(sl_reader_t *r)
     j->limit = s->len;
     j->from = r->next;
     j->seg_base = s->base;
+    j->max_bytes = read_bytes(r);
+    j->bare = r->sub != NULL && r->sub->ops->frameless;
     r->disk_job = j;
     r->disk_wait = 1;
     uv_queue_work(ll_loop, &j->req, read_work, read_done);

@@ -264,63 +264,80 @@ int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t fro
     int fd = open(path, O_RDONLY);
     if (fd < 0)
         return -errno;
+    /* One buffer, read into and decoded in place (no second copy of the records): out[base,
+     * base + out_len) holds the records kept, the `have` bytes after them were read and not
+     * decoded yet, and `off` is the file offset of the byte after those. Records below `from`
+     * (before the first kept one: the index points at or before it) move `base` on. */
     size_t cap = max_bytes + (64u << 10);
-    uint8_t *buf = sl_malloc(cap);
     uint8_t *out = sl_malloc(cap);
-    size_t out_len = 0;
+    size_t base = 0, out_len = 0, have = 0;
     int count = 0, rc = 0;
     uint64_t off = start;
-    while (off < limit && out_len < max_bytes) {
-        size_t want = limit - off < cap ? (size_t)(limit - off) : cap;
-        ssize_t n = pread_full(fd, buf, want, off);
-        if (n <= 0) {
-            rc = n < 0 ? (int)n : -EBADMSG;
-            break;
-        }
-        size_t pos = 0;
-        while (pos < (size_t)n && out_len < max_bytes) {
+    for (;;) {
+        while (out_len < max_bytes && have > 0) {
             sl_rec_t rec;
-            sl_rec_status_t s = sl_rec_decode(buf + pos, (size_t)n - pos, &rec);
-            if (s == SL_REC_SHORT) {
-                if (pos == 0) {
-                    /* One record larger than the buffer. */
-                    uint32_t len = get32(buf);
-                    if ((uint64_t)len + SL_REC_HDR > limit - off) {
-                        rc = -EBADMSG;
-                        goto out_close;
-                    }
-                    cap = SL_REC_HDR + (size_t)len;
-                    buf = sl_realloc(buf, cap);
-                    out = sl_realloc(out, out_len + cap);
-                }
+            sl_rec_status_t s = sl_rec_decode(out + base + out_len, have, &rec);
+            if (s == SL_REC_SHORT)
                 break;
-            }
             if (s == SL_REC_CORRUPT) {
                 rc = -EBADMSG;
                 goto out_close;
             }
             if (rec.seq >= from) {
-                if (out_len + rec.size > cap) {
-                    if (count > 0)
-                        goto out_close;
-                    out = sl_realloc(out, out_len + rec.size);
-                }
-                memcpy(out + out_len, buf + pos, rec.size);
                 out_len += rec.size;
                 *last = rec.seq;
                 count++;
+            } else if (out_len == 0) {
+                base += rec.size;
+            } else {
+                /* Out of order within a segment (never written so): dropped like before. */
+                memmove(out + base + out_len, out + base + out_len + rec.size, have - rec.size);
             }
-            pos += rec.size;
+            have -= rec.size;
         }
-        off += pos;
+        if (out_len >= max_bytes)
+            break;
+        if (off >= limit) {
+            if (have > 0)
+                rc = -EBADMSG; /* a record cut short inside what is known to be written */
+            break;
+        }
+        if (base > 0) {
+            /* Skipped records leave room at the front (rare: the index points close). */
+            memmove(out, out + base, out_len + have);
+            base = 0;
+        }
+        size_t room = cap - (base + out_len + have);
+        if (room == 0) {
+            if (count > 0)
+                break;
+            /* One record larger than the buffer (which holds only its beginning). */
+            uint32_t len = get32(out + base);
+            if ((uint64_t)len + SL_REC_HDR > limit - (off - have)) {
+                rc = -EBADMSG;
+                goto out_close;
+            }
+            cap = SL_REC_HDR + (size_t)len;
+            out = sl_realloc(out, cap);
+            room = cap - have;
+        }
+        size_t want = limit - off < room ? (size_t)(limit - off) : room;
+        ssize_t n = pread_full(fd, out + base + out_len + have, want, off);
+        if (n <= 0) {
+            rc = n < 0 ? (int)n : -EBADMSG;
+            break;
+        }
+        off += (uint64_t)n;
+        have += (size_t)n;
     }
 out_close:
-    free(buf);
     close(fd);
     if (rc < 0 && count == 0) {
         free(out);
         return rc;
     }
+    if (base > 0)
+        memmove(out, out + base, out_len);
     *bufp = out;
     *lenp = out_len;
     return count;

@@ -483,6 +483,120 @@ static void test_cursor_file_on_disk(void **state)
     drop_topic(t);
 }
 
+/* A read-back batch of bare messages seq first..first+n-1, skipping `hole` (0: none). */
+static sl_disk_batch_t *bare_batch(uint64_t first, uint32_t n, uint64_t hole)
+{
+    size_t size = sizeof(sl_disk_batch_t) + n * sizeof(sl_msg_t *);
+    sl_disk_batch_t *b = sl_balloc(size);
+    b->n = b->pos = 0;
+    b->size = size;
+    for (uint64_t seq = first; b->n < n; seq++) {
+        if (seq == hole)
+            continue;
+        sl_msg_t *m = sl_msg_new_bare(seq, "ev", 2, "payload", 7);
+        sl_budget_charge(m->charge);
+        assert_null(m->frame);
+        assert_string_equal(m->event, "ev");
+        assert_memory_equal(m->payload, "payload", 7);
+        b->v[b->n++] = m;
+    }
+    return b;
+}
+
+/* A reader that leaves the message sl_ll_next returned (a sink whose batch filled up) gets it
+ * again on its next call, not a gap; one that takes it gets the next; a real hole in the log
+ * still reads as one; the batch is dropped once used up. */
+static void test_read_next_untaken(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 1u << 30);
+    uint64_t start = sl_budget.used;
+    sl_reader_t r = {.topic = t, .next = 1, .disk_ok = 1};
+    r.disk = bare_batch(1, 5, 4); /* 1 2 3 5 6 */
+    sl_msg_t *m = sl_ll_next(&r);
+    assert_int_equal(m->seq, 1);
+    assert_int_equal(sl_ll_next(&r)->seq, 1); /* not taken: the same again */
+    r.next = 2;
+    assert_int_equal(sl_ll_next(&r)->seq, 2);
+    r.next = 3;
+    assert_int_equal(sl_ll_next(&r)->seq, 3);
+    assert_int_equal(sl_ll_next(&r)->seq, 3);
+    r.next = 4;
+    assert_null(sl_ll_next(&r)); /* 4 is a hole: sl_ll_fetch reports it */
+    assert_int_equal(batch_hole_end(&r), 5);
+    r.next = 5;
+    assert_int_equal(sl_ll_next(&r)->seq, 5);
+    r.next = 6;
+    assert_int_equal(sl_ll_next(&r)->seq, 6);
+    assert_int_equal(sl_ll_next(&r)->seq, 6);
+    r.next = 7;
+    assert_null(sl_ll_next(&r));
+    assert_null(r.disk);
+    assert_int_equal(sl_budget.used, start);
+    drop_topic(t);
+}
+
+/* A read-back block: payloads stay in the records' buffer, events are copied, and the block
+ * (and its charge) goes with the last of its messages, in whatever order they are dropped. */
+static void test_msg_block(void **state)
+{
+    (void)state;
+    sl_budget_set_limit(1ull << 30, 0);
+    uint64_t start = sl_budget.used;
+    for (int order = 0; order < 3; order++) {
+        char *buf = sl_malloc(64);
+        memcpy(buf, "aaaabbbbcccc", 12);
+        sl_msg_block_t *b = sl_msg_block_new(buf, 64, 3);
+        sl_msg_t *m[3];
+        m[0] = sl_msg_block_add(b, 10, NULL, 0, buf, 4);
+        m[1] = sl_msg_block_add(b, 11, "tick", 4, buf + 4, 4);
+        m[2] = sl_msg_block_add(b, 12, NULL, 0, buf + 8, 4);
+        sl_budget_charge(b->charge);
+        assert_true(sl_budget.used > start + 64);
+        assert_ptr_equal(m[1]->payload, buf + 4);
+        assert_string_equal(m[1]->event, "tick");
+        assert_int_equal(m[1]->event_len, 4);
+        assert_null(m[0]->event);
+        assert_null(m[2]->frame);
+        assert_int_equal(m[2]->seq, 12);
+        sl_msg_ref(m[order]); /* one of them held longer, as by a job in flight */
+        for (int i = 0; i < 3; i++)
+            sl_msg_unref(m[i]);
+        assert_true(sl_budget.used > start);
+        assert_memory_equal(m[order]->payload, "aaaabbbbcccc" + 4 * order, 4);
+        sl_msg_unref(m[order]);
+        assert_int_equal(sl_budget.used, start);
+    }
+}
+
+/* Read sizes: 256 KiB for a subscriber; for a sink (frameless), 1/256 of memory_limit up to
+ * 4 MiB while the budget stays under half full with four times that charged. */
+static void test_read_bytes(void **state)
+{
+    (void)state;
+    static const sl_sub_ops_t conn_ops = {0}, sink_ops = {.frameless = 1};
+    sl_sub_t conn = {.ops = &conn_ops}, sink = {.ops = &sink_ops};
+    sl_reader_t rc = {.sub = &conn}, rs = {.sub = &sink}, none = {0};
+    sl_budget_set_limit(1ull << 30, 0);
+    uint64_t used = sl_budget.used;
+    assert_int_equal(read_bytes(&rc), READ_BATCH_BYTES);
+    assert_int_equal(read_bytes(&none), READ_BATCH_BYTES);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    sl_budget_set_limit(256ull << 20, 0);
+    assert_int_equal(read_bytes(&rs), 1u << 20);
+    sl_budget_set_limit(64ull << 20, 0);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
+    /* Past half of the budget: back to 256 KiB. */
+    sl_budget_set_limit(1ull << 30, 0);
+    size_t big = (size_t)(512u << 20) - (size_t)used - (size_t)(17u << 20);
+    sl_budget_charge(big);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    sl_budget_charge(2u << 20);
+    assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
+    sl_budget_release(big + (2u << 20));
+    assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -494,6 +608,9 @@ int main(void)
         cmocka_unit_test(test_cursor_names),
         cmocka_unit_test(test_cursor_file_format),
         cmocka_unit_test(test_cursor_file_on_disk),
+        cmocka_unit_test(test_read_next_untaken),
+        cmocka_unit_test(test_msg_block),
+        cmocka_unit_test(test_read_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -295,12 +295,74 @@ static void test_large_record(void **state)
     rmdir(dir);
 }
 
+/* Reads from every kind of start against what the records are: the records with seq >= from,
+ * in order, taken while fewer than max_bytes were collected; whatever the start offset (at or
+ * before from's record), however max_bytes falls across records and the 64 KiB read slack. A
+ * limit that cuts a record is damage when nothing came before it. */
+static void test_read_cases(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-spill-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    sl_spill_seg_path(path, sizeof(path), dir, 1);
+    uint64_t *offs = write_segment(path, 1, 600, 700); /* offs[i]: record 1 + i */
+    uint64_t end = offs[600];
+    static const size_t maxes[] = {1, 700, 5000, 65536, 70000, 300000, 1u << 20};
+    for (uint64_t from = 1; from <= 600; from += 37) {
+        for (size_t mi = 0; mi < sizeof(maxes) / sizeof(maxes[0]); mi++) {
+            uint64_t starts[] = {0, offs[from - 1], offs[(from - 1) / 2]};
+            for (size_t si = 0; si < 3; si++) {
+                uint8_t *buf;
+                size_t len;
+                uint64_t last = 0;
+                int n = sl_spill_read(path, starts[si], end, from, maxes[mi], &buf, &len, &last);
+                size_t want_n = 0, want_len = 0;
+                for (uint64_t q = from; q <= 600 && want_len < maxes[mi]; q++) {
+                    want_len += (size_t)(offs[q] - offs[q - 1]);
+                    want_n++;
+                }
+                assert_int_equal(n, want_n);
+                assert_int_equal(len, want_len);
+                assert_int_equal(last, from + want_n - 1);
+                size_t pos = 0;
+                for (uint64_t q = from; pos < len; q++) {
+                    sl_rec_t r;
+                    assert_int_equal(sl_rec_decode(buf + pos, len - pos, &r), SL_REC_OK);
+                    assert_int_equal(r.seq, q);
+                    pos += r.size;
+                }
+                free(buf);
+            }
+        }
+    }
+    /* A limit inside record 11: records 1..10, then nothing more; from 11, damage. */
+    uint8_t *buf;
+    size_t len;
+    uint64_t last = 0;
+    assert_int_equal(sl_spill_read(path, 0, offs[10] + 100, 1, 1u << 20, &buf, &len, &last), 10);
+    assert_int_equal(last, 10);
+    free(buf);
+    assert_int_equal(sl_spill_read(path, offs[10], offs[10] + 100, 11, 1u << 20, &buf, &len, &last),
+                     -EBADMSG);
+    /* A limit past the end of the file. */
+    assert_int_equal(sl_spill_read(path, offs[599], end + 10, 600, 1u << 20, &buf, &len, &last), 1);
+    free(buf);
+    free(offs);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_crc32c),       cmocka_unit_test(test_record_roundtrip),
-        cmocka_unit_test(test_index),        cmocka_unit_test(test_scan_and_repair),
-        cmocka_unit_test(test_large_record), cmocka_unit_test(test_holes),
+        cmocka_unit_test(test_read_cases),
+        cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_record_roundtrip),
+        cmocka_unit_test(test_index),
+        cmocka_unit_test(test_scan_and_repair),
+        cmocka_unit_test(test_large_record),
+        cmocka_unit_test(test_holes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

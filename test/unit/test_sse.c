@@ -12,6 +12,7 @@
 #include "lib/sse.h"
 #include "core/topic.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,12 +179,75 @@ static void test_json_string(void **state)
     assert_memory_equal(r, "retry: 2500\n\n", n);
 }
 
+/* The escaper byte by byte, as it was before words were copied whole: the reference for what
+ * is written and for when -1 is returned (7 bytes of headroom before each input byte). */
+static int ref_json_put_string(char *buf, size_t *len, size_t cap, const char *s, size_t n)
+{
+    size_t l = *len;
+    if (l + 2 > cap)
+        return -1;
+    buf[l++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (l + 7 > cap)
+            return -1;
+        if (c == '"' || c == '\\') {
+            buf[l++] = '\\';
+            buf[l++] = (char)c;
+        } else if (c < 0x20) {
+            l += (size_t)sprintf(buf + l, "\\u%04x", c);
+        } else {
+            buf[l++] = (char)c;
+        }
+    }
+    if (l + 1 > cap)
+        return -1;
+    buf[l++] = '"';
+    *len = l;
+    return 0;
+}
+
+/* Strings long enough for the word-at-a-time path, with bytes that need escaping (and the
+ * bytes next to them in value) at random places, against the reference at every capacity
+ * around the result's length and from a nonzero start offset. */
+static void test_json_string_words(void **state)
+{
+    (void)state;
+    static const unsigned char pick[] = {'a',  'a',  'a',  'a',  'a',  'a',  'a',  'a',
+                                         'a',  '"',  '\\', 0x00, 0x01, 0x1f, 0x20, 0x21,
+                                         0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff, '!',  '#'};
+    srand(4242);
+    for (int round = 0; round < 20000; round++) {
+        char in[96];
+        size_t n = (size_t)(rand() % (int)sizeof(in));
+        int clean = rand() % 3 == 0; /* some strings with nothing to escape at all */
+        for (size_t k = 0; k < n; k++)
+            in[k] = clean ? (char)('a' + rand() % 26) : (char)pick[rand() % (int)sizeof(pick)];
+        size_t start = (size_t)(rand() % 5);
+        char want[8 + 6 * sizeof(in) + 8], got[sizeof(want)];
+        size_t wl = start;
+        memset(want, 'x', sizeof(want));
+        memset(got, 'x', sizeof(got));
+        assert_int_equal(ref_json_put_string(want, &wl, sizeof(want), in, n), 0);
+        for (size_t cap = wl > 16 ? wl - 16 : 0; cap <= wl + 8 && cap <= sizeof(got); cap++) {
+            size_t w2 = start, g = start;
+            int rw = ref_json_put_string(want, &w2, cap, in, n);
+            int rg = sl_json_put_string(got, &g, cap, in, n);
+            assert_int_equal(rg, rw);
+            assert_int_equal(g, w2);
+            if (rg == 0)
+                assert_memory_equal(got + start, want + start, g - start);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_data_lines_roundtrip),
         cmocka_unit_test(test_message_frame),
         cmocka_unit_test(test_json_string),
+        cmocka_unit_test(test_json_string_words),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

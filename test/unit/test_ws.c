@@ -168,6 +168,44 @@ static void test_utf8(void **state)
     }
 }
 
+/* Long inputs for the eight-bytes-at-a-time ASCII skip: ASCII runs of every length with a
+ * multi-byte sequence (valid or not) or a stray byte at random places, split everywhere. */
+static void test_utf8_long(void **state)
+{
+    (void)state;
+    static const char *const pieces[] = {
+        "\xc3\xa9",     "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xc3", "\x80",
+        "\xed\xa0\x80", "\xff",         "\xf4\x90\x80\x80", "\x7f", "\x00"};
+    srand(777);
+    for (int round = 0; round < 5000; round++) {
+        uint8_t buf[80];
+        size_t n = 0;
+        size_t want = (size_t)(rand() % 72);
+        while (n < want) {
+            if (rand() % 12 == 0) {
+                const char *p = pieces[rand() % (int)(sizeof(pieces) / sizeof(pieces[0]))];
+                size_t l = strlen(p) ? strlen(p) : 1; /* "\x00" */
+                if (n + l > sizeof(buf))
+                    break;
+                memcpy(buf + n, p, l);
+                n += l;
+            } else {
+                buf[n++] = (uint8_t)(0x20 + rand() % 0x5f);
+            }
+        }
+        check_utf8(buf, n);
+    }
+    /* A long ASCII run, then one bad byte at every position. */
+    uint8_t run[70];
+    memset(run, 'a', sizeof(run));
+    check_utf8(run, sizeof(run));
+    for (size_t at = 0; at < sizeof(run); at++) {
+        run[at] = 0x80;
+        assert_int_equal(sl_utf8_valid(run, sizeof(run)), 0);
+        run[at] = 'a';
+    }
+}
+
 static void test_close_codes(void **state)
 {
     (void)state;
@@ -323,13 +361,10 @@ static void test_message_encodings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_accept_key),
-        cmocka_unit_test(test_frame_header),
-        cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_close_codes),
-        cmocka_unit_test(test_envelope),
-        cmocka_unit_test(test_base64),
-        cmocka_unit_test(test_message_encodings),
+        cmocka_unit_test(test_accept_key),  cmocka_unit_test(test_frame_header),
+        cmocka_unit_test(test_utf8),        cmocka_unit_test(test_utf8_long),
+        cmocka_unit_test(test_close_codes), cmocka_unit_test(test_envelope),
+        cmocka_unit_test(test_base64),      cmocka_unit_test(test_message_encodings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
