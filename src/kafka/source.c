@@ -91,13 +91,6 @@
  * answers as soon as records arrive, whatever the wait. */
 #define FETCH_WAIT_MS "100"
 #define WAKE_MS 10 /* no record this long after a big drain: restart the fetches */
-/* A resumed partition is sought to its position (seek_position) only after a pause at least
- * this long. Durable pauses last as long as a disk write, many times a second; seeking after
- * each of them restarted the fetches so often that in test_kafka.py's paused-guard test the
- * flooding partition beside them never got its first fetch in before the mock's retention
- * passed it (why the seeks delayed that partition's fetch was not found). After a short pause
- * librdkafka's own wake-up is left to restart the fetch. */
-#define RESUME_SEEK_MIN_MS 50
 
 /* Why a record was not taken (metrics labels). */
 enum {
@@ -355,10 +348,7 @@ static void perform(kpe_t *e, int act)
     } else if (act == SL_KP_ACT_RESUME) {
         if (!s->failed) {
             set_paused(e, 0); /* a failed consumer is destroyed with its pauses */
-            /* Fetch now, not at the broker thread's next wake-up; not after a short pause
-             * (RESUME_SEEK_MIN_MS). */
-            if (sl_now_ms() - e->paused_at_ms >= RESUME_SEEK_MIN_MS)
-                seek_position(e);
+            seek_position(e); /* fetch now, not at the broker thread's next wake-up */
         }
         if (e->kp.state == SL_KP_ACTIVE)
             e->resume_next = e->kp.seen + 1;
