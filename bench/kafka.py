@@ -4,15 +4,28 @@ reported against a baseline measured in the same run.
 
     /usr/bin/python3 bench/kafka.py [--quick] [--bin build/sluice] [--only a,b]
 
-* throughput: the mock's background producer writes 100 B records flat out over 16
-  partitions (the mock keeps 5 MiB a partition, so fewer roll over faster than a reader
+* throughput: the mock's background producer writes 100 B records flat out (or at --rate)
+  over 16 partitions (the mock keeps 5 MiB a partition, so fewer roll over faster than a reader
   fetches). The ceiling is a plain librdkafka consumer (bench/kafka-ceiling.c, assign, no
   group) reading them for a window (10 s; 5 s quick); then sluice with a source into one lossy
   topic (fan_in = local) and 0 readers, its published counter over the same window; then the
   ceiling again. Both start at the end of the log and reset to the end when they fall behind.
   Reported: records/s each, and sluice / mean(ceiling before, ceiling after). Target >= 0.5.
+  The ceiling gets sluice's fetch.wait.max.ms (CEILING_PROPS, and any kafka.* property of
+  --source-extra); its queue limits stay librdkafka's defaults (64 MiB), as a plain
+  application would have them.
 * latency: the producer at 1,000 records/s of 100 B carrying their CLOCK_REALTIME send time;
-  an SSE reader takes now - send time per event for 10 s (after 2 s of warm-up): p50, p99.
+  the plain consumer takes now - send time per record for 10 s (after 2 s of warm-up), then an
+  SSE reader of sluice does the same per event: p50, p99 of each, on the same mock.
+* fanout: 1,000 SSE readers (build/sluice-load fanout --external) on a sluice topic fed by a
+  Kafka source at 100 records/s of 100 B (the mock's `flood`), then 1,000 SSE readers on a
+  topic of a fresh sluice without a source fed by HTTP POSTs at the same rate and size
+  (sluice-load fanout): deliveries per second of feed (events received / window), deliveries
+  per server CPU-second, loss, p50/p99 of each (Kafka's include the mock's fetch wait).
+* p254: the platformatic #254 scenario of test/integ/test_kafka.py (15 Kafka topics x 1,000
+  records into lossless topics with small quotas, durable readers acknowledging every 20
+  records): the longest time without any record arriving, the number of 5 s windows without
+  progress, pauses and resumes, the time to deliver everything.
 * rss: a lossless topic kept full (a durable reader that never acknowledges) so its partition
   stays paused, while the producer writes 10 MB/s (10,000 x 1 KiB) to it for 60 s (20 s
   quick); RSS every 2 s; first third against last third. Run with sluice's default prefetch
@@ -171,14 +184,29 @@ def wait(pred, timeout, what):
 
 
 SOURCE_EXTRA = []  # --source-extra: more lines for every [source] section
+# What the ceiling shares with sluice's consumer (src/kafka/source.c FETCH_WAIT_MS); any
+# kafka.* line of --source-extra is given to both.
+CEILING_PROPS = {"fetch.wait.max.ms": "100"}
 PARTS = 16  # the mock keeps 5 MiB a partition: one partition would roll over in a fraction of a
 #             second at full speed, and a reader a little behind would only see offset resets
 
 
-def ceiling(binary, mock, topic, parts, window):
-    out = subprocess.run([binary, mock.bootstrap, topic, str(parts), str(window), "1"],
+def ceiling_props():
+    props = dict(CEILING_PROPS)
+    for kv in SOURCE_EXTRA:
+        k, _, v = kv.partition("=")
+        if k.strip().startswith("kafka."):
+            props[k.strip()[6:]] = v.strip()
+    return sum((["-X", f"{k}={v}"] for k, v in props.items()), [])
+
+
+def ceiling(binary, mock, topic, parts, window, warmup=1, full=False):
+    out = subprocess.run([binary] + ceiling_props() +
+                         [mock.bootstrap, topic, str(parts), str(window), str(warmup)],
                          capture_output=True, text=True, timeout=window + 60)
     kv = out.stdout.split()
+    if full:
+        return {kv[i]: float(kv[i + 1]) for i in range(0, len(kv) - 1, 2)}
     return float(kv[kv.index("rate") + 1])
 
 
@@ -215,6 +243,11 @@ def bench_latency(a, res, work):
     mock = KafkaMock()
     try:
         mock.topic("lat", 1)
+        mock.flood("lat", 0, 1000, 100)
+        c = ceiling(a.ceiling, mock, "lat", 1, a.window, warmup=2, full=True)
+        mock.flood_stop()
+        res.update(ceiling_latency_p50_ms=c["p50_ms"], ceiling_latency_p99_ms=c["p99_ms"],
+                   ceiling_latency_max_ms=c["max_ms"])
         srv = Sluice(a.bin, work / "lat", mock, "lat", "lat/{partition}")
         wait(lambda: any(p["state"] == "assigned" for p in srv.source()["partitions"]), 60,
              "assignment")
@@ -314,18 +347,162 @@ def bench_resume(a, res, work):
         mock.close()
 
 
+def load_fanout(a, port, pid, path, external):
+    args = [a.load, "fanout", "--port", str(port), "--server-pid", str(pid), "-n",
+            str(a.readers), "-r", str(a.fan_rate), "--size", "100", "-d", str(a.window),
+            "--sub-path", path, "--pub-path", path] + (["--external"] if external else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=a.window + 120)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("scenario=fanout")]
+    assert line, f"sluice-load: {out.stdout} {out.stderr}"
+    return dict(kv.split("=", 1) for kv in line[0].split())
+
+
+def bench_fanout(a, res, work):
+    mock = KafkaMock()
+    try:
+        mock.topic("fan", 1)
+        srv = Sluice(a.bin, work / "fan", mock, "fan", "fan/{partition}")
+        wait(lambda: any(p["state"] == "assigned" for p in srv.source()["partitions"]), 60,
+             "assignment")
+        mock.flood("fan", 0, a.fan_rate, 100)
+        wait(lambda: srv.metric('sluice_kafka_messages_total{source="k",result="published"}')
+             > 0, 30, "records published")
+        k = load_fanout(a, srv.port, srv.proc.pid, "/topics/fan/0", True)
+        mock.flood_stop()
+        srv.stop()
+    finally:
+        mock.close()
+    # The same readers on a topic fed by HTTP POSTs, on a sluice without a source.
+    port = free_port()
+    d = work / "fan-http"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "sluice.ini").write_text(f"[server]\nlisten = 127.0.0.1:{port}\ndata_dir = {d}/data\n"
+                                  "memory_limit = 256MiB\nlog_level = warn\n"
+                                  "shutdown_drain = 1s\n")
+    log = open(d / "stderr.log", "wb")
+    proc = subprocess.Popen([a.bin, "--config", str(d / "sluice.ini")], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no sluice"
+                time.sleep(0.05)
+        h = load_fanout(a, port, proc.pid, "/topics/fanhttp", False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    # Deliveries per second of feed: events received / the window (HTTP: the publishes span
+    # the window and sluice-load waits 1 s more for the last deliveries; Kafka: events
+    # received during the window). CPU: sluice's, over the same spans.
+    for r in (k, h):
+        r["deliveries_per_s"] = int(r["delivered"]) // a.window
+    for label, r in (("kafka", k), ("http", h)):
+        res.update({f"fanout_{label}_subscribed": int(r["subscribed"]),
+                    f"fanout_{label}_delivered": int(r["delivered"]),
+                    f"fanout_{label}_deliveries_per_s": int(r["deliveries_per_s"]),
+                    f"fanout_{label}_deliveries_per_cpu_s": int(r["deliveries_per_cpu_s"]),
+                    f"fanout_{label}_lost": int(r["lost"]), f"fanout_{label}_gaps": int(r["gaps"]),
+                    f"fanout_{label}_p50_ms": float(r["p50_ms"]),
+                    f"fanout_{label}_p99_ms": float(r["p99_ms"])})
+    res.update(fanout_readers=a.readers, fanout_rate=a.fan_rate,
+               fanout_kafka_over_http=round(int(k["deliveries_per_s"]) /
+                                            max(1, int(h["deliveries_per_s"])), 3),
+               fanout_kafka_over_http_per_cpu=round(int(k["deliveries_per_cpu_s"]) /
+                                                    max(1, int(h["deliveries_per_cpu_s"])), 3))
+
+
+def bench_p254(a, res, work):
+    """The #254 scenario, timed: every record's arrival moves the progress clock."""
+    import threading
+    n_topics, n = 15, 1000
+    names = [f"p254-{i}" for i in range(n_topics)]
+    mock = KafkaMock()
+    try:
+        for name in names:
+            mock.topic(name, 1)
+        srv = Sluice(a.bin, work / "p254", mock, ", ".join(names), "k/{kafka_topic}",
+                     topics=[("k/*", TIGHT)], prefetch="256KiB",
+                     extra="commit_interval = 200ms\n")
+        got = {name: 0 for name in names}
+        lock = threading.Lock()
+        arrivals = []
+        errors = []
+
+        def reader(name):
+            try:
+                sub = SSE(srv.port, f"/topics/k/{name}?durable=r&from=oldest")
+                last = None
+                while got[name] < n:
+                    ev = sub.event(60)
+                    assert ev is not None, "no event for 60 s"
+                    last = ev[0]
+                    with lock:
+                        got[name] += 1
+                        arrivals.append(time.monotonic())
+                    if got[name] % 20 == 0:
+                        time.sleep(0.02)  # a slow reader: acknowledges in steps, late
+                        assert srv.post(f"/topics/k/{name}/cursors/r", last) == 204
+                assert srv.post(f"/topics/k/{name}/cursors/r", last) == 204
+                sub.close()
+            except Exception as ex:  # reported below
+                errors.append(f"{name}: {ex!r}")
+
+        threads = [threading.Thread(target=reader, args=(nm,), daemon=True) for nm in names]
+        for t in threads:
+            t.start()
+        wait(lambda: sum(p["state"] == "assigned" for p in srv.source()["partitions"])
+             == n_topics, 60, "every partition assigned")
+        t0 = time.monotonic()
+        for batch in range(10):
+            for name in names:
+                mock.produce(name, 0, 100, prefix=f"{name}-{batch}-", size=100)
+        for t in threads:
+            t.join(timeout=300)
+        t1 = time.monotonic()
+        src = srv.source()
+        srv.stop()
+        points = [t0] + sorted(arrivals) + [max(arrivals + [t0])]
+        gaps = [b - x for x, b in zip(points, points[1:])]
+        parts = src["partitions"]
+        res.update(p254_records=sum(got.values()), p254_errors=len(errors),
+                   p254_seconds=round(max(arrivals + [t0]) - t0, 2),
+                   p254_longest_no_progress_s=round(max(gaps), 3),
+                   p254_stalls_5s=sum(1 for g in gaps if g >= 5),
+                   p254_pauses=sum(p.get("pauses", 0) for p in parts),
+                   p254_resumes=sum(p.get("resumes", 0) for p in parts),
+                   p254_wall_s=round(t1 - t0, 2))
+        if errors:
+            print("p254 errors:", errors[:3], file=sys.stderr)
+    finally:
+        mock.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=str(REPO / "build" / "sluice"))
-    ap.add_argument("--only", default="throughput,latency,rss,resume")
+    ap.add_argument("--only", default="throughput,latency,rss,resume,fanout,p254")
     ap.add_argument("--rate", type=int, default=0,
                     help="throughput: the producer's records/s (0: flat out)")
+    ap.add_argument("--fanout-rate", type=int, default=100,
+                    help="fanout: records (and HTTP publishes) a second")
     ap.add_argument("--source-extra", default="",
                     help="more [source] lines, separated by ';' (e.g. kafka.fetch.wait.max.ms=10)")
     a = ap.parse_args()
     SOURCE_EXTRA.extend(a.source_extra.split(";"))
     a.ceiling = str(Path(a.bin).parent / "sluice-kafka-ceiling")
+    a.load = str(Path(a.bin).parent / "sluice-load")
+    a.readers = 1000
+    a.fan_rate = a.fanout_rate
     a.window = 5 if a.quick else 10
     a.rss_seconds = 20 if a.quick else 60
     a.cycles = 10 if a.quick else 20
@@ -345,6 +522,10 @@ def main():
             bench_rss(a, res, work, "64MiB", "prefetch_64mib")
         if "resume" in only:
             bench_resume(a, res, work)
+        if "fanout" in only:
+            bench_fanout(a, res, work)
+        if "p254" in only:
+            bench_p254(a, res, work)
     finally:
         text = "".join(f"{k}={v}\n" for k, v in res.items())
         (out / "results.txt").write_text(text)

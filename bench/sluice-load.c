@@ -17,6 +17,9 @@
  * HTTP POST.
  *
  * Payloads carry "<seq> <send time ns>" so every subscriber measures latency and detects loss.
+ * fanout --external publishes nothing: the topic is fed from elsewhere (bench/kafka.py: a Kafka
+ * source) with payloads "t<CLOCK_REALTIME send time ns>:..." (the Kafka mock helper's `flood`);
+ * the sequence is then the number after the last '-' of the SSE id (a Kafka offset + 1).
  * Each run ends with one line of key=value pairs for scripts.
  */
 #define _GNU_SOURCE
@@ -49,6 +52,8 @@ static double opt_rate = 100, opt_duration = 10, opt_sample_ms = 2000, opt_settl
 static int opt_ws;                    /* subscribers use WebSocket instead of SSE */
 static int opt_mix;                   /* every other subscriber uses WebSocket */
 static const char *opt_ws_sub = NULL; /* WebSocket subscribe path (default: opt_sub) */
+static int opt_external;              /* fanout: no publisher, the topic is fed elsewhere */
+static int64_t real_minus_mono;       /* CLOCK_REALTIME - CLOCK_MONOTONIC, ns (--external) */
 
 /* ---- clocks and server probes ----------------------------------------------------------- */
 
@@ -208,6 +213,7 @@ typedef struct client {
     size_t len, cap;
     int in_gap;    /* current event is a sluice.gap */
     long data_seq; /* seq found in the current event's data, -1 if none */
+    long id_seq;   /* --external: seq from the current event's id, -1 if none */
     uint64_t data_ts;
 } client_t;
 
@@ -248,7 +254,7 @@ static client_t *add_client(int kind, int rcvbuf)
     memset(c, 0, sizeof(*c));
     c->fd = connect_to(rcvbuf);
     c->kind = kind;
-    c->data_seq = -1;
+    c->data_seq = c->id_seq = -1;
     c->ws = kind != C_PUB && (opt_ws || (opt_mix && nkind[kind] % 2 == 1));
     nkind[kind]++;
     if (kind != C_PUB) {
@@ -304,6 +310,7 @@ static void end_event(client_t *c)
     }
     c->in_gap = 0;
     c->data_seq = -1;
+    c->id_seq = -1;
 }
 
 /* Takes "<seq> <send time ns>" from the start of a payload. */
@@ -314,7 +321,12 @@ static void event_data(client_t *c, const char *d, size_t n)
     memcpy(tmp, d, k);
     tmp[k] = '\0';
     unsigned long long seq, ts;
-    if (sscanf(tmp, "%llu %llu", &seq, &ts) == 2) {
+    if (opt_external) {
+        if (sscanf(tmp, "t%llu:", &ts) == 1 && c->id_seq >= 0) {
+            c->data_seq = c->id_seq;
+            c->data_ts = (uint64_t)((int64_t)ts - real_minus_mono);
+        }
+    } else if (sscanf(tmp, "%llu %llu", &seq, &ts) == 2) {
         c->data_seq = (long)seq;
         c->data_ts = ts;
     }
@@ -329,6 +341,9 @@ static void sse_line(client_t *c, const char *l, size_t n)
         c->gap_missed = 1;
     } else if (n > 6 && memcmp(l, "data: ", 6) == 0 && !c->in_gap) {
         event_data(c, l + 6, n - 6);
+    } else if (opt_external && n > 4 && memcmp(l, "id: ", 4) == 0) {
+        const char *dash = memrchr(l, '-', n);
+        c->id_seq = dash != NULL ? strtol(dash + 1, NULL, 10) : -1;
     }
 }
 
@@ -674,10 +689,20 @@ static int scenario_fanout(void)
     }
     drain(1.0);
     long subscribed = count_ok_subscribers(C_SUB);
-    client_t *pub = add_client(C_PUB, 0);
-    double cpu0 = server_cpu(), t0 = now_s(), rss_max, slope;
-    run_publishing(pub, NULL, &rss_max, &slope);
-    drain(1.0);
+    double cpu0 = server_cpu(), t0 = now_s(), rss_max = 0, slope;
+    if (opt_external) {
+        /* Count from here: the feed ran before the subscribers were all in. */
+        total_events = total_lost = total_gaps = 0;
+        hist_n = hist_over = 0;
+        memset(hist, 0, HIST_MAX * sizeof(*hist));
+        for (long i = 0; i < nclients; i++)
+            clients[i].last_seq = 0;
+        drain(opt_duration);
+    } else {
+        client_t *pub = add_client(C_PUB, 0);
+        run_publishing(pub, NULL, &rss_max, &slope);
+        drain(1.0);
+    }
     double secs = now_s() - t0, cpu = server_cpu() - cpu0;
     uint64_t expected = pub_ok * (uint64_t)opt_n; /* what the server accepted */
     printf("scenario=fanout %s subscribers=%ld subscribed=%ld rate=%.0f size=%ld published=%llu "
@@ -760,7 +785,8 @@ static void usage(void)
                     "  --mix (every other subscriber WebSocket)  --ws-sub-path P (their path)\n"
                     "  -n N (idle, fanout subscribers)  -f FAST -t STALLED (stalled)\n"
                     "  -r RATE msg/s  -d SECONDS  --size BYTES  --settle SECONDS\n"
-                    "  --sample-ms MS  --csv FILE (stalled)\n");
+                    "  --sample-ms MS  --csv FILE (stalled)\n"
+                    "  --external (fanout: publish nothing, the topic is fed elsewhere)\n");
 }
 
 int main(int argc, char **argv)
@@ -779,6 +805,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--mix") == 0) {
             opt_mix = 1;
+            continue;
+        }
+        if (strcmp(a, "--external") == 0) {
+            opt_external = 1;
             continue;
         }
         if (v == NULL) {
@@ -829,6 +859,9 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)now_ns());
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    real_minus_mono = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - (int64_t)now_ns();
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;

@@ -85,6 +85,13 @@
 #define WM_PAUSE_MS 60000  /* no round for this long after one was abandoned */
 #define STABLE_MS 60000    /* a recreated consumer running this long resets the backoff */
 #define LOSSES_KEPT 4      /* retention losses a partition remembers for its topics */
+/* How long a broker may hold a fetch with nothing to return (fetch.wait.max.ms; the
+ * pass-through may change it). One fetch is in flight per broker connection, so a partition
+ * resumed or restarted while an empty fetch is held waits for it: 100 ms keeps that short at
+ * the cost of at most 10 empty fetches a second per idle broker connection. A real broker
+ * answers as soon as records arrive, whatever the wait. */
+#define FETCH_WAIT_MS "100"
+#define WAKE_MS 10 /* no record this long after a big drain: restart the fetches */
 
 /* Why a record was not taken (metrics labels). */
 enum {
@@ -123,6 +130,8 @@ typedef struct kpe {
     int64_t lo_wm, hi_wm;  /* watermarks as last known; -1 unknown */
     uint64_t wm_ms;        /* when they were last refreshed */
     int64_t resume_next;   /* after a resume: the offset the next record should have; -1 */
+    int64_t polled_next;   /* the offset after the last record taken from the queue while the
+                              partition was active (librdkafka's own resume position); -1 */
     int gone;              /* Kafka said its topic does not exist (deleted): logged once */
     int check_gone;        /* revoked: does its topic still exist? (asked off the loop) */
     /* Offsets retention removed before sluice took them (the newest LOSSES_KEPT ranges,
@@ -172,7 +181,11 @@ typedef struct ksrc {
     int brokers_down; /* logged once per change */
     uint64_t prefetch_charge;
     uint64_t last_progress_ms;
-    uv_work_t wm_work; /* the watermark query: one in flight at most */
+    uint64_t drained_bytes; /* record bytes served since the queue was last seen empty */
+    uint64_t wake_due_ms;   /* a big drain left the queue empty: restart the fetches then,
+                               unless a record arrives first (wake_fetchers); 0 none */
+    uint64_t fetch_wakes;   /* wake_fetchers rounds (fetches restarted after a full queue) */
+    uv_work_t wm_work;      /* the watermark query: one in flight at most */
     int wm_busy;
     uint64_t wm_next_ms;
     wmq_t *wmq;
@@ -268,7 +281,7 @@ static kpe_t *part_find(ksrc_t *s, const char *topic, int32_t partition, int cre
     e->kp.stored = -1;
     e->committed = -1;
     e->lo_wm = e->hi_wm = -1;
-    e->resume_next = -1;
+    e->resume_next = e->polled_next = -1;
     s->parts[s->nparts++] = e;
     return s->last = e;
 }
@@ -284,6 +297,30 @@ static void one_partition(rd_kafka_topic_partition_list_t **l, kpe_t *e, int64_t
 {
     *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(*l, e->ktopic, e->partition)->offset = offset;
+}
+
+/* Restarts the fetch of a partition at its current position: librdkafka 2.0.2 neither wakes
+ * the broker thread when a partition is resumed nor when the application drains a queue that
+ * was over queued.max.messages.kbytes, so the next fetch waits for other traffic on that
+ * connection or for the thread's 1 s timeout (later versions have fetch.queue.backoff.ms). A
+ * seek to the position the consumer would fetch from anyway wakes it at once. Nothing is
+ * skipped or fetched twice: polled_next is the offset after the last record polled for the
+ * partition, where librdkafka itself restarts a resumed partition, and records of the
+ * partition still queued or in flight are dropped by the seek's version barrier and fetched
+ * again. The seek is asynchronous. */
+static void seek_position(kpe_t *e)
+{
+    if (e->polled_next < 0 || e->kp.state != SL_KP_ACTIVE || e->src->failed)
+        return;
+    rd_kafka_topic_partition_list_t *l;
+    one_partition(&l, e, e->polled_next);
+    rd_kafka_error_t *err = rd_kafka_seek_partitions(e->src->rk, l, 0);
+    if (err != NULL) {
+        SL_DEBUG("kafka seek failed", "source=%s kafka_topic=%s partition=%d error=\"%s\"",
+                 e->src->conf->name, e->ktopic, (int)e->partition, rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
 }
 
 static void set_paused(kpe_t *e, int paused)
@@ -315,8 +352,10 @@ static void perform(kpe_t *e, int act)
         SL_DEBUG("kafka partition paused", "source=%s kafka_topic=%s partition=%d reason=%s",
                  s->conf->name, e->ktopic, (int)e->partition, sl_kp_why_name(e->kp.why));
     } else if (act == SL_KP_ACT_RESUME) {
-        if (!s->failed)
+        if (!s->failed) {
             set_paused(e, 0); /* a failed consumer is destroyed with its pauses */
+            seek_position(e); /* fetch now, not at the broker thread's next wake-up */
+        }
         if (e->kp.state == SL_KP_ACTIVE)
             e->resume_next = e->kp.seen + 1;
         s->resumes++;
@@ -586,6 +625,7 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
     kpe_t *e = part_find(s, ktopic, m->partition, 0);
     if (e == NULL || sl_kp_accept(&e->kp, m->offset) != SL_KP_ACT_NONE)
         return; /* not ours (any more): Kafka delivers it again after the resume or assign */
+    e->polled_next = m->offset + 1;
     int64_t lost = e->resume_next >= 0 ? retention_check(e, m->offset) : 0;
     if (lost > 0)
         remember_loss(e, m->offset - lost, m->offset - 1);
@@ -712,6 +752,21 @@ static void on_error_event(ksrc_t *s, rd_kafka_message_t *m)
     SL_DEBUG("kafka error", "source=%s error=\"%s\"", s->conf->name, what);
 }
 
+/* The queue was emptied after holding at least half of queued.max.messages.kbytes and no
+ * record has arrived for WAKE_MS since: librdkafka 2.0.2 has probably stopped fetching at the
+ * limit and would wait up to 1 s for its broker thread to look again (seek_position).
+ * Restarts the fetch of every active partition. Waiting WAKE_MS first leaves a fetcher that
+ * is still running alone: its in-flight response would be thrown away by the seek, and a
+ * partition that a producer outruns (retention moving past it) could then never catch up. */
+static void wake_fetchers(ksrc_t *s)
+{
+    s->fetch_wakes++;
+    for (size_t i = 0; i < s->nparts; i++)
+        seek_position(s->parts[i]);
+}
+
+static void on_tick(uv_timer_t *h);
+
 /* Serves one bounded turn of the queue. Returns 1 if the queue may hold more. */
 static int serve(ksrc_t *s)
 {
@@ -731,6 +786,8 @@ static int serve(ksrc_t *s)
                 SL_INFO("kafka brokers reachable again", "source=%s", s->conf->name);
             }
             on_record(s, m);
+            s->drained_bytes += m->len;
+            s->wake_due_ms = 0; /* the fetcher is running */
             published = 1;
             if (ks.test_fatal_after != 0 && !s->test_fatal_done &&
                 s->published >= ks.test_fatal_after) {
@@ -748,7 +805,17 @@ static int serve(ksrc_t *s)
     store_offsets(s);
     if (published && ks.kick)
         ks.kick(ks.kick_arg);
-    return !s->failed && n > 0 && rd_kafka_queue_length(s->q) > 0;
+    if (s->failed)
+        return 0;
+    if (rd_kafka_queue_length(s->q) > 0)
+        return n > 0;
+    if (s->drained_bytes >= s->conf->prefetch / 2 && s->wake_due_ms == 0 &&
+        s->state == SRC_RUNNING) {
+        s->wake_due_ms = sl_now_ms() + WAKE_MS;
+        uv_timer_start(&s->tick, on_tick, WAKE_MS, TICK_MS); /* the tick looks then */
+    }
+    s->drained_bytes = 0;
+    return 0;
 }
 
 static void drain_pipe(ksrc_t *s)
@@ -827,6 +894,11 @@ static void on_tick(uv_timer_t *h)
     }
     store_offsets(s);
     wm_query(s, now);
+    if (s->wake_due_ms != 0 && now >= s->wake_due_ms) {
+        s->wake_due_ms = 0;
+        if (s->state == SRC_RUNNING && rd_kafka_queue_length(s->q) == 0)
+            wake_fetchers(s);
+    }
     /* A queue that became non-empty while a turn was ending signals nothing: look again. */
     if (rd_kafka_queue_length(s->q) > 0)
         start_idle(s);
@@ -1122,7 +1194,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             kpe_t *e = part_find(s, parts->elems[i].topic, parts->elems[i].partition, 1);
             sl_kp_assign(&e->kp);
             e->committed_known = 0; /* another member may have moved it: asked again */
-            e->resume_next = -1;
+            e->resume_next = e->polled_next = -1;
             e->gone = e->check_gone = 0;
         }
         SL_INFO("kafka partitions assigned", "source=%s count=%d", s->conf->name, parts->cnt);
@@ -1282,6 +1354,12 @@ static char *render_metrics(size_t *len)
     for (size_t i = 0; i < ks.n; i++)
         sl_buf_printf(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n",
                       ks.v[i]->conf->name, ks.v[i]->resumes);
+    sl_buf_printf(&o, "# HELP sluice_kafka_fetch_restarts_total Fetches restarted after the "
+                      "prefetch queue was drained from its limit.\n"
+                      "# TYPE sluice_kafka_fetch_restarts_total counter\n");
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(&o, "sluice_kafka_fetch_restarts_total{source=\"%s\"} %" PRIu64 "\n",
+                      ks.v[i]->conf->name, ks.v[i]->fetch_wakes);
     sl_buf_printf(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
                       "# TYPE sluice_kafka_paused_seconds_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
@@ -1426,12 +1504,13 @@ static char *render_sources(size_t *len)
             ",\"readback\":{\"readbacks\":%" PRIu64 ",\"messages\":%" PRIu64 ",\"gaps\":%" PRIu64
             ",\"missed\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"active\":%u,\"queued\":%u}"
             ",\"fatal_errors\":%" PRIu64 ",\"restarts\":%" PRIu64 ",\"topics_deleted\":%" PRIu64
-            ",\"retention_gaps\":%" PRIu64 ",\"retention_lost\":%" PRIu64,
+            ",\"retention_gaps\":%" PRIu64 ",\"retention_lost\":%" PRIu64
+            ",\"fetch_restarts\":%" PRIu64,
             i ? "," : "", s->conf->name, state_names[s->state], s->cluster_id,
             s->brokers_down ? "true" : "false", s->published, s->duplicates, s->resumes, s->commits,
             s->offset_skips, rst.readbacks, rst.messages, rst.gaps, rst.missed, rst.timeouts,
             rst.active, rst.queued, s->fatal_errors, s->restarts, s->topics_gone, s->retention_gaps,
-            s->retention_lost[0] + s->retention_lost[1]);
+            s->retention_lost[0] + s->retention_lost[1], s->fetch_wakes);
         json_i64(&o, "restart_in_ms",
                  s->failed && s->restart_at_ms > now ? (int64_t)(s->restart_at_ms - now)
                  : s->failed                         ? 0
@@ -1548,6 +1627,12 @@ static void start_cluster_id(ksrc_t *s)
     uv_queue_work(ks.loop, &s->work, cluster_id_work, cluster_id_done);
 }
 
+uint64_t sl_kafka_fetch_max_bytes(uint64_t prefetch)
+{
+    uint64_t v = prefetch / 4;
+    return v < 1000000 ? 1000000 : v > 52428800 ? 52428800 : v;
+}
+
 static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t cap)
 {
     return rd_kafka_conf_set(c, k, v, err, cap) == RD_KAFKA_CONF_OK ? 0 : -1;
@@ -1564,6 +1649,7 @@ static rd_kafka_conf_t *make_conf(const sl_source_conf_t *sc, const char *node, 
     /* Defaults a production team expects, which the pass-through may override: a 3 s outage
      * must not stall delivery for 6-11 s (the default backoff's cap is 10 s). */
     if (conf_set(c, "reconnect.backoff.max.ms", "1000", err, cap) != 0 ||
+        conf_set(c, "fetch.wait.max.ms", FETCH_WAIT_MS, err, cap) != 0 ||
         conf_set(c, "log.queue", "true", err, cap) != 0)
         goto out_conf;
     for (size_t i = 0; i < sc->nprops; i++) {
@@ -1584,13 +1670,16 @@ static rd_kafka_conf_t *make_conf(const sl_source_conf_t *sc, const char *node, 
     snprintf(num, sizeof(num), "%" PRIu64, sc->commit_interval_ms);
     if (conf_set(c, "auto.commit.interval.ms", num, err, cap) != 0)
         goto out_conf;
-    /* Prefetch: what librdkafka may hold per partition, and per fetch response. */
+    /* Prefetch: the consumer queue's bound (librdkafka counts it over the whole queue of a
+     * group consumer) is what bounds memory. A fetch is sent only while the queue is under it,
+     * so a response overshoots it by at most fetch.max.bytes per broker connection: a quarter
+     * of the prefetch, at least librdkafka's minimum (message.max.bytes, 1 MB), at most its
+     * default (50 MiB). Tying fetch.max.bytes to the whole prefetch made every response fill
+     * the queue, and librdkafka 2.0.2 then waited up to 1 s to fetch again (wake_fetchers). */
     snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch >> 10);
     if (conf_set(c, "queued.max.messages.kbytes", num, err, cap) != 0)
         goto out_conf;
-    /* librdkafka wants a fetch to hold at least one message of message.max.bytes (1 MB by
-     * default): a smaller prefetch bounds the queue, not the single fetch. */
-    snprintf(num, sizeof(num), "%" PRIu64, sc->prefetch > 1000000 ? sc->prefetch : 1000000);
+    snprintf(num, sizeof(num), "%" PRIu64, sl_kafka_fetch_max_bytes(sc->prefetch));
     if (conf_set(c, "fetch.max.bytes", num, err, cap) != 0)
         goto out_conf;
     snprintf(num, sizeof(num), "%" PRIu64,

@@ -54,4 +54,10 @@ int64_t sl_kafka_retention_lost(int64_t expected, int64_t offset, int64_t lo, in
  * `prev` is the previous delay (0 for the first failure). Pure. */
 uint64_t sl_kafka_backoff_next(uint64_t prev);
 
+/* librdkafka's fetch.max.bytes for a source's `prefetch` (its queued.max.messages.kbytes): a
+ * quarter of it, at least 1,000,000 (librdkafka's minimum, message.max.bytes) and at most
+ * 52,428,800 (librdkafka's default), so that one fetch response never fills the queue by
+ * itself (docs/design-notes.md, "Prefetch"). Pure. */
+uint64_t sl_kafka_fetch_max_bytes(uint64_t prefetch);
+
 #endif

@@ -546,3 +546,23 @@ def test_shutdown_with_the_brokers_gone_while_a_partition_is_paused(kafka_mock, 
     srv.signal(signal.SIGTERM)
     code = srv.wait_exit(20)
     assert code == 0, (code, srv.logs()[-3000:])
+
+
+def test_fetches_restarted_after_a_full_prefetch_queue_take_every_offset_once(kafka_mock,
+                                                                           sluice_factory):
+    """A backlog far larger than a small prefetch: librdkafka stops fetching whenever the queue
+    reaches its limit, and sluice restarts the fetches with seeks once it drained the queue.
+    Every offset is published once: none skipped, none delivered twice."""
+    kafka_mock.topic("fq", 1)
+    n = 30_000
+    for _ in range(n // 1000):  # batches of 100 KB: each response overfills a 64 KiB queue
+        kafka_mock.produce("fq", 0, 1000, prefix="f", size=100)
+    srv = start_source(sluice_factory, kafka_mock, kafka_topics="fq", topic="fq/{partition}",
+                       prefetch="64KiB", start="earliest")
+    src = wait_for(lambda: (lambda s: s if s["partitions"] and
+                            s["partitions"][0].get("next_offset") == n else None)(
+                                sources(srv)["k"]), 60, "every record taken")
+    assert src["published"] == n and src["duplicates"] == 0 and src["offset_skips"] == 0, src
+    assert src["fetch_restarts"] >= 1, src
+    m = srv.metrics()
+    assert m.v('sluice_kafka_fetch_restarts_total{source="k"}') == src["fetch_restarts"]

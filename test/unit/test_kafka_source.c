@@ -127,12 +127,27 @@ static void test_backoff(void **state)
     assert_int_equal(seen[15], 60000); /* capped */
 }
 
+static void test_fetch_max_bytes(void **state)
+{
+    (void)state;
+    /* The smallest prefetch config accepts (64 KiB) up to 4 MB: librdkafka's minimum. */
+    assert_int_equal(sl_kafka_fetch_max_bytes(64u << 10), 1000000);
+    assert_int_equal(sl_kafka_fetch_max_bytes(2u << 20), 1000000); /* the default prefetch */
+    assert_int_equal(sl_kafka_fetch_max_bytes(4000000), 1000000);
+    /* Above: a quarter, so a response cannot fill the queue by itself. */
+    assert_int_equal(sl_kafka_fetch_max_bytes(64u << 20), 16u << 20);
+    assert_true(sl_kafka_fetch_max_bytes(64u << 20) < (64u << 20));
+    /* Capped at librdkafka's default for the largest prefetch (1 GiB). */
+    assert_int_equal(sl_kafka_fetch_max_bytes(1u << 30), 52428800);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_epoch),          cmocka_unit_test(test_check_properties),
-        cmocka_unit_test(test_publish_rule),   cmocka_unit_test(test_lag),
-        cmocka_unit_test(test_retention_lost), cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_epoch),           cmocka_unit_test(test_check_properties),
+        cmocka_unit_test(test_publish_rule),    cmocka_unit_test(test_lag),
+        cmocka_unit_test(test_retention_lost),  cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_fetch_max_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
