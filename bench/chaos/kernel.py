@@ -72,6 +72,31 @@ def kernel_conn_table(port, proc_pid=None):
     return out
 
 
+def listed_inodes():
+    """Inodes of every socket the kernel lists in /proc/net (TCP, UDP, raw, unix, netlink)."""
+    out = set()
+    for name, col in (("tcp", 9), ("tcp6", 9), ("udp", 9), ("udp6", 9), ("raw", 9),
+                      ("raw6", 9), ("unix", 6), ("netlink", 9)):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if len(p) > col and p[col].isdigit():
+                        out.add(int(p[col]))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return out
+
+
+def unlisted_sockets(pid):
+    """Sockets process `pid` holds that the kernel no longer lists: TCP sockets in state CLOSE,
+    which a reset took out of the connection tables before the process read the error. Such a
+    socket is still one of the process's connections (its gauge counts it) until it reads
+    the reset and closes it."""
+    return socket_inodes(pid) - listed_inodes()
+
+
 def held_by_state(port, pid):
     """Sockets on `port` (server side, not the listener) that process `pid` still holds open,
     counted by TCP state name."""

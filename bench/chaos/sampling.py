@@ -10,7 +10,7 @@ import threading
 import time
 
 from kernel import (TCP_CLOSE_WAIT, TCP_ESTABLISHED, held_by_state, kernel_conn_table,
-                    kernel_sockets)
+                    kernel_sockets, unlisted_sockets)
 
 
 class Sampler:
@@ -118,9 +118,13 @@ class ManualSampler(Sampler):
     the scrape, and connections still in the listen queue (not yet accepted, inode 0) are not
     counted. `compared` counts the samples where the comparison was made, `inconclusive` the
     others; `mismatches` (and `mismatch_rows`, the full rows) the compared samples where the
-    gauge differed from the kernel."""
+    gauge differed from the kernel. The kernel's count includes the sockets sluice holds that a
+    reset took out of the kernel's tables before sluice read the error (`reset_unread`);
+    `stale_resets` counts samples where one of them had been held for 3 samples running."""
 
     def __init__(self, server, interval=1.0, extra=None):
+        self._unread = []
+        self.stale_resets = 0
         self.compared = 0
         self.inconclusive = 0
         self.mismatch_rows = []
@@ -141,6 +145,7 @@ class ManualSampler(Sampler):
 
     def sample(self):
         s = self.server
+        u1 = unlisted_sockets(s.proc.pid)
         e1 = self._established(s.port)
         m = {}
         try:
@@ -148,11 +153,21 @@ class ManualSampler(Sampler):
         except Exception:
             self.errors += 1
         e2 = self._established(s.port)
+        u2 = unlisted_sockets(s.proc.pid)
         # Compared only when the very same connections were established before and after the
-        # scrape (equal counts are not enough under churn: an open and a close cancel out).
-        k1, k2 = (0, 0) if e1 == e2 else (len(e1), -1)
-        k2_count = len(e2)
+        # scrape (equal counts are not enough under churn: an open and a close cancel out), and
+        # the same reset sockets were held unread: a connection reset by its peer leaves the
+        # kernel's tables at once, while sluice counts it until it reads the error. Those are
+        # counted beside the kernel's (`reset_unread`), and one held in 3 consecutive samples
+        # is a connection sluice failed to notice (`stale_resets`).
+        k1, k2 = (0, 0) if e1 == e2 and u1 == u2 else (len(e1), -1)
+        k2_count = len(e2) + len(u2)
+        self._unread.append(u2)
+        if len(self._unread) >= 3 and (self._unread[-1] & self._unread[-2] & self._unread[-3]):
+            self.stale_resets += 1
+        del self._unread[:-3]
         row = self._row(m, k2_count)
+        row["reset_unread"] = len(u2)
         gauge = row["gauge"]
         row["accounted_mb"] = round(m.get("sluice_memory_accounted_bytes", 0) / 2**20, 4)
         # What sluice itself holds: sockets on the port (any state) whose inode is in its fd

@@ -505,12 +505,15 @@ def main():
 
     compared = sum(r["compared"] for r in sampler.rows)
     f.update(compared_samples=compared, gauge_kernel_mismatches=len(sampler.mismatches),
+             reset_unread_max=max((r.get("reset_unread", 0) for r in sampler.rows), default=0),
+             stale_resets=sampler.stale_resets,
              checkpoints=counts["checkpoints"], checkpoints_compared=counts["checkpoints_compared"],
              close_wait_max=max(r["close_wait"] for r in rows),
              close_wait_persistent=len(cw.persistent),
              end_gauge=end.get("gauge"), end_kernel=end.get("kernel_established"),
              end_close_wait=end.get("close_wait"))
     check(not sampler.mismatches, "gauge_equals_kernel_at_every_compared_sample")
+    check(sampler.stale_resets == 0, "no_reset_connection_left_unnoticed")
     check(counts["checkpoints"] > 0 and counts["checkpoints_compared"] == counts["checkpoints"],
           "every_checkpoint_compared")
     check(not cw.persistent, "no_close_wait_across_3_samples")
