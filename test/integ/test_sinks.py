@@ -6,6 +6,7 @@ topic."""
 
 import json
 import signal
+import socket
 import subprocess
 import time
 
@@ -631,3 +632,27 @@ def test_read_back_message_past_the_byte_cap_is_not_lost(sluice_factory, tmp_pat
     assert not gaps, gaps
     sizes = [len(d.envelopes()) for d in receiver.ok()]
     assert max(sizes) == 2, sizes  # 2 x 16 KiB fit in 40 KiB, a third does not
+
+
+def test_proxy_environment_is_not_used(sluice_factory, tmp_path, receiver, monkeypatch):
+    """http_proxy and friends in sluice's environment are ignored: a proxy would make the
+    private-address check see the proxy's address instead of the endpoint's (and the
+    endpoint would be reached from wherever the proxy is)."""
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(16)
+    trap.settimeout(0.2)
+    proxy = f"http://127.0.0.1:{trap.getsockname()[1]}"
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.setenv(var, proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url())})
+    srv.publish("t/a", "direct")
+    assert receiver.wait(lambda r: r.delivered_payloads() == ["direct"], timeout=10), \
+        receiver.delivered_payloads()
+    with pytest.raises(socket.timeout):
+        conn, _ = trap.accept()
+        conn.close()
+    trap.close()
