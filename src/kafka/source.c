@@ -67,6 +67,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -1277,6 +1278,16 @@ static uint64_t paused_ms_of(const kpe_t *e, uint64_t now)
 }
 
 /* The read-back counters of every source, one family at a time. */
+/* A metric with one sample per source: the uint64_t at `off` in each source. */
+static void per_source(sl_buf_t *o, const char *name, const char *type, const char *help,
+                       size_t off)
+{
+    sl_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (size_t i = 0; i < ks.n; i++)
+        sl_buf_printf(o, "%s{source=\"%s\"} %" PRIu64 "\n", name, ks.v[i]->conf->name,
+                      *(const uint64_t *)(const void *)((const char *)ks.v[i] + off));
+}
+
 static void render_readback_metrics(sl_buf_t *o)
 {
     static const struct {
@@ -1349,17 +1360,12 @@ static char *render_metrics(size_t *len)
             sl_buf_printf(&o,
                           "sluice_kafka_pauses_total{source=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
                           ks.v[i]->conf->name, sl_kp_why_name((sl_kp_why_t)r), ks.v[i]->pauses[r]);
-    sl_buf_printf(&o, "# HELP sluice_kafka_resumes_total Partition resumes.\n"
-                      "# TYPE sluice_kafka_resumes_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_resumes_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->resumes);
-    sl_buf_printf(&o, "# HELP sluice_kafka_fetch_restarts_total Fetches restarted after the "
-                      "prefetch queue was drained from its limit.\n"
-                      "# TYPE sluice_kafka_fetch_restarts_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_fetch_restarts_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->fetch_wakes);
+    per_source(&o, "sluice_kafka_resumes_total", "counter", "Partition resumes.",
+               offsetof(ksrc_t, resumes));
+    per_source(&o, "sluice_kafka_fetch_restarts_total", "counter",
+               "Fetches restarted after the "
+               "prefetch queue was drained from its limit.",
+               offsetof(ksrc_t, fetch_wakes));
     sl_buf_printf(&o, "# HELP sluice_kafka_paused_seconds_total Time partitions spent paused.\n"
                       "# TYPE sluice_kafka_paused_seconds_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
@@ -1369,11 +1375,8 @@ static char *render_metrics(size_t *len)
         sl_buf_printf(&o, "sluice_kafka_paused_seconds_total{source=\"%s\"} %.3f\n",
                       ks.v[i]->conf->name, (double)ms / 1000.0);
     }
-    sl_buf_printf(&o, "# HELP sluice_kafka_rebalances_total Assignments and revocations served.\n"
-                      "# TYPE sluice_kafka_rebalances_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_rebalances_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->rebalances);
+    per_source(&o, "sluice_kafka_rebalances_total", "counter",
+               "Assignments and revocations served.", offsetof(ksrc_t, rebalances));
     sl_buf_printf(&o, "# HELP sluice_kafka_commits_total Offset commits, by result.\n"
                       "# TYPE sluice_kafka_commits_total counter\n");
     for (size_t i = 0; i < ks.n; i++) {
@@ -1383,12 +1386,10 @@ static char *render_metrics(size_t *len)
                       "sluice_kafka_commits_total{source=\"%s\",result=\"error\"} %" PRIu64 "\n",
                       ks.v[i]->conf->name, ks.v[i]->commit_errors);
     }
-    sl_buf_printf(&o, "# HELP sluice_kafka_offset_skips_total Records whose offset skipped past "
-                      "their topic's head (the ids between are holes, not gaps).\n"
-                      "# TYPE sluice_kafka_offset_skips_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_offset_skips_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->offset_skips);
+    per_source(&o, "sluice_kafka_offset_skips_total", "counter",
+               "Records whose offset skipped past "
+               "their topic's head (the ids between are holes, not gaps).",
+               offsetof(ksrc_t, offset_skips));
     render_readback_metrics(&o);
     sl_buf_printf(&o, "# HELP sluice_kafka_stash_bytes Records held by paused partitions.\n"
                       "# TYPE sluice_kafka_stash_bytes gauge\n");
@@ -1439,30 +1440,22 @@ static char *render_metrics(size_t *len)
                           "partition=\"%d\"} %" PRId64 "\n",
                           ks.v[i]->conf->name, e->ktopic, (int)e->partition, lag);
         }
-    sl_buf_printf(&o, "# HELP sluice_kafka_fatal_errors_total Fatal consumer errors (the consumer "
-                      "is made again after a backoff).\n"
-                      "# TYPE sluice_kafka_fatal_errors_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_fatal_errors_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->fatal_errors);
-    sl_buf_printf(&o, "# HELP sluice_kafka_consumer_restarts_total Consumers made again after a "
-                      "fatal error.\n"
-                      "# TYPE sluice_kafka_consumer_restarts_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_consumer_restarts_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->restarts);
-    sl_buf_printf(&o, "# HELP sluice_kafka_topics_deleted_total Kafka topics that disappeared "
-                      "from the cluster while assigned.\n"
-                      "# TYPE sluice_kafka_topics_deleted_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_topics_deleted_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->topics_gone);
-    sl_buf_printf(&o, "# HELP sluice_kafka_retention_gaps_total Resumes that found Kafka's "
-                      "retention had removed records of the paused partition.\n"
-                      "# TYPE sluice_kafka_retention_gaps_total counter\n");
-    for (size_t i = 0; i < ks.n; i++)
-        sl_buf_printf(&o, "sluice_kafka_retention_gaps_total{source=\"%s\"} %" PRIu64 "\n",
-                      ks.v[i]->conf->name, ks.v[i]->retention_gaps);
+    per_source(&o, "sluice_kafka_fatal_errors_total", "counter",
+               "Fatal consumer errors (the consumer "
+               "is made again after a backoff).",
+               offsetof(ksrc_t, fatal_errors));
+    per_source(&o, "sluice_kafka_consumer_restarts_total", "counter",
+               "Consumers made again after a "
+               "fatal error.",
+               offsetof(ksrc_t, restarts));
+    per_source(&o, "sluice_kafka_topics_deleted_total", "counter",
+               "Kafka topics that disappeared "
+               "from the cluster while assigned.",
+               offsetof(ksrc_t, topics_gone));
+    per_source(&o, "sluice_kafka_retention_gaps_total", "counter",
+               "Resumes that found Kafka's "
+               "retention had removed records of the paused partition.",
+               offsetof(ksrc_t, retention_gaps));
     sl_buf_printf(&o, "# HELP sluice_kafka_retention_lost_total Records retention removed before "
                       "sluice took them, by the durability of their topic (lossless: lost).\n"
                       "# TYPE sluice_kafka_retention_lost_total counter\n");
