@@ -6,7 +6,8 @@ reported against a baseline measured in the same run.
 
 * throughput: the mock's background producer writes 100 B records flat out (or at --rate)
   over 16 partitions (the mock keeps 5 MiB a partition, so fewer roll over faster than a reader
-  fetches). The ceiling is a plain librdkafka consumer (bench/kafka-ceiling.c, assign, no
+  fetches; --partitions 256 keeps about 12 s of a flat-out producer, so a reader that falls
+  behind is not reset to the end within the window). The ceiling is a plain librdkafka consumer (bench/kafka-ceiling.c, assign, no
   group) reading them for a window (10 s; 5 s quick); then sluice with a source into one lossy
   topic (fan_in = local) and 0 readers, its published counter over the same window; then the
   ceiling again. Both start at the end of the log and reset to the end when they fall behind.
@@ -213,11 +214,12 @@ def ceiling(binary, mock, topic, parts, window, warmup=1, full=False):
 def bench_throughput(a, res, work):
     mock = KafkaMock()
     try:
-        mock.topic("tp", PARTS)
+        parts = a.partitions
+        mock.topic("tp", parts)
         mock.flood("tp", -1, a.rate, 100)
         t_flood = time.monotonic()
         time.sleep(2)
-        c1 = ceiling(a.ceiling, mock, "tp", PARTS, a.window)
+        c1 = ceiling(a.ceiling, mock, "tp", parts, a.window)
         srv = Sluice(a.bin, work / "tp", mock, "tp", "tp", extra="fan_in = local\n")
         wait(lambda: srv.metric('sluice_kafka_messages_total{source="k",result="published"}')
              > 0, 60, "records published")
@@ -228,10 +230,11 @@ def bench_throughput(a, res, work):
         p1, cpu1, t1 = (srv.metric('sluice_kafka_messages_total{source="k",result="published"}'),
                         srv.cpu_s(), time.monotonic())
         srv.stop()
-        c2 = ceiling(a.ceiling, mock, "tp", PARTS, a.window)
+        c2 = ceiling(a.ceiling, mock, "tp", parts, a.window)
         produced = mock.flood_stop()
         rate = (p1 - p0) / (t1 - t0)
-        res.update(ceiling_before=round(c1), ceiling_after=round(c2), sluice_published=round(rate),
+        res.update(partitions=parts, ceiling_before=round(c1), ceiling_after=round(c2),
+                   sluice_published=round(rate),
                    sluice_cpu_s_per_s=round((cpu1 - cpu0) / (t1 - t0), 2),
                    sluice_over_ceiling=round(rate / ((c1 + c2) / 2), 3),
                    producer_rate=round(produced / (time.monotonic() - t_flood)))
@@ -491,6 +494,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=str(REPO / "build" / "sluice"))
     ap.add_argument("--only", default="throughput,latency,rss,resume,fanout,p254")
+    ap.add_argument("--partitions", type=int, default=16,
+                    help="throughput: partitions of the flooded topic (the mock keeps 5 MiB "
+                         "each: more keep a reader that falls behind from being reset)")
     ap.add_argument("--rate", type=int, default=0,
                     help="throughput: the producer's records/s (0: flat out)")
     ap.add_argument("--fanout-rate", type=int, default=100,
