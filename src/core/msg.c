@@ -36,6 +36,19 @@ size_t sl_msg_charge(size_t name_len, const char *event, const char *payload, si
     return sl_budget_size(msg_sizes(event, payload, payload_len, &frame_len, &split));
 }
 
+/* A message of `size` bytes in all (header and what follows it), zeroed header, one reference;
+ * its charge is the caller's to make. */
+static sl_msg_t *msg_alloc(size_t size, uint64_t seq)
+{
+    sl_msg_t *m = sl_malloc(size);
+    memset(m, 0, sizeof(*m));
+    m->refs = 1;
+    m->seq = seq;
+    m->charge = sl_budget_size(size);
+    sl_list_init(&m->all);
+    return m;
+}
+
 sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
                      size_t payload_len)
 {
@@ -44,12 +57,7 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
     size_t size = msg_sizes(event, payload, payload_len, &frame_max, &split);
     /* Charged by the caller (sl_hub_publish reserves the batch first); freed with its charge
      * by the last sl_msg_unref. */
-    sl_msg_t *m = sl_malloc(size);
-    memset(m, 0, sizeof(*m));
-    m->refs = 1;
-    m->seq = seq;
-    m->charge = sl_budget_size(size);
-    sl_list_init(&m->all);
+    sl_msg_t *m = msg_alloc(size, seq);
     m->frame = (char *)(m + 1);
 
     char *p = m->frame;
@@ -98,12 +106,7 @@ sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, con
                           size_t payload_len)
 {
     size_t size = bare_size(event_len, payload_len);
-    sl_msg_t *m = sl_malloc(size);
-    memset(m, 0, sizeof(*m));
-    m->refs = 1;
-    m->seq = seq;
-    m->charge = sl_budget_size(size);
-    sl_list_init(&m->all);
+    sl_msg_t *m = msg_alloc(size, seq);
     char *p = (char *)(m + 1);
     memcpy(p, payload, payload_len);
     m->payload = p;

@@ -309,6 +309,22 @@ static void start_reserve(sl_lossless_t *ll, uint64_t reserved)
     uv_queue_work(ll_loop, &j->req, meta_work, meta_done);
 }
 
+/* Writes meta with the high-water mark `mark`, synchronously; a failure breaks the topic. */
+static int write_mark(sl_lossless_t *ll, const sl_topic_t *t, uint64_t mark)
+{
+    int rc = write_meta(ll, ll->dir, mark);
+    if (rc != 0) {
+        SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
+                 t->name, strerror(-rc));
+        sl_metrics.log.write_errors++;
+        ll->broken = 1;
+        ll_update(ll);
+        return rc;
+    }
+    ll->reserved = mark;
+    return 0;
+}
+
 int sl_ll_prepare(sl_topic_t *t, size_t n)
 {
     sl_lossless_t *ll = t->ll;
@@ -322,16 +338,8 @@ int sl_ll_prepare(sl_topic_t *t, size_t n)
         if (ll->reserving)
             return SL_EFULL;
         uint64_t mark = need > ll->reserved ? need + RESERVE_BLOCK : ll->reserved;
-        int rc = write_meta(ll, ll->dir, mark);
-        if (rc != 0) {
-            SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
-                     t->name, strerror(-rc));
-            sl_metrics.log.write_errors++;
-            ll->broken = 1;
-            ll_update(ll);
+        if (write_mark(ll, t, mark) != 0)
             return SL_EDISK;
-        }
-        ll->reserved = mark;
         ll->losses_gen = t->losses_gen;
     }
     if (need > ll->reserved) {
@@ -339,16 +347,8 @@ int sl_ll_prepare(sl_topic_t *t, size_t n)
         if (ll->reserving)
             return SL_EFULL;
         /* A burst (or a huge batch) outran the mark: raise it now, before any id is given. */
-        int rc = write_meta(ll, ll->dir, need + RESERVE_BLOCK);
-        if (rc != 0) {
-            SL_ERROR("lossless meta write failed; the topic refuses publishes", "topic=%s error=%s",
-                     t->name, strerror(-rc));
-            sl_metrics.log.write_errors++;
-            ll->broken = 1;
-            ll_update(ll);
+        if (write_mark(ll, t, need + RESERVE_BLOCK) != 0)
             return SL_EDISK;
-        }
-        ll->reserved = need + RESERVE_BLOCK;
     } else if (ll->reserved - need < RESERVE_BLOCK / 2 && !ll->reserving && ll_loop != NULL) {
         start_reserve(ll, need + RESERVE_BLOCK);
     }
