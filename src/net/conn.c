@@ -56,6 +56,14 @@ void sl_conn_close(sl_conn_t *c, sl_close_reason_t reason)
     if (c->deferred)
         sl_list_remove(&c->defer_link);
     sl_ll_unwait(&c->wait);
+    /* uv_close closes the socket now, not in the callback at the end of the loop turn: the
+     * gauges fall now too, so a /metrics answer later in this turn matches the kernel. */
+    sl_metrics.connections--;
+    sl_metrics.closed[c->reason]++;
+    if (c->is_sub && c->tp->subscribers != NULL)
+        (*c->tp->subscribers)--;
+    if (c->tp->connections != NULL)
+        (*c->tp->connections)--;
     /* Cursors go now, so no flush pass offers this connection anything more. */
     sl_sub_dispose(&c->srv->hub, &c->sub);
     if (c->req != NULL) {
@@ -84,15 +92,9 @@ static void on_close(uv_handle_t *h)
 {
     sl_conn_t *c = (sl_conn_t *)h;
     sl_server_t *srv = c->srv;
-    sl_metrics.connections--;
-    if (c->is_sub && c->tp->subscribers != NULL)
-        (*c->tp->subscribers)--;
-    if (c->tp->connections != NULL)
-        (*c->tp->connections)--;
     if (c->tp->free != NULL)
         c->tp->free(c);
     sl_bfree(c->stash, c->stash_len);
-    sl_metrics.closed[c->reason]++;
     sl_list_remove(&c->link);
     srv->nconns--;
     ip_release(srv, c->ip);

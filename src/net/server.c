@@ -128,6 +128,9 @@ static void on_connection(uv_stream_t *server, int status)
     }
     sl_conn_t *c = sl_bcalloc(sizeof(*c));
     c->srv = srv;
+    /* Every close path reads the transport, including the two below that come before
+     * sl_conn_start. */
+    c->tp = &sl_http1_transport;
     uv_tcp_init(srv->loop, &c->tcp);
     sl_list_init(&c->link);
     sl_list_init(&c->defer_link);

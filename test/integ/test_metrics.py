@@ -94,6 +94,41 @@ def test_connection_gauge_follows_open_connections(sluice_factory):
         base.v('sluice_connections_closed_total{reason="peer"}') >= 3
 
 
+def test_connection_gauge_falls_when_the_socket_closes(sluice_factory):
+    """The gauge falls when the socket closes, not at the end of the loop turn: a scrape handled
+    in the same turn as closes sees as many connections as the process holds sockets."""
+    import os
+    import signal
+    srv = sluice_factory(server={"header_timeout": "10s"})
+    scraper = RawConn(srv.port)
+    closing = [RawConn(srv.port) for _ in range(5)]
+
+    def scrape():
+        scraper.request("GET", "/metrics")
+        r = scraper.read_response()
+        assert r.status == 200
+        m = parse_metrics(r.body.decode())
+        return m["sluice_connections"], m["process_open_fds"]
+
+    wait_until(lambda: scrape()[0] == 6, 3, msg="the scraper and five idle connections")
+    gauge, fds = scrape()
+    other_fds = fds - gauge
+    # Stopped, the server sees the five FINs and the scrape in one loop turn.
+    os.kill(srv.pid, signal.SIGSTOP)
+    try:
+        for c in closing:
+            c.close()
+        scraper.request("GET", "/metrics")
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
+    r = scraper.read_response()
+    assert r.status == 200
+    m = parse_metrics(r.body.decode())
+    assert m["process_open_fds"] - m["sluice_connections"] == other_fds, \
+        f"gauge {m['sluice_connections']} against {m['process_open_fds'] - other_fds} sockets"
+    wait_until(lambda: scrape() == (1, other_fds + 1), 3, msg="the five closes are counted")
+
+
 def test_process_metrics_match_proc(sluice):
     m = sluice.metrics()
     fds = sluice.fd_count()
