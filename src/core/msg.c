@@ -49,6 +49,29 @@ static sl_msg_t *msg_alloc(size_t size, uint64_t seq)
     return m;
 }
 
+/* "id: <epoch, 16 hex digits>-<seq>\n", as sprintf("%016" PRIx64 "-%" PRIu64) would write it,
+ * without the format machinery: this runs once for every message published. */
+static char *put_id_line(char *p, uint64_t epoch, uint64_t seq)
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(p, "id: ", 4);
+    p += 4;
+    for (int i = 15; i >= 0; i--, epoch >>= 4)
+        p[i] = hex[epoch & 15];
+    p += 16;
+    *p++ = '-';
+    char d[20];
+    int n = 0;
+    do {
+        d[n++] = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq != 0);
+    while (n > 0)
+        *p++ = d[--n];
+    *p++ = '\n';
+    return p;
+}
+
 sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const char *payload,
                      size_t payload_len)
 {
@@ -61,7 +84,7 @@ sl_msg_t *sl_msg_new(const sl_topic_t *t, uint64_t seq, const char *event, const
     m->frame = (char *)(m + 1);
 
     char *p = m->frame;
-    p += sprintf(p, "id: %016" PRIx64 "-%" PRIu64 "\n", t->epoch, seq);
+    p = put_id_line(p, t->epoch, seq);
     m->id_line_len = (size_t)(p - m->frame);
     char *after = m->frame + frame_max;
     if (event != NULL) {

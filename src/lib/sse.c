@@ -15,22 +15,34 @@ int sl_sse_needs_split(const char *payload, size_t len)
     return memchr(payload, '\n', len) != NULL || memchr(payload, '\r', len) != NULL;
 }
 
-/* Calls `line(start, n, arg)` for each line of the payload, split at CR, LF or CRLF. A payload
- * always has at least one (possibly empty) line. */
+/* The index of the first CR or LF in p[0..n), or n. memchr goes many bytes a step; payloads
+ * mostly hold no line break at all. */
+static size_t next_break(const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    const char *lf = memchr(p, '\n', n);
+    const char *cr = memchr(p, '\r', lf != NULL ? (size_t)(lf - p) : n);
+    if (cr != NULL)
+        return (size_t)(cr - p);
+    return lf != NULL ? (size_t)(lf - p) : n;
+}
+
+/* Runs BODY with `ls` and `ln` set to each line of the payload, split at CR, LF or CRLF. A
+ * payload always has at least one (possibly empty) line. */
 #define EACH_LINE(payload, len, BODY)                                                              \
     do {                                                                                           \
         size_t s_ = 0;                                                                             \
-        for (size_t i_ = 0;; i_++) {                                                               \
-            if (i_ == (len) || (payload)[i_] == '\n' || (payload)[i_] == '\r') {                   \
-                const char *ls = (payload) + s_;                                                   \
-                size_t ln = i_ - s_;                                                               \
-                BODY;                                                                              \
-                if (i_ == (len))                                                                   \
-                    break;                                                                         \
-                if ((payload)[i_] == '\r' && i_ + 1 < (len) && (payload)[i_ + 1] == '\n')          \
-                    i_++;                                                                          \
-                s_ = i_ + 1;                                                                       \
-            }                                                                                      \
+        for (;;) {                                                                                 \
+            size_t i_ = s_ + next_break((payload) + s_, (len)-s_);                                 \
+            const char *ls = (payload) + s_;                                                       \
+            size_t ln = i_ - s_;                                                                   \
+            BODY;                                                                                  \
+            if (i_ == (len))                                                                       \
+                break;                                                                             \
+            if ((payload)[i_] == '\r' && i_ + 1 < (len) && (payload)[i_ + 1] == '\n')              \
+                i_++;                                                                              \
+            s_ = i_ + 1;                                                                           \
         }                                                                                          \
     } while (0)
 

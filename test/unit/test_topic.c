@@ -13,6 +13,7 @@
 #include "core/rules.h"
 #include "core/topic.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -164,6 +165,31 @@ static void test_rebase(void **state)
     sl_msg_unref(old);
     assert_int_equal(sl_topic_rebase(t, 0x1234, 99), 0);
     assert_int_equal(append(t, "y", 0)->seq, 100);
+    free_topic(t);
+}
+
+/* The id line is written without sprintf: the same bytes as "%016" PRIx64 "-%" PRIu64. */
+static void test_id_line_digits(void **state)
+{
+    (void)state;
+    sl_topic_conf_t c = conf(10);
+    sl_topic_t *t = sl_topic_new("d", 1, &c, 0);
+    const uint64_t epochs[] = {1, 0xfedcba9876543210u, UINT64_MAX};
+    const uint64_t seqs[] = {1, 9, 10, 1234567890123u, UINT64_MAX - 1, UINT64_MAX};
+    for (size_t e = 0; e < sizeof(epochs) / sizeof(epochs[0]); e++) {
+        for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
+            t->epoch = epochs[e];
+            sl_msg_t *m = sl_msg_new(t, seqs[i], NULL, "p", 1);
+            sl_budget_charge(m->charge);
+            char want[64];
+            int n = snprintf(want, sizeof(want), "id: %016" PRIx64 "-%" PRIu64 "\ndata: p\n\n",
+                             epochs[e], seqs[i]);
+            assert_int_equal(m->frame_len, (size_t)n);
+            assert_memory_equal(m->frame, want, (size_t)n);
+            assert_int_equal(m->id_line_len, (size_t)(strchr(want, '\n') - want + 1));
+            sl_msg_unref(m);
+        }
+    }
     free_topic(t);
 }
 
@@ -521,6 +547,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_ring_bounds_and_arithmetic, setup),
         cmocka_unit_test_setup(test_rebase, setup),
+        cmocka_unit_test_setup(test_id_line_digits, setup),
         cmocka_unit_test_setup(test_holes_lookup, setup),
         cmocka_unit_test_setup(test_max_bytes_keeps_newest, setup),
         cmocka_unit_test_setup(test_refcount_outlives_eviction, setup),
