@@ -89,12 +89,18 @@ static void size_thread_pool(const sl_config_t *cfg)
 /* glibc raises its mmap threshold to the size of every large block freed, up to 32 MiB, so
  * that after one big /metrics or /sinks answer (16 MiB with 10,000 sinks) every later one comes
  * from the heap, whose freed middle is never given back: RSS creeps up scrape after scrape. A
- * fixed threshold keeps large blocks in their own mappings, returned to the kernel when freed. */
+ * fixed threshold keeps large blocks in their own mappings, returned to the kernel when freed.
+ * It sits above librdkafka's fetch buffers (1 MB with the default prefetch): a block mapped
+ * for every fetch response is faulted in and zeroed page by page, each time. The trim
+ * threshold is what glibc's own rule would make it (twice the mmap threshold), so a block
+ * freed at the top of the heap is not given back only to be faulted in again at the next. */
+#define MMAP_THRESHOLD (4u << 20)
 static void fix_malloc_thresholds(void)
 {
-#ifdef M_MMAP_THRESHOLD
-    if (mallopt(M_MMAP_THRESHOLD, 256 * 1024) != 1)
-        SL_WARN("cannot fix the malloc mmap threshold", NULL);
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
+    if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 ||
+        mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) != 1)
+        SL_WARN("cannot fix the malloc thresholds", NULL);
 #endif
 }
 
