@@ -224,11 +224,14 @@ def bench_throughput(a, res, work):
         wait(lambda: srv.metric('sluice_kafka_messages_total{source="k",result="published"}')
              > 0, 60, "records published")
         time.sleep(2)
+        restarts = 'sluice_kafka_fetch_restarts_total{source="k"}'
         p0, cpu0, t0 = (srv.metric('sluice_kafka_messages_total{source="k",result="published"}'),
                         srv.cpu_s(), time.monotonic())
+        r0 = srv.metric(restarts)
         time.sleep(a.window)
         p1, cpu1, t1 = (srv.metric('sluice_kafka_messages_total{source="k",result="published"}'),
                         srv.cpu_s(), time.monotonic())
+        res.update(sluice_fetch_restarts=round(srv.metric(restarts) - r0))
         srv.stop()
         c2 = ceiling(a.ceiling, mock, "tp", parts, a.window)
         produced = mock.flood_stop()

@@ -659,8 +659,7 @@ static void on_record(ksrc_t *s, rd_kafka_message_t *m)
         retention_count(e, o.t, lost, m->offset);
     if (o.v == SL_KV_FULL && o.why != SL_KP_WHY_REJECT)
         wait_room(e, &o);
-    perform(e, act);
-    s->last_progress_ms = sl_now_ms();
+    perform(e, act); /* serve stamps last_progress_ms once per turn */
 }
 
 /* ---- the consumer queue ----------------------------------------------------------------- */
@@ -803,6 +802,8 @@ static int serve(ksrc_t *s)
             break;
         }
     }
+    if (published)
+        s->last_progress_ms = sl_now_ms();
     store_offsets(s);
     if (published && ks.kick)
         ks.kick(ks.kick_arg);
