@@ -5,6 +5,7 @@ answers that hang, SIGTERM with a request in flight, and kill -9 mid-delivery on
 topic."""
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -101,8 +102,19 @@ def test_json_and_raw_formats(sluice_factory, tmp_path, receiver):
     raw = [d for d in receiver.ok() if d.path == "/r"]
     assert [d.body for d in raw] == [b"x", b"y"]
     assert raw[0].headers["Content-Type"] == "application/octet-stream"
+    # The ids, exactly: webhook-id msg_<epoch>_<first seq>_<last seq>, sluice-id <epoch>-<seq>.
+    for seq, d in enumerate(raw, 1):
+        epoch, sid_seq = d.headers["sluice-id"].split("-")
+        assert re.fullmatch(r"[0-9a-f]{16}", epoch) and sid_seq == str(seq), d.headers
+        assert d.headers["webhook-id"] == f"msg_{epoch}_{seq}_{seq}", d.headers
+        assert abs(int(d.headers["webhook-timestamp"]) - time.time()) < 60, d.headers
     j = [d for d in receiver.ok() if d.path == "/j"]
     assert j[0].body.startswith(b"[") and j[0].headers["Content-Type"] == "application/json"
+    first, last = j[0].envelopes()[0]["id"], j[0].envelopes()[-1]["id"]
+    epoch = first.split("-")[0]
+    assert j[0].headers["webhook-id"] == \
+        f"msg_{epoch}_{first.split('-')[1]}_{last.split('-')[1]}", j[0].headers
+    assert j[0].headers["sluice-id"] == first, j[0].headers
 
 
 def test_retries_keep_order_and_id(sluice_factory, tmp_path, receiver):
@@ -228,6 +240,34 @@ def test_lossy_gap_envelope(sluice_factory, tmp_path, receiver):
     missed = sum(g["missed"] for g in gaps)
     assert missed > 0 and len(got) + missed == 101, (len(got), missed)
     assert got == sorted(got, key=lambda s: int(s[1:]))
+
+
+def test_raw_gap_request_headers(sluice_factory, tmp_path, receiver):
+    """A raw sink sends a gap as a request of its own: a JSON gap envelope, Content-Type
+    application/json, webhook-id gap_<epoch>_<from>_<to>, sluice-control: gap, no sluice-id."""
+    receiver.set("slow", delay=1.0)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), format="raw")},
+                topics={"t/*": {"max_messages": "10"}})
+    srv.publish("t/a", "m0")
+    assert receiver.wait(lambda r: len(r.all()) == 1)
+    srv.publish_batch("t/a", [f"m{i}" for i in range(1, 101)])
+    receiver.set("ok")
+    assert receiver.wait(lambda r: any(d.body == b"m100" for d in r.ok()), timeout=15)
+    gaps = [d for d in receiver.ok() if d.headers.get("sluice-control") == "gap"]
+    assert gaps, [d.headers for d in receiver.ok()]
+    for d in gaps:
+        g = json.loads(d.body)
+        assert g["sluice"] == "gap" and g["missed"] > 0, g
+        epoch, frm = g["from"].split("-")
+        assert g["to"].split("-")[0] == epoch
+        to = g["to"].split("-")[1]
+        assert d.headers["webhook-id"] == f"gap_{epoch}_{frm}_{to}", d.headers
+        assert d.headers["Content-Type"] == "application/json", d.headers
+        assert "sluice-id" not in d.headers, d.headers
+    plain = [d for d in receiver.ok() if "sluice-control" not in d.headers]
+    assert all(d.headers["Content-Type"] == "application/octet-stream" for d in plain)
+    missed = sum(json.loads(d.body)["missed"] for d in gaps)
+    assert len(plain) + missed == 101, (len(plain), missed)
 
 
 def test_2xx_then_hanging_body_counts_as_delivered(sluice_factory, tmp_path, receiver):
