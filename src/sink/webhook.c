@@ -181,15 +181,19 @@ struct sink {
 };
 
 /* A socket curl uses, with its poll. Ours (opened by on_open_socket) live as long as the
- * socket: between transfers, while the connection waits in curl's cache, the poll is only
- * stopped, and it is closed when curl closes the socket. Any other socket curl watches gets
- * one for as long as curl watches it. Freed in on_sock_closed. */
+ * socket, and it is closed when curl closes the socket. Between transfers, while the
+ * connection waits in curl's cache, the poll keeps waiting for reading when that is what it
+ * waited for (the next transfer on the connection waits for its answer the same way, and
+ * libuv makes a stop and a start two epoll_ctl calls); anything else stops it. Any other socket
+ * curl watches gets one for as long as curl watches it. Freed in on_sock_closed. */
 typedef struct sock {
     uv_poll_t poll;
     curl_socket_t fd;
     sl_sinks_t *all;
     int own;      /* opened by on_open_socket: only on_close_socket ends it */
     int close_fd; /* curl closed it while the poll was live: close in the close callback */
+    int events;   /* what the poll waits for (UV_READABLE, UV_WRITABLE); 0: stopped */
+    int watched;  /* curl watches it (between its socket callback and CURL_POLL_REMOVE) */
 } sock_t;
 
 struct sl_sinks {
@@ -261,10 +265,33 @@ static void sock_close(sock_t *sk)
         uv_close((uv_handle_t *)&sk->poll, on_sock_closed);
 }
 
+static void on_poll(uv_poll_t *h, int status, int events);
+
+/* Makes the poll wait for `ev` (0: stops it); nothing when it already does, since libuv's
+ * uv_poll_start stops and starts the watcher again (two epoll_ctl calls) even then. */
+static void poll_set(sock_t *sk, int ev)
+{
+    if (ev == sk->events)
+        return;
+    if (ev == 0)
+        uv_poll_stop(&sk->poll);
+    else
+        uv_poll_start(&sk->poll, ev, on_poll);
+    sk->events = ev;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     sock_t *sk = (sock_t *)h;
     sl_sinks_t *s = sk->all;
+    if (!sk->watched) {
+        /* An idle connection in curl's cache became readable: the endpoint closed it or sent
+         * something. Not curl's business until it reuses the connection (it checks a cached
+         * connection before reusing it); stop polling so a level-triggered event cannot
+         * spin. */
+        poll_set(sk, 0);
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -312,8 +339,11 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     if (what == CURL_POLL_REMOVE) {
         if (sk != NULL) {
             curl_multi_assign(s->multi, fd, NULL);
-            uv_poll_stop(&sk->poll);
-            /* Ours wait, stopped, for the connection's next transfer or for its close. */
+            sk->watched = 0;
+            /* Ours wait for the connection's next transfer or for its close, still waiting
+             * for reading if they did (see sock_t); others are done. */
+            if (!sk->own || sk->events != UV_READABLE)
+                poll_set(sk, 0);
             if (!sk->own)
                 sock_close(sk);
         }
@@ -334,7 +364,8 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         ev |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
-    uv_poll_start(&sk->poll, ev, on_poll);
+    sk->watched = 1;
+    poll_set(sk, ev);
     return 0;
 }
 
@@ -382,7 +413,7 @@ static int on_close_socket(void *clientp, curl_socket_t fd)
         /* Never close a socket under a live poll: the poll's close callback does it. */
         sk->close_fd = 1;
         if (!uv_is_closing((uv_handle_t *)&sk->poll)) {
-            uv_poll_stop(&sk->poll);
+            poll_set(sk, 0);
             sock_close(sk);
         }
         return 0;

@@ -5,10 +5,12 @@ answers that hang, SIGTERM with a request in flight, and kill -9 mid-delivery on
 topic."""
 
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -268,6 +270,83 @@ def test_raw_gap_request_headers(sluice_factory, tmp_path, receiver):
     assert all(d.headers["Content-Type"] == "application/octet-stream" for d in plain)
     missed = sum(json.loads(d.body)["missed"] for d in gaps)
     assert len(plain) + missed == 101, (len(plain), missed)
+
+
+class ClosingEndpoint:
+    """Answers each request on a kept-alive connection with 200 (no Connection: close), then
+    closes that connection 0.2 s later: the sink finds it closed while it waits idle in curl's
+    cache."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.bodies, self.connections, self.closed = [], 0, 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        buf = b""
+        with c:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, body = buf.split(b"\r\n\r\n", 1)
+            n = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            with self.lock:
+                self.bodies.append(body)
+            time.sleep(0.2)
+        with self.lock:
+            self.closed += 1
+
+    def wait(self, pred, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if pred(self):
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+def proc_cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_connection_closed_by_endpoint(sluice_factory, tmp_path):
+    """Between requests a kept-alive connection's socket stays polled for reading; when the
+    endpoint closes it there, the poll stops (a level-triggered event on a closed socket would
+    otherwise wake the loop for ever) and the next request goes out on a new connection."""
+    ep = ClosingEndpoint()
+    srv = start(sluice_factory, tmp_path,
+                {"s": webhook(f"http://127.0.0.1:{ep.port}/in", format="raw")})
+    srv.publish("t/a", "one")
+    assert ep.wait(lambda e: e.closed == 1)
+    # Idle with a closed connection in curl's cache: a spinning loop would burn a CPU-second
+    # every second; an idle server uses a few ticks.
+    cpu0, t0 = proc_cpu_s(srv.proc.pid), time.monotonic()
+    time.sleep(1.0)
+    used, spent = proc_cpu_s(srv.proc.pid) - cpu0, time.monotonic() - t0
+    assert used < 0.5 * spent, (used, spent)
+    srv.publish("t/a", "two")
+    assert ep.wait(lambda e: len(e.bodies) == 2), ep.bodies
+    assert ep.bodies == [b"one", b"two"] and ep.connections == 2
+    ep.sock.close()
 
 
 def test_2xx_then_hanging_body_counts_as_delivered(sluice_factory, tmp_path, receiver):
