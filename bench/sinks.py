@@ -14,9 +14,7 @@ easy interface, one handle kept alive (`sluice-curlloop`: the simplest client bu
 library the sink uses; the unbatched verdict's baseline). The libcurl loop sends what the sink
 sends for one message of the backlog: the same 40-byte body and the same header lines
 (Content-Type, webhook-id, webhook-timestamp, sluice-id, sluice-topic, an empty Expect:, values
-of the same length; bench/curl-loop.c). It runs twice, before the batched drain and right after
-the unbatched one, and the verdict takes the mean of the two rates (one 3-second loop moves by
-up to 1.5x on this shared machine). The same loop with the old two-line request
+of the same length; bench/curl-loop.c). The same loop with the old two-line request
 (`--headers plain`: Content-Type and Expect: only) is reported beside it.
 
 * webhook, batched: a backlog of N small messages on 8 lossless topics (published first, with
@@ -26,7 +24,11 @@ up to 1.5x on this shared machine). The same loop with the old two-line request
   stamps of its first and last message (the spawn-to-last-message time is reported beside);
   sluice's CPU is its whole CPU from spawn to the last message.
 * webhook, unbatched: the same with format = raw (one message per request, 8 in flight):
-  messages per sluice CPU-second, against the loop's requests per client CPU-second.
+  messages per sluice CPU-second, against the libcurl loop's requests per client CPU-second.
+  One 3-second loop, or one drain, moves by up to 1.5x on a shared 2-core machine, so the
+  backlog is drained --unbatched-runs times (3; each drain a fresh copy of the same log), each
+  drain right after a run of the libcurl loop, and the verdict is the median drain over the
+  median loop. The Python and raw C loops are the ones measured at the start.
 * RSS per in-flight request: 512 topics, one message each, a receiver that never answers
   (the asyncio one, mode hold); sink max_in_flight 512 against 8: (RSS difference) / 504.
 * file sink (jsonl, fsync = rotate): a backlog of 200,000 x 200 B payloads on 8 lossless topics
@@ -56,6 +58,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -368,6 +371,8 @@ def main():
     ap.add_argument("--py-receiver", action="store_true",
                     help="the asyncio receiver for the throughput figures (the old baseline)")
     ap.add_argument("--file-only", action="store_true", help="only the file sink against dd")
+    ap.add_argument("--unbatched-runs", type=int, default=3,
+                    help="unbatched drains, each after a run of the libcurl loop (median)")
     ap.add_argument("--webhook-only", action="store_true",
                     help="only the loops and the batched and unbatched webhook drains")
     a = ap.parse_args()
@@ -429,37 +434,43 @@ def main():
     shutil.rmtree(data, ignore_errors=True)
     r.stop()
 
-    # Unbatched.
+    # Unbatched: one backlog, drained a.unbatched_runs times (each drain a fresh copy of it),
+    # each drain right after a run of the libcurl loop against the same receiver; the verdict
+    # is the median of the drains' rates over the median of the loops' (see the docstring).
     r = receiver("raw")
-    data = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
-    backlog(a.bin, data, topics, n_single // 8, payload)
-    res_u = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
-                  n_single, recv=None if a.py_receiver else r)
-    dt, cpu = res_u[0], res_u[1]
-    if len(res_u) == 3:
-        report("unbatched_spawn_to_last_s", round(res_u[2], 3))
-    report("unbatched_drain_s", round(dt, 3))
-    report("unbatched_sluice_cpu_s", round(cpu, 2))
-    if len(res_u) == 3:
-        # The CPU from the first delivery seen (20 ms polls) on: start-up recovery left out.
-        report("unbatched_sluice_cpu_s_from_first", round(drain.cpu_after_first, 2))
-    report("unbatched_messages_per_s", round(n_single / dt))
-    report("unbatched_messages_per_sluice_cpu_s", round(n_single / cpu) if cpu else "n/a")
-    report("unbatched_per_cpu_vs_loop", round(n_single / cpu / loop_per_cpu, 2) if cpu else "n/a")
-    report("unbatched_per_cpu_vs_c_loop",
-           round(n_single / cpu / cloop_per_cpu, 2) if cpu else "n/a")
-    report("unbatched_receiver_messages", round(r.count()))
-    # The libcurl loop again, right after the drain (same receiver): the verdict's baseline is
-    # the mean of its two runs.
-    _, kloop2_per_cpu = curl_loop_rate(curl_bin, r.port, 3, len(payload))
-    report("curl_loop_after_requests_per_cpu_s", round(kloop2_per_cpu))
-    kloop_mean = (kloop_per_cpu + kloop2_per_cpu) / 2
-    report("curl_loop_mean_requests_per_cpu_s", round(kloop_mean))
-    report("unbatched_per_cpu_vs_curl_loop",
-           round(n_single / cpu / kloop_mean, 2) if cpu else "n/a")
-    report("unbatched_per_cpu_vs_curl_loop_plain",
-           round(n_single / cpu / kplain_per_cpu, 2) if cpu else "n/a")
-    shutil.rmtree(data, ignore_errors=True)
+    base = Path(tempfile.mkdtemp(prefix="sluice-bench-data-"))
+    backlog(a.bin, base / "log", topics, n_single // 8, payload)
+    rates, kloops = [], []
+    for i in range(a.unbatched_runs):
+        data = base / f"run{i}"
+        shutil.copytree(base / "log", data)
+        _, k = curl_loop_rate(curl_bin, r.port, 3, len(payload))
+        kloops.append(k)
+        res_u = drain(a.bin, data, sink_conf(r.port) + "format = raw\nmax_in_flight = 8\n",
+                      n_single, recv=None if a.py_receiver else r)
+        dt, cpu = res_u[0], res_u[1]
+        sfx = "" if i == 0 else f"_{i + 1}"
+        if len(res_u) == 3:
+            report("unbatched_spawn_to_last_s" + sfx, round(res_u[2], 3))
+        report("unbatched_drain_s" + sfx, round(dt, 3))
+        report("unbatched_sluice_cpu_s" + sfx, round(cpu, 2))
+        if len(res_u) == 3:
+            # The CPU from the first delivery seen (20 ms polls) on: start-up recovery left out.
+            report("unbatched_sluice_cpu_s_from_first" + sfx, round(drain.cpu_after_first, 2))
+        report("unbatched_messages_per_s" + sfx, round(n_single / dt))
+        report("unbatched_receiver_messages" + sfx, round(r.count()))
+        rates.append(n_single / cpu if cpu else 0.0)
+        report("unbatched_messages_per_sluice_cpu_s" + sfx, round(rates[-1]))
+        report("curl_loop_before_drain_requests_per_cpu_s" + sfx, round(k))
+        shutil.rmtree(data, ignore_errors=True)
+    rate, kloop = statistics.median(rates), statistics.median(kloops)
+    report("unbatched_median_messages_per_sluice_cpu_s", round(rate))
+    report("curl_loop_median_requests_per_cpu_s", round(kloop))
+    report("unbatched_per_cpu_vs_curl_loop", round(rate / kloop, 2))
+    report("unbatched_per_cpu_vs_curl_loop_plain", round(rate / kplain_per_cpu, 2))
+    report("unbatched_per_cpu_vs_loop", round(rate / loop_per_cpu, 2))
+    report("unbatched_per_cpu_vs_c_loop", round(rate / cloop_per_cpu, 2))
+    shutil.rmtree(base, ignore_errors=True)
     r.stop()
     if a.webhook_only:
         (out / "results.txt").write_text("".join(f"{k}={v}\n" for k, v in res.items()))
