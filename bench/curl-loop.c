@@ -4,7 +4,19 @@
  * webhooks with the library the webhook sink uses. bench/sinks.py compares the sink's
  * unbatched requests per CPU-second with it.
  *
- *   sluice-curlloop --port N [--seconds S] [--size B]
+ *   sluice-curlloop --port N [--seconds S] [--size B] [--headers sink|plain]
+ *
+ * With --headers sink (the default) each request carries the header lines the sink sends with
+ * one raw message of bench/sinks.py's backlog, with values of the same length: Content-Type
+ * (application/octet-stream), webhook-id, webhook-timestamp, sluice-id, sluice-topic and an
+ * empty Expect: (curl adds Host, Accept and Content-Length itself, as it does for the sink).
+ * libcurl's cost per request grows with every header line it is given (it matches each line
+ * against the headers it would add, and copies each through its own printf), so a loop that
+ * sent fewer would measure a lighter request. The values are fixed strings: formatting them per
+ * request is the sink's own work, charged to it. Like the sink, it sets CURLOPT_PROXY and
+ * CURLOPT_NOPROXY to "" (no proxy from the environment), which also spares libcurl about five
+ * getenv calls a request. --headers plain sends only Content-Type (application/json) and
+ * Expect:, and reads the environment's proxies: the loop's request before 2026-11-30 13:00.
  *
  * Prints "requests=… seconds=… cpu_s=… requests_per_s=… requests_per_cpu_s=…" (CPU: this
  * process's user + system time).
@@ -44,6 +56,7 @@ int main(int argc, char **argv)
     int port = 0;
     double seconds = 3;
     size_t size = 64;
+    int plain = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--port") == 0 && i + 1 < argc)
             port = atoi(argv[++i]);
@@ -51,8 +64,12 @@ int main(int argc, char **argv)
             seconds = atof(argv[++i]);
         else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc)
             size = (size_t)atol(argv[++i]);
+        else if (strcmp(argv[i], "--headers") == 0 && i + 1 < argc &&
+                 (strcmp(argv[i + 1], "sink") == 0 || strcmp(argv[i + 1], "plain") == 0))
+            plain = strcmp(argv[++i], "plain") == 0;
         else {
-            fprintf(stderr, "usage: sluice-curlloop --port N [--seconds S] [--size B]\n");
+            fprintf(stderr, "usage: sluice-curlloop --port N [--seconds S] [--size B] "
+                            "[--headers sink|plain]\n");
             return 2;
         }
     }
@@ -68,8 +85,26 @@ int main(int argc, char **argv)
     memset(body, 'x', size);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     CURL *h = curl_easy_init();
-    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-    hdrs = curl_slist_append(hdrs, "Expect:");
+    /* The sink's lines for message 1875 of topic b/0 (the middle of a 3,750-message topic). */
+    static const char *const sink_lines[] = {
+        "Content-Type: application/octet-stream",
+        "webhook-id: msg_5f0e3c2a9b8d7e61_1875_1875",
+        "webhook-timestamp: 1796040000",
+        "sluice-id: 5f0e3c2a9b8d7e61-1875",
+        "sluice-topic: b/0",
+        "Expect:",
+    };
+    static const char *const plain_lines[] = {"Content-Type: application/json", "Expect:"};
+    const char *const *lines = plain ? plain_lines : sink_lines;
+    size_t nlines = plain ? sizeof(plain_lines) / sizeof(plain_lines[0])
+                          : sizeof(sink_lines) / sizeof(sink_lines[0]);
+    struct curl_slist *hdrs = NULL;
+    for (size_t i = 0; i < nlines; i++) {
+        struct curl_slist *l = curl_slist_append(hdrs, lines[i]);
+        if (l == NULL)
+            return 1;
+        hdrs = l;
+    }
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)size);
@@ -77,6 +112,10 @@ int main(int argc, char **argv)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    if (!plain) {
+        curl_easy_setopt(h, CURLOPT_PROXY, "");
+        curl_easy_setopt(h, CURLOPT_NOPROXY, "");
+    }
     double t0 = now_s(), c0 = cpu_s();
     long n = 0;
     while (now_s() - t0 < seconds) {

@@ -5,9 +5,12 @@ answers that hang, SIGTERM with a request in flight, and kill -9 mid-delivery on
 topic."""
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -101,8 +104,19 @@ def test_json_and_raw_formats(sluice_factory, tmp_path, receiver):
     raw = [d for d in receiver.ok() if d.path == "/r"]
     assert [d.body for d in raw] == [b"x", b"y"]
     assert raw[0].headers["Content-Type"] == "application/octet-stream"
+    # The ids, exactly: webhook-id msg_<epoch>_<first seq>_<last seq>, sluice-id <epoch>-<seq>.
+    for seq, d in enumerate(raw, 1):
+        epoch, sid_seq = d.headers["sluice-id"].split("-")
+        assert re.fullmatch(r"[0-9a-f]{16}", epoch) and sid_seq == str(seq), d.headers
+        assert d.headers["webhook-id"] == f"msg_{epoch}_{seq}_{seq}", d.headers
+        assert abs(int(d.headers["webhook-timestamp"]) - time.time()) < 60, d.headers
     j = [d for d in receiver.ok() if d.path == "/j"]
     assert j[0].body.startswith(b"[") and j[0].headers["Content-Type"] == "application/json"
+    first, last = j[0].envelopes()[0]["id"], j[0].envelopes()[-1]["id"]
+    epoch = first.split("-")[0]
+    assert j[0].headers["webhook-id"] == \
+        f"msg_{epoch}_{first.split('-')[1]}_{last.split('-')[1]}", j[0].headers
+    assert j[0].headers["sluice-id"] == first, j[0].headers
 
 
 def test_retries_keep_order_and_id(sluice_factory, tmp_path, receiver):
@@ -228,6 +242,111 @@ def test_lossy_gap_envelope(sluice_factory, tmp_path, receiver):
     missed = sum(g["missed"] for g in gaps)
     assert missed > 0 and len(got) + missed == 101, (len(got), missed)
     assert got == sorted(got, key=lambda s: int(s[1:]))
+
+
+def test_raw_gap_request_headers(sluice_factory, tmp_path, receiver):
+    """A raw sink sends a gap as a request of its own: a JSON gap envelope, Content-Type
+    application/json, webhook-id gap_<epoch>_<from>_<to>, sluice-control: gap, no sluice-id."""
+    receiver.set("slow", delay=1.0)
+    srv = start(sluice_factory, tmp_path, {"s": webhook(receiver.url(), format="raw")},
+                topics={"t/*": {"max_messages": "10"}})
+    srv.publish("t/a", "m0")
+    assert receiver.wait(lambda r: len(r.all()) == 1)
+    srv.publish_batch("t/a", [f"m{i}" for i in range(1, 101)])
+    receiver.set("ok")
+    assert receiver.wait(lambda r: any(d.body == b"m100" for d in r.ok()), timeout=15)
+    gaps = [d for d in receiver.ok() if d.headers.get("sluice-control") == "gap"]
+    assert gaps, [d.headers for d in receiver.ok()]
+    for d in gaps:
+        g = json.loads(d.body)
+        assert g["sluice"] == "gap" and g["missed"] > 0, g
+        epoch, frm = g["from"].split("-")
+        assert g["to"].split("-")[0] == epoch
+        to = g["to"].split("-")[1]
+        assert d.headers["webhook-id"] == f"gap_{epoch}_{frm}_{to}", d.headers
+        assert d.headers["Content-Type"] == "application/json", d.headers
+        assert "sluice-id" not in d.headers, d.headers
+    plain = [d for d in receiver.ok() if "sluice-control" not in d.headers]
+    assert all(d.headers["Content-Type"] == "application/octet-stream" for d in plain)
+    missed = sum(json.loads(d.body)["missed"] for d in gaps)
+    assert len(plain) + missed == 101, (len(plain), missed)
+
+
+class ClosingEndpoint:
+    """Answers each request on a kept-alive connection with 200 (no Connection: close), then
+    closes that connection 0.2 s later: the sink finds it closed while it waits idle in curl's
+    cache."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.bodies, self.connections, self.closed = [], 0, 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        buf = b""
+        with c:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, body = buf.split(b"\r\n\r\n", 1)
+            n = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            with self.lock:
+                self.bodies.append(body)
+            time.sleep(0.2)
+        with self.lock:
+            self.closed += 1
+
+    def wait(self, pred, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if pred(self):
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+def proc_cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_connection_closed_by_endpoint(sluice_factory, tmp_path):
+    """Between requests a kept-alive connection's socket stays polled for reading; when the
+    endpoint closes it there, the poll stops (a level-triggered event on a closed socket would
+    otherwise wake the loop for ever) and the next request goes out on a new connection."""
+    ep = ClosingEndpoint()
+    srv = start(sluice_factory, tmp_path,
+                {"s": webhook(f"http://127.0.0.1:{ep.port}/in", format="raw")})
+    srv.publish("t/a", "one")
+    assert ep.wait(lambda e: e.closed == 1)
+    # Idle with a closed connection in curl's cache: a spinning loop would burn a CPU-second
+    # every second; an idle server uses a few ticks.
+    cpu0, t0 = proc_cpu_s(srv.proc.pid), time.monotonic()
+    time.sleep(1.0)
+    used, spent = proc_cpu_s(srv.proc.pid) - cpu0, time.monotonic() - t0
+    assert used < 0.5 * spent, (used, spent)
+    srv.publish("t/a", "two")
+    assert ep.wait(lambda e: len(e.bodies) == 2), ep.bodies
+    assert ep.bodies == [b"one", b"two"] and ep.connections == 2
+    ep.sock.close()
 
 
 def test_2xx_then_hanging_body_counts_as_delivered(sluice_factory, tmp_path, receiver):
