@@ -40,6 +40,15 @@ static char *ll_data_dir;
 static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
 static const sl_config_t *ll_cfg;
 static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
+/* Freed read buffers kept for the next reads (see "read buffers"). */
+#define RBUF_POOL 4
+#define RBUF_MIN ((size_t)1 << 20)
+
+static struct {
+    void *v[RBUF_POOL];
+    size_t n, size; /* buffers kept, and their size */
+    int closed;     /* no log left: nothing is kept */
+} rbuf;
 
 static void ll_update(sl_lossless_t *ll);
 static void start_write(sl_lossless_t *ll);
@@ -145,6 +154,7 @@ static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
     ll->dir = dir;
     ll->fd = -1;
     ll->marked = 1; /* until a write has made sure no clean-shutdown record is left */
+    rbuf.closed = 0;
     sl_list_init(&ll->cursors);
     sl_list_init(&ll->waiters);
     sl_list_insert_tail(&all_logs, &ll->link);
@@ -1529,6 +1539,53 @@ uint64_t sl_ll_floor(const sl_topic_t *t)
     return t->disk_floor < tail ? t->disk_floor : tail;
 }
 
+/* ---- read buffers -------------------------------------------------------------------
+ *
+ * A sink's read-back fills a buffer of up to 4 MiB that its block of messages keeps until the
+ * last of them is freed. glibc maps a buffer that large afresh each time (main.c sets the mmap
+ * threshold to 256 KiB), so every read faulted in and zeroed its pages and every free unmapped
+ * them: about a fifth of sluice's CPU in the file-sink drain. Freed read buffers of one size,
+ * at least 1 MiB, are kept for the next reads, up to RBUF_POOL of them. A kept buffer stays
+ * charged to the budget (so the budget still counts every byte held) and none is kept while
+ * the budget is a quarter full or more, or once the last log is freed (shutdown). Loop thread
+ * only: a buffer is taken when a read is queued (sl_ll_fetch) and given back when its block is
+ * freed (by the last sl_msg_unref of its messages).
+ */
+/* (the pool is declared at the top of the file: ll_new and sl_ll_free open and close it) */
+
+/* A block's release: keeps buf (`size` bytes) for another read, or frees it. */
+static void rbuf_put(void *buf, size_t size)
+{
+    if (buf == NULL)
+        return;
+    if (rbuf.closed || size < RBUF_MIN || rbuf.n == RBUF_POOL ||
+        (rbuf.n > 0 && size != rbuf.size) || sl_budget.used + size > sl_budget.limit / 4) {
+        free(buf);
+        return;
+    }
+    sl_budget_charge(sl_budget_size(size));
+    rbuf.size = size;
+    rbuf.v[rbuf.n++] = buf;
+}
+
+/* A kept buffer of `size` bytes, its charge released (the block it goes to charges it), or
+ * NULL. */
+static void *rbuf_get(size_t size)
+{
+    if (rbuf.n == 0 || rbuf.size != size)
+        return NULL;
+    sl_budget_release(sl_budget_size(size));
+    return rbuf.v[--rbuf.n];
+}
+
+static void rbuf_drain(void)
+{
+    while (rbuf.n > 0) {
+        sl_budget_release(sl_budget_size(rbuf.size));
+        free(rbuf.v[--rbuf.n]);
+    }
+}
+
 /* ---- reading back ---------------------------------------------------------------------- */
 
 typedef struct read_job {
@@ -1554,10 +1611,9 @@ typedef struct read_job {
  * block. */
 static void build_block(read_job_t *j)
 {
-    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and 64 KiB of slack,
-     * more for a record larger than that). */
-    size_t slack = (size_t)64 << 10;
-    size_t size = j->len > j->max_bytes + slack ? j->len : j->max_bytes + slack;
+    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and its slack, more for
+     * a record larger than that). */
+    size_t size = j->len > j->max_bytes + SL_READ_SLACK ? j->len : j->max_bytes + SL_READ_SLACK;
     sl_msg_block_t *b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc);
     j->buf = NULL;
     size_t pos = 0;
@@ -1577,6 +1633,8 @@ static void build_block(read_job_t *j)
         b->buf = NULL;
         sl_msg_block_free(b);
         b = NULL;
+    } else {
+        b->release = rbuf_put; /* called on the loop, when the block is freed */
     }
     j->block = b;
 }
@@ -1584,8 +1642,10 @@ static void build_block(read_job_t *j)
 static void read_work(uv_work_t *req)
 {
     read_job_t *j = req->data;
-    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, j->trusted, &j->buf,
-                          &j->len, &j->last, &j->bad_off);
+    uint8_t *into = j->buf;
+    j->buf = NULL;
+    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, j->trusted, into,
+                          &j->buf, &j->len, &j->last, &j->bad_off);
     if (j->bare && j->rc > 0)
         build_block(j);
 }
@@ -1819,6 +1879,8 @@ int sl_ll_fetch(sl_reader_t *r)
     j->trusted = s->verified;
     j->max_bytes = read_bytes(r);
     j->bare = r->sub != NULL && r->sub->ops->frameless;
+    if (j->bare)
+        j->buf = rbuf_get(j->max_bytes + SL_READ_SLACK); /* NULL: sl_spill_read allocates */
     r->disk_job = j;
     r->disk_wait = 1;
     uv_queue_work(ll_loop, &j->req, read_work, read_done);
@@ -1960,6 +2022,10 @@ void sl_ll_free(sl_topic_t *t)
     sl_list_remove(&ll->link);
     sl_bfree(ll, sizeof(*ll));
     t->ll = NULL;
+    if (sl_list_empty(&all_logs)) {
+        rbuf_drain();
+        rbuf.closed = 1;
+    }
 }
 
 /* ---- recovery -------------------------------------------------------------------------- */

@@ -267,19 +267,23 @@ int sl_spill_scan(const char *path, int repair, sl_scan_t *out)
 }
 
 int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t from, size_t max_bytes,
-                  uint64_t trusted, uint8_t **bufp, size_t *lenp, uint64_t *last, uint64_t *bad_off)
+                  uint64_t trusted, uint8_t *into, uint8_t **bufp, size_t *lenp, uint64_t *last,
+                  uint64_t *bad_off)
 {
+    uint8_t *given = into;
     *bufp = NULL;
     *lenp = 0;
     int fd = open(path, O_RDONLY);
-    if (fd < 0)
+    if (fd < 0) {
+        free(given);
         return -errno;
+    }
     /* One buffer, read into and decoded in place (no second copy of the records): out[base,
      * base + out_len) holds the records kept, the `have` bytes after them were read and not
      * decoded yet, and `off` is the file offset of the byte after those. Records below `from`
      * (before the first kept one: the index points at or before it) move `base` on. */
-    size_t cap = max_bytes + (64u << 10);
-    uint8_t *out = sl_malloc(cap);
+    size_t cap = max_bytes + SL_READ_SLACK;
+    uint8_t *out = given != NULL ? given : sl_malloc(cap);
     size_t base = 0, out_len = 0, have = 0;
     int count = 0, rc = 0;
     uint64_t off = start;

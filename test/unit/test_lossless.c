@@ -683,6 +683,57 @@ static void test_clean_record(void **state)
     drop_topic(t);
 }
 
+/* The pool of read buffers: a freed block's buffer of at least 1 MiB is kept, charged to the
+ * budget, and handed to the next read of that size with its charge released; one size at a
+ * time, at most RBUF_POOL, nothing kept with the budget a quarter full or after the last log. */
+static void test_read_buffer_pool(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 0); /* a log: the pool is open */
+    size_t size = (4u << 20) + SL_READ_SLACK;
+    uint64_t used = sl_budget.used;
+    assert_null(rbuf_get(size));
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(size));
+    assert_null(rbuf_get(size / 2)); /* another size */
+    void *b = rbuf_get(size);
+    assert_non_null(b);
+    assert_int_equal(sl_budget.used, used);
+    /* Through a block, as a read-back frees it. */
+    sl_msg_block_t *blk = sl_msg_block_new(b, size, 1);
+    blk->release = rbuf_put;
+    sl_msg_block_free(blk);
+    assert_int_equal(rbuf.n, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(size));
+    rbuf_put(malloc(size / 2), size / 2); /* not the size kept: freed */
+    rbuf_put(malloc(65536), 65536);       /* small: freed */
+    assert_int_equal(rbuf.n, 1);
+    for (int i = 0; i < RBUF_POOL + 2; i++)
+        rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, RBUF_POOL);
+    assert_int_equal(sl_budget.used, used + RBUF_POOL * sl_budget_size(size));
+    rbuf_drain();
+    assert_int_equal(rbuf.n, 0);
+    assert_int_equal(sl_budget.used, used);
+    /* A quarter of the budget in use: nothing kept. */
+    size_t big = (size_t)(sl_budget.limit / 4);
+    sl_budget_charge(big);
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 0);
+    sl_budget_release(big);
+    /* The last log freed: the pool is emptied and keeps nothing more. */
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 1);
+    /* (dropping the topic releases its own charges too) */
+    uint64_t before = sl_budget.used;
+    drop_topic(t);
+    assert_int_equal(rbuf.n, 0);
+    assert_true(sl_budget.used <= before - sl_budget_size(size));
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -698,6 +749,7 @@ int main(void)
         cmocka_unit_test(test_msg_block),
         cmocka_unit_test(test_read_bytes),
         cmocka_unit_test(test_clean_record),
+        cmocka_unit_test(test_read_buffer_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

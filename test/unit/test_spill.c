@@ -147,7 +147,7 @@ static void test_scan_and_repair(void **state)
     size_t len;
     uint64_t last = 0;
     int n = sl_spill_read(path, sl_index_find(&sc.index, 250), sc.valid_len, 250, 20 * 1030, 0,
-                          &buf, &len, &last, NULL);
+                          NULL, &buf, &len, &last, NULL);
     assert_true(n >= 19);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
@@ -194,7 +194,7 @@ static void test_scan_and_repair(void **state)
     assert_int_equal(sc.valid_len, offs[100]);
     free(sc.index.v);
     /* A read that meets the damage returns what came before it. */
-    n = sl_spill_read(path, 0, offs[300], 190, 1u << 20, 0, &buf, &len, &last, NULL);
+    n = sl_spill_read(path, 0, offs[300], 190, 1u << 20, 0, NULL, &buf, &len, &last, NULL);
     assert_int_equal(n, 10);
     assert_int_equal(last, 199);
     free(buf);
@@ -205,8 +205,9 @@ static void test_scan_and_repair(void **state)
     free(sc.index.v);
 
     /* A missing file. */
-    assert_int_equal(sl_spill_read("/nonexistent/x.seg", 0, 10, 1, 100, 0, &buf, &len, &last, NULL),
-                     -ENOENT);
+    assert_int_equal(
+        sl_spill_read("/nonexistent/x.seg", 0, 10, 1, 100, 0, NULL, &buf, &len, &last, NULL),
+        -ENOENT);
     free(offs);
     unlink(path);
     rmdir(dir);
@@ -245,8 +246,8 @@ static void test_holes(void **state)
     uint8_t *rb;
     size_t len;
     uint64_t last = 0;
-    int n = sl_spill_read(path, sl_index_find(&sc.index, 7), sc.valid_len, 7, 1u << 20, 0, &rb,
-                          &len, &last, NULL);
+    int n = sl_spill_read(path, sl_index_find(&sc.index, 7), sc.valid_len, 7, 1u << 20, 0, NULL,
+                          &rb, &len, &last, NULL);
     assert_int_equal(n, 3);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(rb, len, &r), SL_REC_OK);
@@ -283,7 +284,8 @@ static void test_large_record(void **state)
     uint8_t *buf;
     size_t len;
     uint64_t last;
-    assert_int_equal(sl_spill_read(path, 0, sc.valid_len, 1, 1024, 0, &buf, &len, &last, NULL), 1);
+    assert_int_equal(
+        sl_spill_read(path, 0, sc.valid_len, 1, 1024, 0, NULL, &buf, &len, &last, NULL), 1);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
     assert_int_equal(r.payload_len, big);
@@ -316,8 +318,8 @@ static void test_read_cases(void **state)
                 uint8_t *buf;
                 size_t len;
                 uint64_t last = 0;
-                int n = sl_spill_read(path, starts[si], end, from, maxes[mi], 0, &buf, &len, &last,
-                                      NULL);
+                int n = sl_spill_read(path, starts[si], end, from, maxes[mi], 0, NULL, &buf, &len,
+                                      &last, NULL);
                 size_t want_n = 0, want_len = 0;
                 for (uint64_t q = from; q <= 600 && want_len < maxes[mi]; q++) {
                     want_len += (size_t)(offs[q] - offs[q - 1]);
@@ -342,15 +344,16 @@ static void test_read_cases(void **state)
     size_t len;
     uint64_t last = 0;
     assert_int_equal(
-        sl_spill_read(path, 0, offs[10] + 100, 1, 1u << 20, 0, &buf, &len, &last, NULL), 10);
+        sl_spill_read(path, 0, offs[10] + 100, 1, 1u << 20, 0, NULL, &buf, &len, &last, NULL), 10);
     assert_int_equal(last, 10);
     free(buf);
-    assert_int_equal(
-        sl_spill_read(path, offs[10], offs[10] + 100, 11, 1u << 20, 0, &buf, &len, &last, NULL),
-        -EBADMSG);
+    assert_int_equal(sl_spill_read(path, offs[10], offs[10] + 100, 11, 1u << 20, 0, NULL, &buf,
+                                   &len, &last, NULL),
+                     -EBADMSG);
     /* A limit past the end of the file. */
     assert_int_equal(
-        sl_spill_read(path, offs[599], end + 10, 600, 1u << 20, 0, &buf, &len, &last, NULL), 1);
+        sl_spill_read(path, offs[599], end + 10, 600, 1u << 20, 0, NULL, &buf, &len, &last, NULL),
+        1);
     free(buf);
     free(offs);
     unlink(path);
@@ -387,21 +390,23 @@ static void test_read_trusted(void **state)
     size_t len;
     uint64_t last = 0, bad = 0;
     /* Nothing trusted: records 1..49, then the failure at record 50. */
-    assert_int_equal(sl_spill_read(path, 0, end, 1, 1u << 20, 0, &buf, &len, &last, &bad), 49);
+    assert_int_equal(sl_spill_read(path, 0, end, 1, 1u << 20, 0, NULL, &buf, &len, &last, &bad),
+                     49);
     assert_int_equal(last, 49);
     assert_int_equal(bad, offs[49]);
     free(buf);
     bad = 0;
-    assert_int_equal(sl_spill_read(path, offs[49], end, 50, 1u << 20, 0, &buf, &len, &last, &bad),
-                     -EBADMSG);
+    assert_int_equal(
+        sl_spill_read(path, offs[49], end, 50, 1u << 20, 0, NULL, &buf, &len, &last, &bad),
+        -EBADMSG);
     assert_int_equal(bad, offs[49]);
     /* Trusted up to record 50's start: it is still checked. */
     assert_int_equal(
-        sl_spill_read(path, offs[49], end, 50, 1u << 20, offs[49], &buf, &len, &last, &bad),
+        sl_spill_read(path, offs[49], end, 50, 1u << 20, offs[49], NULL, &buf, &len, &last, &bad),
         -EBADMSG);
     /* Trusted past it: not checked, all 100 come back, and decode without their CRC. */
-    assert_int_equal(sl_spill_read(path, 0, end, 1, 1u << 20, offs[50], &buf, &len, &last, NULL),
-                     100);
+    assert_int_equal(
+        sl_spill_read(path, 0, end, 1, 1u << 20, offs[50], NULL, &buf, &len, &last, NULL), 100);
     assert_int_equal(last, 100);
     size_t pos = 0;
     for (uint64_t q = 1; pos < len; q++) {
@@ -413,6 +418,25 @@ static void test_read_trusted(void **state)
         pos += r.size;
     }
     assert_int_equal(pos, end);
+    /* A buffer given to read into is used (and returned), or freed on failure (the sanitizer
+     * build would report it leaked). */
+    uint8_t *into = malloc(4096 + SL_READ_SLACK);
+    uint8_t *got;
+    int n = sl_spill_read(path, 0, end, 1, 4096, 0, into, &got, &len, &last, NULL);
+    assert_true(n > 1);
+    assert_ptr_equal(got, into);
+    assert_int_equal(last, n);
+    assert_int_equal(len, offs[n]);
+    free(got);
+    into = malloc(4096 + SL_READ_SLACK);
+    assert_int_equal(
+        sl_spill_read("/nonexistent/x.seg", 0, end, 1, 4096, 0, into, &got, &len, &last, NULL),
+        -ENOENT);
+    assert_null(got);
+    into = malloc(4096 + SL_READ_SLACK);
+    assert_int_equal(sl_spill_read(path, offs[49], end, 50, 4096, 0, into, &got, &len, &last, NULL),
+                     -EBADMSG);
+    assert_null(got);
     /* Lengths are checked even so: a trusted decode never reads past its buffer. */
     sl_rec_t r;
     assert_int_equal(sl_rec_decode_trusted(buf, offs[1] - 1, &r), SL_REC_SHORT);
