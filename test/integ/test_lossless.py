@@ -856,6 +856,9 @@ def test_clean_shutdown_start_trusts_its_record_and_a_crash_scans(sluice_factory
     sub.close()
     assert [(e["id"], e["data"]) for e in got] == [(ids[i], payload(i, DMG_MSG)) for i in range(n)]
 
+    # A kill -9 before any write leaves the files as the record says: still trusted.
+    srv = restart(sluice_factory, srv, sig=signal.SIGKILL)
+    assert "start=clean" in srv.logs(), srv.logs()[-3000:]
     # The first write removes the record before it writes a segment.
     more = srv.publish_batch(t, [payload(i, DMG_MSG) for i in range(n, n + 20)])
     wait_until(lambda: not (d / "clean").exists(), 10, msg="the record's removal by a write")
