@@ -150,6 +150,7 @@ sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap)
     b->cap = cap;
     b->buf = buf;
     b->buf_size = buf_size;
+    b->release = NULL;
     b->charge =
         sl_budget_size(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t)) + sl_budget_size(buf_size);
     return b;
@@ -183,7 +184,10 @@ static void block_dispose(sl_msg_block_t *b)
 {
     for (uint32_t i = 0; i < b->n; i++)
         free((char *)b->msgs[i].event);
-    free(b->buf);
+    if (b->release != NULL)
+        b->release(b->buf, b->buf_size);
+    else
+        free(b->buf);
     free(b);
 }
 

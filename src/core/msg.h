@@ -55,6 +55,9 @@ typedef struct sl_msg_block {
     size_t charge;
     void *buf; /* the records' bytes */
     size_t buf_size;
+    /* Where buf goes when the block is freed (on the loop thread): NULL frees it; the log's
+     * reader sets its pool of read buffers (store/lossless.c). */
+    void (*release)(void *buf, size_t size);
     sl_msg_t msgs[];
 } sl_msg_block_t;
 

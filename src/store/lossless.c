@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -39,6 +40,15 @@ static char *ll_data_dir;
 static uint64_t ll_total_disk; /* every log's bytes: the server's disk_quota */
 static const sl_config_t *ll_cfg;
 static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
+/* Freed read buffers kept for the next reads (see "read buffers"). */
+#define RBUF_POOL 4
+#define RBUF_MIN ((size_t)1 << 20)
+
+static struct {
+    void *v[RBUF_POOL];
+    size_t n, size; /* buffers kept, and their size */
+    int closed;     /* no log left: nothing is kept */
+} rbuf;
 
 static void ll_update(sl_lossless_t *ll);
 static void start_write(sl_lossless_t *ll);
@@ -143,6 +153,8 @@ static sl_lossless_t *ll_new(sl_topic_t *t, char *dir)
     ll->topic = t;
     ll->dir = dir;
     ll->fd = -1;
+    ll->marked = 1; /* until a write has made sure no clean-shutdown record is left */
+    rbuf.closed = 0;
     sl_list_init(&ll->cursors);
     sl_list_init(&ll->waiters);
     sl_list_insert_tail(&all_logs, &ll->link);
@@ -860,6 +872,282 @@ static int save_cursors_now(sl_lossless_t *ll)
     return j.rc;
 }
 
+/* ---- the clean-shutdown record ---------------------------------------------------------
+ *
+ * A clean shutdown leaves <topic dir>/clean: what the start-up scan would learn from each
+ * segment file, so that the next start need not read and check every record (for a large
+ * backlog, most of the start-up time). Text lines:
+ *
+ *     sluice-clean 1
+ *     seg <base> <len> <last> <index entries>      one a segment file, base ascending
+ *     <seq> <off>                                  its sparse index, one a line
+ *     sum <8 hex>                                  CRC32C of every byte before this line
+ *
+ * Start-up trusts it only when the sum matches, every field is consistent, and the segment
+ * files present are exactly those listed, each of the listed length; anything else (no record
+ * after a crash, a torn or foreign file, a segment deleted or grown since) means the full
+ * scan, as after a crash, and the record is removed. Segments only grow, by appends, and
+ * shrink only by the scan's repair, so a segment of the recorded length holds the recorded
+ * records. The first write after a start removes the record before it touches a segment
+ * (write_work; ll->marked), so after a crash there is none, and a grown segment would not
+ * match anyway. Records trusted this way were not checked in this process, so a read-back
+ * checks their CRC (sl_seg_t.verified is 0); one that fails is cut out with a gap, and the log
+ * is marked suspect, so that no record is written at exit and the next start scans.
+ */
+#define CLEAN_NAME "clean"
+#define CLEAN_MAGIC "sluice-clean 1\n"
+#define CLEAN_SUM_LEN 13           /* "sum " + 8 hex digits + newline */
+#define CLEAN_MAX_FILE (64u << 20) /* larger is not ours */
+
+/* One segment as the record describes it. */
+typedef struct clean_seg {
+    uint64_t base, len, last;
+    sl_index_t index;
+} clean_seg_t;
+
+/* Removes dir's clean-shutdown record: 0 (also when there was none) or -errno. Blocking. */
+static int clean_remove(const char *dir)
+{
+    char path[PATH_CAP + 8];
+    snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+static void clean_put(char **buf, size_t *cap, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void clean_put(char **buf, size_t *cap, size_t *len, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf + *len, *cap - *len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < *cap - *len) {
+            *len += (size_t)n;
+            return;
+        }
+        *cap *= 2;
+        *buf = sl_realloc(*buf, *cap);
+    }
+}
+
+/* The record of ll's segments (malloc'ed, *len bytes); the caller has checked that every
+ * segment file holds exactly its `len` bytes. A segment without a file (an empty one not
+ * written yet) is left out. */
+static char *clean_format(const sl_lossless_t *ll, const uint8_t *has_file, size_t *len)
+{
+    size_t cap = 4096, l = 0;
+    char *buf = sl_malloc(cap);
+    clean_put(&buf, &cap, &l, "%s", CLEAN_MAGIC);
+    for (size_t i = 0; i < ll->nsegs; i++) {
+        const sl_seg_t *s = &ll->segs[i];
+        if (!has_file[i])
+            continue;
+        clean_put(&buf, &cap, &l, "seg %" PRIu64 " %" PRIu64 " %" PRIu64 " %zu\n", s->base, s->len,
+                  s->last, s->index.n);
+        for (size_t k = 0; k < s->index.n; k++)
+            clean_put(&buf, &cap, &l, "%" PRIu64 " %" PRIu64 "\n", s->index.v[k].seq,
+                      s->index.v[k].off);
+    }
+    clean_put(&buf, &cap, &l, "sum %08" PRIx32 "\n", sl_crc32c(0, buf, l));
+    *len = l;
+    return buf;
+}
+
+/* A decimal number of at most 19 digits at *p, followed by `sep`; moves *p past the sep. */
+static int clean_num(const char **p, const char *end, char sep, uint64_t *v)
+{
+    const char *q = *p;
+    uint64_t x = 0;
+    int digits = 0;
+    while (q < end && *q >= '0' && *q <= '9' && digits < 19) {
+        x = x * 10 + (uint64_t)(*q++ - '0');
+        digits++;
+    }
+    if (digits == 0 || q >= end || *q != sep)
+        return -1;
+    *p = q + 1;
+    *v = x;
+    return 0;
+}
+
+static void clean_segs_free(clean_seg_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].index.v);
+    free(v);
+}
+
+/* Parses a clean-shutdown record: 0 and the segments (*out, *nout; the caller frees them with
+ * clean_segs_free), or -1 when it is damaged or inconsistent in any way. */
+static int clean_parse(const char *buf, size_t n, clean_seg_t **out, size_t *nout)
+{
+    size_t ml = sizeof(CLEAN_MAGIC) - 1;
+    *out = NULL;
+    *nout = 0;
+    if (n < ml + CLEAN_SUM_LEN || memcmp(buf, CLEAN_MAGIC, ml) != 0)
+        return -1;
+    const char *sum = buf + n - CLEAN_SUM_LEN;
+    if (memcmp(sum, "sum ", 4) != 0 || sum[CLEAN_SUM_LEN - 1] != '\n' || sum[-1] != '\n')
+        return -1;
+    uint32_t want = 0;
+    for (int i = 4; i < 12; i++) {
+        char c = sum[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        want = want << 4 | (uint32_t)d;
+    }
+    if (sl_crc32c(0, buf, (size_t)(sum - buf)) != want)
+        return -1;
+    clean_seg_t *v = NULL;
+    size_t nv = 0, cap = 0;
+    const char *p = buf + ml, *end = sum;
+    while (p < end) {
+        uint64_t nidx;
+        clean_seg_t c;
+        memset(&c, 0, sizeof(c));
+        if (end - p < 4 || memcmp(p, "seg ", 4) != 0)
+            goto out_bad;
+        p += 4;
+        if (clean_num(&p, end, ' ', &c.base) != 0 || clean_num(&p, end, ' ', &c.len) != 0 ||
+            clean_num(&p, end, ' ', &c.last) != 0 || clean_num(&p, end, '\n', &nidx) != 0)
+            goto out_bad;
+        /* An index line takes at least 4 bytes: no count the file cannot hold is allocated. */
+        if (c.base == 0 || (nv > 0 && c.base <= v[nv - 1].base) || c.last < c.base - 1 ||
+            nidx > (uint64_t)(end - p) / 4 || (c.len == 0) != (nidx == 0) ||
+            (nidx == 0 && c.last != c.base - 1))
+            goto out_bad;
+        if (nv == cap) {
+            cap = cap ? cap * 2 : 8;
+            v = sl_realloc(v, cap * sizeof(*v));
+        }
+        v[nv++] = c;
+        clean_seg_t *s = &v[nv - 1];
+        for (uint64_t k = 0; k < nidx; k++) {
+            uint64_t seq, off;
+            if (clean_num(&p, end, ' ', &seq) != 0 || clean_num(&p, end, '\n', &off) != 0)
+                goto out_bad;
+            /* As written: the first record at offset 0, then ascending seqs and offsets
+             * inside the segment's length, none past its last seq. */
+            if (k == 0 ? off != 0 || seq < s->base
+                       : seq <= s->index.v[k - 1].seq || off <= s->index.v[k - 1].off)
+                goto out_bad;
+            if (off >= s->len || seq > s->last)
+                goto out_bad;
+            sl_index_add(&s->index, seq, off);
+        }
+    }
+    *out = v;
+    *nout = nv;
+    return 0;
+
+out_bad:
+    clean_segs_free(v, nv);
+    return -1;
+}
+
+/* Writes ll's clean-shutdown record at exit, when every segment file holds exactly what the
+ * log knows of it; otherwise removes any old one. Blocking (the loop has ended). */
+static void clean_write(sl_lossless_t *ll)
+{
+    uint8_t *has_file = sl_calloc(ll->nsegs ? ll->nsegs : 1, 1);
+    int ok = 1;
+    for (size_t i = 0; i < ll->nsegs && ok; i++) {
+        char path[PATH_CAP];
+        struct stat st;
+        sl_spill_seg_path(path, sizeof(path), ll->dir, ll->segs[i].base);
+        if (stat(path, &st) == 0) {
+            has_file[i] = 1;
+            ok = (uint64_t)st.st_size == ll->segs[i].len;
+        } else {
+            ok = errno == ENOENT && ll->segs[i].len == 0;
+        }
+    }
+    if (!ok) {
+        SL_INFO("segments differ from the log's account, no clean-shutdown record", "dir=%s",
+                ll->dir);
+        free(has_file);
+        (void)clean_remove(ll->dir);
+        return;
+    }
+    size_t len;
+    char *text = clean_format(ll, has_file, &len);
+    int rc = write_file_atomic(ll->dir, CLEAN_NAME, text, len);
+    if (rc != 0)
+        SL_WARN("clean-shutdown record not written; the next start scans the log",
+                "dir=%s error=%s", ll->dir, strerror(-rc));
+    free(text);
+    free(has_file);
+}
+
+/* The clean-shutdown record of dir, when it matches the segment files found (bases[0..nb),
+ * ascending) exactly: 0 and one clean_seg_t a base (*out, freed with clean_segs_free). Else
+ * -1, and a record that exists is removed (the start scans). Start-up only. */
+static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_seg_t **out)
+{
+    char path[PATH_CAP + 8];
+    snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir);
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    const char *why = NULL;
+    char *buf = NULL;
+    clean_seg_t *v = NULL;
+    size_t nv = 0;
+    if (fstat(fd, &st) != 0 || st.st_size <= 0 || (uint64_t)st.st_size > CLEAN_MAX_FILE) {
+        why = "size";
+        goto out_bad;
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    buf = sl_malloc(n);
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (got != n || clean_parse(buf, n, &v, &nv) != 0) {
+        why = "damaged";
+        goto out_bad;
+    }
+    if (nv != nb) {
+        why = "segment files";
+        goto out_bad;
+    }
+    for (size_t i = 0; i < nb; i++) {
+        char sp[PATH_CAP];
+        sl_spill_seg_path(sp, sizeof(sp), dir, bases[i]);
+        if (v[i].base != bases[i] || stat(sp, &st) != 0 || (uint64_t)st.st_size != v[i].len) {
+            why = "segment files";
+            goto out_bad;
+        }
+    }
+    close(fd);
+    free(buf);
+    *out = v;
+    return 0;
+
+out_bad:
+    close(fd);
+    free(buf);
+    clean_segs_free(v, nv);
+    if (strcmp(why, "segment files") == 0)
+        SL_INFO("clean-shutdown record does not match the segments, scanning", "dir=%s", dir);
+    else
+        SL_WARN("clean-shutdown record damaged, scanning", "dir=%s reason=%s", dir, why);
+    if (unlink(path) != 0 && errno != ENOENT)
+        SL_WARN("clean-shutdown record not removed", "path=%s error=%s", path, strerror(errno));
+    return -1;
+}
+
 /* ---- waiting publishers ---------------------------------------------------------------- */
 
 void sl_ll_wait(sl_waiter_t *w, sl_topic_t *t, int kind, uint64_t seq, uint64_t deadline_ms)
@@ -998,6 +1286,7 @@ typedef struct write_job {
     /* inputs, copied from the log */
     const char *dir;
     int fd;
+    int unmark; /* remove the clean-shutdown record before writing */
     uint64_t seg_base, seg_last, seg_len, seg_last_idx, seg_bytes;
     int fsync_mode;
     uint64_t fsync_interval, last_fsync_ms, mono_to_wall;
@@ -1031,6 +1320,8 @@ static int open_segment(const char *dir, uint64_t base)
 static void write_work(uv_work_t *req)
 {
     write_job_t *j = req->data;
+    if (j->unmark && (j->rc = clean_remove(j->dir)) != 0)
+        return;
     seg_update_t *u = job_seg(j, j->seg_base);
     u->len = j->seg_len;
     u->last = j->seg_last;
@@ -1105,6 +1396,8 @@ static void write_done(uv_work_t *req, int status)
     (void)status;
     ll->job = NULL;
     ll->fd = j->fd;
+    if (j->unmark && j->rc == 0)
+        ll->marked = 0;
     if (j->rc != 0) {
         SL_ERROR("lossless write failed; the topic refuses publishes", "topic=%s error=%s",
                  ll->topic->name, strerror(-j->rc));
@@ -1209,6 +1502,7 @@ static void start_write(sl_lossless_t *ll)
     j->last_fsync_ms = ll->last_fsync_ms;
     j->unsynced = ll->unsynced;
     j->mono_to_wall = sl_wall_ms() - sl_now_ms();
+    j->unmark = ll->marked;
     ll->job = j;
     uv_queue_work(ll_loop, &j->req, write_work, write_done);
 }
@@ -1245,6 +1539,53 @@ uint64_t sl_ll_floor(const sl_topic_t *t)
     return t->disk_floor < tail ? t->disk_floor : tail;
 }
 
+/* ---- read buffers -------------------------------------------------------------------
+ *
+ * A sink's read-back fills a buffer of up to 4 MiB that its block of messages keeps until the
+ * last of them is freed. glibc maps a buffer that large afresh each time (main.c sets the mmap
+ * threshold to 256 KiB), so every read faulted in and zeroed its pages and every free unmapped
+ * them: about a fifth of sluice's CPU in the file-sink drain. Freed read buffers of one size,
+ * at least 1 MiB, are kept for the next reads, up to RBUF_POOL of them. A kept buffer stays
+ * charged to the budget (so the budget still counts every byte held) and none is kept while
+ * the budget is a quarter full or more, or once the last log is freed (shutdown). Loop thread
+ * only: a buffer is taken when a read is queued (sl_ll_fetch) and given back when its block is
+ * freed (by the last sl_msg_unref of its messages).
+ */
+/* (the pool is declared at the top of the file: ll_new and sl_ll_free open and close it) */
+
+/* A block's release: keeps buf (`size` bytes) for another read, or frees it. */
+static void rbuf_put(void *buf, size_t size)
+{
+    if (buf == NULL)
+        return;
+    if (rbuf.closed || size < RBUF_MIN || rbuf.n == RBUF_POOL ||
+        (rbuf.n > 0 && size != rbuf.size) || sl_budget.used + size > sl_budget.limit / 4) {
+        free(buf);
+        return;
+    }
+    sl_budget_charge(sl_budget_size(size));
+    rbuf.size = size;
+    rbuf.v[rbuf.n++] = buf;
+}
+
+/* A kept buffer of `size` bytes, its charge released (the block it goes to charges it), or
+ * NULL. */
+static void *rbuf_get(size_t size)
+{
+    if (rbuf.n == 0 || rbuf.size != size)
+        return NULL;
+    sl_budget_release(sl_budget_size(size));
+    return rbuf.v[--rbuf.n];
+}
+
+static void rbuf_drain(void)
+{
+    while (rbuf.n > 0) {
+        sl_budget_release(sl_budget_size(rbuf.size));
+        free(rbuf.v[--rbuf.n]);
+    }
+}
+
 /* ---- reading back ---------------------------------------------------------------------- */
 
 typedef struct read_job {
@@ -1254,6 +1595,8 @@ typedef struct read_job {
     char path[PATH_CAP];
     uint64_t start, limit, from;
     uint64_t seg_base;
+    uint64_t trusted; /* records below this offset were checked by this process's scan */
+    uint64_t bad_off; /* -EBADMSG: where the record that failed its checks starts */
     size_t max_bytes;
     int bare; /* build bare messages (the reader's sub is frameless) */
     int rc;
@@ -1268,16 +1611,16 @@ typedef struct read_job {
  * block. */
 static void build_block(read_job_t *j)
 {
-    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and 64 KiB of slack,
-     * more for a record larger than that). */
-    size_t slack = (size_t)64 << 10;
-    size_t size = j->len > j->max_bytes + slack ? j->len : j->max_bytes + slack;
+    /* What the buffer costs: its allocation (sl_spill_read's max_bytes and its slack, more for
+     * a record larger than that). */
+    size_t size = j->len > j->max_bytes + SL_READ_SLACK ? j->len : j->max_bytes + SL_READ_SLACK;
     sl_msg_block_t *b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc);
     j->buf = NULL;
     size_t pos = 0;
     while (pos < j->len && b->n < b->cap) {
         sl_rec_t rec;
-        if (sl_rec_decode((const uint8_t *)b->buf + pos, j->len - pos, &rec) != SL_REC_OK)
+        /* sl_spill_read checked these records (or a scan did): not again. */
+        if (sl_rec_decode_trusted((const uint8_t *)b->buf + pos, j->len - pos, &rec) != SL_REC_OK)
             break;
         /* Events as sl_msg_new gets them (read_done): longer ones are not events. */
         size_t ev = rec.event_len > 0 && rec.event_len < 65 ? rec.event_len : 0;
@@ -1290,6 +1633,8 @@ static void build_block(read_job_t *j)
         b->buf = NULL;
         sl_msg_block_free(b);
         b = NULL;
+    } else {
+        b->release = rbuf_put; /* called on the loop, when the block is freed */
     }
     j->block = b;
 }
@@ -1297,8 +1642,10 @@ static void build_block(read_job_t *j)
 static void read_work(uv_work_t *req)
 {
     read_job_t *j = req->data;
-    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, &j->buf, &j->len,
-                          &j->last);
+    uint8_t *into = j->buf;
+    j->buf = NULL;
+    j->rc = sl_spill_read(j->path, j->start, j->limit, j->from, j->max_bytes, j->trusted, into,
+                          &j->buf, &j->len, &j->last, &j->bad_off);
     if (j->bare && j->rc > 0)
         build_block(j);
 }
@@ -1328,6 +1675,36 @@ static void batch_free(sl_disk_batch_t *b)
     sl_bfree(b, b->size);
 }
 
+static void mark_hole(sl_reader_t *r, uint64_t resume);
+
+/* A read-back of segment `base` met a record that fails its checks (damage after the start-up
+ * scan, or in a log trusted from its clean-shutdown record): as the scan would have cut the
+ * segment there, the reader passes the rest of it with a gap, and the next start scans (and
+ * truncates the file). */
+static void cut_bad(sl_reader_t *r, uint64_t base, uint64_t bad)
+{
+    sl_lossless_t *ll = r->topic->ll;
+    if (!ll->suspect) {
+        /* Not trusted again, even after a crash. */
+        char path[PATH_CAP + 8];
+        snprintf(path, sizeof(path), "%s/" CLEAN_NAME, ll->dir);
+        unlink_later(path);
+        ll->suspect = 1;
+    }
+    size_t i = 0;
+    while (i < ll->nsegs && ll->segs[i].base != base)
+        i++;
+    if (i == ll->nsegs)
+        return; /* deleted meanwhile: the next fetch finds where to go on */
+    uint64_t resume = ll->segs[i].last + 1;
+    if (resume > r->next) {
+        SL_ERROR("corrupt record read back, the rest of its segment passed with a gap",
+                 "topic=%s base=%" PRIu64 " at=%" PRIu64 " from=%" PRIu64 " to=%" PRIu64,
+                 r->topic->name, base, bad, r->next, resume - 1);
+        mark_hole(r, resume);
+    }
+}
+
 static void read_done(uv_work_t *req, int status)
 {
     read_job_t *j = req->data;
@@ -1347,8 +1724,10 @@ static void read_done(uv_work_t *req, int status)
         if (j->rc != -ENOENT)
             SL_WARN("log read failed", "topic=%s path=%s error=%s", t->name, j->path,
                     strerror(-j->rc));
-        if (j->rc == -EBADMSG)
+        if (j->rc == -EBADMSG) {
             sl_metrics.log.corrupt++;
+            cut_bad(r, j->seg_base, j->bad_off);
+        }
     } else if (j->rc > 0) {
         sl_metrics.log.read_bytes += j->len;
         /* Messages built from the records, charged like any message. */
@@ -1370,7 +1749,7 @@ static void read_done(uv_work_t *req, int status)
         }
         while (pos < j->len) {
             sl_rec_t rec;
-            if (sl_rec_decode(j->buf + pos, j->len - pos, &rec) != SL_REC_OK)
+            if (sl_rec_decode_trusted(j->buf + pos, j->len - pos, &rec) != SL_REC_OK)
                 break;
             char ev[65];
             const char *event = NULL;
@@ -1497,8 +1876,11 @@ int sl_ll_fetch(sl_reader_t *r)
     j->limit = s->len;
     j->from = r->next;
     j->seg_base = s->base;
+    j->trusted = s->verified;
     j->max_bytes = read_bytes(r);
     j->bare = r->sub != NULL && r->sub->ops->frameless;
+    if (j->bare)
+        j->buf = rbuf_get(j->max_bytes + SL_READ_SLACK); /* NULL: sl_spill_read allocates */
     r->disk_job = j;
     r->disk_wait = 1;
     uv_queue_work(ll_loop, &j->req, read_work, read_done);
@@ -1575,14 +1957,30 @@ void sl_ll_free(sl_topic_t *t)
             j.seg_bytes = t->conf.segment_bytes;
             j.fsync_mode = t->conf.fsync == SL_FSYNC_NEVER ? SL_FSYNC_NEVER : SL_FSYNC_ALWAYS;
             j.mono_to_wall = sl_wall_ms() - sl_now_ms();
+            j.unmark = ll->marked;
             write_work(&j.req);
             ll->fd = j.fd;
-            if (j.rc == 0)
+            if (j.rc == 0) {
                 ll->written_seq = ll->pending[ll->npending - 1]->seq;
-            else
+                ll->marked = 0;
+            } else {
                 ll->broken = 1;
-            for (size_t k = 0; k < j.nups; k++)
-                free(j.ups[k].added.v);
+            }
+            /* What it wrote, as write_done applies it: the clean-shutdown record below
+             * describes the segments as they are on disk now. */
+            for (size_t k = 0; k < j.nups; k++) {
+                seg_update_t *u = &j.ups[k];
+                sl_seg_t *us = &ll->segs[ll->nsegs - 1];
+                if (us->base != u->base)
+                    us = seg_add(ll, u->base);
+                ll_total_disk += u->len - us->len;
+                sl_metrics.log.disk_bytes += u->len - us->len;
+                us->len = u->len;
+                us->last = u->last;
+                for (size_t i = 0; i < u->added.n; i++)
+                    sl_index_add(&us->index, u->added.v[i].seq, u->added.v[i].off);
+                free(u->added.v);
+            }
             free(j.ups);
         }
     } else if (ll->fd >= 0 && ll->unsynced && t->conf.fsync != SL_FSYNC_NEVER) {
@@ -1598,6 +1996,10 @@ void sl_ll_free(sl_topic_t *t)
         if (ll->written_seq == t->head_seq && ll->reserved > t->head_seq &&
             write_meta(ll, ll->dir, t->head_seq) == 0)
             ll->reserved = t->head_seq;
+        if (!ll->suspect)
+            clean_write(ll);
+        else
+            (void)clean_remove(ll->dir);
     }
     for (size_t i = 0; i < ll->npending; i++)
         sl_msg_unref(ll->pending[i]);
@@ -1620,6 +2022,10 @@ void sl_ll_free(sl_topic_t *t)
     sl_list_remove(&ll->link);
     sl_bfree(ll, sizeof(*ll));
     t->ll = NULL;
+    if (sl_list_empty(&all_logs)) {
+        rbuf_drain();
+        rbuf.closed = 1;
+    }
 }
 
 /* ---- recovery -------------------------------------------------------------------------- */
@@ -1834,11 +2240,27 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
         closedir(d);
     if (nb > 0) /* qsort's base may not be NULL, even for no elements */
         qsort(bases, nb, sizeof(*bases), cmp_u64);
+    /* After a clean shutdown, what the scan would find is on record (see "the clean-shutdown
+     * record"); otherwise every segment is read and checked. */
+    clean_seg_t *cs = NULL;
+    int clean = clean_load(dir, bases, nb, &cs) == 0;
     uint64_t head = 0;
     for (size_t i = 0; i < nb; i++) {
         sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
         sl_scan_t sc;
-        int rc = sl_spill_scan(path, 1, &sc);
+        int rc = 0;
+        if (clean) {
+            memset(&sc, 0, sizeof(sc));
+            sc.index = cs[i].index;
+            cs[i].index.v = NULL;
+            cs[i].index.n = 0;
+            sc.count = sc.index.n;
+            sc.first = sc.count ? sc.index.v[0].seq : 0;
+            sc.last = sc.count ? cs[i].last : 0;
+            sc.valid_len = sc.file_len = cs[i].len;
+        } else {
+            rc = sl_spill_scan(path, 1, &sc);
+        }
         if (rc != 0) {
             SL_ERROR("segment unreadable, skipped", "path=%s error=%s", path, strerror(-rc));
             sl_metrics.log.corrupt++;
@@ -1866,6 +2288,7 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
         }
         sl_seg_t *s = seg_add(ll, bases[i]);
         s->len = sc.valid_len;
+        s->verified = clean ? 0 : sc.valid_len;
         s->last = sc.count ? sc.last : bases[i] - 1;
         s->index = sc.index;
         ll->disk_bytes += s->len;
@@ -1875,6 +2298,8 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
             head = sc.last;
     }
     free(bases);
+    if (clean)
+        clean_segs_free(cs, nb);
     /* Ids up to the high-water mark may have been given to messages the log no longer has (not
      * written before a crash, or cut as torn or corrupt): numbering goes on past them, so no id
      * a client has seen is ever given to another message; readers get a gap over them. */
@@ -1900,8 +2325,9 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     ll->full = compute_full(ll);
     SL_INFO("lossless topic recovered",
             "topic=%s epoch=%s head=%" PRIu64 " segments=%zu"
-            " bytes=%" PRIu64 " cursors=%zu",
-            name, t->epoch_hex, head, ll->nsegs, ll->disk_bytes, ll->ncursors);
+            " bytes=%" PRIu64 " cursors=%zu start=%s",
+            name, t->epoch_hex, head, ll->nsegs, ll->disk_bytes, ll->ncursors,
+            clean ? "clean" : "scan");
 }
 
 int sl_ll_recover(sl_hub_t *hub)

@@ -68,6 +68,11 @@ typedef struct sl_seg {
     uint64_t base; /* first seq of the segment (its file name) */
     uint64_t last; /* last seq in it; base - 1 while empty */
     uint64_t len;  /* bytes written */
+    /* Bytes from the start whose records this process's start-up scan checked (CRC and all):
+     * a read-back does not check them again. 0 for a segment trusted from the clean-shutdown
+     * record (then every record is checked when read back) and for one written by this
+     * process. */
+    uint64_t verified;
     sl_index_t index;
 } sl_seg_t;
 
@@ -115,6 +120,12 @@ typedef struct sl_lossless {
     /* The topic's lost ranges (t->losses) as meta records them: losses_gen when meta was
      * last written with them. A publish after a loss waits until meta has it. */
     uint64_t losses_gen;
+    /* The directory may hold a clean-shutdown record (lossless.c, "the clean-shutdown
+     * record"): the first write removes it before it touches a segment. */
+    int marked;
+    /* A read-back found a record that failed its checks: the next start scans, whatever the
+     * shutdown. */
+    int suspect;
 } sl_lossless_t;
 
 /* Acknowledges seq (of epoch) on durable cursor cu of topic t: 0, or the HTTP status of the

@@ -58,6 +58,11 @@ typedef enum {
 /* Decodes the record at buf[0..n). */
 sl_rec_status_t sl_rec_decode(const uint8_t *buf, size_t n, sl_rec_t *rec);
 
+/* The same without the CRC: only for bytes whose records were checked already in this process
+ * (by sl_spill_read, or by a scan of the same bytes). Lengths are still checked, so a buffer
+ * is never read past. */
+sl_rec_status_t sl_rec_decode_trusted(const uint8_t *buf, size_t n, sl_rec_t *rec);
+
 typedef struct sl_idx {
     uint64_t seq, off;
 } sl_idx_t;
@@ -88,14 +93,24 @@ typedef struct sl_scan {
  * file cannot be read. */
 int sl_spill_scan(const char *path, int repair, sl_scan_t *out);
 
+/* Read slack: a read's buffer is max_bytes plus this, so the record that crosses max_bytes
+ * usually fits without a second read. */
+#define SL_READ_SLACK ((size_t)64 << 10)
+
 /* Reads records of the segment at `path` with seq >= from, starting at byte `start` (from the
  * index), not past byte `limit` (the length known to be written), until `max_bytes` of records
- * were collected. The records' bytes are copied to a malloc'ed buffer (*buf, *len); the caller
- * decodes them with sl_rec_decode. *last is the seq of the last record returned. Returns the
- * number of records (0 at the end), or -errno (-ENOENT: the segment was deleted meanwhile;
- * -EBADMSG: a record failed its checks). */
+ * were collected. `into`, when not NULL, is a malloc'ed buffer of max_bytes + SL_READ_SLACK
+ * bytes to read into (the function takes it over: it comes back in *buf, maybe reallocated, or
+ * is freed on failure); NULL: one is allocated. Records that start below byte `trusted` were
+ * checked by a scan in this process and skip their CRC (0: every record is checked). The records'
+ * bytes are copied to a malloc'ed buffer (*buf, *len); the caller decodes them with
+ * sl_rec_decode_trusted (they were checked here). *last is the seq of the last record returned.
+ * Returns the number of records (0 at the end), or -errno (-ENOENT: the segment was deleted
+ * meanwhile; -EBADMSG: a record failed its checks, and *bad_off, when not NULL, is its offset in
+ * the file). Blocking. */
 int sl_spill_read(const char *path, uint64_t start, uint64_t limit, uint64_t from, size_t max_bytes,
-                  uint8_t **buf, size_t *len, uint64_t *last);
+                  uint64_t trusted, uint8_t *into, uint8_t **buf, size_t *len, uint64_t *last,
+                  uint64_t *bad_off);
 
 /* Appends `n` encoded bytes at offset `off` of the open segment `fd`; fsyncs when asked.
  * Returns 0 or -errno. */

@@ -801,11 +801,10 @@ def test_corrupt_record_in_older_segment_gap_for_readers(sluice_factory):
     lost_from, lost_to = k, in_victim[-1]   # the segment is truncated at the corrupt record
 
     srv = restart(sluice_factory, srv)
-    errs = problem_lines(srv.logs(), "error")
-    print(f"corrupted message {k} in {victim.name} (holding {in_victim[0]}..{in_victim[-1]}); "
-          "log:", *errs, sep="\n  ")
-    assert errs, f"the corrupt record was not logged as an error:\n{srv.logs()[-3000:]}"
-    assert srv.metrics().v("sluice_spill_corrupt_total") >= 1
+    # The file's size did not change, so the clean-shutdown record is trusted and the start
+    # does not read the records: the damage is found when they are read back (CRC checked
+    # then, since no scan checked them), and the reader gets the gap a scan would have made.
+    assert "start=clean" in srv.logs(), srv.logs()[-3000:]
 
     for path in (f"/topics/{t}?from=oldest", f"/topics/{t}?durable=dc"):
         sub = sse_open(srv, path)
@@ -823,6 +822,77 @@ def test_corrupt_record_in_older_segment_gap_for_readers(sluice_factory):
         assert [(e["id"], e["data"]) for e in msgs] == \
             [(ids[i], payload(i, DMG_MSG)) for i in want], f"{path}: intact messages differ"
         assert got.index(gaps[0]) == lost_from, "the gap is not where the lost range is"
+    errs = problem_lines(srv.logs(), "error")
+    print(f"corrupted message {k} in {victim.name} (holding {in_victim[0]}..{in_victim[-1]}); "
+          "log:", *errs, sep="\n  ")
+    assert errs, f"the corrupt record was not logged as an error:\n{srv.logs()[-3000:]}"
+    assert srv.metrics().v("sluice_spill_corrupt_total") >= 1
+    # A log found damaged is not trusted again: the next start scans, and cuts the segment
+    # at the corrupt record, so readers get the same gap from the scan.
+    srv = restart(sluice_factory, srv)
+    assert "start=scan" in srv.logs(), srv.logs()[-3000:]
+    assert problem_lines(srv.logs(), "error"), srv.logs()[-3000:]
+    sub = sse_open(srv, f"/topics/{t}?from=oldest")
+    got = read_until_seq(sub, parse_id(ids[-1])[1], timeout=20)
+    sub.close()
+    gaps = [json.loads(e["data"]) for e in got if e["event"] == "sluice.gap"]
+    assert [(g["from"], g["to"]) for g in gaps] == [(ids[lost_from], ids[lost_to])], gaps
+
+
+def test_clean_shutdown_start_trusts_its_record_and_a_crash_scans(sluice_factory):
+    """A clean exit leaves a record of each log's segments (`clean`), and the next start takes
+    the segments from it instead of reading every record; the first write removes it, so a
+    kill -9 after that scans (and finds a torn tail). A damaged record is not trusted."""
+    srv = start(sluice_factory, topics=DMG_TOPICS)
+    t = "ll-clean"
+    n = 100                                                      # 1.6 MiB: 2 segments
+    ids = srv.publish_batch(t, [payload(i, DMG_MSG) for i in range(n)])
+    srv = restart(sluice_factory, srv)
+    d = topic_dir(srv, t)
+    assert (d / "clean").exists(), sorted(p.name for p in d.iterdir())
+    assert "start=clean" in srv.logs(), srv.logs()[-3000:]
+    sub = sse_open(srv, f"/topics/{t}?from=oldest")
+    got = read_until_seq(sub, parse_id(ids[-1])[1])
+    sub.close()
+    assert [(e["id"], e["data"]) for e in got] == [(ids[i], payload(i, DMG_MSG)) for i in range(n)]
+
+    # A kill -9 before any write leaves the files as the record says: still trusted.
+    srv = restart(sluice_factory, srv, sig=signal.SIGKILL)
+    assert "start=clean" in srv.logs(), srv.logs()[-3000:]
+    # The first write removes the record before it writes a segment.
+    more = srv.publish_batch(t, [payload(i, DMG_MSG) for i in range(n, n + 20)])
+    wait_until(lambda: not (d / "clean").exists(), 10, msg="the record's removal by a write")
+    # kill -9, and a torn tail: the start must scan, cut it and say so.
+    srv = restart(sluice_factory, srv, sig=signal.SIGKILL)
+    assert "start=scan" in srv.logs(), srv.logs()[-3000:]
+    stop(srv, signal.SIGKILL)
+    last = segment_files(d)[-1]
+    os.truncate(last, last.stat().st_size - DMG_MSG // 2)
+    srv = restart(sluice_factory, srv)
+    logs = srv.logs()
+    assert "start=scan" in logs and problem_lines(logs), logs[-3000:]
+    sub = sse_open(srv, f"/topics/{t}?from=oldest")
+    got = read_until_seq(sub, parse_id(more[-2])[1])
+    sub.close()
+    want = ids + more[:-1]
+    assert [e["id"] for e in got if e["event"] is None] == want
+
+    # A record whose bytes were changed is not trusted (its sum fails): the start scans.
+    srv = restart(sluice_factory, srv)
+    assert "start=clean" in srv.logs(), srv.logs()[-3000:]
+    stop(srv)
+    rec = bytearray((d / "clean").read_bytes())
+    i = rec.index(b"seg ") + 4
+    rec[i] = ord("9") if rec[i] != ord("9") else ord("8")
+    (d / "clean").write_bytes(bytes(rec))
+    srv = restart(sluice_factory, srv)
+    logs = srv.logs()
+    assert "start=scan" in logs and "clean-shutdown record damaged" in logs, logs[-3000:]
+    sub = sse_open(srv, f"/topics/{t}?from=oldest")
+    got = read_until_seq(sub, parse_id(more[-2])[1])
+    sub.close()
+    assert [e["id"] for e in got if e["event"] is None] == want
+    stop(srv)
 
 
 # =============================================================================================

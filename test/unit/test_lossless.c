@@ -597,6 +597,143 @@ static void test_read_bytes(void **state)
     assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
 }
 
+/* Re-signs a clean-shutdown record whose body was edited, so that only its consistency checks
+ * can refuse it. */
+static void clean_resign(char *buf, size_t *len)
+{
+    size_t body = *len - CLEAN_SUM_LEN;
+    snprintf(buf + body, CLEAN_SUM_LEN + 1, "sum %08" PRIx32 "\n", sl_crc32c(0, buf, body));
+}
+
+/* The clean-shutdown record: what is written parses back to the same segments and indexes;
+ * any changed byte, a cut, and edits that keep the sum right but break an invariant (offsets
+ * out of order, an index past the length, an empty segment with entries) are refused. */
+static void test_clean_record(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 0);
+    sl_lossless_t *ll = t->ll;
+    ll->segs[0].len = 300000;
+    ll->segs[0].last = 120;
+    for (uint64_t k = 0; k < 5; k++)
+        sl_index_add(&ll->segs[0].index, 1 + k * 25, k * 65600);
+    seg_add(ll, 121); /* an empty segment with a file */
+    seg_add(ll, 121); /* and one without (left out) */
+    uint8_t has_file[3] = {1, 1, 0};
+    size_t len;
+    char *text = clean_format(ll, has_file, &len);
+    clean_seg_t *v;
+    size_t nv;
+    assert_int_equal(clean_parse(text, len, &v, &nv), 0);
+    assert_int_equal(nv, 2);
+    assert_int_equal(v[0].base, 1);
+    assert_int_equal(v[0].len, 300000);
+    assert_int_equal(v[0].last, 120);
+    assert_int_equal(v[0].index.n, 5);
+    assert_int_equal(v[0].index.v[4].seq, 101);
+    assert_int_equal(v[0].index.v[4].off, 4 * 65600);
+    assert_int_equal(v[1].base, 121);
+    assert_int_equal(v[1].len, 0);
+    assert_int_equal(v[1].last, 120);
+    assert_int_equal(v[1].index.n, 0);
+    clean_segs_free(v, nv);
+    /* Every byte matters (the sum or the syntax), and so does every length. */
+    char *bad = malloc(len + 1);
+    for (size_t i = 0; i < len; i++) {
+        memcpy(bad, text, len);
+        bad[i] ^= 0x01;
+        assert_int_not_equal(clean_parse(bad, len, &v, &nv), 0);
+    }
+    for (size_t n = 0; n < len; n++)
+        assert_int_not_equal(clean_parse(text, n, &v, &nv), 0);
+    /* Signed, but inconsistent. */
+    static const struct {
+        const char *from, *to;
+    } edits[] = {
+        {"seg 1 300000 120 5\n", "seg 1 300000 120 6\n"}, /* more entries than lines */
+        {"seg 1 300000 120 5\n", "seg 1 200000 120 5\n"}, /* index past the length */
+        {"seg 1 300000 120 5\n", "seg 1 300000 100 5\n"}, /* index past the last seq */
+        {"seg 121 0 120 0\n", "seg 121 0 121 0\n"},       /* empty, yet a last seq */
+        {"seg 121 0 120 0\n", "seg 1 0 0 0\n"},           /* bases not ascending */
+        {"\n26 65600\n", "\n26 0\n"},                     /* offsets not ascending */
+        {"\n26 65600\n", "\n1 65600\n"},                  /* seqs not ascending */
+        {"1 0\n26", "2 10\n26"},                          /* the first record not at 0 */
+    };
+    for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+        char *at = strstr(text, edits[e].from);
+        assert_non_null(at);
+        size_t fl = strlen(edits[e].from), tl = strlen(edits[e].to);
+        char *ed = malloc(len + tl + 16);
+        size_t pre = (size_t)(at - text);
+        memcpy(ed, text, pre);
+        memcpy(ed + pre, edits[e].to, tl);
+        memcpy(ed + pre + tl, at + fl, len - pre - fl);
+        size_t el = len - fl + tl;
+        clean_resign(ed, &el);
+        assert_int_not_equal(clean_parse(ed, el, &v, &nv), 0);
+        free(ed);
+    }
+    /* The unedited text re-signed the same way still parses (the helper is right). */
+    memcpy(bad, text, len);
+    clean_resign(bad, &len);
+    assert_int_equal(clean_parse(bad, len, &v, &nv), 0);
+    clean_segs_free(v, nv);
+    free(bad);
+    free(text);
+    drop_topic(t);
+}
+
+/* The pool of read buffers: a freed block's buffer of at least 1 MiB is kept, charged to the
+ * budget, and handed to the next read of that size with its charge released; one size at a
+ * time, at most RBUF_POOL, nothing kept with the budget a quarter full or after the last log. */
+static void test_read_buffer_pool(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 0); /* a log: the pool is open */
+    size_t size = (4u << 20) + SL_READ_SLACK;
+    uint64_t used = sl_budget.used;
+    assert_null(rbuf_get(size));
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(size));
+    assert_null(rbuf_get(size / 2)); /* another size */
+    void *b = rbuf_get(size);
+    assert_non_null(b);
+    assert_int_equal(sl_budget.used, used);
+    /* Through a block, as a read-back frees it. */
+    sl_msg_block_t *blk = sl_msg_block_new(b, size, 1);
+    blk->release = rbuf_put;
+    sl_msg_block_free(blk);
+    assert_int_equal(rbuf.n, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(size));
+    rbuf_put(malloc(size / 2), size / 2); /* not the size kept: freed */
+    rbuf_put(malloc(65536), 65536);       /* small: freed */
+    assert_int_equal(rbuf.n, 1);
+    for (int i = 0; i < RBUF_POOL + 2; i++)
+        rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, RBUF_POOL);
+    assert_int_equal(sl_budget.used, used + RBUF_POOL * sl_budget_size(size));
+    rbuf_drain();
+    assert_int_equal(rbuf.n, 0);
+    assert_int_equal(sl_budget.used, used);
+    /* A quarter of the budget in use: nothing kept. */
+    size_t big = (size_t)(sl_budget.limit / 4);
+    sl_budget_charge(big);
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 0);
+    sl_budget_release(big);
+    /* The last log freed: the pool is emptied and keeps nothing more. */
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 1);
+    /* (dropping the topic releases its own charges too) */
+    uint64_t before = sl_budget.used;
+    drop_topic(t);
+    assert_int_equal(rbuf.n, 0);
+    assert_true(sl_budget.used <= before - sl_budget_size(size));
+    rbuf_put(malloc(size), size);
+    assert_int_equal(rbuf.n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -611,6 +748,8 @@ int main(void)
         cmocka_unit_test(test_read_next_untaken),
         cmocka_unit_test(test_msg_block),
         cmocka_unit_test(test_read_bytes),
+        cmocka_unit_test(test_clean_record),
+        cmocka_unit_test(test_read_buffer_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

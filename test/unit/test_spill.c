@@ -146,8 +146,8 @@ static void test_scan_and_repair(void **state)
     uint8_t *buf;
     size_t len;
     uint64_t last = 0;
-    int n = sl_spill_read(path, sl_index_find(&sc.index, 250), sc.valid_len, 250, 20 * 1030, &buf,
-                          &len, &last);
+    int n = sl_spill_read(path, sl_index_find(&sc.index, 250), sc.valid_len, 250, 20 * 1030, 0,
+                          NULL, &buf, &len, &last, NULL);
     assert_true(n >= 19);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
@@ -194,7 +194,7 @@ static void test_scan_and_repair(void **state)
     assert_int_equal(sc.valid_len, offs[100]);
     free(sc.index.v);
     /* A read that meets the damage returns what came before it. */
-    n = sl_spill_read(path, 0, offs[300], 190, 1u << 20, &buf, &len, &last);
+    n = sl_spill_read(path, 0, offs[300], 190, 1u << 20, 0, NULL, &buf, &len, &last, NULL);
     assert_int_equal(n, 10);
     assert_int_equal(last, 199);
     free(buf);
@@ -205,8 +205,9 @@ static void test_scan_and_repair(void **state)
     free(sc.index.v);
 
     /* A missing file. */
-    assert_int_equal(sl_spill_read("/nonexistent/x.seg", 0, 10, 1, 100, &buf, &len, &last),
-                     -ENOENT);
+    assert_int_equal(
+        sl_spill_read("/nonexistent/x.seg", 0, 10, 1, 100, 0, NULL, &buf, &len, &last, NULL),
+        -ENOENT);
     free(offs);
     unlink(path);
     rmdir(dir);
@@ -245,8 +246,8 @@ static void test_holes(void **state)
     uint8_t *rb;
     size_t len;
     uint64_t last = 0;
-    int n = sl_spill_read(path, sl_index_find(&sc.index, 7), sc.valid_len, 7, 1u << 20, &rb, &len,
-                          &last);
+    int n = sl_spill_read(path, sl_index_find(&sc.index, 7), sc.valid_len, 7, 1u << 20, 0, NULL,
+                          &rb, &len, &last, NULL);
     assert_int_equal(n, 3);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(rb, len, &r), SL_REC_OK);
@@ -283,7 +284,8 @@ static void test_large_record(void **state)
     uint8_t *buf;
     size_t len;
     uint64_t last;
-    assert_int_equal(sl_spill_read(path, 0, sc.valid_len, 1, 1024, &buf, &len, &last), 1);
+    assert_int_equal(
+        sl_spill_read(path, 0, sc.valid_len, 1, 1024, 0, NULL, &buf, &len, &last, NULL), 1);
     sl_rec_t r;
     assert_int_equal(sl_rec_decode(buf, len, &r), SL_REC_OK);
     assert_int_equal(r.payload_len, big);
@@ -316,7 +318,8 @@ static void test_read_cases(void **state)
                 uint8_t *buf;
                 size_t len;
                 uint64_t last = 0;
-                int n = sl_spill_read(path, starts[si], end, from, maxes[mi], &buf, &len, &last);
+                int n = sl_spill_read(path, starts[si], end, from, maxes[mi], 0, NULL, &buf, &len,
+                                      &last, NULL);
                 size_t want_n = 0, want_len = 0;
                 for (uint64_t q = from; q <= 600 && want_len < maxes[mi]; q++) {
                     want_len += (size_t)(offs[q] - offs[q - 1]);
@@ -340,13 +343,103 @@ static void test_read_cases(void **state)
     uint8_t *buf;
     size_t len;
     uint64_t last = 0;
-    assert_int_equal(sl_spill_read(path, 0, offs[10] + 100, 1, 1u << 20, &buf, &len, &last), 10);
+    assert_int_equal(
+        sl_spill_read(path, 0, offs[10] + 100, 1, 1u << 20, 0, NULL, &buf, &len, &last, NULL), 10);
     assert_int_equal(last, 10);
     free(buf);
-    assert_int_equal(sl_spill_read(path, offs[10], offs[10] + 100, 11, 1u << 20, &buf, &len, &last),
+    assert_int_equal(sl_spill_read(path, offs[10], offs[10] + 100, 11, 1u << 20, 0, NULL, &buf,
+                                   &len, &last, NULL),
                      -EBADMSG);
     /* A limit past the end of the file. */
-    assert_int_equal(sl_spill_read(path, offs[599], end + 10, 600, 1u << 20, &buf, &len, &last), 1);
+    assert_int_equal(
+        sl_spill_read(path, offs[599], end + 10, 600, 1u << 20, 0, NULL, &buf, &len, &last, NULL),
+        1);
+    free(buf);
+    free(offs);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Flips one payload byte of the record at `off` (its CRC no longer matches). */
+static void damage_at(const char *path, uint64_t off)
+{
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t b;
+    off_t at = (off_t)(off + SL_REC_HDR + SL_REC_FIXED + 3);
+    assert_int_equal(pread(fd, &b, 1, at), 1);
+    b ^= 0x40;
+    assert_int_equal(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+}
+
+/* A read skips the CRC of records below `trusted` (checked by this process's scan) and checks
+ * every other one; a failed check reports the offset of the record that failed it, and the
+ * records before it come back. */
+static void test_read_trusted(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-spill-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    sl_spill_seg_path(path, sizeof(path), dir, 1);
+    uint64_t *offs = write_segment(path, 1, 100, 300); /* offs[i]: record 1 + i */
+    uint64_t end = offs[100];
+    damage_at(path, offs[49]); /* record 50 */
+    uint8_t *buf;
+    size_t len;
+    uint64_t last = 0, bad = 0;
+    /* Nothing trusted: records 1..49, then the failure at record 50. */
+    assert_int_equal(sl_spill_read(path, 0, end, 1, 1u << 20, 0, NULL, &buf, &len, &last, &bad),
+                     49);
+    assert_int_equal(last, 49);
+    assert_int_equal(bad, offs[49]);
+    free(buf);
+    bad = 0;
+    assert_int_equal(
+        sl_spill_read(path, offs[49], end, 50, 1u << 20, 0, NULL, &buf, &len, &last, &bad),
+        -EBADMSG);
+    assert_int_equal(bad, offs[49]);
+    /* Trusted up to record 50's start: it is still checked. */
+    assert_int_equal(
+        sl_spill_read(path, offs[49], end, 50, 1u << 20, offs[49], NULL, &buf, &len, &last, &bad),
+        -EBADMSG);
+    /* Trusted past it: not checked, all 100 come back, and decode without their CRC. */
+    assert_int_equal(
+        sl_spill_read(path, 0, end, 1, 1u << 20, offs[50], NULL, &buf, &len, &last, NULL), 100);
+    assert_int_equal(last, 100);
+    size_t pos = 0;
+    for (uint64_t q = 1; pos < len; q++) {
+        sl_rec_t r;
+        assert_int_equal(sl_rec_decode_trusted(buf + pos, len - pos, &r), SL_REC_OK);
+        assert_int_equal(r.seq, q);
+        if (q == 50)
+            assert_int_equal(sl_rec_decode(buf + pos, len - pos, &r), SL_REC_CORRUPT);
+        pos += r.size;
+    }
+    assert_int_equal(pos, end);
+    /* A buffer given to read into is used (and returned), or freed on failure (the sanitizer
+     * build would report it leaked). */
+    uint8_t *into = malloc(4096 + SL_READ_SLACK);
+    uint8_t *got;
+    int n = sl_spill_read(path, 0, end, 1, 4096, 0, into, &got, &len, &last, NULL);
+    assert_true(n > 1);
+    assert_ptr_equal(got, into);
+    assert_int_equal(last, n);
+    assert_int_equal(len, offs[n]);
+    free(got);
+    into = malloc(4096 + SL_READ_SLACK);
+    assert_int_equal(
+        sl_spill_read("/nonexistent/x.seg", 0, end, 1, 4096, 0, into, &got, &len, &last, NULL),
+        -ENOENT);
+    assert_null(got);
+    into = malloc(4096 + SL_READ_SLACK);
+    assert_int_equal(sl_spill_read(path, offs[49], end, 50, 4096, 0, into, &got, &len, &last, NULL),
+                     -EBADMSG);
+    assert_null(got);
+    /* Lengths are checked even so: a trusted decode never reads past its buffer. */
+    sl_rec_t r;
+    assert_int_equal(sl_rec_decode_trusted(buf, offs[1] - 1, &r), SL_REC_SHORT);
     free(buf);
     free(offs);
     unlink(path);
@@ -356,13 +449,10 @@ static void test_read_cases(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_cases),
-        cmocka_unit_test(test_crc32c),
-        cmocka_unit_test(test_record_roundtrip),
-        cmocka_unit_test(test_index),
-        cmocka_unit_test(test_scan_and_repair),
-        cmocka_unit_test(test_large_record),
-        cmocka_unit_test(test_holes),
+        cmocka_unit_test(test_read_cases),   cmocka_unit_test(test_read_trusted),
+        cmocka_unit_test(test_crc32c),       cmocka_unit_test(test_record_roundtrip),
+        cmocka_unit_test(test_index),        cmocka_unit_test(test_scan_and_repair),
+        cmocka_unit_test(test_large_record), cmocka_unit_test(test_holes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
