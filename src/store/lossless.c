@@ -1084,6 +1084,22 @@ static void clean_write(sl_lossless_t *ll)
     free(has_file);
 }
 
+/* Reads n bytes from the start of fd into buf; returns how many it got (short on an error or
+ * an early end of file). */
+static size_t read_whole(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
 /* The clean-shutdown record of dir, when it matches the segment files found (bases[0..nb),
  * ascending) exactly: 0 and one clean_seg_t a base (*out, freed with clean_segs_free). Else
  * -1, and a record that exists is removed (the start scans). Start-up only. */
@@ -1104,16 +1120,9 @@ static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_s
         why = "size";
         goto out_bad;
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    size_t n = (size_t)st.st_size;
     buf = sl_malloc(n);
-    while (got < n) {
-        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
+    size_t got = read_whole(fd, buf, n);
     if (got != n || clean_parse(buf, n, &v, &nv) != 0) {
         why = "damaged";
         goto out_bad;
@@ -2062,16 +2071,9 @@ static void read_cursors(sl_topic_t *t)
         close(fd);
         return;
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    size_t n = (size_t)st.st_size;
     char *buf = sl_malloc(n + 1);
-    while (got < n) {
-        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
+    size_t got = read_whole(fd, buf, n);
     close(fd);
     ckpt_view_t v;
     int kind = ckpt_file_parse(buf, got, &v);
