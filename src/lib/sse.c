@@ -15,26 +15,25 @@ int sl_sse_needs_split(const char *payload, size_t len)
     return memchr(payload, '\n', len) != NULL || memchr(payload, '\r', len) != NULL;
 }
 
-/* The index of the first CR or LF in p[0..n), or n. memchr goes many bytes a step; payloads
- * mostly hold no line break at all. */
-static size_t next_break(const char *p, size_t n)
+/* The index of the first `c` in p[from..n), or n. */
+static size_t next_of(const char *p, size_t from, size_t n, char c)
 {
-    if (n == 0)
-        return 0;
-    const char *lf = memchr(p, '\n', n);
-    const char *cr = memchr(p, '\r', lf != NULL ? (size_t)(lf - p) : n);
-    if (cr != NULL)
-        return (size_t)(cr - p);
-    return lf != NULL ? (size_t)(lf - p) : n;
+    const char *q = from < n ? memchr(p + from, c, n - from) : NULL;
+    return q != NULL ? (size_t)(q - p) : n;
 }
 
 /* Runs BODY with `ls` and `ln` set to each line of the payload, split at CR, LF or CRLF. A
- * payload always has at least one (possibly empty) line. */
+ * payload always has at least one (possibly empty) line. memchr goes many bytes a step, and
+ * payloads mostly hold no line break at all. The next LF is found once and kept until a line
+ * passes it, and a CR is looked for only before it: each byte is scanned at most twice, so a
+ * payload of many CRs (or many LFs) costs no more than one without. */
 #define EACH_LINE(payload, len, BODY)                                                              \
     do {                                                                                           \
-        size_t s_ = 0;                                                                             \
+        size_t s_ = 0, lf_ = next_of((payload), 0, (len), '\n');                                   \
         for (;;) {                                                                                 \
-            size_t i_ = s_ + next_break((payload) + s_, (len)-s_);                                 \
+            if (lf_ < s_)                                                                          \
+                lf_ = next_of((payload), s_, (len), '\n');                                         \
+            size_t i_ = next_of((payload), s_, lf_, '\r');                                         \
             const char *ls = (payload) + s_;                                                       \
             size_t ln = i_ - s_;                                                                   \
             BODY;                                                                                  \
