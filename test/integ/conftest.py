@@ -169,7 +169,7 @@ def _check_crash(srv):
 @pytest.fixture
 def sluice_factory(tmp_path):
     """start(server=..., limits=..., topics=..., text=None, args=(), port=None,
-    extra_text=None) -> Sluice.
+    extra_text=None, env=None) -> Sluice (env: variables added to the server's environment).
 
     Writes the config, starts the binary on 127.0.0.1 with a free port, waits for /healthz.
     At teardown every server still running gets SIGTERM (SIGKILL after a grace period); the
@@ -179,7 +179,7 @@ def sluice_factory(tmp_path):
     servers = []
 
     def start(server=None, limits=None, topics=None, text=None, args=(), port=None,
-              listen_arg=False, extra_text=None):
+              listen_arg=False, extra_text=None, env=None):
         n = len(servers)
         workdir = tmp_path / f"srv{n}"
         workdir.mkdir()
@@ -196,7 +196,7 @@ def sluice_factory(tmp_path):
             cfg_path.write_text(cfg_text)
             stderr_path = workdir / "stderr.log"
             argv = ["--listen", f"127.0.0.1:{p}"] if listen_arg else []
-            proc = spawn(cfg_path, stderr_path, args=argv + list(args), cwd=workdir)
+            proc = spawn(cfg_path, stderr_path, args=argv + list(args), cwd=workdir, env=env)
             drain = _duration_s(srv_conf.get("shutdown_drain", "5s"))
             srv = Sluice(proc, p, workdir, cfg_path, stderr_path, drain)
             servers.append(srv)

@@ -41,12 +41,15 @@ def render_config(server=None, limits=None, topics=None):
     return "\n".join(out) + "\n"
 
 
-def spawn(config_path, log_path, binary=SLUICE_BIN, args=(), cwd=None):
+def spawn(config_path, log_path, binary=SLUICE_BIN, args=(), cwd=None, env=None):
     """Starts `binary --config config_path [args…]` with stdin closed and stdout and stderr both
-    written to `log_path`. Returns the Popen; the caller stops it."""
+    written to `log_path`, with `env` (a dict) added to the environment. Returns the Popen; the
+    caller stops it."""
+    full = dict(os.environ, **env) if env else None
     with open(log_path, "wb") as log:
         return subprocess.Popen([str(binary), "--config", str(config_path)] + list(args),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd,
+                                env=full)
 
 
 def wait_listening(port, proc, timeout=10.0):
