@@ -66,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -213,7 +214,12 @@ class Sluice:
     def stop(self):
         self.c.close()
         self.p.send_signal(signal.SIGTERM)
-        self.p.wait(30)
+        # A blocking wait sees the exit at once (Popen.wait with a timeout polls, up to 50 ms
+        # late, which the file sink's start-to-exit time counted); a timer bounds it.
+        guard = threading.Timer(30, self.p.kill)
+        guard.start()
+        self.p.wait()
+        guard.cancel()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -229,7 +235,9 @@ def backlog(binary, data, topics, per_topic, payload):
         left = per_topic
         while left > 0:
             k = min(chunk, left)
-            st, _, _ = s.c.request("POST", f"/topics/{t}", line * k,
+            # ?wait: a topic whose unwritten bytes pass its share waits for the disk (a slow
+            # device pushes back, 429 without it) rather than failing the run
+            st, _, _ = s.c.request("POST", f"/topics/{t}?wait=30s", line * k,
                                    "Content-Type: application/x-ndjson\r\n")
             assert st == 202, st
             left -= k

@@ -64,9 +64,12 @@ static void save_cursors(sl_lossless_t *ll);
  * drained 260 MB). Queued straight to the pool, eight topics' saves and deletes took every
  * thread at once, and the log's reads and writes and the file sinks' jobs, which need the
  * pool to make progress, waited behind them with the CPUs idle. Neither kind is urgent: a
- * save coalesces what was acknowledged meanwhile (cursors_dirty), and a delete only frees
- * disk space. Invariant: a job waits in the lane only while LANE_MAX run, so the completion
- * of one of them always starts it, and the loop cannot end with a job left waiting. */
+ * save carries what was acknowledged while it waited (cursors_dirty), and a delete only frees
+ * space. Deletes go before saves (they are rarer, and a delete left for the end of a drain
+ * makes the shutdown wait for its discard); they never overtake the save that allows them,
+ * since only saved checkpoints let a segment go (sl_cursor_t.saved). Invariant: a job waits in
+ * the lane only while LANE_MAX run, so the completion of one of them always starts it, and the
+ * loop cannot end with a job left waiting. */
 #define LANE_MAX 2
 
 typedef struct lane_job {
@@ -77,16 +80,19 @@ typedef struct lane_job {
 } lane_job_t;
 
 static struct {
-    sl_list_t waiting;
+    sl_list_t deletes, saves;
     unsigned running;
-} lane = {{&lane.waiting, &lane.waiting}, 0};
+} lane = {{&lane.deletes, &lane.deletes}, {&lane.saves, &lane.saves}, 0};
 
 static void lane_after(uv_work_t *req, int status);
 
 static void lane_run(void)
 {
-    while (lane.running < LANE_MAX && !sl_list_empty(&lane.waiting)) {
-        lane_job_t *lj = sl_container_of(lane.waiting.next, lane_job_t, link);
+    while (lane.running < LANE_MAX) {
+        sl_list_t *q = !sl_list_empty(&lane.deletes) ? &lane.deletes : &lane.saves;
+        if (sl_list_empty(q))
+            return;
+        lane_job_t *lj = sl_container_of(q->next, lane_job_t, link);
         sl_list_remove(&lj->link);
         lane.running++;
         int rc = uv_queue_work(ll_loop, &lj->req, lj->work, lane_after);
@@ -105,12 +111,13 @@ static void lane_after(uv_work_t *req, int status)
     lane_run();
 }
 
-/* Runs work(&lj->req) on the pool when the lane has room, then done on the loop. */
-static void lane_queue(lane_job_t *lj, uv_work_cb work, uv_after_work_cb done)
+/* Runs work(&lj->req) on the pool when the lane has room (deletes first), then done on the
+ * loop. */
+static void lane_queue(lane_job_t *lj, int is_delete, uv_work_cb work, uv_after_work_cb done)
 {
     lj->work = work;
     lj->done = done;
-    sl_list_insert_tail(&lane.waiting, &lj->link);
+    sl_list_insert_tail(is_delete ? &lane.deletes : &lane.saves, &lj->link);
     lane_run();
 }
 
@@ -461,8 +468,9 @@ static uint64_t min_checkpoint(const sl_lossless_t *ll, int *any, int holding)
         const sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
         if (holding && c->yields)
             continue;
-        if (c->checkpoint < m)
-            m = c->checkpoint;
+        uint64_t ck = c->has_saved ? c->saved : c->checkpoint;
+        if (ck < m)
+            m = ck;
         *any = 1;
     }
     return m;
@@ -543,7 +551,7 @@ static void unlink_later(const char *path)
     size_t n = strlen(path) + 1;
     unlink_job_t *j = sl_malloc(sizeof(*j) + n);
     memcpy(j->path, path, n);
-    lane_queue(&j->lj, unlink_work, unlink_done);
+    lane_queue(&j->lj, 1, unlink_work, unlink_done);
 }
 
 /* Deletes segments nobody needs: all of them below every cursor's checkpoint (when there are
@@ -823,10 +831,17 @@ static char *cursors_text(const sl_lossless_t *ll, size_t *len)
 }
 
 /* Fills j (text, slot, generation, mode) from ll's cursors and what is known of its file. */
-static void ckpt_plan(const sl_lossless_t *ll, cursor_job_t *j)
+static void ckpt_plan(sl_lossless_t *ll, cursor_job_t *j)
 {
     j->text = cursors_text(ll, &j->len);
     j->gen = ll->ckpt_gen + 1;
+    sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        c->plan_ckpt = c->checkpoint;
+        c->plan_gen = j->gen;
+    }
     if (ll->ckpt_size != 0 && CKPT_HDR_LEN + j->len <= ll->ckpt_size) {
         j->in_place = 1;
         j->size = ll->ckpt_size;
@@ -888,6 +903,16 @@ static void ckpt_learn(sl_lossless_t *ll, const cursor_job_t *j)
     }
     ll->ckpt_size = j->size;
     ll->ckpt_slot = j->slot;
+    /* What the file now holds for the cursors the save included (see sl_cursor_t.saved). */
+    sl_list_t *it;
+    sl_list_each(it, &ll->cursors)
+    {
+        sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
+        if (c->plan_gen == j->gen) {
+            c->saved = c->plan_ckpt;
+            c->has_saved = 1;
+        }
+    }
 }
 
 static void cursor_work(uv_work_t *req)
@@ -906,6 +931,7 @@ static void cursor_done(uv_work_t *req, int status)
     sl_lossless_t *ll = j->ll;
     if (ll != NULL)
         ckpt_learn(ll, j);
+    int rc = j->rc;
     free(j->text);
     free(j->dir);
     free(j);
@@ -914,6 +940,8 @@ static void cursor_done(uv_work_t *req, int status)
     ll->cursors_busy = 0;
     if (ll->cursors_dirty)
         save_cursors(ll);
+    if (rc == 0)
+        ll_update(ll); /* segments the saved checkpoints passed may go now */
 }
 
 static void save_cursors(sl_lossless_t *ll)
@@ -930,7 +958,7 @@ static void save_cursors(sl_lossless_t *ll)
     j->ll = ll;
     j->dir = sl_strdup(ll->dir);
     ckpt_plan(ll, j);
-    lane_queue(&j->lj, cursor_work, cursor_done);
+    lane_queue(&j->lj, 0, cursor_work, cursor_done);
 }
 
 /* The same save, synchronously (shutdown: the loop has ended). */
@@ -2185,6 +2213,8 @@ static void read_cursors(sl_topic_t *t)
         }
         sl_cursor_t *c = sl_ll_cursor(t, name, strlen(name), 1);
         c->checkpoint = ck > t->head_seq ? t->head_seq : ck;
+        c->saved = c->checkpoint;
+        c->has_saved = 1;
         memcpy(c->owner, owner, strlen(owner) + 1);
     }
     free(buf);
@@ -2398,6 +2428,9 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     ll->written_seq = ll->durable_seq = head;
     update_floor(ll);
     read_cursors(t);
+    /* What the cursors had passed and a crash left on disk (deletes come after the cursor
+     * file is saved) goes now: an idle topic would otherwise keep it until its next ack. */
+    trim(ll);
     ll->full = compute_full(ll);
     SL_INFO("lossless topic recovered",
             "topic=%s epoch=%s head=%" PRIu64 " segments=%zu"

@@ -37,6 +37,13 @@ typedef struct sl_cursor {
      * is room, but a full quota deletes what only it still needs, and its reader finds a gap.
      * Not saved: whoever uses the cursor sets it. */
     int yields;
+    /* The checkpoint the cursor file holds for it (what a crash comes back to), once a save
+     * that included it has completed: segments are deleted only below it, so a crash never
+     * brings back a checkpoint below the log's floor (a false gap over acknowledged
+     * messages). A cursor no save has included yet would not come back at all: its
+     * checkpoint counts as it is. plan_* is what the save in flight writes. */
+    uint64_t saved, plan_ckpt, plan_gen;
+    int has_saved;
 } sl_cursor_t;
 
 enum { SL_WAIT_ROOM = 1, SL_WAIT_DURABLE = 2 };

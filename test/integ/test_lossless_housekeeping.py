@@ -1,25 +1,29 @@
 """Housekeeping on a slow device (store/lossless.c, "the housekeeping lane"): cursor-file saves
 end in fdatasync and segment deletes in a discard, each as long as the device takes. They
 must not take every thread of the pool, or the log's writes (a publish's 202 waits for its
-write), reads and the file sinks' jobs wait behind them.
+write), reads and the file sinks' jobs wait behind them. A segment is deleted only once the
+cursor file holds a checkpoint past it, so a crash never brings back a cursor whose next
+message is gone; and what a crash left undeleted goes at the next start.
 
-test/tools/slowfs.c, preloaded into the server, makes the cursor files' fdatasync sleep 5 s
-and notes when each slow call starts and ends; the checks compare the order of events, not
-times.
+test/tools/slowfs.c, preloaded into the server, makes the cursor files' fdatasync and the
+segments' unlink sleep 5 s and notes when each slow call starts and ends; the checks compare
+the order of events, not times.
 """
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from conftest import SLUICE_BIN
-from lossless_util import ack_ok, cursors, is_asan, start, stop
+from lossless_util import (ack_ok, cursors, is_asan, restart, segment_files, start, stop,
+                           topic_dir)
 from sluice_client import wait_until
 
 SHIM = Path(os.environ.get("SLUICE_SLOWFS", Path(SLUICE_BIN).parent / "libsluice-slowfs.so"))
-TOPICS = [("ll-*", {"durability": "lossless"})]
-N = 8  # topics whose cursor saves are slow: twice the pool's 4 threads
+N = 8  # topics whose housekeeping is slow: twice the pool's 4 threads
+SMALL_SEGMENTS = [("ll-*", {"durability": "lossless", "segment_bytes": "4KiB"})]
 
 
 def lines(path):
@@ -29,81 +33,131 @@ def lines(path):
         return []
 
 
-def test_slow_cursor_saves_do_not_hold_publishes(sluice_factory, tmp_path):
+@pytest.fixture
+def slowfs(sluice_factory, tmp_path):
+    """(start(topics, only=None) -> server with the library preloaded, the notes directory).
+    Touch <dir>/armed to make the calls slow; only: "cursors" or "seg"."""
     if not SHIM.exists():
         pytest.skip(f"{SHIM} not built")
     if is_asan():
         pytest.skip("a preloaded library cannot come before the sanitizer's runtime")
-    slow = tmp_path / "slowfs"
-    slow.mkdir()
-    env = {"LD_PRELOAD": str(SHIM), "SLOWFS_DIR": str(slow), "SLOWFS_DELAY_MS": "5000",
-           "UV_THREADPOOL_SIZE": "4"}
-    factory = lambda **kw: sluice_factory(env=env, **kw)  # noqa: E731
-    srv = start(factory, topics=TOPICS)
-    names = [f"ll-{i}" for i in range(N)]
+    notes = tmp_path / "slowfs"
+    notes.mkdir()
+
+    def run(topics, only=None):
+        env = {"LD_PRELOAD": str(SHIM), "SLOWFS_DIR": str(notes), "SLOWFS_DELAY_MS": "5000",
+               "UV_THREADPOOL_SIZE": "4"}
+        if only:
+            env["SLOWFS_ONLY"] = only
+        return start(lambda **kw: sluice_factory(env=env, **kw), topics=topics)
+
+    return run, notes
+
+
+def durable_readers(srv, names):
     subs = []
     for t in names:
         sub = srv.sse(f"/topics/{t}?durable=c")  # makes the cursor
         assert sub.status == 200, f"GET {t}: {sub.response}"
         subs.append(sub)
+    return subs
+
+
+def publish_during_slow_calls(srv, notes, what):
+    """A publish made while slow calls run is answered before any of them ends."""
+    wait_until(lambda: len(lines(notes / "started")) >= 1, timeout=10,
+               msg=f"a slow {what} started")
+    r = srv.post("/topics/ll-other", b"while they are slow", timeout=30)
+    done = lines(notes / "done")
+    assert r.status == 202, r
+    assert done == [], (f"the publish was acknowledged only after {len(done)} slow {what}(s) "
+                        f"ended: it waited for a pool thread they held")
+
+
+def settle(srv, notes, subs):
+    (notes / "armed").unlink()
+    wait_until(lambda: len(lines(notes / "done")) == len(lines(notes / "started")), timeout=20,
+               msg="the slow calls ended")
+    for sub in subs:
+        sub.close()
+    stop(srv)
+
+
+def test_slow_cursor_saves_do_not_hold_publishes(slowfs):
+    run, notes = slowfs
+    srv = run([("ll-*", {"durability": "lossless"})])
+    names = [f"ll-{i}" for i in range(N)]
+    subs = durable_readers(srv, names)
+    for t in names:
         ack_ok(srv, t, "c", srv.publish(t, b"first"))
     wait_until(lambda: all(cursors(srv, t)["c"]["checkpoint"] for t in names),
                msg="first checkpoints")
-
-    (slow / "armed").touch()
+    (notes / "armed").touch()
     for t in names:
         ack_ok(srv, t, "c", srv.publish(t, b"second"))
-    # The saves are under way (each sleeping in fdatasync) before the publish below is made.
-    wait_until(lambda: len(lines(slow / "started")) >= 1, timeout=10, msg="a slow save started")
-
-    r = srv.post("/topics/ll-other", b"while the saves are slow", timeout=30)
-    done = lines(slow / "done")
-    assert r.status == 202, r
-    assert done == [], (f"the publish was acknowledged only after {len(done)} slow cursor "
-                        f"save(s) ended: it waited for a pool thread they held")
-    # Every save still happens, in the end, with the newest checkpoint.
-    (slow / "armed").unlink()
-    wait_until(lambda: len(lines(slow / "done")) == len(lines(slow / "started")), timeout=20,
-               msg="the slow saves ended")
-    for sub in subs:
-        sub.close()
-    stop(srv)
+    publish_during_slow_calls(srv, notes, "cursor save")
+    settle(srv, notes, subs)
 
 
-def test_slow_segment_deletes_do_not_hold_publishes(sluice_factory, tmp_path):
-    if not SHIM.exists():
-        pytest.skip(f"{SHIM} not built")
-    if is_asan():
-        pytest.skip("a preloaded library cannot come before the sanitizer's runtime")
-    slow = tmp_path / "slowfs"
-    slow.mkdir()
-    env = {"LD_PRELOAD": str(SHIM), "SLOWFS_DIR": str(slow), "SLOWFS_DELAY_MS": "5000",
-           "UV_THREADPOOL_SIZE": "4"}
-    factory = lambda **kw: sluice_factory(env=env, **kw)  # noqa: E731
-    srv = start(factory, topics=[("ll-*", {"durability": "lossless", "segment_bytes": "4KiB"})])
+def test_slow_segment_deletes_do_not_hold_publishes(slowfs):
+    run, notes = slowfs
+    srv = run(SMALL_SEGMENTS, only="seg")
     names = [f"ll-{i}" for i in range(N)]
-    subs, last = [], {}
+    subs, last = durable_readers(srv, names), {}
     for t in names:
-        sub = srv.sse(f"/topics/{t}?durable=c")
-        assert sub.status == 200, f"GET {t}: {sub.response}"
-        subs.append(sub)
-        for i in range(3):  # a 4 KiB segment each
+        for _ in range(3):  # a 4 KiB segment each
             last[t] = srv.publish(t, b"x" * 3000)
-
-    (slow / "armed").touch()
+    (notes / "armed").touch()
     for t in names:  # every segment passed: deleted
         ack_ok(srv, t, "c", last[t])
-    wait_until(lambda: len(lines(slow / "started")) >= 1, timeout=10,
-               msg="a slow delete started")
+    publish_during_slow_calls(srv, notes, "segment delete")
+    settle(srv, notes, subs)
 
-    r = srv.post("/topics/ll-other", b"while the deletes are slow", timeout=30)
-    done = lines(slow / "done")
-    assert r.status == 202, r
-    assert done == [], (f"the publish was acknowledged only after {len(done)} slow segment "
-                        f"delete(s) ended: it waited for a pool thread they held")
-    (slow / "armed").unlink()
-    wait_until(lambda: len(lines(slow / "done")) == len(lines(slow / "started")), timeout=20,
-               msg="the slow deletes ended")
-    for sub in subs:
-        sub.close()
+
+def test_segments_are_deleted_only_after_the_cursor_file_holds_the_ack(slowfs):
+    run, notes = slowfs
+    srv = run(SMALL_SEGMENTS, only="cursors")
+    t = "ll-0"
+    (sub,) = durable_readers(srv, [t])
+    ids = [srv.publish(t, b"x" * 3000) for _ in range(3)]
+    d = topic_dir(srv, t)
+    before = segment_files(d)
+    assert len(before) >= 3, before
+    (notes / "armed").touch()
+    ack_ok(srv, t, "c", ids[-1])
+    wait_until(lambda: lines(notes / "started"), timeout=10, msg="the slow cursor save started")
+    # While the save is under way a crash would bring back the old checkpoint (none), whose
+    # reader needs every segment: none may be gone yet.
+    still = [p for p in before if p.exists()]
+    assert lines(notes / "done") == [] and still == before, (
+        "segments deleted before the cursor file held the acknowledgement: "
+        f"{[p.name for p in before]} -> {[p.name for p in still]}")
+    (notes / "armed").unlink()
+    wait_until(lambda: lines(notes / "done"), timeout=20, msg="the save ended")
+    wait_until(lambda: len(segment_files(d)) < len(before), timeout=10,
+               msg="the passed segments deleted after the save")
+    sub.close()
     stop(srv)
+
+
+def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factory):
+    run, notes = slowfs
+    srv = run(SMALL_SEGMENTS, only="seg")
+    t = "ll-0"
+    (sub,) = durable_readers(srv, [t])
+    ids = [srv.publish(t, b"x" * 3000) for _ in range(3)]
+    d = topic_dir(srv, t)
+    before = segment_files(d)
+    (notes / "armed").touch()
+    ack_ok(srv, t, "c", ids[-1])
+    wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")
+    sub.close()
+    srv.signal(signal.SIGKILL)  # the deletes had not happened
+    srv.wait_exit(10)
+    assert [p for p in before if p.exists()] == before
+    (notes / "armed").unlink()
+    new = restart(sluice_factory, srv, sig=signal.SIGKILL)
+    assert cursors(new, t)["c"]["checkpoint"] == ids[-1]
+    wait_until(lambda: len(segment_files(d)) < len(before), timeout=10,
+               msg="the segments the cursor had passed deleted at start, with no new ack")
+    stop(new)

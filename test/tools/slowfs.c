@@ -6,7 +6,8 @@
  * file whose path ends in "/cursors" (a lossless topic's cursor file) and unlink of a path
  * ending in ".seg" (a log segment) each sleep SLOWFS_DELAY_MS (default 5000) before doing the
  * call, appending a line to SLOWFS_DIR/started before the sleep and to SLOWFS_DIR/done after
- * the call, so the test can tell what ran before what without reading a clock.
+ * the call, so the test can tell what ran before what without reading a clock. SLOWFS_ONLY
+ * set to "cursors" or "seg" slows only that kind.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -38,9 +39,12 @@ static void note(const char *dir, const char *file, const char *what)
     close(fd);
 }
 
-/* The directory when armed, else NULL. */
-static const char *armed(void)
+/* The directory when armed for this kind of call, else NULL. */
+static const char *armed(const char *kind)
 {
+    const char *only = getenv("SLOWFS_ONLY");
+    if (only != NULL && strcmp(only, kind) != 0)
+        return NULL;
     const char *dir = getenv("SLOWFS_DIR");
     if (dir == NULL)
         return NULL;
@@ -61,7 +65,7 @@ static void pause_ms(void)
 int fdatasync(int fd)
 {
     int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    const char *dir = armed();
+    const char *dir = armed("cursors");
     char link[64], path[PATH_MAX];
     ssize_t n = -1;
     if (dir != NULL) {
@@ -83,7 +87,7 @@ int fdatasync(int fd)
 int unlink(const char *path)
 {
     int (*real)(const char *) = (int (*)(const char *))dlsym(RTLD_NEXT, "unlink");
-    const char *dir = armed();
+    const char *dir = armed("seg");
     if (dir == NULL || !ends_with(path, ".seg"))
         return real(path);
     note(dir, "started", path);
