@@ -76,6 +76,12 @@ void sl_hub_sweep_storage(sl_hub_t *hub, uint64_t now_ms)
         hub->storage->sweep(hub, now_ms);
 }
 
+void sl_hub_shutdown_storage(sl_hub_t *hub)
+{
+    if (hub->storage != NULL && hub->storage->shutdown != NULL)
+        hub->storage->shutdown();
+}
+
 void sl_hub_dispose(sl_hub_t *hub)
 {
     sl_list_t *it, *tmp;

@@ -69,6 +69,8 @@ typedef struct sl_storage {
     int (*recover)(struct sl_hub *hub);
     /* Periodic maintenance (expiries, quotas). */
     void (*sweep)(struct sl_hub *hub, uint64_t now_ms);
+    /* The server is shutting down: work that may wait for the next start is dropped. */
+    void (*shutdown)(void);
 } sl_storage_t;
 
 typedef struct sl_hub {
@@ -111,6 +113,8 @@ int sl_hub_recover(sl_hub_t *hub);
 
 /* The storage's periodic maintenance (every sweep tick). */
 void sl_hub_sweep_storage(sl_hub_t *hub, uint64_t now_ms);
+/* Tells the storage that the server is shutting down. */
+void sl_hub_shutdown_storage(sl_hub_t *hub);
 
 /* Publishes n messages (payloads[i], lens[i]) with optional event type to topic t, all or
  * nothing: the budget is reserved for all of them first (evicting the oldest messages across

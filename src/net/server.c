@@ -353,6 +353,7 @@ void sl_server_shutdown(sl_server_t *srv)
 {
     if (!srv->shutting_down) {
         srv->shutting_down = 1;
+        sl_hub_shutdown_storage(&srv->hub);
         if (srv->on_shutdown != NULL)
             srv->on_shutdown(srv->on_shutdown_arg);
         close_handle((uv_handle_t *)&srv->listener);

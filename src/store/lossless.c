@@ -82,7 +82,8 @@ typedef struct lane_job {
 static struct {
     sl_list_t deletes, saves;
     unsigned running;
-} lane = {{&lane.deletes, &lane.deletes}, {&lane.saves, &lane.saves}, 0};
+    int closing; /* shutting down: deletes are left to the next start (ll_shutdown) */
+} lane = {{&lane.deletes, &lane.deletes}, {&lane.saves, &lane.saves}, 0, 0};
 
 static void lane_after(uv_work_t *req, int status);
 
@@ -535,7 +536,7 @@ static void unlink_done(uv_work_t *req, int status)
 {
     unlink_job_t *j = sl_container_of(req, unlink_job_t, lj.req);
     int err = status < 0 ? -status : j->err;
-    if (err != 0 && err != ENOENT)
+    if (err != 0 && err != ENOENT && status != UV_ECANCELED)
         SL_WARN("segment delete failed", "path=%s error=%s", j->path, strerror(err));
     free(j);
 }
@@ -548,6 +549,8 @@ static void unlink_later(const char *path)
         unlink(path);
         return;
     }
+    if (lane.closing)
+        return; /* the next start deletes it (see ll_shutdown) */
     size_t n = strlen(path) + 1;
     unlink_job_t *j = sl_malloc(sizeof(*j) + n);
     memcpy(j->path, path, n);
@@ -2568,10 +2571,26 @@ static void ll_attach(sl_topic_t *t)
         (void)sl_ll_new(t);
 }
 
+/* At shutdown the deletes not yet started are dropped, and none are queued any more: the
+ * next start deletes whatever the saved checkpoints passed (recover_topic), so the exit does
+ * not wait for discards that free space nobody needs before then (about 20 ms per 32 MB
+ * segment on a disk mounted with `discard`; the time grows with the backlog drained). The
+ * ones running finish; the saves still run. */
+static void ll_shutdown(void)
+{
+    lane.closing = 1;
+    while (!sl_list_empty(&lane.deletes)) {
+        lane_job_t *lj = sl_container_of(lane.deletes.next, lane_job_t, link);
+        sl_list_remove(&lj->link);
+        lj->done(&lj->req, UV_ECANCELED);
+    }
+}
+
 const sl_storage_t sl_ll_storage = {
     .attach = ll_attach,
     .recover = sl_ll_recover,
     .sweep = sl_ll_sweep,
+    .shutdown = ll_shutdown,
 };
 
 int sl_ll_ack_id(sl_topic_t *t, sl_cursor_t *cu, uint64_t epoch, uint64_t seq, const char **err)

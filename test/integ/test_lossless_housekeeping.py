@@ -161,3 +161,30 @@ def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factor
     wait_until(lambda: len(segment_files(d)) < len(before), timeout=10,
                msg="the segments the cursor had passed deleted at start, with no new ack")
     stop(new)
+
+
+def test_shutdown_leaves_queued_deletes_to_the_next_start(slowfs, sluice_factory):
+    run, notes = slowfs
+    srv = run(SMALL_SEGMENTS, only="seg")
+    t = "ll-0"
+    (sub,) = durable_readers(srv, [t])
+    ids = [srv.publish(t, b"x" * 3000) for _ in range(6)]
+    d = topic_dir(srv, t)
+    before = segment_files(d)
+    (notes / "armed").touch()
+    ack_ok(srv, t, "c", ids[-1])  # more passed segments than the lane runs at once
+    wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")
+    sub.close()
+    stop(srv)  # SIGTERM: exit 0, within stop()'s 15 s
+    started = lines(notes / "started")
+    assert len(started) < len(before) - 1, (
+        f"the shutdown ran every queued delete ({len(started)} of {len(before)} segments) "
+        "instead of leaving them to the next start")
+    left = segment_files(d)
+    assert len(left) > 1, left
+    (notes / "armed").unlink()
+    new = restart(sluice_factory, srv)
+    assert cursors(new, t)["c"]["checkpoint"] == ids[-1]
+    wait_until(lambda: len(segment_files(d)) == 1, timeout=10,
+               msg="the passed segments deleted at start")
+    stop(new)
