@@ -146,7 +146,7 @@ sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, con
 sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap)
 {
     sl_msg_block_t *b = sl_malloc(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t));
-    b->live = b->n = 0;
+    b->live = b->n = b->nevents = 0;
     b->cap = cap;
     b->buf = buf;
     b->buf_size = buf_size;
@@ -176,13 +176,15 @@ sl_msg_t *sl_msg_block_add(sl_msg_block_t *b, uint64_t seq, const char *event, s
         m->event = ev;
         m->event_len = (uint16_t)event_len;
         b->charge += sl_budget_size(event_len + 1);
+        b->nevents++;
     }
     return m;
 }
 
 static void block_dispose(sl_msg_block_t *b)
 {
-    for (uint32_t i = 0; i < b->n; i++)
+    /* Only a block with events walks its messages (a 4 MiB block holds about 16,000). */
+    for (uint32_t i = 0; b->nevents > 0 && i < b->n; i++)
         free((char *)b->msgs[i].event);
     if (b->release != NULL)
         b->release(b->buf, b->buf_size);

@@ -52,6 +52,7 @@ typedef struct sl_msg {
 typedef struct sl_msg_block {
     uint32_t live; /* messages not yet freed */
     uint32_t n, cap;
+    uint32_t nevents; /* messages with an event (an allocation each) */
     size_t charge;
     void *buf; /* the records' bytes */
     size_t buf_size;

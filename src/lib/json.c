@@ -1,12 +1,16 @@
 /*
  * JSON output helpers (see json.h). Payloads are mostly runs of bytes that need no escaping,
- * so the escaper tests eight bytes at a time and copies a clean word whole; a word holding a
- * quote, a backslash or a control byte goes through the byte loop.
+ * so the escaper tests sixteen bytes at a time (SSE2, x86-64's baseline), else eight, and
+ * copies a clean block whole; a block holding a quote, a backslash or a control byte goes
+ * through the byte loop eight bytes at a time.
  */
 #include "lib/json.h"
 
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define ONES UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
@@ -34,9 +38,25 @@ int sl_json_put_string(char *buf, size_t *len, size_t cap, const char *s, size_t
     buf[l++] = '"';
     size_t i = 0;
     while (i < n) {
-        /* A clean word is copied whole when the byte loop would have found room for each of
+        /* A clean block is copied whole when the byte loop would have found room for each of
          * its bytes (7 bytes of headroom before the last of them), so what fits and what does
          * not is the same as byte by byte. */
+#ifdef __SSE2__
+        if (n - i >= 16 && l + 16 + 6 <= cap) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+            /* max(v, 0x1f) == 0x1f exactly for the bytes below 0x20 (unsigned) */
+            __m128i low = _mm_set1_epi8(0x1f);
+            __m128i bad = _mm_or_si128(_mm_cmpeq_epi8(_mm_max_epu8(v, low), low),
+                                       _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+            if (_mm_movemask_epi8(bad) == 0) {
+                _mm_storeu_si128((__m128i *)(void *)(buf + l), v);
+                l += 16;
+                i += 16;
+                continue;
+            }
+        }
+#endif
         if (n - i >= 8 && l + 8 + 6 <= cap) {
             uint64_t w;
             memcpy(&w, s + i, 8);

@@ -243,7 +243,7 @@ static int ref_json_put_string(char *buf, size_t *len, size_t cap, const char *s
     return 0;
 }
 
-/* Strings long enough for the word-at-a-time path, with bytes that need escaping (and the
+/* Strings long enough for the 16- and 8-byte paths, with bytes that need escaping (and the
  * bytes next to them in value) at random places, against the reference at every capacity
  * around the result's length and from a nonzero start offset. */
 static void test_json_string_words(void **state)
@@ -256,9 +256,11 @@ static void test_json_string_words(void **state)
     for (int round = 0; round < 20000; round++) {
         char in[96];
         size_t n = (size_t)(rand() % (int)sizeof(in));
-        int clean = rand() % 3 == 0; /* some strings with nothing to escape at all */
+        int kind = rand() % 4; /* 0: nothing to escape at all; 1: one byte that may need it */
         for (size_t k = 0; k < n; k++)
-            in[k] = clean ? (char)('a' + rand() % 26) : (char)pick[rand() % (int)sizeof(pick)];
+            in[k] = kind <= 1 ? (char)('a' + rand() % 26) : (char)pick[rand() % (int)sizeof(pick)];
+        if (kind == 1 && n > 0) /* in a clean run: each 16- and 8-byte block must notice it */
+            in[rand() % (int)n] = (char)pick[9 + rand() % ((int)sizeof(pick) - 9)];
         size_t start = (size_t)(rand() % 5);
         char want[8 + 6 * sizeof(in) + 8], got[sizeof(want)];
         size_t wl = start;
