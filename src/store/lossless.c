@@ -22,6 +22,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* A cursor save that failed is tried again this much later. */
+#define CURSOR_RETRY_MS 1000
 /* One write job writes at most this much; the rest waits for the next job. */
 #define WRITE_BATCH_BYTES (4u << 20)
 /* One read for a reader brings back at most this much. */
@@ -578,6 +580,7 @@ static void trim(sl_lossless_t *ll)
         unlink_later(path);
         SL_DEBUG("segment deleted", "topic=%s base=%" PRIu64 " last=%" PRIu64, ll->topic->name,
                  s->base, s->last);
+        ll->trimmed = s->base;
         ll->disk_bytes -= s->len;
         ll_total_disk -= s->len;
         sl_metrics.log.disk_bytes -= s->len;
@@ -844,6 +847,12 @@ static void ckpt_plan(sl_lossless_t *ll, cursor_job_t *j)
         sl_cursor_t *c = sl_container_of(it, sl_cursor_t, link);
         c->plan_ckpt = c->checkpoint;
         c->plan_gen = j->gen;
+        if (!c->has_saved) {
+            /* From now on a crash can bring it back, at this checkpoint at the lowest: the
+             * deletes must not pass it before the save ends. */
+            c->saved = c->checkpoint;
+            c->has_saved = 1;
+        }
     }
     if (ll->ckpt_size != 0 && CKPT_HDR_LEN + j->len <= ll->ckpt_size) {
         j->in_place = 1;
@@ -902,6 +911,15 @@ static void ckpt_learn(sl_lossless_t *ll, const cursor_job_t *j)
     ll->ckpt_gen = j->gen;
     if (j->rc != 0) {
         ll->ckpt_size = 0;
+        /* The file may hold anything now: deletes go by the checkpoints in memory until a
+         * save succeeds (the sweep retries), so a save that keeps failing (a full disk) cannot
+         * keep the deletes that would make room from running; a crash meanwhile may bring
+         * back a checkpoint below the floor, as before there were saved checkpoints. */
+        sl_list_t *it;
+        sl_list_each(it, &ll->cursors)
+        {
+            sl_container_of(it, sl_cursor_t, link)->has_saved = 0;
+        }
         return;
     }
     ll->ckpt_size = j->size;
@@ -929,22 +947,35 @@ static void cursor_done(uv_work_t *req, int status)
     cursor_job_t *j = sl_container_of(req, cursor_job_t, lj.req);
     if (status < 0)
         j->rc = status;
-    if (j->rc != 0)
-        SL_ERROR("cursor file write failed", "dir=%s error=%s", j->dir, strerror(-j->rc));
     sl_lossless_t *ll = j->ll;
+    int failed = j->rc != 0;
+    if (failed && (ll == NULL || ll->cursors_failures == 0))
+        SL_ERROR("cursor file write failed, trying again every second", "dir=%s error=%s", j->dir,
+                 strerror(-j->rc));
+    else if (!failed && ll != NULL && ll->cursors_failures > 0)
+        SL_INFO("cursor file written again", "dir=%s failures=%" PRIu32, j->dir,
+                ll->cursors_failures);
     if (ll != NULL)
         ckpt_learn(ll, j);
-    int rc = j->rc;
     free(j->text);
     free(j->dir);
     free(j);
     if (ll == NULL)
         return;
     ll->cursors_busy = 0;
-    if (ll->cursors_dirty)
-        save_cursors(ll);
-    if (rc == 0)
-        ll_update(ll); /* segments the saved checkpoints passed may go now */
+    if (failed) {
+        /* Tried again by the sweep a second later (or by the next acknowledgement), not in a
+         * loop: a broken disk fails every save at once. */
+        ll->cursors_failures++;
+        ll->cursors_dirty = 1;
+        ll->cursors_retry_ms = sl_now_ms() + CURSOR_RETRY_MS;
+    } else {
+        ll->cursors_failures = 0;
+        ll->cursors_retry_ms = 0;
+        if (ll->cursors_dirty)
+            save_cursors(ll);
+    }
+    ll_update(ll); /* segments the saved checkpoints passed may go now */
 }
 
 static void save_cursors(sl_lossless_t *ll)
@@ -956,6 +987,7 @@ static void save_cursors(sl_lossless_t *ll)
         return;
     }
     ll->cursors_dirty = 0;
+    ll->cursors_retry_ms = 0;
     ll->cursors_busy = 1;
     cursor_job_t *j = sl_calloc(1, sizeof(*j));
     j->ll = ll;
@@ -1047,6 +1079,8 @@ static char *clean_format(const sl_lossless_t *ll, const uint8_t *has_file, size
     size_t cap = 4096, l = 0;
     char *buf = sl_malloc(cap);
     clean_put(&buf, &cap, &l, "%s", CLEAN_MAGIC);
+    if (ll->trimmed > 0)
+        clean_put(&buf, &cap, &l, "trimmed %" PRIu64 "\n", ll->trimmed);
     for (size_t i = 0; i < ll->nsegs; i++) {
         const sl_seg_t *s = &ll->segs[i];
         if (!has_file[i])
@@ -1088,11 +1122,13 @@ static void clean_segs_free(clean_seg_t *v, size_t n)
 
 /* Parses a clean-shutdown record: 0 and the segments (*out, *nout; the caller frees them with
  * clean_segs_free), or -1 when it is damaged or inconsistent in any way. */
-static int clean_parse(const char *buf, size_t n, clean_seg_t **out, size_t *nout)
+static int clean_parse(const char *buf, size_t n, clean_seg_t **out, size_t *nout,
+                       uint64_t *trimmed)
 {
     size_t ml = sizeof(CLEAN_MAGIC) - 1;
     *out = NULL;
     *nout = 0;
+    *trimmed = 0;
     if (n < ml + CLEAN_SUM_LEN || memcmp(buf, CLEAN_MAGIC, ml) != 0)
         return -1;
     const char *sum = buf + n - CLEAN_SUM_LEN;
@@ -1111,6 +1147,11 @@ static int clean_parse(const char *buf, size_t n, clean_seg_t **out, size_t *nou
     clean_seg_t *v = NULL;
     size_t nv = 0, cap = 0;
     const char *p = buf + ml, *end = sum;
+    if (end - p >= 8 && memcmp(p, "trimmed ", 8) == 0) {
+        p += 8;
+        if (clean_num(&p, end, '\n', trimmed) != 0 || *trimmed == 0)
+            return -1;
+    }
     while (p < end) {
         uint64_t nidx;
         clean_seg_t c;
@@ -1206,9 +1247,13 @@ static size_t read_whole(int fd, char *buf, size_t n)
 }
 
 /* The clean-shutdown record of dir, when it matches the segment files found (bases[0..nb),
- * ascending) exactly: 0 and one clean_seg_t a base (*out, freed with clean_segs_free). Else
- * -1, and a record that exists is removed (the start scans). Start-up only. */
-static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_seg_t **out)
+ * ascending): 0 and one clean_seg_t a base (*out, freed with clean_segs_free). Else -1, and a
+ * record that exists is removed (the start scans). Start-up only. Files older than every
+ * segment on record, none newer than the segment last deleted from the log (its `trimmed`
+ * line), are ones a shutdown left undeleted (ll_shutdown): *stale is set to their number, and
+ * the record describes bases[*stale..nb). */
+static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_seg_t **out,
+                      size_t *stale)
 {
     char path[PATH_CAP + 8];
     snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir);
@@ -1221,6 +1266,7 @@ static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_s
     char *buf = NULL;
     clean_seg_t *v = NULL;
     size_t nv = 0;
+    uint64_t trimmed = 0;
     if (fstat(fd, &st) != 0 || st.st_size <= 0 || (uint64_t)st.st_size > CLEAN_MAX_FILE) {
         why = "size";
         goto out_bad;
@@ -1228,15 +1274,20 @@ static int clean_load(const char *dir, const uint64_t *bases, size_t nb, clean_s
     size_t n = (size_t)st.st_size;
     buf = sl_malloc(n);
     size_t got = read_whole(fd, buf, n);
-    if (got != n || clean_parse(buf, n, &v, &nv) != 0) {
+    if (got != n || clean_parse(buf, n, &v, &nv, &trimmed) != 0) {
         why = "damaged";
         goto out_bad;
     }
-    if (nv != nb) {
+    /* Files the record does not list pass only as the oldest, none newer than the newest
+     * segment deleted from the log before the record was written: a segment recovery skipped
+     * (unreadable) is not in it either, and must not be taken for one. */
+    if (nv > nb || (nv == 0 && nb > 0) || (nb > nv && bases[nb - nv - 1] > trimmed)) {
         why = "segment files";
         goto out_bad;
     }
-    for (size_t i = 0; i < nb; i++) {
+    *stale = nb - nv;
+    bases += *stale;
+    for (size_t i = 0; i < nv; i++) {
         char sp[PATH_CAP];
         sl_spill_seg_path(sp, sizeof(sp), dir, bases[i]);
         if (v[i].base != bases[i] || stat(sp, &st) != 0 || (uint64_t)st.st_size != v[i].len) {
@@ -1799,10 +1850,12 @@ static void cut_bad(sl_reader_t *r, uint64_t base, uint64_t bad)
 {
     sl_lossless_t *ll = r->topic->ll;
     if (!ll->suspect) {
-        /* Not trusted again, even after a crash. */
+        /* Not trusted again, even after a crash: removed now (a small file; the deletes' lane
+         * could still hold it, or drop it at shutdown). */
         char path[PATH_CAP + 8];
         snprintf(path, sizeof(path), "%s/" CLEAN_NAME, ll->dir);
-        unlink_later(path);
+        if (unlink(path) != 0 && errno != ENOENT)
+            SL_WARN("clean-shutdown record not removed", "path=%s error=%s", path, strerror(errno));
         ll->suspect = 1;
     }
     size_t i = 0;
@@ -2042,6 +2095,8 @@ void sl_ll_sweep(sl_hub_t *hub, uint64_t now_ms)
                 }
             }
         }
+        if (ll->cursors_retry_ms != 0 && now_ms >= ll->cursors_retry_ms && !ll->cursors_busy)
+            save_cursors(ll);
         if (!sl_list_empty(&ll->waiters))
             wake(ll, now_ms);
     }
@@ -2352,7 +2407,19 @@ static void recover_topic(sl_hub_t *hub, const char *base, const char *entry)
     /* After a clean shutdown, what the scan would find is on record (see "the clean-shutdown
      * record"); otherwise every segment is read and checked. */
     clean_seg_t *cs = NULL;
-    int clean = clean_load(dir, bases, nb, &cs) == 0;
+    size_t stale = 0;
+    int clean = clean_load(dir, bases, nb, &cs, &stale) == 0;
+    if (clean && stale > 0) {
+        /* Passed by every cursor before the last shutdown, which left them (ll_shutdown). */
+        SL_INFO("segments left by the last shutdown deleted", "topic=%s segments=%zu", name, stale);
+        for (size_t i = 0; i < stale; i++) {
+            sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
+            unlink_later(path);
+        }
+        ll->trimmed = bases[stale - 1]; /* recorded again if the deletes do not run */
+        memmove(bases, bases + stale, (nb - stale) * sizeof(*bases));
+        nb -= stale;
+    }
     uint64_t head = 0;
     for (size_t i = 0; i < nb; i++) {
         sl_spill_seg_path(path, sizeof(path), dir, bases[i]);

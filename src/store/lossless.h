@@ -105,6 +105,10 @@ typedef struct sl_lossless {
     sl_list_t cursors;
     size_t ncursors;
     int cursors_busy, cursors_dirty; /* the cursor file is being written / must be again */
+    /* The last save failed: the sweep tries again at cursors_retry_ms (0: not failing);
+     * cursors_failures in a row (logged at the first and when one succeeds). */
+    uint64_t cursors_retry_ms;
+    uint32_t cursors_failures;
     /* The cursor file's slots (lossless.c, "the cursor file"): their size (0: the file must be
      * made anew), the one holding the newest generation, and that generation. */
     size_t ckpt_size;
@@ -133,6 +137,9 @@ typedef struct sl_lossless {
     /* A read-back found a record that failed its checks: the next start scans, whatever the
      * shutdown. */
     int suspect;
+    /* The base of the newest segment deleted from the log (its file may still be there: see
+     * ll_shutdown), recorded in the clean-shutdown record; 0 while none. */
+    uint64_t trimmed;
 } sl_lossless_t;
 
 /* Acknowledges seq (of epoch) on durable cursor cu of topic t: 0, or the HTTP status of the

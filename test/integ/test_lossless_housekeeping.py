@@ -19,7 +19,7 @@ import pytest
 from conftest import SLUICE_BIN
 from lossless_util import (ack_ok, cursors, is_asan, restart, segment_files, start, stop,
                            topic_dir)
-from sluice_client import wait_until
+from sluice_client import parse_id, wait_until
 
 SHIM = Path(os.environ.get("SLUICE_SLOWFS", Path(SLUICE_BIN).parent / "libsluice-slowfs.so"))
 N = 8  # topics whose housekeeping is slow: twice the pool's 4 threads
@@ -35,8 +35,9 @@ def lines(path):
 
 @pytest.fixture
 def slowfs(sluice_factory, tmp_path):
-    """(start(topics, only=None) -> server with the library preloaded, the notes directory).
-    Touch <dir>/armed to make the calls slow; only: "cursors" or "seg"."""
+    """(start(topics, only=None, fail=False, delay_ms=5000) -> server with the library
+    preloaded, the notes directory). Touch <dir>/armed to make the calls slow; only: "cursors"
+    or "seg"; fail: the slowed calls fail (EIO)."""
     if not SHIM.exists():
         pytest.skip(f"{SHIM} not built")
     if is_asan():
@@ -44,11 +45,13 @@ def slowfs(sluice_factory, tmp_path):
     notes = tmp_path / "slowfs"
     notes.mkdir()
 
-    def run(topics, only=None):
-        env = {"LD_PRELOAD": str(SHIM), "SLOWFS_DIR": str(notes), "SLOWFS_DELAY_MS": "5000",
+    def run(topics, only=None, fail=False, delay_ms=5000):
+        env = {"LD_PRELOAD": str(SHIM), "SLOWFS_DIR": str(notes), "SLOWFS_DELAY_MS": str(delay_ms),
                "UV_THREADPOOL_SIZE": "4"}
         if only:
             env["SLOWFS_ONLY"] = only
+        if fail:
+            env["SLOWFS_FAIL"] = "1"
         return start(lambda **kw: sluice_factory(env=env, **kw), topics=topics)
 
     return run, notes
@@ -187,4 +190,51 @@ def test_shutdown_leaves_queued_deletes_to_the_next_start(slowfs, sluice_factory
     assert cursors(new, t)["c"]["checkpoint"] == ids[-1]
     wait_until(lambda: len(segment_files(d)) == 1, timeout=10,
                msg="the passed segments deleted at start")
+    # The files the shutdown left do not cost the next start its clean-shutdown record.
+    assert "start=clean" in new.logs(), new.logs()[-2000:]
     stop(new)
+
+
+def test_a_new_cursors_first_save_is_not_overtaken_by_deletes(slowfs):
+    run, notes = slowfs
+    srv = run(SMALL_SEGMENTS, only="cursors")
+    t = "ll-0"
+    ids = [srv.publish(t, b"x" * 3000) for _ in range(3)]
+    d = topic_dir(srv, t)
+    before = segment_files(d)
+    (notes / "armed").touch()
+    sub = srv.sse(f"/topics/{t}?durable=c&since={ids[0]}")  # made now: its first save is slow
+    assert sub.status == 200, sub.response
+    wait_until(lambda: lines(notes / "started"), timeout=10, msg="the first save started")
+    ack_ok(srv, t, "c", ids[-1])
+    # A crash once that save ends brings the cursor back at ids[0]: what follows must stay.
+    after_first = [p for p in before if int(p.stem) > parse_id(ids[0])[1]]
+    still = [p for p in after_first if p.exists()]
+    assert after_first and lines(notes / "done") == [] and still == after_first, (
+        "segments past the first save's checkpoint deleted while it was under way: "
+        f"{[p.name for p in after_first]} -> {[p.name for p in still]}")
+    (notes / "armed").unlink()
+    wait_until(lambda: len(segment_files(d)) < len(before), timeout=20,
+               msg="the passed segments deleted after the saves")
+    sub.close()
+    stop(srv)
+
+
+def test_a_failed_cursor_save_is_tried_again(slowfs):
+    run, notes = slowfs
+    srv = run([("ll-*", {"durability": "lossless"})], only="cursors", fail=True, delay_ms=0)
+    t = "ll-0"
+    (sub,) = durable_readers(srv, [t])
+    ack_ok(srv, t, "c", srv.publish(t, b"first"))
+    (notes / "armed").touch()
+    ack_ok(srv, t, "c", srv.publish(t, b"second"))
+    # Failing saves are retried with no new acknowledgement (about once a second), and logged
+    # once, not at every try.
+    wait_until(lambda: len(lines(notes / "started")) >= 3, timeout=15,
+               msg="the failed save tried again")
+    assert srv.logs().count("cursor file write failed") == 1, srv.logs()[-2000:]
+    (notes / "armed").unlink()
+    wait_until(lambda: "cursor file written again" in srv.logs(), timeout=10,
+               msg="a retry succeeded")
+    sub.close()
+    stop(srv)

@@ -3,14 +3,17 @@
  * device busy with writeback or discards makes them, to show what waits behind them.
  *
  * SLOWFS_DIR names a directory the test owns. While SLOWFS_DIR/armed exists, fdatasync of a
- * file whose path ends in "/cursors" (a lossless topic's cursor file) and unlink of a path
+ * file whose path ends in "/cursors" or "/cursors.tmp" (a lossless topic's cursor file, or the
+ * one that replaces it) and unlink of a path
  * ending in ".seg" (a log segment) each sleep SLOWFS_DELAY_MS (default 5000) before doing the
  * call, appending a line to SLOWFS_DIR/started before the sleep and to SLOWFS_DIR/done after
  * the call, so the test can tell what ran before what without reading a clock. SLOWFS_ONLY
- * set to "cursors" or "seg" slows only that kind.
+ * set to "cursors" or "seg" slows only that kind; with SLOWFS_FAIL set the slowed call fails
+ * with EIO instead of being made.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -75,12 +78,14 @@ int fdatasync(int fd)
     if (n <= 0)
         return real(fd);
     path[n] = '\0';
-    if (!ends_with(path, "/cursors"))
+    if (!ends_with(path, "/cursors") && !ends_with(path, "/cursors.tmp"))
         return real(fd);
     note(dir, "started", path);
     pause_ms();
-    int rc = real(fd);
+    int rc = getenv("SLOWFS_FAIL") != NULL ? (errno = EIO, -1) : real(fd);
+    int saved = errno;
     note(dir, "done", path);
+    errno = saved;
     return rc;
 }
 
@@ -92,7 +97,9 @@ int unlink(const char *path)
         return real(path);
     note(dir, "started", path);
     pause_ms();
-    int rc = real(path);
+    int rc = getenv("SLOWFS_FAIL") != NULL ? (errno = EIO, -1) : real(path);
+    int saved = errno;
     note(dir, "done", path);
+    errno = saved;
     return rc;
 }

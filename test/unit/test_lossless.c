@@ -621,10 +621,27 @@ static void test_clean_record(void **state)
     seg_add(ll, 121); /* and one without (left out) */
     uint8_t has_file[3] = {1, 1, 0};
     size_t len;
+    /* A log that deleted nothing writes no `trimmed` line (and older records have none). */
     char *text = clean_format(ll, has_file, &len);
+    {
+        clean_seg_t *v0;
+        size_t n0;
+        uint64_t t0;
+        ll->trimmed = 77;
+        size_t l2;
+        char *t2 = clean_format(ll, has_file, &l2);
+        assert_int_equal(clean_parse(t2, l2, &v0, &n0, &t0), 0);
+        assert_int_equal(t0, 77);
+        assert_int_equal(n0, 2);
+        clean_segs_free(v0, n0);
+        free(t2);
+        ll->trimmed = 0;
+    }
     clean_seg_t *v;
     size_t nv;
-    assert_int_equal(clean_parse(text, len, &v, &nv), 0);
+    uint64_t tr;
+    assert_int_equal(clean_parse(text, len, &v, &nv, &tr), 0);
+    assert_int_equal(tr, 0);
     assert_int_equal(nv, 2);
     assert_int_equal(v[0].base, 1);
     assert_int_equal(v[0].len, 300000);
@@ -642,10 +659,10 @@ static void test_clean_record(void **state)
     for (size_t i = 0; i < len; i++) {
         memcpy(bad, text, len);
         bad[i] ^= 0x01;
-        assert_int_not_equal(clean_parse(bad, len, &v, &nv), 0);
+        assert_int_not_equal(clean_parse(bad, len, &v, &nv, &tr), 0);
     }
     for (size_t n = 0; n < len; n++)
-        assert_int_not_equal(clean_parse(text, n, &v, &nv), 0);
+        assert_int_not_equal(clean_parse(text, n, &v, &nv, &tr), 0);
     /* Signed, but inconsistent. */
     static const struct {
         const char *from, *to;
@@ -670,17 +687,92 @@ static void test_clean_record(void **state)
         memcpy(ed + pre + tl, at + fl, len - pre - fl);
         size_t el = len - fl + tl;
         clean_resign(ed, &el);
-        assert_int_not_equal(clean_parse(ed, el, &v, &nv), 0);
+        assert_int_not_equal(clean_parse(ed, el, &v, &nv, &tr), 0);
         free(ed);
     }
     /* The unedited text re-signed the same way still parses (the helper is right). */
     memcpy(bad, text, len);
     clean_resign(bad, &len);
-    assert_int_equal(clean_parse(bad, len, &v, &nv), 0);
+    assert_int_equal(clean_parse(bad, len, &v, &nv, &tr), 0);
     clean_segs_free(v, nv);
     free(bad);
     free(text);
     drop_topic(t);
+}
+
+/* Writes `n` empty segment files with these bases into dir, and a clean-shutdown record for
+ * `rec` of them (its `trimmed` line saying `trimmed`); returns what clean_load says and sets
+ * *stale. */
+static int clean_case(const char *dir, const uint64_t *bases, size_t n, size_t rec_from,
+                      uint64_t trimmed, size_t *stale)
+{
+    char path[PATH_CAP];
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    sl_topic_t *t = make_topic(1u << 20, 0);
+    sl_lossless_t *ll = t->ll;
+    ll->segs[0].base = bases[rec_from];
+    ll->segs[0].last = bases[rec_from] - 1;
+    for (size_t i = rec_from + 1; i < n; i++)
+        seg_add(ll, bases[i]);
+    for (size_t i = 0; i < n; i++) {
+        sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        assert_true(fd >= 0);
+        close(fd);
+    }
+    ll->trimmed = trimmed;
+    uint8_t has_file[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    size_t len;
+    char *text = clean_format(ll, has_file, &len);
+    snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    free(text);
+    drop_topic(t);
+    clean_seg_t *v = NULL;
+    *stale = 0;
+    int rc = clean_load(dir, bases, n, &v, stale);
+    if (rc == 0)
+        clean_segs_free(v, n - *stale);
+    return rc;
+}
+
+/* Segment files the record does not list: only the oldest, and none newer than the segment
+ * last deleted from the log (a shutdown's skipped deletes). A file recovery skipped, newer
+ * than that, or any extra file with no `trimmed` line, makes the start scan. */
+static void test_clean_record_stale_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-test-clean-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const uint64_t bases[] = {2, 4, 5, 9};
+    size_t stale;
+    assert_int_equal(clean_case(dir, bases, 4, 0, 0, &stale), 0); /* all on record */
+    assert_int_equal(stale, 0);
+    assert_int_equal(clean_case(dir, bases, 4, 2, 4, &stale), 0); /* 2 and 4 deleted, left */
+    assert_int_equal(stale, 2);
+    assert_int_equal(clean_case(dir, bases, 4, 2, 3, &stale), -1); /* 4 is not a deleted one */
+    assert_int_equal(clean_case(dir, bases, 4, 2, 0, &stale), -1); /* no deletes on record */
+    assert_int_equal(clean_case(dir, bases, 4, 1, 2, &stale), 0);
+    assert_int_equal(stale, 1);
+    char path[PATH_CAP];
+    snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir);
+    unlink(path); /* a refused record is removed; an accepted one stays */
+    for (size_t i = 0; i < 4; i++) {
+        sl_spill_seg_path(path, sizeof(path), dir, bases[i]);
+        unlink(path);
+    }
+    rmdir(dir);
 }
 
 /* The pool of read buffers: a freed block's buffer of at least 1 MiB is kept, charged to the
@@ -749,6 +841,7 @@ int main(void)
         cmocka_unit_test(test_msg_block),
         cmocka_unit_test(test_read_bytes),
         cmocka_unit_test(test_clean_record),
+        cmocka_unit_test(test_clean_record_stale_files),
         cmocka_unit_test(test_read_buffer_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
