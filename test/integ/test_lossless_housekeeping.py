@@ -66,6 +66,15 @@ def durable_readers(srv, names):
     return subs
 
 
+def segmented_log(srv, n):
+    """A durable reader `c` on ll-0 and n messages of a 4 KiB segment each: (the reader, the
+    ids, the log's directory, its segment files)."""
+    (sub,) = durable_readers(srv, ["ll-0"])
+    ids = [srv.publish("ll-0", b"x" * 3000) for _ in range(n)]
+    d = topic_dir(srv, "ll-0")
+    return sub, ids, d, segment_files(d)
+
+
 def publish_during_slow_calls(srv, notes, what):
     """A publish made while slow calls run is answered before any of them ends."""
     wait_until(lambda: len(lines(notes / "started")) >= 1, timeout=10,
@@ -121,10 +130,7 @@ def test_segments_are_deleted_only_after_the_cursor_file_holds_the_ack(slowfs):
     run, notes = slowfs
     srv = run(SMALL_SEGMENTS, only="cursors")
     t = "ll-0"
-    (sub,) = durable_readers(srv, [t])
-    ids = [srv.publish(t, b"x" * 3000) for _ in range(3)]
-    d = topic_dir(srv, t)
-    before = segment_files(d)
+    sub, ids, d, before = segmented_log(srv, 3)
     assert len(before) >= 3, before
     (notes / "armed").touch()
     ack_ok(srv, t, "c", ids[-1])
@@ -147,10 +153,7 @@ def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factor
     run, notes = slowfs
     srv = run(SMALL_SEGMENTS, only="seg")
     t = "ll-0"
-    (sub,) = durable_readers(srv, [t])
-    ids = [srv.publish(t, b"x" * 3000) for _ in range(3)]
-    d = topic_dir(srv, t)
-    before = segment_files(d)
+    sub, ids, d, before = segmented_log(srv, 3)
     (notes / "armed").touch()
     ack_ok(srv, t, "c", ids[-1])
     wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")
@@ -170,10 +173,7 @@ def test_shutdown_leaves_queued_deletes_to_the_next_start(slowfs, sluice_factory
     run, notes = slowfs
     srv = run(SMALL_SEGMENTS, only="seg")
     t = "ll-0"
-    (sub,) = durable_readers(srv, [t])
-    ids = [srv.publish(t, b"x" * 3000) for _ in range(6)]
-    d = topic_dir(srv, t)
-    before = segment_files(d)
+    sub, ids, d, before = segmented_log(srv, 6)
     (notes / "armed").touch()
     ack_ok(srv, t, "c", ids[-1])  # more passed segments than the lane runs at once
     wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")

@@ -65,9 +65,34 @@ static void pause_ms(void)
         ;
 }
 
+static int (*real_fdatasync)(int);
+static int (*real_unlink)(const char *);
+
+static int call_fdatasync(const void *arg)
+{
+    return real_fdatasync(*(const int *)arg);
+}
+
+static int call_unlink(const void *arg)
+{
+    return real_unlink((const char *)arg);
+}
+
+/* The slowed call: noted, paused, made (or failed), noted again. */
+static int slowed(const char *dir, const char *path, int (*call)(const void *), const void *arg)
+{
+    note(dir, "started", path);
+    pause_ms();
+    int rc = getenv("SLOWFS_FAIL") != NULL ? (errno = EIO, -1) : call(arg);
+    int saved = errno;
+    note(dir, "done", path);
+    errno = saved;
+    return rc;
+}
+
 int fdatasync(int fd)
 {
-    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     const char *dir = armed("cursors");
     char link[64], path[PATH_MAX];
     ssize_t n = -1;
@@ -76,30 +101,18 @@ int fdatasync(int fd)
         n = readlink(link, path, sizeof(path) - 1);
     }
     if (n <= 0)
-        return real(fd);
+        return real_fdatasync(fd);
     path[n] = '\0';
     if (!ends_with(path, "/cursors") && !ends_with(path, "/cursors.tmp"))
-        return real(fd);
-    note(dir, "started", path);
-    pause_ms();
-    int rc = getenv("SLOWFS_FAIL") != NULL ? (errno = EIO, -1) : real(fd);
-    int saved = errno;
-    note(dir, "done", path);
-    errno = saved;
-    return rc;
+        return real_fdatasync(fd);
+    return slowed(dir, path, call_fdatasync, &fd);
 }
 
 int unlink(const char *path)
 {
-    int (*real)(const char *) = (int (*)(const char *))dlsym(RTLD_NEXT, "unlink");
+    real_unlink = (int (*)(const char *))dlsym(RTLD_NEXT, "unlink");
     const char *dir = armed("seg");
     if (dir == NULL || !ends_with(path, ".seg"))
-        return real(path);
-    note(dir, "started", path);
-    pause_ms();
-    int rc = getenv("SLOWFS_FAIL") != NULL ? (errno = EIO, -1) : real(path);
-    int saved = errno;
-    note(dir, "done", path);
-    errno = saved;
-    return rc;
+        return real_unlink(path);
+    return slowed(dir, path, call_unlink, path);
 }
