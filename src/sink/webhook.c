@@ -21,6 +21,7 @@
 
 #include "lib/budget.h"
 #include "lib/log.h"
+#include "lib/par.h"
 #include "lib/sse.h"
 #include "lib/util.h"
 #include "core/hub.h"
@@ -1771,6 +1772,14 @@ static void close_done(uv_work_t *w, int status)
         finish(s);
 }
 
+/* Threads closing the file writers at shutdown (see finish). */
+#define FW_CLOSE_THREADS 8
+
+static void close_fw(void *arg, size_t i)
+{
+    sl_fwriter_free(((sl_fwriter_t **)arg)[i]);
+}
+
 static void on_stream_timer_closed(uv_handle_t *h)
 {
     stream_t *st = h->data;
@@ -1790,7 +1799,7 @@ static void on_stream_timer_closed(uv_handle_t *h)
             sl_fwriter_free(st->fw);
         }
     } else if (st->fw != NULL) {
-        /* Shutdown, after the last job. */
+        /* A stream closed just before shutdown whose close ends after it. */
         sl_fwriter_free(st->fw);
     }
     sl_bfree(st->msgs, st->msgs_cap * sizeof(*st->msgs));
@@ -1809,12 +1818,28 @@ static void finish(sl_sinks_t *s)
         return;
     }
     s->finished = 1;
+    /* The file writers close here, side by side: under fsync = batch or rotate each ends with
+     * a sync that waits for the device (one after another, a wait each). */
+    size_t nfw = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        sl_list_t *it;
+        sl_list_each(it, &s->v[i].streams)
+        {
+            nfw += sl_container_of(it, stream_t, link)->fw != NULL;
+        }
+    }
+    sl_fwriter_t **fws = sl_malloc((nfw ? nfw : 1) * sizeof(*fws));
+    nfw = 0;
     for (size_t i = 0; i < s->n; i++) {
         sink_t *k = &s->v[i];
         sl_list_t *it, *tmp;
         sl_list_each_safe(it, tmp, &k->streams)
         {
             stream_t *st = sl_container_of(it, stream_t, link);
+            if (st->fw != NULL) {
+                fws[nfw++] = st->fw;
+                st->fw = NULL;
+            }
             if (st->req != NULL)
                 end_request(st, 0);
             ack_flush(st, sl_now_ms());
@@ -1832,6 +1857,8 @@ static void finish(sl_sinks_t *s)
                 k->conf->name, k->delivered, k->requests_ok, k->requests_failed,
                 k->requests_rejected, k->dead_letters, k->gap_messages, k->reqs_made);
     }
+    sl_par_run(nfw, FW_CLOSE_THREADS, close_fw, fws);
+    free(fws);
     if (s->hub->on_topic_arg == s)
         s->hub->on_topic = NULL;
     sl_metrics_set_extra(NULL, NULL);

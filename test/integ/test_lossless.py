@@ -1249,3 +1249,29 @@ def test_ids_of_a_cut_tail_are_never_reused(sluice_factory):
             gaps = [json.loads(e["data"]) for e in got if e["event"] == "sluice.gap"]
             assert gaps and gaps[0]["from"] == ids[n - 2], got
         sub.close()
+
+
+def test_a_shutdown_syncs_many_logs_together_and_each_starts_clean(sluice_factory):
+    """At exit each log's last segment sync, cursor file and clean-shutdown record are written
+    first and then synced side by side, 64 logs a batch (store/lossless.c, "the exit's
+    syncs"). With more logs than a batch, every one comes back from its record, with its
+    cursor's last acknowledgement and every message, and no temporary file is left."""
+    srv = start(sluice_factory,
+                topics=[("many-*", {"durability": "lossless", "fsync": "interval"})])
+    ids = {}
+    for k in range(70):
+        t = f"many-{k}"
+        sse_open(srv, f"/topics/{t}?durable=c&from=oldest").close()
+        ids[t] = srv.publish_batch(t, [payload(i, 64) for i in range(3)])
+        ack_ok(srv, t, "c", ids[t][1])
+    srv = restart(sluice_factory, srv)
+    logs = srv.logs()
+    for t, tid in ids.items():
+        assert re.search(rf"topic={t} [^\n]*start=clean", logs), f"{t}:\n{logs[-3000:]}"
+        assert cursors(srv, t)["c"]["checkpoint"] == tid[1], cursors(srv, t)
+        left = [p.name for p in topic_dir(srv, t).iterdir() if p.name.endswith(".tmp")]
+        assert not left, f"{t}: {left}"
+        sub = sse_open(srv, f"/topics/{t}?from=oldest")
+        got = read_until_seq(sub, parse_id(tid[-1])[1])
+        sub.close()
+        assert [(e["id"], e["data"]) for e in got] == [(tid[i], payload(i, 64)) for i in range(3)]

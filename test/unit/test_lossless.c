@@ -406,16 +406,16 @@ static void test_cursor_file_on_disk(void **state)
 
     sl_cursor_t *c = sl_ll_cursor(t, "a", 1, 1);
     c->checkpoint = 5;
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     struct stat st0, st;
     assert_int_equal(stat(path, &st0), 0);
     assert_int_equal(st0.st_size, 2 * CKPT_MIN_SLOT);
     assert_int_equal(ll->ckpt_slot, 0);
     c->checkpoint = 9;
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     assert_int_equal(ll->ckpt_slot, 1);
     c->checkpoint = 12;
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     assert_int_equal(ll->ckpt_slot, 0);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_ino, st0.st_ino); /* in place, no rename */
@@ -436,7 +436,7 @@ static void test_cursor_file_on_disk(void **state)
     assert_int_equal(ll->ckpt_slot, 1);
     /* The next save goes to the spoilt slot, never over the good one. */
     c->checkpoint = 20;
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     assert_int_equal(ll->ckpt_slot, 0);
     char *buf = malloc(2 * CKPT_MIN_SLOT);
     read_file_bytes(path, buf, 2 * CKPT_MIN_SLOT);
@@ -456,7 +456,7 @@ static void test_cursor_file_on_disk(void **state)
         int n = snprintf(name, sizeof(name), "cursor-with-a-long-name-%040d", i);
         sl_ll_cursor(t, name, (size_t)n, 1)->checkpoint = (uint64_t)i;
     }
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     assert_true(ll->ckpt_size > CKPT_MIN_SLOT);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal((size_t)st.st_size, 2 * ll->ckpt_size);
@@ -473,7 +473,7 @@ static void test_cursor_file_on_disk(void **state)
     assert_int_equal(ll->ncursors, 1);
     assert_int_equal(sl_ll_cursor(t, "old", 3, 0)->checkpoint, 33);
     assert_int_equal(ll->ckpt_size, 0);
-    assert_int_equal(save_cursors_now(ll), 0);
+    assert_int_equal(save_cursors_now(ll, NULL), 0);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_size, 2 * CKPT_MIN_SLOT);
 
