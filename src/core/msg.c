@@ -143,17 +143,31 @@ sl_msg_t *sl_msg_new_bare(uint64_t seq, const char *event, size_t event_len, con
     return m;
 }
 
-sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap)
+size_t sl_msg_block_size(uint32_t cap)
 {
-    sl_msg_block_t *b = sl_malloc(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t));
+    return sizeof(sl_msg_block_t) + (size_t)cap * sizeof(sl_msg_t);
+}
+
+sl_msg_block_t *sl_msg_block_new_in(void *mem, size_t mem_size, void *buf, size_t buf_size,
+                                    uint32_t cap)
+{
+    assert(mem_size >= sl_msg_block_size(cap));
+    sl_msg_block_t *b = mem;
     b->live = b->n = b->nevents = 0;
     b->cap = cap;
     b->buf = buf;
     b->buf_size = buf_size;
     b->release = NULL;
-    b->charge =
-        sl_budget_size(sizeof(*b) + (size_t)cap * sizeof(sl_msg_t)) + sl_budget_size(buf_size);
+    b->mem_size = mem_size;
+    b->release_mem = NULL;
+    b->charge = sl_budget_size(mem_size) + sl_budget_size(buf_size);
     return b;
+}
+
+sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap)
+{
+    size_t size = sl_msg_block_size(cap);
+    return sl_msg_block_new_in(sl_malloc(size), size, buf, buf_size, cap);
 }
 
 sl_msg_t *sl_msg_block_add(sl_msg_block_t *b, uint64_t seq, const char *event, size_t event_len,
@@ -190,7 +204,10 @@ static void block_dispose(sl_msg_block_t *b)
         b->release(b->buf, b->buf_size);
     else
         free(b->buf);
-    free(b);
+    if (b->release_mem != NULL)
+        b->release_mem(b, b->mem_size);
+    else
+        free(b);
 }
 
 void sl_msg_block_free(sl_msg_block_t *b)

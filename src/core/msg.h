@@ -59,6 +59,10 @@ typedef struct sl_msg_block {
     /* Where buf goes when the block is freed (on the loop thread): NULL frees it; the log's
      * reader sets its pool of read buffers (store/lossless.c). */
     void (*release)(void *buf, size_t size);
+    /* The block's own memory (mem_size bytes) goes there too when set (on the loop thread),
+     * else it is freed. */
+    size_t mem_size;
+    void (*release_mem)(void *mem, size_t size);
     sl_msg_t msgs[];
 } sl_msg_block_t;
 
@@ -81,6 +85,12 @@ size_t sl_msg_bare_charge(size_t event_len, size_t payload_len);
  * block; the loop thread charges it (sl_budget_charge(b->charge)) before any of its messages
  * is used, and must not use a block that has no message (sl_msg_block_free it instead). */
 sl_msg_block_t *sl_msg_block_new(void *buf, size_t buf_size, uint32_t cap);
+/* The bytes a block for `cap` messages takes. */
+size_t sl_msg_block_size(uint32_t cap);
+/* The same block made in `mem` (malloc'ed, mem_size >= sl_msg_block_size(cap) bytes, charged
+ * as a whole), which it takes over. */
+sl_msg_block_t *sl_msg_block_new_in(void *mem, size_t mem_size, void *buf, size_t buf_size,
+                                    uint32_t cap);
 /* Adds a bare message to b (fewer than cap so far): its payload stays where it is (inside
  * b->buf); the event, if any, is copied. Returns it, with one reference. Any thread. */
 sl_msg_t *sl_msg_block_add(sl_msg_block_t *b, uint64_t seq, const char *event, size_t event_len,

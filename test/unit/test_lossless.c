@@ -826,6 +826,64 @@ static void test_read_buffer_pool(void **state)
     assert_int_equal(rbuf.n, 0);
 }
 
+/* The pool of block memories: a freed block's own memory of at least 1 MiB is kept, charged,
+ * and taken by the next read whatever its size (the block made in it only when large enough),
+ * at most BMEM_POOL, on the read buffers' terms otherwise. */
+static void test_block_memory_pool(void **state)
+{
+    (void)state;
+    sl_topic_t *t = make_topic(1u << 20, 0);
+    uint64_t used = sl_budget.used;
+    size_t msize;
+    assert_null(bmem_get(&msize));
+    /* A block of 16,384 messages (about 2.6 MB) freed on the loop: its memory is kept. */
+    uint32_t cap = 16384;
+    sl_msg_block_t *blk = sl_msg_block_new(malloc(64), 64, cap);
+    blk->release_mem = bmem_put;
+    assert_int_equal(blk->mem_size, sl_msg_block_size(cap));
+    void *mem = blk;
+    sl_msg_block_free(blk);
+    assert_int_equal(rbuf.nmem, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(sl_msg_block_size(cap)));
+    void *got = bmem_get(&msize);
+    assert_ptr_equal(got, mem);
+    assert_int_equal(msize, sl_msg_block_size(cap));
+    assert_int_equal(sl_budget.used, used);
+    /* A smaller block made in it charges the whole memory, and gives it back whole. */
+    sl_msg_block_t *b2 = sl_msg_block_new_in(got, msize, malloc(64), 64, 10);
+    assert_ptr_equal(b2, got);
+    assert_int_equal(b2->charge, sl_budget_size(msize) + sl_budget_size(64));
+    for (uint32_t i = 0; i < 10; i++)
+        (void)sl_msg_block_add(b2, i + 1, NULL, 0, "x", 1);
+    b2->release_mem = bmem_put;
+    sl_budget_charge(b2->charge); /* as read_done does */
+    for (uint32_t i = 0; i < 10; i++)
+        sl_msg_unref(&b2->msgs[i]); /* the last one frees the block */
+    assert_int_equal(rbuf.nmem, 1);
+    assert_int_equal(sl_budget.used, used + sl_budget_size(msize));
+    bmem_put(malloc(65536), 65536); /* small: freed */
+    assert_int_equal(rbuf.nmem, 1);
+    for (int i = 0; i < BMEM_POOL + 2; i++)
+        bmem_put(malloc(RBUF_MIN), RBUF_MIN);
+    assert_int_equal(rbuf.nmem, BMEM_POOL);
+    rbuf_drain();
+    assert_int_equal(rbuf.nmem, 0);
+    assert_int_equal(sl_budget.used, used);
+    /* A quarter of the budget in use: nothing kept. */
+    size_t big = (size_t)(sl_budget.limit / 4);
+    sl_budget_charge(big);
+    bmem_put(malloc(RBUF_MIN), RBUF_MIN);
+    assert_int_equal(rbuf.nmem, 0);
+    sl_budget_release(big);
+    /* The last log freed: emptied, and nothing more kept. */
+    bmem_put(malloc(RBUF_MIN), RBUF_MIN);
+    assert_int_equal(rbuf.nmem, 1);
+    drop_topic(t);
+    assert_int_equal(rbuf.nmem, 0);
+    bmem_put(malloc(RBUF_MIN), RBUF_MIN);
+    assert_int_equal(rbuf.nmem, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -843,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_clean_record),
         cmocka_unit_test(test_clean_record_stale_files),
         cmocka_unit_test(test_read_buffer_pool),
+        cmocka_unit_test(test_block_memory_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
