@@ -118,10 +118,15 @@ static size_t put_envelope(char *out, const char *topic, size_t topic_len, const
     }
     memcpy(out + n, ",\"data\":", 8);
     n += 8;
-    if (sl_utf8_valid(payload, len)) {
-        (void)sl_json_put_string(out, &n, cap, payload, len);
+    /* Escaped at once; only a payload with a byte >= 0x80 is checked for UTF-8 as well, and
+     * written again in base64 when it is not. */
+    size_t at = n;
+    int high = 0;
+    (void)sl_json_put_string_high(out, &n, cap, payload, len, &high);
+    if (!high || sl_utf8_valid(payload, len)) {
         out[n++] = '}';
     } else {
+        n = at;
         out[n++] = '"';
         n += sl_base64_encode(out + n, payload, len);
         memcpy(out + n, "\",\"encoding\":\"base64\"}", 22);

@@ -171,6 +171,20 @@ static void test_batch_formats(void **state)
     assert_memory_equal(b.p, want, b.len);
     assert_true(sl_budget.used > used);
 
+    /* Valid UTF-8 beyond ASCII stays text; a long payload with one bad byte after the
+     * escaper's sixteen-byte blocks is written again in base64. */
+    char line[512];
+    size_t ln = sl_batch_put_line(line, "t", 1, "00000000000000ab", 3, NULL, "caf\xc3\xa9", 5);
+    const char *want3 = "{\"id\":\"00000000000000ab-3\",\"topic\":\"t\",\"data\":\"caf\xc3\xa9\"}\n";
+    assert_int_equal(ln, strlen(want3));
+    assert_memory_equal(line, want3, ln);
+    const char *bad = "abcdefghijklmnopqrstuvwxyz\"0123\xc3";
+    ln = sl_batch_put_line(line, "t", 1, "00000000000000ab", 4, NULL, bad, strlen(bad));
+    const char *want4 = "{\"id\":\"00000000000000ab-4\",\"topic\":\"t\",\"data\":"
+                        "\"YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoiMDEyM8M=\",\"encoding\":\"base64\"}\n";
+    assert_int_equal(ln, strlen(want4));
+    assert_memory_equal(line, want4, ln);
+
     sl_batch_begin(&b, SL_FMT_JSON);
     sl_batch_add(&b, SL_FMT_JSON, 0, "t", 1, "00000000000000ab", 1, NULL, "1", 1);
     sl_batch_add(&b, SL_FMT_JSON, 1, "t", 1, "00000000000000ab", 2, NULL, "2", 1);

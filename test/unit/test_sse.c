@@ -267,14 +267,24 @@ static void test_json_string_words(void **state)
         memset(want, 'x', sizeof(want));
         memset(got, 'x', sizeof(got));
         assert_int_equal(ref_json_put_string(want, &wl, sizeof(want), in, n), 0);
+        int want_high = 0;
+        for (size_t k = 0; k < n; k++)
+            want_high |= (unsigned char)in[k] >= 0x80;
         for (size_t cap = wl > 16 ? wl - 16 : 0; cap <= wl + 8 && cap <= sizeof(got); cap++) {
-            size_t w2 = start, g = start;
+            size_t w2 = start, g = start, g2 = start;
             int rw = ref_json_put_string(want, &w2, cap, in, n);
             int rg = sl_json_put_string(got, &g, cap, in, n);
             assert_int_equal(rg, rw);
             assert_int_equal(g, w2);
             if (rg == 0)
                 assert_memory_equal(got + start, want + start, g - start);
+            /* The variant that reports bytes >= 0x80: the same output, and the flag exact. */
+            int high = -1;
+            assert_int_equal(sl_json_put_string_high(got, &g2, cap, in, n, &high), rw);
+            assert_int_equal(g2, w2);
+            assert_int_equal(high, rw == 0 ? want_high : -1);
+            if (rw == 0)
+                assert_memory_equal(got + start, want + start, g2 - start);
         }
     }
 }
