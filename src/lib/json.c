@@ -49,8 +49,7 @@ static inline size_t put_byte(char *buf, size_t l, unsigned char c)
     return l;
 }
 
-int sl_json_put_string_high(char *buf, size_t *len, size_t cap, const char *s, size_t n,
-                            int *high)
+int sl_json_put_string_high(char *buf, size_t *len, size_t cap, const char *s, size_t n, int *high)
 {
     size_t l = *len;
     uint64_t hi = 0;

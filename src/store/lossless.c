@@ -915,8 +915,8 @@ static int ckpt_write(cursor_job_t *j)
         if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == 2 * (uint64_t)j->size) {
             buf = sl_malloc(j->size);
             ckpt_slot_format(buf, j->size, j->gen, j->text, j->len);
-            int rc = sl_spill_append(fd, (uint64_t)j->slot * j->size, buf, j->size,
-                                     j->keep_fd == NULL);
+            int rc =
+                sl_spill_append(fd, (uint64_t)j->slot * j->size, buf, j->size, j->keep_fd == NULL);
             free(buf);
             if (rc == 0 && j->keep_fd != NULL)
                 *j->keep_fd = fd;
@@ -2268,8 +2268,7 @@ static void exit_run(void)
         if (e->seg_rc != 0)
             SL_ERROR("log sync failed at exit", "dir=%s error=%s", e->dir, strerror(-e->seg_rc));
         if (e->ckpt_rc != 0)
-            SL_ERROR("cursor file write failed", "dir=%s error=%s", e->dir,
-                     strerror(-e->ckpt_rc));
+            SL_ERROR("cursor file write failed", "dir=%s error=%s", e->dir, strerror(-e->ckpt_rc));
         if (!e->record)
             continue;
         int rc = e->seg_rc != 0 ? e->seg_rc : e->clean_rc;

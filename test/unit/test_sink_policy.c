@@ -175,13 +175,15 @@ static void test_batch_formats(void **state)
      * escaper's sixteen-byte blocks is written again in base64. */
     char line[512];
     size_t ln = sl_batch_put_line(line, "t", 1, "00000000000000ab", 3, NULL, "caf\xc3\xa9", 5);
-    const char *want3 = "{\"id\":\"00000000000000ab-3\",\"topic\":\"t\",\"data\":\"caf\xc3\xa9\"}\n";
+    const char *want3 =
+        "{\"id\":\"00000000000000ab-3\",\"topic\":\"t\",\"data\":\"caf\xc3\xa9\"}\n";
     assert_int_equal(ln, strlen(want3));
     assert_memory_equal(line, want3, ln);
     const char *bad = "abcdefghijklmnopqrstuvwxyz\"0123\xc3";
     ln = sl_batch_put_line(line, "t", 1, "00000000000000ab", 4, NULL, bad, strlen(bad));
-    const char *want4 = "{\"id\":\"00000000000000ab-4\",\"topic\":\"t\",\"data\":"
-                        "\"YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoiMDEyM8M=\",\"encoding\":\"base64\"}\n";
+    const char *want4 =
+        "{\"id\":\"00000000000000ab-4\",\"topic\":\"t\",\"data\":"
+        "\"YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoiMDEyM8M=\",\"encoding\":\"base64\"}\n";
     assert_int_equal(ln, strlen(want4));
     assert_memory_equal(line, want4, ln);
 
