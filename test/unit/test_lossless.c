@@ -884,6 +884,47 @@ static void test_block_memory_pool(void **state)
     assert_int_equal(rbuf.nmem, 0);
 }
 
+/* The exit's batch: a record whose file synced is renamed into place; one whose sync failed
+ * (here a pipe, which fdatasync refuses) is not, and the old record goes too. */
+static void test_exit_batch(void **state)
+{
+    (void)state;
+    char dir[2][64];
+    for (int k = 0; k < 2; k++) {
+        snprintf(dir[k], sizeof(dir[k]), "/tmp/sluice-test-exit-XXXXXX");
+        assert_non_null(mkdtemp(dir[k]));
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir[1]);
+    FILE *f = fopen(path, "w"); /* an old record */
+    assert_non_null(f);
+    fclose(f);
+    for (int k = 0; k < 2; k++) {
+        exit_item_t *e = exit_item(&(sl_lossless_t){.dir = dir[k]});
+        e->clean_fd = tmp_write(dir[k], CLEAN_NAME, "rec", 3, 0);
+        assert_true(e->clean_fd >= 0);
+        if (k == 1) {
+            int p[2];
+            assert_int_equal(pipe(p), 0);
+            close(e->clean_fd);
+            close(p[1]);
+            e->clean_fd = p[0];
+        }
+    }
+    exit_run();
+    assert_int_equal(exits.n, 0);
+    for (int k = 0; k < 2; k++) {
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir[k]);
+        assert_int_equal(stat(path, &st) == 0, k == 0);
+        snprintf(path, sizeof(path), "%s/" CLEAN_NAME ".tmp", dir[k]);
+        assert_int_equal(stat(path, &st), -1);
+        snprintf(path, sizeof(path), "%s/" CLEAN_NAME, dir[k]);
+        unlink(path);
+        rmdir(dir[k]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -902,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_clean_record_stale_files),
         cmocka_unit_test(test_read_buffer_pool),
         cmocka_unit_test(test_block_memory_pool),
+        cmocka_unit_test(test_exit_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
