@@ -1854,6 +1854,7 @@ typedef struct read_job {
     uint64_t last;
     void *mem; /* bare: kept block memory for the block (mem_size bytes), or NULL */
     size_t mem_size;
+    int mem_small; /* mem was too small for the block */
     sl_msg_block_t *block; /* bare: the messages, built on the worker (owns buf) */
 } read_job_t;
 
@@ -1870,7 +1871,10 @@ static void build_block(read_job_t *j)
         b = sl_msg_block_new_in(j->mem, j->mem_size, j->buf, size, (uint32_t)j->rc);
         j->mem = NULL;
     } else {
-        b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc); /* j->mem goes back (read_done) */
+        b = sl_msg_block_new(j->buf, size, (uint32_t)j->rc);
+        /* A kept memory too small for this read is freed (read_done): kept again, it would
+         * miss again at every read of this size, and hold a slot of the pool. */
+        j->mem_small = j->mem != NULL;
     }
     j->buf = NULL;
     size_t pos = 0;
@@ -1970,7 +1974,10 @@ static void read_done(uv_work_t *req, int status)
     read_job_t *j = req->data;
     sl_reader_t *r = j->reader;
     (void)status;
-    bmem_put(j->mem, j->mem_size); /* not taken by the block */
+    if (j->mem_small) /* not taken by the block */
+        free(j->mem);
+    else
+        bmem_put(j->mem, j->mem_size);
     if (r == NULL) {
         if (j->block != NULL)
             sl_msg_block_free(j->block);
