@@ -1854,7 +1854,7 @@ typedef struct read_job {
     uint64_t last;
     void *mem; /* bare: kept block memory for the block (mem_size bytes), or NULL */
     size_t mem_size;
-    int mem_small; /* mem was too small for the block */
+    int mem_small;         /* mem was too small for the block */
     sl_msg_block_t *block; /* bare: the messages, built on the worker (owns buf) */
 } read_job_t;
 
