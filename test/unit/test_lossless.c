@@ -775,6 +775,27 @@ static void test_clean_record_stale_files(void **state)
     rmdir(dir);
 }
 
+/* The limits a pool of kept memory (`put`, `*n` kept) holds to, emptied first: at most `max`
+ * kept, each charged while kept and released when the pools are drained, and nothing kept
+ * with the budget a quarter full. */
+static void pool_limits(void (*put)(void *, size_t), const size_t *n, size_t max, size_t size)
+{
+    rbuf_drain();
+    uint64_t used = sl_budget.used;
+    for (size_t i = 0; i < max + 2; i++)
+        put(malloc(size), size);
+    assert_int_equal(*n, max);
+    assert_int_equal(sl_budget.used, used + max * sl_budget_size(size));
+    rbuf_drain();
+    assert_int_equal(*n, 0);
+    assert_int_equal(sl_budget.used, used);
+    size_t big = (size_t)(sl_budget.limit / 4);
+    sl_budget_charge(big);
+    put(malloc(size), size);
+    assert_int_equal(*n, 0);
+    sl_budget_release(big);
+}
+
 /* The pool of read buffers: a freed block's buffer of at least 1 MiB is kept, charged to the
  * budget, and handed to the next read of that size with its charge released; one size at a
  * time, at most RBUF_POOL, nothing kept with the budget a quarter full or after the last log. */
@@ -801,19 +822,7 @@ static void test_read_buffer_pool(void **state)
     rbuf_put(malloc(size / 2), size / 2); /* not the size kept: freed */
     rbuf_put(malloc(65536), 65536);       /* small: freed */
     assert_int_equal(rbuf.n, 1);
-    for (int i = 0; i < RBUF_POOL + 2; i++)
-        rbuf_put(malloc(size), size);
-    assert_int_equal(rbuf.n, RBUF_POOL);
-    assert_int_equal(sl_budget.used, used + RBUF_POOL * sl_budget_size(size));
-    rbuf_drain();
-    assert_int_equal(rbuf.n, 0);
-    assert_int_equal(sl_budget.used, used);
-    /* A quarter of the budget in use: nothing kept. */
-    size_t big = (size_t)(sl_budget.limit / 4);
-    sl_budget_charge(big);
-    rbuf_put(malloc(size), size);
-    assert_int_equal(rbuf.n, 0);
-    sl_budget_release(big);
+    pool_limits(rbuf_put, &rbuf.n, RBUF_POOL, size);
     /* The last log freed: the pool is emptied and keeps nothing more. */
     rbuf_put(malloc(size), size);
     assert_int_equal(rbuf.n, 1);
@@ -863,18 +872,7 @@ static void test_block_memory_pool(void **state)
     assert_int_equal(sl_budget.used, used + sl_budget_size(msize));
     bmem_put(malloc(65536), 65536); /* small: freed */
     assert_int_equal(rbuf.nmem, 1);
-    for (int i = 0; i < BMEM_POOL + 2; i++)
-        bmem_put(malloc(RBUF_MIN), RBUF_MIN);
-    assert_int_equal(rbuf.nmem, BMEM_POOL);
-    rbuf_drain();
-    assert_int_equal(rbuf.nmem, 0);
-    assert_int_equal(sl_budget.used, used);
-    /* A quarter of the budget in use: nothing kept. */
-    size_t big = (size_t)(sl_budget.limit / 4);
-    sl_budget_charge(big);
-    bmem_put(malloc(RBUF_MIN), RBUF_MIN);
-    assert_int_equal(rbuf.nmem, 0);
-    sl_budget_release(big);
+    pool_limits(bmem_put, &rbuf.nmem, BMEM_POOL, RBUF_MIN);
     /* The last log freed: emptied, and nothing more kept. */
     bmem_put(malloc(RBUF_MIN), RBUF_MIN);
     assert_int_equal(rbuf.nmem, 1);
