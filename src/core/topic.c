@@ -393,6 +393,7 @@ int sl_reader_attach(sl_reader_t *r, struct sl_sub *sub, sl_topic_t *t, const sl
     r->sub = sub;
     r->mark = SL_MARK_NONE;
     r->ahead = 0;
+    r->disk_read = 0;
     r->soft_since_ms = 0;
     r->disk_ok = (uint8_t)(start->disk && t->backend != NULL && t->backend->reads_back);
     sl_list_insert_tail(&t->readers, &r->link);

@@ -84,6 +84,7 @@ typedef struct sl_reader {
     uint8_t disk_ok;   /* may read what the ring no longer holds from the topic's log */
     uint8_t disk_wait; /* a disk read (or the write it needs) is under way */
     uint8_t ahead;     /* a queued reset is for an id beyond the head (not another epoch) */
+    uint8_t disk_read; /* a read-back was queued since attach (the first is smaller) */
     uint64_t gap_from, gap_to, gap_missed;
     struct sl_disk_batch *disk; /* messages read back from the log, not yet delivered */
     void *disk_job;             /* the read in flight */

@@ -576,7 +576,8 @@ static void test_read_bytes(void **state)
     (void)state;
     static const sl_sub_ops_t conn_ops = {0}, sink_ops = {.frameless = 1};
     sl_sub_t conn = {.ops = &conn_ops}, sink = {.ops = &sink_ops};
-    sl_reader_t rc = {.sub = &conn}, rs = {.sub = &sink}, none = {0};
+    /* rs has read before (its first read is smaller, below) */
+    sl_reader_t rc = {.sub = &conn}, rs = {.sub = &sink, .disk_read = 1}, none = {0};
     sl_budget_set_limit(1ull << 30, 0);
     uint64_t used = sl_budget.used;
     assert_int_equal(read_bytes(&rc), READ_BATCH_BYTES);
@@ -595,6 +596,11 @@ static void test_read_bytes(void **state)
     assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
     sl_budget_release(big + (2u << 20));
     assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    /* A reader's first read is the small one. */
+    sl_reader_t first = {.sub = &sink};
+    assert_int_equal(read_bytes(&first), READ_BATCH_BYTES);
+    first.disk_read = 1;
+    assert_int_equal(read_bytes(&first), READ_BATCH_MAX);
 }
 
 /* Re-signs a clean-shutdown record whose body was edited, so that only its consistency checks
