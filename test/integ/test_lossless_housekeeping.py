@@ -149,15 +149,22 @@ def test_segments_are_deleted_only_after_the_cursor_file_holds_the_ack(slowfs):
     stop(srv)
 
 
-def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factory):
+def deletes_under_way(slowfs, n):
+    """A server whose ll-0 has n passed segments, acked by its cursor c with deletes slow, once
+    the first delete started: (server, notes, ids, topic dir, the segment files before)."""
     run, notes = slowfs
     srv = run(SMALL_SEGMENTS, only="seg")
-    t = "ll-0"
-    sub, ids, d, before = segmented_log(srv, 3)
+    sub, ids, d, before = segmented_log(srv, n)
     (notes / "armed").touch()
-    ack_ok(srv, t, "c", ids[-1])
+    ack_ok(srv, "ll-0", "c", ids[-1])
     wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")
     sub.close()
+    return srv, notes, ids, d, before
+
+
+def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factory):
+    t = "ll-0"
+    srv, notes, ids, d, before = deletes_under_way(slowfs, 3)
     srv.signal(signal.SIGKILL)  # the deletes had not happened
     srv.wait_exit(10)
     assert [p for p in before if p.exists()] == before
@@ -170,14 +177,9 @@ def test_segments_a_crash_left_behind_are_deleted_at_start(slowfs, sluice_factor
 
 
 def test_shutdown_leaves_queued_deletes_to_the_next_start(slowfs, sluice_factory):
-    run, notes = slowfs
-    srv = run(SMALL_SEGMENTS, only="seg")
     t = "ll-0"
-    sub, ids, d, before = segmented_log(srv, 6)
-    (notes / "armed").touch()
-    ack_ok(srv, t, "c", ids[-1])  # more passed segments than the lane runs at once
-    wait_until(lambda: lines(notes / "started"), timeout=10, msg="a slow delete started")
-    sub.close()
+    # more passed segments than the lane runs at once
+    srv, notes, ids, d, before = deletes_under_way(slowfs, 6)
     stop(srv)  # SIGTERM: exit 0, within stop()'s 15 s
     started = lines(notes / "started")
     assert len(started) < len(before) - 1, (
