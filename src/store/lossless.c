@@ -1769,12 +1769,18 @@ uint64_t sl_ll_floor(const sl_topic_t *t)
 /* (the pool is declared at the top of the file: ll_new and sl_ll_free open and close it) */
 
 /* A block's release: keeps buf (`size` bytes) for another read, or frees it. */
+/* Whether a freed memory of `size` bytes may be kept at all (both pools' terms): a log is
+ * open, it is at least RBUF_MIN, and the budget stays under a quarter full with it. */
+static int pool_may_keep(size_t size)
+{
+    return !rbuf.closed && size >= RBUF_MIN && sl_budget.used + size <= sl_budget.limit / 4;
+}
+
 static void rbuf_put(void *buf, size_t size)
 {
     if (buf == NULL)
         return;
-    if (rbuf.closed || size < RBUF_MIN || rbuf.n == RBUF_POOL ||
-        (rbuf.n > 0 && size != rbuf.size) || sl_budget.used + size > sl_budget.limit / 4) {
+    if (!pool_may_keep(size) || rbuf.n == RBUF_POOL || (rbuf.n > 0 && size != rbuf.size)) {
         free(buf);
         return;
     }
@@ -1813,8 +1819,7 @@ static void bmem_put(void *mem, size_t size)
 {
     if (mem == NULL)
         return;
-    if (rbuf.closed || size < RBUF_MIN || rbuf.nmem == BMEM_POOL ||
-        sl_budget.used + size > sl_budget.limit / 4) {
+    if (!pool_may_keep(size) || rbuf.nmem == BMEM_POOL) {
         free(mem);
         return;
     }
