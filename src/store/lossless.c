@@ -31,8 +31,10 @@
 #define READ_BATCH_BYTES (256u << 10)
 /* … and for a frameless reader (a sink, see read_bytes) up to this much: its messages are bare
  * (no SSE frame) and it goes through a backlog in jobs of up to batch_max_bytes, so larger
- * reads mean fewer reads and fewer, larger jobs. */
-#define READ_BATCH_MAX (4u << 20)
+ * reads mean fewer reads and fewer, larger jobs. 4 MiB reads cost more than they saved: eight
+ * streams held about 64 MiB of read buffers and 50 MB of blocks, every byte of them faulted in
+ * and zeroed once, and a read's records left the cache before they were decoded. */
+#define READ_BATCH_MAX (1u << 20)
 /* Paths are data_dir (bounded by the config) plus short names. */
 #define PATH_CAP 8192
 /* The high-water mark of issued seqs is raised this far ahead of the head (see lossless.h). */
@@ -45,7 +47,7 @@ static const sl_config_t *ll_cfg;
 static sl_list_t all_logs = {&all_logs, &all_logs}; /* for the server-wide quota */
 /* Freed read buffers kept for the next reads (see "read buffers"). */
 #define RBUF_POOL 4
-#define RBUF_MIN ((size_t)1 << 20)
+#define RBUF_MIN ((size_t)512 << 10)
 #define BMEM_POOL 8
 
 static struct {
@@ -53,7 +55,7 @@ static struct {
     size_t n, size; /* buffers kept, and their size */
     int closed;     /* no log left: nothing is kept */
     /* The memory of freed blocks of messages (their arrays of sl_msg_t: 184 bytes a message,
-     * about 3.4 MB for a 4 MiB read of 230-byte records), kept the same way. */
+     * about 830 KB for a 1 MiB read of 230-byte records), kept the same way. */
     void *mem[BMEM_POOL];
     size_t mem_size[BMEM_POOL];
     size_t nmem;
@@ -1756,11 +1758,12 @@ uint64_t sl_ll_floor(const sl_topic_t *t)
 
 /* ---- read buffers -------------------------------------------------------------------
  *
- * A sink's read-back fills a buffer of up to 4 MiB that its block of messages keeps until the
- * last of them is freed. glibc maps a buffer that large afresh each time (main.c sets the mmap
- * threshold to 256 KiB), so every read faulted in and zeroed its pages and every free unmapped
- * them: about a fifth of sluice's CPU in the file-sink drain. Freed read buffers of one size,
- * at least 1 MiB, are kept for the next reads, up to RBUF_POOL of them. A kept buffer stays
+ * A sink's read-back fills a buffer of up to READ_BATCH_MAX (plus slack) that its block of
+ * messages keeps until the last of them is freed. When glibc mapped such a buffer afresh each
+ * time (4 MiB reads, main.c's mmap threshold then 256 KiB), every read faulted in and zeroed
+ * its pages and every free unmapped them: about a fifth of sluice's CPU in the file-sink drain.
+ * Freed read buffers of one size, at least RBUF_MIN (so not a first read's 256 KiB), are kept
+ * for the next reads, up to RBUF_POOL of them. A kept buffer stays
  * charged to the budget (so the budget still counts every byte held) and none is kept while
  * the budget is a quarter full or more, or once the last log is freed (shutdown). Loop thread
  * only: a buffer is taken when a read is queued (sl_ll_fetch) and given back when its block is
@@ -1918,7 +1921,7 @@ static void read_work(uv_work_t *req)
 }
 
 /* How much one read brings back for r. A frameless reader reads up to READ_BATCH_MAX, scaled to
- * the memory budget (1/256 of memory_limit: 4 MiB from 1 GiB, the default 256 MiB gives 1 MiB),
+ * the memory budget (1/256 of memory_limit: 1 MiB from the default 256 MiB up, 256 KiB at 64 MiB),
  * while the budget stays under half full with four times that more charged (its messages cost
  * about twice the bytes read, for small records): many sink streams catching up at once must
  * not crowd publishers out of the budget with read-ahead. Otherwise, and for any other reader,
@@ -1933,10 +1936,11 @@ static size_t read_bytes(const sl_reader_t *r)
     if (want <= READ_BATCH_BYTES || sl_budget.used + 4 * want > sl_budget.limit / 2)
         return READ_BATCH_BYTES;
     /* The first read after attach is READ_BATCH_BYTES: its messages are read, checked and
-     * handed on in a millisecond rather than after a whole 4 MiB read, so a reader starts
+     * handed on in a millisecond rather than after a whole read, so a reader starts
      * delivering at once. Eight file-sink streams starting together on two cores each waited
-     * about 50 ms for a first 4 MiB read, the disk idle meanwhile. (Growing the reads step by
-     * step from there gained nothing more and changed the read buffers' size each step.) */
+     * about 50 ms for a first 4 MiB read (the reads' size then), the disk idle meanwhile. (Growing
+     * the reads step by step from there gained nothing more and changed the read buffers' size each
+     * step.) */
     if (!r->disk_read)
         return READ_BATCH_BYTES;
     return (size_t)want;

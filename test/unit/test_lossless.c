@@ -570,7 +570,7 @@ static void test_msg_block(void **state)
 }
 
 /* Read sizes: 256 KiB for a subscriber; for a sink (frameless), 1/256 of memory_limit up to
- * 4 MiB while the budget stays under half full with four times that charged. */
+ * 1 MiB while the budget stays under half full with four times that charged. */
 static void test_read_bytes(void **state)
 {
     (void)state;
@@ -583,13 +583,16 @@ static void test_read_bytes(void **state)
     assert_int_equal(read_bytes(&rc), READ_BATCH_BYTES);
     assert_int_equal(read_bytes(&none), READ_BATCH_BYTES);
     assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
+    assert_int_equal(READ_BATCH_MAX, 1u << 20);
     sl_budget_set_limit(256ull << 20, 0);
     assert_int_equal(read_bytes(&rs), 1u << 20);
+    sl_budget_set_limit(128ull << 20, 0);
+    assert_int_equal(read_bytes(&rs), 512u << 10);
     sl_budget_set_limit(64ull << 20, 0);
     assert_int_equal(read_bytes(&rs), READ_BATCH_BYTES);
     /* Past half of the budget: back to 256 KiB. */
     sl_budget_set_limit(1ull << 30, 0);
-    size_t big = (size_t)(512u << 20) - (size_t)used - (size_t)(17u << 20);
+    size_t big = (size_t)(512u << 20) - (size_t)used - 4 * READ_BATCH_MAX - (1u << 20);
     sl_budget_charge(big);
     assert_int_equal(read_bytes(&rs), READ_BATCH_MAX);
     sl_budget_charge(2u << 20);
@@ -802,14 +805,15 @@ static void pool_limits(void (*put)(void *, size_t), const size_t *n, size_t max
     sl_budget_release(big);
 }
 
-/* The pool of read buffers: a freed block's buffer of at least 1 MiB is kept, charged to the
+/* The pool of read buffers: a freed block's buffer of at least RBUF_MIN is kept, charged to the
  * budget, and handed to the next read of that size with its charge released; one size at a
- * time, at most RBUF_POOL, nothing kept with the budget a quarter full or after the last log. */
+ * time (not a first read's), at most RBUF_POOL, nothing kept with the budget a quarter full or
+ * after the last log. */
 static void test_read_buffer_pool(void **state)
 {
     (void)state;
     sl_topic_t *t = make_topic(1u << 20, 0); /* a log: the pool is open */
-    size_t size = (4u << 20) + SL_READ_SLACK;
+    size_t size = READ_BATCH_MAX + SL_READ_SLACK;
     uint64_t used = sl_budget.used;
     assert_null(rbuf_get(size));
     rbuf_put(malloc(size), size);
@@ -827,7 +831,8 @@ static void test_read_buffer_pool(void **state)
     assert_int_equal(sl_budget.used, used + sl_budget_size(size));
     rbuf_put(malloc(size / 2), size / 2); /* not the size kept: freed */
     rbuf_put(malloc(65536), 65536);       /* small: freed */
-    assert_int_equal(rbuf.n, 1);
+    rbuf_put(malloc(READ_BATCH_BYTES + SL_READ_SLACK), READ_BATCH_BYTES + SL_READ_SLACK);
+    assert_int_equal(rbuf.n, 1); /* nor a first read's (smaller than RBUF_MIN) */
     pool_limits(rbuf_put, &rbuf.n, RBUF_POOL, size);
     /* The last log freed: the pool is emptied and keeps nothing more. */
     rbuf_put(malloc(size), size);
@@ -841,7 +846,7 @@ static void test_read_buffer_pool(void **state)
     assert_int_equal(rbuf.n, 0);
 }
 
-/* The pool of block memories: a freed block's own memory of at least 1 MiB is kept, charged,
+/* The pool of block memories: a freed block's own memory of at least RBUF_MIN is kept, charged,
  * and taken by the next read whatever its size (the block made in it only when large enough),
  * at most BMEM_POOL, on the read buffers' terms otherwise. */
 static void test_block_memory_pool(void **state)
@@ -851,8 +856,9 @@ static void test_block_memory_pool(void **state)
     uint64_t used = sl_budget.used;
     size_t msize;
     assert_null(bmem_get(&msize));
-    /* A block of 16,384 messages (about 2.6 MB) freed on the loop: its memory is kept. */
-    uint32_t cap = 16384;
+    /* A block of 4,608 messages (about 850 KB, a 1 MiB read of 230-byte records) freed on the
+     * loop: its memory is kept. */
+    uint32_t cap = 4608;
     sl_msg_block_t *blk = sl_msg_block_new(malloc(64), 64, cap);
     blk->release_mem = bmem_put;
     assert_int_equal(blk->mem_size, sl_msg_block_size(cap));
