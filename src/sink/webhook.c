@@ -130,6 +130,9 @@ struct stream {
     uint64_t ack_ms;  /* when the cursor was last acknowledged */
     sl_msg_t **msgs;  /* the batch: references held until delivered */
     uint32_t nmsgs, send_n;
+    size_t nbytes;     /* the batch's payload bytes */
+    size_t line_max;   /* its largest sl_batch_line_max since it was last empty (a file job's
+                        * scratch size; never less than any message's in it) */
     uint32_t msgs_cap; /* grows up to the sink's batch_msgs while a batch needs it */
     int gap;
     uint64_t gap_from, gap_to, gap_missed;
@@ -715,10 +718,14 @@ static void release_breaker(stream_t *st)
 
 static void drop_front(stream_t *st, uint32_t n)
 {
-    for (uint32_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < n; i++) {
+        st->nbytes -= st->msgs[i]->payload_len;
         sl_msg_unref(st->msgs[i]);
+    }
     memmove(st->msgs, st->msgs + n, (st->nmsgs - n) * sizeof(*st->msgs));
     st->nmsgs -= n;
+    if (st->nmsgs == 0)
+        st->line_max = 0;
 }
 
 /* A stream that still owes messages moves its durable cursor at most every ACK_EVERY_MS (at
@@ -1068,14 +1075,7 @@ static void start_write(stream_t *st)
     j->epoch = st->job_epoch;
     j->now_ms = sl_now_ms();
     if (!raw && st->send_n > 0) {
-        size_t need = 0;
-        for (uint32_t i = 0; i < st->send_n; i++) {
-            const sl_msg_t *m = st->msgs[i];
-            size_t max = sl_batch_line_max(t->name_len, m->event_len, m->payload_len);
-            if (max > need)
-                need = max;
-        }
-        j->scratch = scratch_get(k, need, &st->job_scratch_cap);
+        j->scratch = scratch_get(k, st->line_max, &st->job_scratch_cap);
         j->scratch_cap = st->job_scratch_cap;
     }
     st->work.data = st;
@@ -1166,9 +1166,7 @@ static size_t take(stream_t *st, int fetch)
     /* A raw webhook request carries one message (or the gap alone); a raw file takes many. */
     uint64_t max = c->format == SL_FMT_RAW && c->type == SL_SINK_WEBHOOK ? (st->gap ? 0 : 1)
                                                                          : st->sink->batch_msgs;
-    size_t bytes = 0, added = 0;
-    for (uint32_t i = 0; i < st->nmsgs; i++)
-        bytes += st->msgs[i]->payload_len;
+    size_t bytes = st->nbytes, added = 0;
     while (st->nmsgs < max && (st->nmsgs == 0 || bytes < c->batch_max_bytes)) {
         if (r->next > st->topic->head_seq)
             break;
@@ -1213,9 +1211,13 @@ static size_t take(stream_t *st, int fetch)
         st->msgs[st->nmsgs++] = m;
         bytes += m->payload_len;
         added += m->payload_len;
+        size_t line = sl_batch_line_max(st->topic->name_len, m->event_len, m->payload_len);
+        if (line > st->line_max)
+            st->line_max = line;
         r->next = m->seq + 1; /* past any hole before it */
         sl_metrics.deliveries++;
     }
+    st->nbytes = bytes;
     st->send_n = st->nmsgs;
     /* Read the next disk batch while this one is written: a reader behind the ring whose read
      * batch is used up fetches now rather than after the write. */
@@ -1466,9 +1468,7 @@ static void stream_backlog(const stream_t *st, uint64_t *msgs, uint64_t *bytes)
 {
     const sl_reader_t *r = &st->sub.readers[0];
     *msgs = st->nmsgs;
-    *bytes = 0;
-    for (uint32_t i = 0; i < st->nmsgs; i++)
-        *bytes += st->msgs[i]->payload_len;
+    *bytes = st->nbytes;
     /* Owed ids (holes included: a topic fed by Kafka counts offsets), and the bytes of those
      * still in the ring. */
     const sl_topic_t *t = st->topic;
