@@ -1763,15 +1763,14 @@ uint64_t sl_ll_floor(const sl_topic_t *t)
  * time (4 MiB reads, main.c's mmap threshold then 256 KiB), every read faulted in and zeroed
  * its pages and every free unmapped them: about a fifth of sluice's CPU in the file-sink drain.
  * Freed read buffers of one size, at least RBUF_MIN (so not a first read's 256 KiB), are kept
- * for the next reads, up to RBUF_POOL of them. A kept buffer stays
- * charged to the budget (so the budget still counts every byte held) and none is kept while
- * the budget is a quarter full or more, or once the last log is freed (shutdown). Loop thread
- * only: a buffer is taken when a read is queued (sl_ll_fetch) and given back when its block is
- * freed (by the last sl_msg_unref of its messages).
+ * for the next reads, up to RBUF_POOL of them. A kept buffer stays charged to the budget (so
+ * the budget still counts every byte held) and none is kept while the budget is a quarter
+ * full or more, or once the last log is freed (shutdown). Loop thread only: a buffer is taken
+ * when a read is queued (sl_ll_fetch) and given back when its block is freed (by the last
+ * sl_msg_unref of its messages).
  */
 /* (the pool is declared at the top of the file: ll_new and sl_ll_free open and close it) */
 
-/* A block's release: keeps buf (`size` bytes) for another read, or frees it. */
 /* Whether a freed memory of `size` bytes may be kept at all (both pools' terms): a log is
  * open, it is at least RBUF_MIN, and the budget stays under a quarter full with it. */
 static int pool_may_keep(size_t size)
@@ -1779,6 +1778,7 @@ static int pool_may_keep(size_t size)
     return !rbuf.closed && size >= RBUF_MIN && sl_budget.used + size <= sl_budget.limit / 4;
 }
 
+/* A block's release: keeps buf (`size` bytes) for another read, or frees it. */
 static void rbuf_put(void *buf, size_t size)
 {
     if (buf == NULL)
